@@ -1,0 +1,116 @@
+//! Scenario `pool_hit`: the hit path of `KeyedPool::get` against a bare `DashMap::get` +
+//! `Arc::clone`, and against `moka::future::Cache::get`, on 1 and 2 threads, in one run.
+//!
+//! A third baseline adds one `tokio::time::Instant::now()` to the bare map: the clock read that
+//! any strict "never hand out an expired entry" check needs, so the table shows how much of the
+//! gap is the clock and how much is the pool.
+//!
+//! Run with `cargo xtask bench pool_hit`. Prints a human summary and one JSON line per
+//! comparison (the format `cargo xtask bench` collects into docs/benchmarks.md).
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use pool_core::{Created, KeyedPool, PoolConfig, Retire};
+
+const KEYS: usize = 64;
+const OPS_PER_THREAD: usize = 400_000;
+const ROUNDS: usize = 9;
+
+struct Client(#[allow(dead_code, reason = "a payload the benchmark never reads")] [u8; 64]);
+impl Retire for Client {}
+
+fn keys() -> Vec<String> {
+    (0..KEYS).map(|i| format!("subscription-{i}/cluster")).collect()
+}
+
+/// Median nanoseconds per operation of `op` run on `threads` threads at once.
+fn measure(threads: usize, op: impl Fn(usize) + Sync) -> f64 {
+    let mut samples = Vec::with_capacity(ROUNDS);
+    for _ in 0..ROUNDS {
+        let start = Instant::now();
+        std::thread::scope(|scope| {
+            for t in 0..threads {
+                let op = &op;
+                scope.spawn(move || {
+                    for i in 0..OPS_PER_THREAD {
+                        op(i.wrapping_mul(7).wrapping_add(t) % KEYS);
+                    }
+                });
+            }
+        });
+        let elapsed: Duration = start.elapsed();
+        samples.push(elapsed.as_nanos() as f64 / (OPS_PER_THREAD * threads) as f64);
+    }
+    samples.sort_by(f64::total_cmp);
+    samples[ROUNDS / 2]
+}
+
+fn main() {
+    let keys = keys();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+
+    let pool: KeyedPool<String, Client> = KeyedPool::new(PoolConfig::default().max_entries(KEYS));
+    let dash: DashMap<String, Arc<Client>> = DashMap::new();
+    let moka: moka::future::Cache<String, Arc<Client>> = moka::future::Cache::new(KEYS as u64);
+    runtime.block_on(async {
+        for key in &keys {
+            pool.get_or_create(key, || async {
+                Ok::<_, std::io::Error>(Created::new(Client([0; 64])))
+            })
+            .await
+            .expect("create");
+            dash.insert(key.clone(), Arc::new(Client([0; 64])));
+            moka.insert(key.clone(), Arc::new(Client([0; 64]))).await;
+        }
+    });
+
+    let mut lines = Vec::new();
+    for threads in [1, 2] {
+        let ours = measure(threads, |i| {
+            black_box(pool.get(&keys[i]).expect("hit"));
+        });
+        let bare = measure(threads, |i| {
+            black_box(dash.get(&keys[i]).map(|v| Arc::clone(v.value())).expect("hit"));
+        });
+        let clocked = measure(threads, |i| {
+            let now = tokio::time::Instant::now();
+            let value = dash.get(&keys[i]).map(|v| Arc::clone(v.value())).expect("hit");
+            black_box((now, value));
+        });
+        let moka_ns = measure(threads, |i| {
+            black_box(futures::executor::block_on(moka.get(&keys[i])).expect("hit"));
+        });
+        println!(
+            "pool_hit threads={threads}: KeyedPool::get {ours:.1} ns/op, DashMap+Arc {bare:.1} ns/op, \
+             DashMap+Arc+clock {clocked:.1} ns/op, moka {moka_ns:.1} ns/op"
+        );
+        for (baseline, value) in [
+            ("dashmap_get_arc_clone", bare),
+            ("dashmap_get_arc_clone_plus_clock_read", clocked),
+            ("moka_future_get", moka_ns),
+        ] {
+            lines.push(serde_json::json!({
+                "scenario": "pool_hit",
+                "baseline_name": format!("{baseline} ({threads} thread{})", if threads == 1 { "" } else { "s" }),
+                "metric": "hit latency",
+                "unit": "ns/op",
+                "ours": round(ours),
+                "baseline": round(value),
+                "ratio": round(value / ours),
+            }));
+        }
+    }
+    for line in lines {
+        println!("{line}");
+    }
+}
+
+fn round(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}

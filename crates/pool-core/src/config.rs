@@ -1,0 +1,98 @@
+//! Pool configuration: TTLs, capacity, sweeper and retire bounds.
+
+use std::time::Duration;
+
+/// How a [`KeyedPool`](crate::KeyedPool) ages, bounds and sweeps its entries.
+///
+/// Built with [`PoolConfig::default`] and the chained setters:
+///
+/// ```
+/// use std::time::Duration;
+/// let config = pool_core::PoolConfig::default()
+///     .ttl(Duration::from_secs(300))
+///     .idle_ttl(Duration::from_secs(1800))
+///     .max_entries(32)
+///     .sweep_interval(Duration::from_secs(60));
+/// assert_eq!(config.max_entries_value(), 32);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolConfig {
+    pub(crate) ttl: Option<Duration>,
+    pub(crate) idle_ttl: Option<Duration>,
+    pub(crate) max_entries: usize,
+    pub(crate) sweep_interval: Option<Duration>,
+    pub(crate) retire_timeout: Duration,
+}
+
+impl Default for PoolConfig {
+    /// No TTL, no idle TTL, 1024 entries, no sweeper, retire bounded by 10 s.
+    fn default() -> Self {
+        Self {
+            ttl: None,
+            idle_ttl: None,
+            max_entries: 1024,
+            sweep_interval: None,
+            retire_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl PoolConfig {
+    /// Maximum age of an entry. The effective deadline is the sooner of `created + ttl` and the
+    /// deadline the factory reports (P2).
+    #[must_use]
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// Entries unused for longer than this are retired by the sweeper (P3). Callers can also
+    /// prune with an explicit TTL through [`KeyedPool::prune_idle`](crate::KeyedPool::prune_idle).
+    #[must_use]
+    pub fn idle_ttl(mut self, idle_ttl: Duration) -> Self {
+        self.idle_ttl = Some(idle_ttl);
+        self
+    }
+
+    /// Capacity. Inserting beyond it evicts the entry with the soonest deadline (P4). Clamped to
+    /// at least 1.
+    #[must_use]
+    pub fn max_entries(mut self, max_entries: usize) -> Self {
+        self.max_entries = max_entries.max(1);
+        self
+    }
+
+    /// Run a background sweeper on this interval: it retires expired entries and, when an idle
+    /// TTL is set, idle ones. It starts with the first [`get_or_create`] and stops when the pool
+    /// is dropped or shut down.
+    ///
+    /// [`get_or_create`]: crate::KeyedPool::get_or_create
+    #[must_use]
+    pub fn sweep_interval(mut self, every: Duration) -> Self {
+        self.sweep_interval = Some(every).filter(|d| !d.is_zero());
+        self
+    }
+
+    /// Upper bound on one [`Retire::retire`](crate::Retire::retire) call; a retire that takes
+    /// longer is abandoned and counted as a failure.
+    #[must_use]
+    pub fn retire_timeout(mut self, timeout: Duration) -> Self {
+        self.retire_timeout = timeout;
+        self
+    }
+
+    /// The configured capacity.
+    pub fn max_entries_value(&self) -> usize {
+        self.max_entries
+    }
+
+    /// The configured TTL, if any.
+    pub fn ttl_value(&self) -> Option<Duration> {
+        self.ttl
+    }
+
+    /// The configured idle TTL, if any.
+    pub fn idle_ttl_value(&self) -> Option<Duration> {
+        self.idle_ttl
+    }
+}

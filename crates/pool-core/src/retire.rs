@@ -1,0 +1,121 @@
+//! The `Retire` trait and the isolated, lock-free runner that tears values down.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+
+use crate::pool::Slot;
+use crate::stats::Counters;
+
+/// A boxed error, as returned by [`Retire::retire`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// How a pooled value is torn down when the pool lets go of it.
+///
+/// The pool calls `retire` exactly once per value it evicts, always after every pool lock is
+/// released (P5), bounded by [`PoolConfig::retire_timeout`](crate::PoolConfig::retire_timeout).
+/// A failing, panicking or hanging retire is counted in
+/// [`PoolStats::retire_failures`](crate::PoolStats::retire_failures) and never stops the others.
+///
+/// Handles that are still out when an entry is evicted keep the value alive (it is behind an
+/// `Arc`); `retire` should therefore release what the pool owns (idle connections, cached
+/// material) rather than break in-flight calls.
+///
+/// The default does nothing, so a value that only needs dropping is one line:
+///
+/// ```
+/// struct Plain;
+/// impl pool_core::Retire for Plain {}
+/// ```
+pub trait Retire: Send + Sync + 'static {
+    /// Tear the value down: close connections, flush, delete material.
+    fn retire(&self) -> impl Future<Output = Result<(), BoxError>> + Send {
+        async { Ok(()) }
+    }
+}
+
+/// What a bulk retire ([`KeyedPool::reset`](crate::KeyedPool::reset),
+/// [`KeyedPool::prune_idle`](crate::KeyedPool::prune_idle) …) did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RetireReport {
+    /// Values whose retire returned `Ok`.
+    pub retired: usize,
+    /// Values whose retire returned an error, panicked or timed out.
+    pub failed: usize,
+}
+
+impl RetireReport {
+    /// Values removed from the pool, successfully retired or not.
+    pub fn total(&self) -> usize {
+        self.retired + self.failed
+    }
+}
+
+/// Retire every value one after the other, isolating each failure. Must be called with no pool
+/// lock held; callers pass values they have already removed from the map.
+pub(crate) async fn retire_all<V: Retire>(
+    values: Vec<Arc<Slot<V>>>,
+    timeout: Duration,
+    counters: &Counters,
+) -> RetireReport {
+    let mut report = RetireReport::default();
+    for value in values {
+        if retire_one(&value.value, timeout).await {
+            report.retired += 1;
+        } else {
+            report.failed += 1;
+            counters.retire_failures.add(1);
+        }
+    }
+    report
+}
+
+/// Run one retire, returning whether it succeeded.
+async fn retire_one<V: Retire>(value: &V, timeout: Duration) -> bool {
+    let attempt = AssertUnwindSafe(value.retire()).catch_unwind();
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(Ok(Ok(()))) => true,
+        Ok(Ok(Err(error))) => {
+            tracing::warn!(error = %error, "retiring a pooled value failed");
+            false
+        }
+        Ok(Err(_panic)) => {
+            tracing::warn!("retiring a pooled value panicked");
+            false
+        }
+        Err(_elapsed) => {
+            tracing::warn!(?timeout, "retiring a pooled value timed out");
+            false
+        }
+    }
+}
+
+/// Retire in the background when a runtime is available (eviction on a caller's path must not
+/// make that caller wait for someone else's teardown); otherwise drop the values and say so.
+pub(crate) fn retire_detached<V: Retire>(
+    values: Vec<Arc<Slot<V>>>,
+    timeout: Duration,
+    counters: Arc<Counters>,
+) {
+    if values.is_empty() {
+        return;
+    }
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            runtime.spawn(async move {
+                retire_all(values, timeout, &counters).await;
+            });
+        }
+        Err(_) => {
+            tracing::warn!(
+                count = values.len(),
+                "no tokio runtime to retire evicted values on; dropping them without retire"
+            );
+            counters.retire_failures.add(values.len() as u64);
+        }
+    }
+}
