@@ -1,1 +1,54 @@
-fn main() {}
+//! `cargo xtask`: the workspace's task runner (the rust-analyzer convention).
+//!
+//! One file per subcommand; this file only parses the command line and dispatches.
+
+mod bench;
+mod it;
+mod kind;
+mod setup;
+mod shell;
+mod test;
+
+use anyhow::{Result, bail};
+
+const USAGE: &str = "\
+usage: cargo xtask <command> [args]
+
+commands:
+  setup              install the local backends' tools (Azurite from npm) under target/tools
+  test               fmt check, clippy -D warnings, docs, every test and backend suite
+  it [--k8s local|kind]
+                     the integration suites against live local backends
+  bench [scenario..] run benchmarks (all, or the named scenarios); rewrites docs/benchmarks.md
+  kind up|down       create or delete a kind cluster for `it --k8s kind` (needs Docker)
+";
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Err(error) = run(&args) {
+        eprintln!("xtask: error: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: &[String]) -> Result<()> {
+    let (command, rest) = match args.split_first() {
+        Some((command, rest)) => (command.as_str(), rest),
+        None => {
+            print!("{USAGE}");
+            return Ok(());
+        }
+    };
+    match command {
+        "setup" => setup::run(rest),
+        "test" => test::run(rest),
+        "it" => it::run(rest),
+        "bench" => bench::run(rest),
+        "kind" => kind::run(rest),
+        "help" | "-h" | "--help" => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        other => bail!("unknown command `{other}`\n\n{USAGE}"),
+    }
+}

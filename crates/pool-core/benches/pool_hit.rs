@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use pool_core::{Created, KeyedPool, PoolConfig, Retire};
+use testkit::bench::{Comparison, emit, median};
 
 const KEYS: usize = 64;
 const OPS_PER_THREAD: usize = 400_000;
@@ -23,7 +24,9 @@ struct Client(#[allow(dead_code, reason = "a payload the benchmark never reads")
 impl Retire for Client {}
 
 fn keys() -> Vec<String> {
-    (0..KEYS).map(|i| format!("subscription-{i}/cluster")).collect()
+    (0..KEYS)
+        .map(|i| format!("subscription-{i}/cluster"))
+        .collect()
 }
 
 /// Median nanoseconds per operation of `op` run on `threads` threads at once.
@@ -44,8 +47,7 @@ fn measure(threads: usize, op: impl Fn(usize) + Sync) -> f64 {
         let elapsed: Duration = start.elapsed();
         samples.push(elapsed.as_nanos() as f64 / (OPS_PER_THREAD * threads) as f64);
     }
-    samples.sort_by(f64::total_cmp);
-    samples[ROUNDS / 2]
+    median(&mut samples)
 }
 
 fn main() {
@@ -70,17 +72,24 @@ fn main() {
         }
     });
 
-    let mut lines = Vec::new();
+    let mut results = Vec::new();
     for threads in [1, 2] {
         let ours = measure(threads, |i| {
             black_box(pool.get(&keys[i]).expect("hit"));
         });
         let bare = measure(threads, |i| {
-            black_box(dash.get(&keys[i]).map(|v| Arc::clone(v.value())).expect("hit"));
+            black_box(
+                dash.get(&keys[i])
+                    .map(|v| Arc::clone(v.value()))
+                    .expect("hit"),
+            );
         });
         let clocked = measure(threads, |i| {
             let now = tokio::time::Instant::now();
-            let value = dash.get(&keys[i]).map(|v| Arc::clone(v.value())).expect("hit");
+            let value = dash
+                .get(&keys[i])
+                .map(|v| Arc::clone(v.value()))
+                .expect("hit");
             black_box((now, value));
         });
         let moka_ns = measure(threads, |i| {
@@ -95,22 +104,17 @@ fn main() {
             ("dashmap_get_arc_clone_plus_clock_read", clocked),
             ("moka_future_get", moka_ns),
         ] {
-            lines.push(serde_json::json!({
-                "scenario": "pool_hit",
-                "baseline_name": format!("{baseline} ({threads} thread{})", if threads == 1 { "" } else { "s" }),
-                "metric": "hit latency",
-                "unit": "ns/op",
-                "ours": round(ours),
-                "baseline": round(value),
-                "ratio": round(value / ours),
-            }));
+            let plural = if threads == 1 { "" } else { "s" };
+            results.push(Comparison {
+                scenario: "pool_hit",
+                baseline_name: format!("{baseline} ({threads} thread{plural})"),
+                metric: "hit latency",
+                unit: "ns/op",
+                ours,
+                baseline: value,
+                lower_is_better: true,
+            });
         }
     }
-    for line in lines {
-        println!("{line}");
-    }
-}
-
-fn round(x: f64) -> f64 {
-    (x * 100.0).round() / 100.0
+    emit(&results);
 }

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-pub use handle::{Created, Pooled};
 use handle::OneShot;
+pub use handle::{Created, Pooled};
 use shards::{Shards, TryDrain};
 
 use crate::retire::{retire_all, retire_detached};
@@ -398,7 +398,9 @@ where
         let hash = self.inner.map.hash(key);
         self.inner
             .map
-            .with_slot(hash, key, |slot| (!slot.is_expired(now)).then(|| slot.clone()))
+            .with_slot(hash, key, |slot| {
+                (!slot.is_expired(now)).then(|| slot.clone())
+            })
             .flatten()
     }
 

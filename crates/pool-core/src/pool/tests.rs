@@ -216,7 +216,10 @@ async fn sweeper_prunes_idle_entries_and_stops_with_the_pool() {
     drop(pool);
     advance(Duration::from_secs(10)).await;
     settle().await;
-    assert!(weak.upgrade().is_none(), "the sweeper keeps no strong reference");
+    assert!(
+        weak.upgrade().is_none(),
+        "the sweeper keeps no strong reference"
+    );
 }
 
 // covers P4: overflow evicts the entry with the soonest deadline.
@@ -267,7 +270,10 @@ async fn retire_runs_outside_every_pool_lock() {
     settle().await;
     pool.reset().await;
     assert_eq!(probe.retired.load(Ordering::SeqCst), 3);
-    assert!(!saw_lock.load(Ordering::SeqCst), "a retire ran under a pool lock");
+    assert!(
+        !saw_lock.load(Ordering::SeqCst),
+        "a retire ran under a pool lock"
+    );
     cell.lock().expect("cell").take();
 }
 
@@ -427,9 +433,11 @@ async fn cancelled_creation_leader_does_not_strand_waiters() {
     let leader = {
         let pool = pool.clone();
         tokio::spawn(async move {
-            pool.get_or_create(&"a", || std::future::pending::<Result<Created<Conn>, FactoryError>>())
-                .await
-                .map(|_| ())
+            pool.get_or_create(&"a", || {
+                std::future::pending::<Result<Created<Conn>, FactoryError>>()
+            })
+            .await
+            .map(|_| ())
         })
     };
     tokio::task::yield_now().await;

@@ -1,0 +1,24 @@
+//! Local backends for the workspace's tests, benchmarks and demo. Not published.
+//!
+//! Everything here listens on loopback only. Each backend sits behind a feature so a crate
+//! compiles only the backends it tests against:
+//!
+//! | feature | module | what |
+//! |---|---|---|
+//! | (always) | [`bench`] | the JSON result line every `cargo xtask bench` scenario prints |
+//! | `tls` | `tls` | an in-process CA and leaf certificates, rustls configs trusting only them |
+//! | `azurite` | `azurite` | Azurite over HTTPS with `--oauth basic`, and a credential it accepts |
+//! | `k8s` | `k8s` | an in-process Kubernetes API server (mTLS or bearer), fixtures, faults |
+//! | `ratelimit` | `ratelimit` | a scripted rate-limiting HTTP server counting connections |
+//!
+//! See docs/testing.md for how the suites use them.
+
+#[cfg(feature = "azurite")]
+pub mod azurite;
+pub mod bench;
+#[cfg(feature = "k8s")]
+pub mod k8s;
+#[cfg(feature = "ratelimit")]
+pub mod ratelimit;
+#[cfg(feature = "tls")]
+pub mod tls;

@@ -1,0 +1,43 @@
+//! `cargo xtask test`: everything CI checks, in order, stopping at the first failure.
+
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+
+use crate::shell::{cargo, step};
+
+pub(crate) fn run(args: &[String]) -> Result<()> {
+    if let Some(extra) = args.first() {
+        bail!("`cargo xtask test` takes no arguments (got `{extra}`)");
+    }
+    let started = Instant::now();
+    crate::setup::ensure_installed()?;
+    step(
+        "cargo fmt --check",
+        cargo().args(["fmt", "--all", "--check"]),
+    )?;
+    step(
+        "cargo clippy (warnings are errors)",
+        cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--locked",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+    step(
+        "cargo doc (warnings are errors)",
+        cargo()
+            .args(["doc", "--workspace", "--no-deps", "--locked"])
+            .env("RUSTDOCFLAGS", "-D warnings"),
+    )?;
+    crate::it::run_suites("local")?;
+    println!(
+        "==> cargo xtask test: all steps passed in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
