@@ -5,7 +5,7 @@
 //!
 //! | feature | module | what |
 //! |---|---|---|
-//! | (always) | [`bench`] | the JSON result line every `cargo xtask bench` scenario prints |
+//! | (always) | [`bench`](mod@bench) | the JSON result line every `cargo xtask bench` scenario prints |
 //! | `tls` | `tls` | an in-process CA and leaf certificates, rustls configs trusting only them |
 //! | `azurite` | `azurite` | Azurite over HTTPS with `--oauth basic`, and a credential it accepts |
 //! | `k8s` | `k8s` | an in-process Kubernetes API server (mTLS or bearer), fixtures, faults |
