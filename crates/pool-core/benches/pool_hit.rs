@@ -29,25 +29,32 @@ fn keys() -> Vec<String> {
         .collect()
 }
 
-/// Median nanoseconds per operation of `op` run on `threads` threads at once.
-fn measure(threads: usize, op: impl Fn(usize) + Sync) -> f64 {
-    let mut samples = Vec::with_capacity(ROUNDS);
+/// Nanoseconds per operation of one round of `op` run on `threads` threads at once.
+fn round(threads: usize, op: &(dyn Fn(usize) + Sync)) -> f64 {
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        for t in 0..threads {
+            scope.spawn(move || {
+                for i in 0..OPS_PER_THREAD {
+                    op(i.wrapping_mul(7).wrapping_add(t) % KEYS);
+                }
+            });
+        }
+    });
+    let elapsed: Duration = start.elapsed();
+    elapsed.as_nanos() as f64 / (OPS_PER_THREAD * threads) as f64
+}
+
+/// Median ns/op of each variant. Rounds are interleaved (one round of every variant, then the
+/// next), so a change in machine load hits every variant alike and the ratios stay fair.
+fn measure(threads: usize, variants: &[&(dyn Fn(usize) + Sync)]) -> Vec<f64> {
+    let mut samples = vec![Vec::with_capacity(ROUNDS); variants.len()];
     for _ in 0..ROUNDS {
-        let start = Instant::now();
-        std::thread::scope(|scope| {
-            for t in 0..threads {
-                let op = &op;
-                scope.spawn(move || {
-                    for i in 0..OPS_PER_THREAD {
-                        op(i.wrapping_mul(7).wrapping_add(t) % KEYS);
-                    }
-                });
-            }
-        });
-        let elapsed: Duration = start.elapsed();
-        samples.push(elapsed.as_nanos() as f64 / (OPS_PER_THREAD * threads) as f64);
+        for (variant, samples) in variants.iter().zip(&mut samples) {
+            samples.push(round(threads, *variant));
+        }
     }
-    median(&mut samples)
+    samples.iter_mut().map(|s| median(s)).collect()
 }
 
 fn main() {
@@ -74,27 +81,32 @@ fn main() {
 
     let mut results = Vec::new();
     for threads in [1, 2] {
-        let ours = measure(threads, |i| {
+        let ours = |i: usize| {
             black_box(pool.get(&keys[i]).expect("hit"));
-        });
-        let bare = measure(threads, |i| {
+        };
+        let bare = |i: usize| {
             black_box(
                 dash.get(&keys[i])
                     .map(|v| Arc::clone(v.value()))
                     .expect("hit"),
             );
-        });
-        let clocked = measure(threads, |i| {
+        };
+        let clocked = |i: usize| {
             let now = tokio::time::Instant::now();
             let value = dash
                 .get(&keys[i])
                 .map(|v| Arc::clone(v.value()))
                 .expect("hit");
             black_box((now, value));
-        });
-        let moka_ns = measure(threads, |i| {
+        };
+        let moka_get = |i: usize| {
             black_box(futures::executor::block_on(moka.get(&keys[i])).expect("hit"));
-        });
+        };
+        let [ours, bare, clocked, moka_ns] =
+            measure(threads, &[&ours, &bare, &clocked, &moka_get])[..]
+        else {
+            unreachable!("one median per variant")
+        };
         println!(
             "pool_hit threads={threads}: KeyedPool::get {ours:.1} ns/op, DashMap+Arc {bare:.1} ns/op, \
              DashMap+Arc+clock {clocked:.1} ns/op, moka {moka_ns:.1} ns/op"
