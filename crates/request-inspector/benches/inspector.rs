@@ -1,0 +1,3 @@
+//! Scenario `inspector` (written next).
+
+fn main() {}

@@ -1,0 +1,143 @@
+//! `InspectBody`: forwards every frame unchanged, copying a bounded prefix when capturing.
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+use crate::Outcome;
+use crate::capture::{CaptureBuf, Finisher, lock};
+use crate::inspector::Shared;
+
+pin_project! {
+    /// The request and response body type of [`InspectorService`](crate::InspectorService).
+    ///
+    /// Every frame of the wrapped body is forwarded as it arrives, unchanged, with the same
+    /// `size_hint` and `is_end_stream` (so `Content-Length` survives). For a captured exchange
+    /// the first `body_limit` bytes are also copied aside (a tee, I5); for a polling GET nothing
+    /// is copied at all (I2).
+    pub struct InspectBody<B> {
+        #[pin]
+        inner: B,
+        tap: Tap,
+    }
+}
+
+pub(crate) enum Tap {
+    /// Not captured: frames are only forwarded.
+    None,
+    /// A captured request's body, read by the inner service.
+    Request {
+        buf: Arc<Mutex<CaptureBuf>>,
+        shared: Arc<Shared>,
+    },
+    /// A captured response's body; its end records the entry.
+    Response(Box<Finisher>),
+}
+
+impl<B> InspectBody<B> {
+    pub(crate) fn new(inner: B, tap: Tap) -> Self {
+        Self { inner, tap }
+    }
+
+    /// The wrapped body.
+    pub fn into_inner(self) -> B {
+        self.inner
+    }
+}
+
+impl<B: Body> InspectBody<B> {
+    /// Record the end now for a body that is already empty (a server may never poll it).
+    pub(crate) fn end_if_empty(&mut self) {
+        if self.inner.is_end_stream() {
+            self.tap.on_end();
+        }
+    }
+}
+
+impl Tap {
+    fn on_data(&mut self, data: &[u8]) {
+        match self {
+            Tap::None => {}
+            Tap::Request { buf, shared } => lock(buf).append(data, shared),
+            Tap::Response(finisher) => {
+                let Finisher {
+                    shared, response, ..
+                } = &mut **finisher;
+                response.append(data, shared);
+            }
+        }
+    }
+
+    fn on_end(&mut self) {
+        match self {
+            Tap::None => {}
+            Tap::Request { buf, .. } => lock(buf).complete = true,
+            Tap::Response(finisher) => {
+                finisher.response.complete = true;
+                finisher.finish(Outcome::Complete);
+            }
+        }
+    }
+
+    fn on_error(&mut self) {
+        if let Tap::Response(finisher) = self {
+            finisher.finish(Outcome::BodyError);
+        }
+    }
+}
+
+impl<B> Body for InspectBody<B>
+where
+    B: Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let mut this = self.project();
+        let polled = ready!(this.inner.as_mut().poll_frame(cx));
+        match &polled {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    this.tap.on_data(data);
+                }
+                // Servers stop polling once `is_end_stream` says so: record the end now.
+                if this.inner.is_end_stream() {
+                    this.tap.on_end();
+                }
+            }
+            Some(Err(_)) => this.tap.on_error(),
+            None => this.tap.on_end(),
+        }
+        Poll::Ready(polled)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B> fmt::Debug for InspectBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let tap = match self.tap {
+            Tap::None => "none",
+            Tap::Request { .. } => "request",
+            Tap::Response(_) => "response",
+        };
+        f.debug_struct("InspectBody")
+            .field("tap", &tap)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,185 @@
+//! The inspector's configuration: polling prefixes, ring capacity, body limit, redactions.
+
+use http::HeaderName;
+use pool_core::Knob;
+
+use crate::{ConfigError, PollingPrefixes};
+
+/// Ring capacity (entries): `REQUEST_INSPECTOR_CAPACITY`, default 200, clamped to [1, 100 000].
+pub const CAPACITY: Knob<usize> = Knob::new("REQUEST_INSPECTOR_CAPACITY", 200, 1, 100_000);
+
+/// Bytes of each request and each response body kept per entry:
+/// `REQUEST_INSPECTOR_BODY_LIMIT_BYTES`, default 16 KiB, clamped to [0, 16 MiB]. 0 keeps no
+/// body at all (sizes are still recorded).
+pub const BODY_LIMIT: Knob<usize> = Knob::new(
+    "REQUEST_INSPECTOR_BODY_LIMIT_BYTES",
+    16 * 1024,
+    0,
+    16 * 1024 * 1024,
+);
+
+/// Headers whose values are always replaced by [`REDACTED`] in the ring (I5).
+pub const DEFAULT_REDACTED_HEADERS: [&str; 5] = [
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+    "x-api-key",
+];
+
+/// What a redacted header value reads as in the ring.
+pub const REDACTED: &str = "[redacted]";
+
+/// How the inspector captures: built with [`InspectorConfig::new`] (defaults) or
+/// [`InspectorConfig::from_env`], then adjusted.
+///
+/// ```
+/// use request_inspector::InspectorConfig;
+///
+/// let config = InspectorConfig::new()
+///     .polling_prefixes(["/api/monitor/", "/api/warmup"])?
+///     .capacity(500)
+///     .body_limit(64 * 1024)
+///     .redact_header("x-session-token")?;
+/// assert_eq!(config.ring_capacity(), 500);
+/// # Ok::<(), request_inspector::ConfigError>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct InspectorConfig {
+    pub(crate) polling: PollingPrefixes,
+    pub(crate) capacity: usize,
+    pub(crate) body_limit: usize,
+    pub(crate) redact: Vec<HeaderName>,
+}
+
+impl Default for InspectorConfig {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl InspectorConfig {
+    /// The defaults, ignoring the environment: no polling prefixes, 200 entries, 16 KiB bodies,
+    /// [`DEFAULT_REDACTED_HEADERS`].
+    pub fn new() -> Self {
+        Self {
+            polling: PollingPrefixes::default(),
+            capacity: CAPACITY.default_value(),
+            body_limit: BODY_LIMIT.default_value(),
+            redact: DEFAULT_REDACTED_HEADERS
+                .iter()
+                .map(|name| HeaderName::from_static(name))
+                .collect(),
+        }
+    }
+
+    /// The defaults, with [`CAPACITY`] and [`BODY_LIMIT`] read from the process environment.
+    pub fn from_env() -> Self {
+        Self::from_env_with(|name| std::env::var(name).ok())
+    }
+
+    /// Like [`from_env`](Self::from_env), reading variables through `lookup`.
+    pub fn from_env_with(lookup: impl Fn(&str) -> Option<String>) -> Self {
+        Self {
+            capacity: CAPACITY.read_with(&lookup),
+            body_limit: BODY_LIMIT.read_with(&lookup),
+            ..Self::new()
+        }
+    }
+
+    /// Add polling prefixes (see [`PollingPrefixes`] for the rule).
+    pub fn polling_prefixes<I, S>(mut self, prefixes: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        for prefix in prefixes {
+            self.polling.push(prefix.as_ref())?;
+        }
+        Ok(self)
+    }
+
+    /// Ring capacity in entries, clamped to [`CAPACITY`]'s range.
+    pub fn capacity(mut self, entries: usize) -> Self {
+        let (min, max) = CAPACITY.range();
+        self.capacity = entries.clamp(min, max);
+        self
+    }
+
+    /// Bytes kept of each body, clamped to [`BODY_LIMIT`]'s range.
+    pub fn body_limit(mut self, bytes: usize) -> Self {
+        let (min, max) = BODY_LIMIT.range();
+        self.body_limit = bytes.clamp(min, max);
+        self
+    }
+
+    /// Also redact this header (case-insensitive), besides [`DEFAULT_REDACTED_HEADERS`].
+    pub fn redact_header(mut self, name: &str) -> Result<Self, ConfigError> {
+        let header = HeaderName::from_bytes(name.as_bytes()).map_err(|source| {
+            ConfigError::InvalidHeaderName {
+                name: name.to_string(),
+                source,
+            }
+        })?;
+        if !self.redact.contains(&header) {
+            self.redact.push(header);
+        }
+        Ok(self)
+    }
+
+    /// The polling prefixes.
+    pub fn polling(&self) -> &PollingPrefixes {
+        &self.polling
+    }
+
+    /// The ring capacity in entries.
+    pub fn ring_capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// The per-body byte limit.
+    pub fn body_limit_bytes(&self) -> usize {
+        self.body_limit
+    }
+
+    /// Whether `name`'s values are redacted.
+    pub fn is_redacted(&self, name: &HeaderName) -> bool {
+        self.redact.contains(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::header::{AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION, SET_COOKIE};
+
+    #[test]
+    fn env_knobs_are_read_and_clamped() {
+        let config = InspectorConfig::from_env_with(|name| match name {
+            "REQUEST_INSPECTOR_CAPACITY" => Some("0".into()),
+            "REQUEST_INSPECTOR_BODY_LIMIT_BYTES" => Some("lots".into()),
+            _ => None,
+        });
+        assert_eq!(config.ring_capacity(), 1);
+        assert_eq!(config.body_limit_bytes(), 16 * 1024);
+        let config = InspectorConfig::from_env_with(|_| None);
+        assert_eq!(config.ring_capacity(), 200);
+    }
+
+    #[test]
+    fn builder_clamps_and_validates() {
+        let config = InspectorConfig::new().capacity(0).body_limit(usize::MAX);
+        assert_eq!(config.ring_capacity(), 1);
+        assert_eq!(config.body_limit_bytes(), 16 * 1024 * 1024);
+        assert!(matches!(
+            InspectorConfig::new().redact_header("bad header"),
+            Err(ConfigError::InvalidHeaderName { .. })
+        ));
+        let config = InspectorConfig::new().redact_header("X-Session").unwrap();
+        assert!(config.is_redacted(&HeaderName::from_static("x-session")));
+        for name in [AUTHORIZATION, PROXY_AUTHORIZATION, COOKIE, SET_COOKIE] {
+            assert!(config.is_redacted(&name));
+        }
+        assert!(config.is_redacted(&HeaderName::from_static("x-api-key")));
+    }
+}

@@ -1,0 +1,177 @@
+//! What the ring holds: one captured exchange, its headers and its (bounded) bodies.
+
+use std::fmt;
+
+use bytes::Bytes;
+use http::HeaderMap;
+use serde::{Serialize, Serializer};
+
+use crate::InspectorConfig;
+use crate::config::REDACTED;
+
+/// One captured request/response exchange, as served by the JSON handler.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct Entry {
+    /// Position in capture order (1, 2, …) within this inspector; later entries have larger ids.
+    pub id: u64,
+    /// The request id the layer propagated or generated.
+    pub request_id: String,
+    /// The request method.
+    pub method: String,
+    /// The request path, without the query (queries often carry tokens).
+    pub path: String,
+    /// The response status; `None` if the inner service failed or was cancelled first.
+    pub status: Option<u16>,
+    /// When the request reached the layer, in milliseconds since the Unix epoch (display only).
+    pub started_at_unix_ms: u64,
+    /// Microseconds from the request reaching the layer to the response head.
+    pub response_after_us: Option<u64>,
+    /// Microseconds from the request reaching the layer to the end of the response body (or to
+    /// the moment the exchange ended otherwise, see [`outcome`](Self::outcome)).
+    pub duration_us: u64,
+    /// How the exchange ended.
+    pub outcome: Outcome,
+    /// Request headers, secrets redacted.
+    pub request_headers: Vec<Header>,
+    /// Response headers, secrets redacted.
+    pub response_headers: Vec<Header>,
+    /// The request body, up to the body limit.
+    pub request_body: CapturedBody,
+    /// The response body, up to the body limit.
+    pub response_body: CapturedBody,
+}
+
+impl Entry {
+    /// Bytes this entry keeps alive: bodies, header names and values, path, method and id.
+    pub fn retained_bytes(&self) -> usize {
+        let headers: usize = self
+            .request_headers
+            .iter()
+            .chain(&self.response_headers)
+            .map(|h| h.name.len() + h.value.len())
+            .sum();
+        self.request_body.captured_bytes()
+            + self.response_body.captured_bytes()
+            + headers
+            + self.path.len()
+            + self.method.len()
+            + self.request_id.len()
+    }
+}
+
+/// How a captured exchange ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Outcome {
+    /// The response body was streamed to its end.
+    Complete,
+    /// The response body returned an error part-way.
+    BodyError,
+    /// The response body was dropped before its end (e.g. the client went away).
+    Aborted,
+    /// The inner service returned an error instead of a response.
+    ServiceError,
+    /// The response future was dropped before the response head arrived.
+    Cancelled,
+}
+
+/// One header as recorded: lowercase name, value as text (lossy UTF-8) or [`REDACTED`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct Header {
+    /// The lowercase header name.
+    pub name: String,
+    /// The value, or [`REDACTED`] for a secret header.
+    pub value: String,
+}
+
+/// Record `headers`, replacing the values of redacted headers (I5).
+pub(crate) fn record_headers(headers: &HeaderMap, config: &InspectorConfig) -> Vec<Header> {
+    headers
+        .iter()
+        .map(|(name, value)| Header {
+            name: name.as_str().to_string(),
+            value: if config.is_redacted(name) {
+                REDACTED.to_string()
+            } else {
+                String::from_utf8_lossy(value.as_bytes()).into_owned()
+            },
+        })
+        .collect()
+}
+
+/// Up to the body limit of one body, with what was seen of the whole.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct CapturedBody {
+    pub(crate) bytes: Bytes,
+    pub(crate) total_bytes: u64,
+    pub(crate) truncated: bool,
+    pub(crate) complete: bool,
+}
+
+impl CapturedBody {
+    /// The captured bytes (the first `body_limit` bytes of the body at most).
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    /// How many bytes were captured.
+    pub fn captured_bytes(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// How many bytes of the body passed through the layer, captured or not.
+    pub fn total_bytes(&self) -> u64 {
+        self.total_bytes
+    }
+
+    /// Whether bytes beyond the limit passed through uncaptured.
+    pub fn truncated(&self) -> bool {
+        self.truncated
+    }
+
+    /// Whether the body was seen to its end (not dropped or failed part-way, or still
+    /// unread when the exchange ended).
+    pub fn complete(&self) -> bool {
+        self.complete
+    }
+
+    /// The captured bytes as text (invalid UTF-8 replaced by U+FFFD).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes).into_owned()
+    }
+}
+
+impl fmt::Debug for CapturedBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CapturedBody")
+            .field("captured_bytes", &self.bytes.len())
+            .field("total_bytes", &self.total_bytes)
+            .field("truncated", &self.truncated)
+            .field("complete", &self.complete)
+            .finish()
+    }
+}
+
+impl Serialize for CapturedBody {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Wire {
+            text: String,
+            captured_bytes: usize,
+            total_bytes: u64,
+            truncated: bool,
+            complete: bool,
+        }
+        Wire {
+            text: self.text(),
+            captured_bytes: self.bytes.len(),
+            total_bytes: self.total_bytes,
+            truncated: self.truncated,
+            complete: self.complete,
+        }
+        .serialize(serializer)
+    }
+}

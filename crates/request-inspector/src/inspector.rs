@@ -1,0 +1,209 @@
+//! `Inspector`: the shared handle to the ring, its layer, its counters and its filters.
+
+use std::sync::Arc;
+
+use http::Method;
+
+use crate::ring::{Counters, Ring};
+use crate::{Entry, FilterError, InspectorConfig, InspectorLayer, InspectorStats};
+
+/// State shared by the layer, its services, in-flight captures and the handle.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: InspectorConfig,
+    pub(crate) ring: Ring,
+    pub(crate) counters: Counters,
+}
+
+/// The inspector: make its [`layer`](Self::layer), read its ring and counters.
+///
+/// Cloning is cheap; every clone (and every layer made from it) shares one ring.
+#[derive(Debug, Clone)]
+pub struct Inspector {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl Inspector {
+    /// An inspector with `config`.
+    pub fn new(config: InspectorConfig) -> Self {
+        let ring = Ring::new(config.capacity);
+        Self {
+            shared: Arc::new(Shared {
+                config,
+                ring,
+                counters: Counters::default(),
+            }),
+        }
+    }
+
+    /// The tower layer that records into this inspector.
+    pub fn layer(&self) -> InspectorLayer {
+        InspectorLayer::new(Arc::clone(&self.shared))
+    }
+
+    /// Whether a request to `path` with `method` would be captured (I4): everything except a
+    /// `GET` under a polling prefix; `None` counts as non-GET. See
+    /// [`PollingPrefixes`](crate::PollingPrefixes) for the matching rule.
+    pub fn should_capture(&self, path: &str, method: Option<&Method>) -> bool {
+        self.shared.config.polling.should_capture(path, method)
+    }
+
+    /// The ring's entries, newest first.
+    pub fn entries(&self) -> Vec<Arc<Entry>> {
+        self.shared.ring.snapshot()
+    }
+
+    /// The entries `filter` keeps, newest first.
+    pub fn entries_matching(&self, filter: &EntryFilter) -> Vec<Arc<Entry>> {
+        let mut entries = self.shared.ring.snapshot();
+        entries.retain(|e| filter.matches(e));
+        if let Some(limit) = filter.limit {
+            entries.truncate(limit);
+        }
+        entries
+    }
+
+    /// The counters, including the bytes the layer holds right now and at its peak.
+    pub fn stats(&self) -> InspectorStats {
+        let len = self.shared.ring.snapshot().len();
+        self.shared.counters.snapshot(len)
+    }
+
+    /// Empty the ring (counters other than the byte counts are kept).
+    pub fn clear(&self) {
+        let _dropped = self.shared.ring.clear(&self.shared.counters);
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &InspectorConfig {
+        &self.shared.config
+    }
+
+    /// The ring's capacity in entries.
+    pub fn capacity(&self) -> usize {
+        self.shared.ring.capacity()
+    }
+}
+
+/// Which entries to return: by method, by status code or class, at most `limit`.
+///
+/// ```
+/// use request_inspector::EntryFilter;
+///
+/// let filter = EntryFilter::parse(Some("post"), Some("4xx"))?.limit(10);
+/// # let _ = filter;
+/// # Ok::<(), request_inspector::FilterError>(())
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EntryFilter {
+    method: Option<Method>,
+    status: Option<StatusFilter>,
+    limit: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StatusFilter {
+    Code(u16),
+    /// 1 to 5: `1xx` … `5xx`.
+    Class(u16),
+}
+
+impl EntryFilter {
+    /// Keep everything.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Parse the handler's query values: `method` is case-insensitive (`post` = `POST`);
+    /// `status` is a code (`404`) or a class (`4xx`, `4XX`).
+    pub fn parse(method: Option<&str>, status: Option<&str>) -> Result<Self, FilterError> {
+        let mut filter = Self::new();
+        if let Some(raw) = method.map(str::trim).filter(|m| !m.is_empty()) {
+            let upper = raw.to_ascii_uppercase();
+            filter.method = Some(Method::from_bytes(upper.as_bytes()).map_err(|_| {
+                FilterError::InvalidMethod {
+                    value: raw.to_string(),
+                }
+            })?);
+        }
+        if let Some(raw) = status.map(str::trim).filter(|s| !s.is_empty()) {
+            filter.status = Some(parse_status(raw)?);
+        }
+        Ok(filter)
+    }
+
+    /// Keep only entries with this method.
+    pub fn method(mut self, method: Method) -> Self {
+        self.method = Some(method);
+        self
+    }
+
+    /// Keep only entries with this status code.
+    pub fn status(mut self, code: u16) -> Self {
+        self.status = Some(StatusFilter::Code(code));
+        self
+    }
+
+    /// Return at most `n` entries (the newest).
+    pub fn limit(mut self, n: usize) -> Self {
+        self.limit = Some(n);
+        self
+    }
+
+    /// Whether `entry` passes the method and status filters.
+    pub fn matches(&self, entry: &Entry) -> bool {
+        let method_ok = self
+            .method
+            .as_ref()
+            .is_none_or(|m| m.as_str() == entry.method);
+        let status_ok = match self.status {
+            None => true,
+            Some(StatusFilter::Code(code)) => entry.status == Some(code),
+            Some(StatusFilter::Class(class)) => entry.status.is_some_and(|s| s / 100 == class),
+        };
+        method_ok && status_ok
+    }
+}
+
+fn parse_status(raw: &str) -> Result<StatusFilter, FilterError> {
+    let invalid = || FilterError::InvalidStatus {
+        value: raw.to_string(),
+    };
+    let bytes = raw.as_bytes();
+    if bytes.len() != 3 {
+        return Err(invalid());
+    }
+    if bytes[1..].eq_ignore_ascii_case(b"xx") {
+        return match bytes[0] {
+            c @ b'1'..=b'5' => Ok(StatusFilter::Class(u16::from(c - b'0'))),
+            _ => Err(invalid()),
+        };
+    }
+    match raw.parse::<u16>() {
+        Ok(code @ 100..=999) => Ok(StatusFilter::Code(code)),
+        _ => Err(invalid()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_filters_parse_codes_and_classes() {
+        assert_eq!(parse_status("404").unwrap(), StatusFilter::Code(404));
+        assert_eq!(parse_status("4xx").unwrap(), StatusFilter::Class(4));
+        assert_eq!(parse_status("5XX").unwrap(), StatusFilter::Class(5));
+        for bad in ["", "6xx", "0xx", "40", "4044", "abc", "-12", "099"] {
+            assert!(parse_status(bad).is_err(), "{bad}");
+        }
+        assert!(matches!(
+            EntryFilter::parse(Some("GE T"), None),
+            Err(FilterError::InvalidMethod { .. })
+        ));
+        assert_eq!(
+            EntryFilter::parse(Some("delete"), None).unwrap(),
+            EntryFilter::new().method(Method::DELETE)
+        );
+    }
+}

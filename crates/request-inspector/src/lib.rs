@@ -1,0 +1,98 @@
+//! A tower layer that gives every request an id and records one-shot calls (POST, PUT, PATCH,
+//! DELETE, non-polling GETs) into a bounded ring for an HTTP inspector panel, while polling GETs
+//! stream through untouched.
+//!
+//! Seed 001: a request-id middleware drained every `/api/*` response body into memory so the
+//! inspector could show it. The dashboard's polling GETs paid that cost on every tick (the
+//! whole body buffered before the first byte reached the client), and their identical payloads
+//! filled the ring, pushing out the POST and DELETE calls users wanted to inspect. Here:
+//!
+//! - every request gets an `x-request-id`: a valid incoming one (1–128 bytes of visible ASCII)
+//!   is propagated, anything else is replaced by a fresh id; it is set on the request, the
+//!   response, the request's extensions ([`RequestId`]) and the `request` tracing span (I1);
+//! - a `GET` under a polling prefix (matched on whole path segments: `/api/monitor/aks` is under
+//!   `/api/monitor`, `/api/monitoring` is not — see [`PollingPrefixes`]) is passed through with
+//!   no copy and no ring entry (I2); everything else is captured (I3); [`Inspector::should_capture`]
+//!   and [`PollingPrefixes::should_capture`] are public, and an unknown method counts as non-GET
+//!   (I4);
+//! - captured bodies are *tee'd* while they stream: each frame goes on at once, only the first
+//!   `body_limit` bytes are copied aside and a cut is flagged `truncated`; `authorization`,
+//!   `proxy-authorization`, `cookie`, `set-cookie`, `x-api-key` (and any header you add) are
+//!   redacted (I5);
+//! - the ring has a fixed capacity, newest first; its lock is held only to push an entry or to
+//!   clone the entries out, never across an `.await`; [`InspectorStats`] counts the bytes the
+//!   layer holds, so "how much memory does the inspector cost" is a number, not a guess.
+//!
+//! The layer works with any tower service over `http::Request<B>` / `http::Response<B>` with
+//! [`http_body`] 1.x bodies whose data is [`bytes::Bytes`] (hyper, axum, tonic's HTTP bodies). The
+//! feature `axum` (default) adds [`Inspector::router`] / [`entries_handler`], which serve the
+//! ring as JSON with `?method=` / `?status=` / `?limit=` filters.
+//!
+//! # Example
+//!
+//! ```
+//! use axum::body::{Body, to_bytes};
+//! use axum::routing::{get, post};
+//! use axum::Router;
+//! use http::Request;
+//! use request_inspector::{Inspector, InspectorConfig};
+//! use tower::ServiceExt;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let inspector = Inspector::new(
+//!     InspectorConfig::new()
+//!         // The panel polls the inspector itself too: exempt it as well.
+//!         .polling_prefixes(["/api/monitor/", "/api/inspector"])?
+//!         .capacity(200)
+//!         .body_limit(16 * 1024),
+//! );
+//! let app = Router::new()
+//!     .route("/api/monitor/aks", get(|| async { "cluster status" }))
+//!     .route("/api/jobs", post(|body: String| async move { format!("submitted {body}") }))
+//!     .nest("/api/inspector", inspector.router())
+//!     .layer(inspector.layer());
+//!
+//! let response = app
+//!     .clone()
+//!     .oneshot(Request::post("/api/jobs").header("x-request-id", "req-1").body(Body::from("job-1"))?)
+//!     .await?;
+//! assert_eq!(response.headers()["x-request-id"], "req-1");
+//! to_bytes(response.into_body(), usize::MAX).await?; // the entry is recorded at the body's end
+//!
+//! let response = app.clone().oneshot(Request::get("/api/monitor/aks").body(Body::empty())?).await?;
+//! to_bytes(response.into_body(), usize::MAX).await?; // streamed through, not recorded
+//!
+//! let entries = inspector.entries();
+//! assert_eq!(entries.len(), 1);
+//! assert_eq!(entries[0].request_body.text(), "job-1");
+//! assert_eq!(entries[0].response_body.text(), "submitted job-1");
+//! assert_eq!(inspector.stats().passed_through, 1);
+//! # Ok(())
+//! # }
+//! ```
+
+mod body;
+mod capture;
+mod config;
+mod entry;
+mod error;
+#[cfg(feature = "axum")]
+mod handler;
+mod inspector;
+mod matcher;
+mod request_id;
+mod ring;
+mod service;
+
+pub use body::InspectBody;
+pub use config::{BODY_LIMIT, CAPACITY, DEFAULT_REDACTED_HEADERS, InspectorConfig, REDACTED};
+pub use entry::{CapturedBody, Entry, Header, Outcome};
+pub use error::{ConfigError, FilterError, RequestIdError};
+#[cfg(feature = "axum")]
+pub use handler::{EntryQuery, entries_handler};
+pub use inspector::{EntryFilter, Inspector};
+pub use matcher::PollingPrefixes;
+pub use request_id::{MAX_REQUEST_ID_LEN, REQUEST_ID_HEADER, RequestId};
+pub use ring::InspectorStats;
+pub use service::{InspectorLayer, InspectorService, ResponseFuture};

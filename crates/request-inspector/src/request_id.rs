@@ -1,0 +1,170 @@
+//! Request ids: validate an incoming `x-request-id` or generate a fresh one.
+
+use std::collections::hash_map::RandomState;
+use std::fmt;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::RequestIdError;
+
+/// The header that carries the request id, on requests and responses.
+pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The longest incoming request id that is propagated, in bytes; longer ones are replaced.
+pub const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// A request id: 1 to [`MAX_REQUEST_ID_LEN`] bytes of visible ASCII (`!` to `~`).
+///
+/// The layer inserts it into the request's extensions (handlers can take it with
+/// `Extension<RequestId>`), into the request and response `x-request-id` headers, and into the
+/// `request` tracing span.
+///
+/// ```
+/// use request_inspector::RequestId;
+///
+/// assert_eq!(RequestId::parse("abc-123")?.as_str(), "abc-123");
+/// assert!(RequestId::parse("has space").is_err());
+/// assert_eq!(RequestId::generate().as_str().len(), 32);
+/// # Ok::<(), request_inspector::RequestIdError>(())
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct RequestId(HeaderValue);
+
+impl RequestId {
+    /// Validate `value` as a request id.
+    pub fn parse(value: &str) -> Result<Self, RequestIdError> {
+        Self::from_bytes(value.as_bytes())
+    }
+
+    fn from_bytes(bytes: &[u8]) -> Result<Self, RequestIdError> {
+        if bytes.is_empty() {
+            return Err(RequestIdError::Empty);
+        }
+        if bytes.len() > MAX_REQUEST_ID_LEN {
+            return Err(RequestIdError::TooLong {
+                len: bytes.len(),
+                max: MAX_REQUEST_ID_LEN,
+            });
+        }
+        if let Some(position) = bytes.iter().position(|b| !(0x21..=0x7e).contains(b)) {
+            return Err(RequestIdError::InvalidByte { position });
+        }
+        HeaderValue::from_bytes(bytes)
+            .map(Self)
+            .map_err(|_| RequestIdError::InvalidByte { position: 0 })
+    }
+
+    /// A fresh id: 32 lowercase hex digits, a random per-process prefix followed by a
+    /// per-process counter, so ids never repeat within a process and rarely across processes.
+    pub fn generate() -> Self {
+        static PREFIX: OnceLock<u64> = OnceLock::new();
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        // `RandomState` is seeded from the OS's randomness: a random u64 without a dependency.
+        let prefix = *PREFIX.get_or_init(|| {
+            let mut hasher = RandomState::new().build_hasher();
+            hasher.write_u32(std::process::id());
+            hasher.finish()
+        });
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let text = format!("{prefix:016x}{n:016x}");
+        Self(HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("0")))
+    }
+
+    /// The incoming id if the headers carry exactly one valid `x-request-id`, else a fresh one.
+    /// The second value says whether an incoming value was present but rejected.
+    pub fn from_headers_or_generate(headers: &HeaderMap) -> (Self, Option<RequestIdError>) {
+        let mut values = headers.get_all(&REQUEST_ID_HEADER).iter();
+        match (values.next(), values.next()) {
+            (None, _) => (Self::generate(), None),
+            (Some(value), None) => match Self::from_bytes(value.as_bytes()) {
+                Ok(id) => (id, None),
+                Err(err) => (Self::generate(), Some(err)),
+            },
+            // Two ids for one request: neither can be trusted to be *the* id.
+            (Some(_), Some(_)) => (Self::generate(), Some(RequestIdError::Repeated)),
+        }
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        // Only visible ASCII is ever stored.
+        self.0.to_str().unwrap_or_default()
+    }
+
+    /// The id as a header value.
+    pub fn header_value(&self) -> &HeaderValue {
+        &self.0
+    }
+}
+
+impl fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RequestId({})", self.as_str())
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_bounds_length_and_bytes() {
+        assert_eq!(RequestId::parse(""), Err(RequestIdError::Empty));
+        let long = "a".repeat(MAX_REQUEST_ID_LEN + 1);
+        assert!(matches!(
+            RequestId::parse(&long),
+            Err(RequestIdError::TooLong { len: 129, .. })
+        ));
+        assert!(RequestId::parse(&"a".repeat(MAX_REQUEST_ID_LEN)).is_ok());
+        assert_eq!(
+            RequestId::parse("ab c"),
+            Err(RequestIdError::InvalidByte { position: 2 })
+        );
+        assert!(RequestId::parse("tab\there").is_err());
+        assert!(RequestId::parse("caf\u{e9}").is_err());
+        assert!(RequestId::parse("0f3c-Ab_9.~!").is_ok());
+    }
+
+    #[test]
+    fn generated_ids_are_unique_hex_and_valid() {
+        let ids: std::collections::HashSet<String> = (0..1000)
+            .map(|_| RequestId::generate().as_str().to_string())
+            .collect();
+        assert_eq!(ids.len(), 1000);
+        for id in &ids {
+            assert_eq!(id.len(), 32);
+            assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
+            assert!(RequestId::parse(id).is_ok());
+        }
+    }
+
+    #[test]
+    fn headers_with_invalid_or_repeated_ids_get_a_fresh_one() {
+        let mut headers = HeaderMap::new();
+        let (_, rejected) = RequestId::from_headers_or_generate(&headers);
+        assert_eq!(rejected, None);
+
+        headers.insert(REQUEST_ID_HEADER, HeaderValue::from_static("abc"));
+        let (id, rejected) = RequestId::from_headers_or_generate(&headers);
+        assert_eq!((id.as_str(), rejected), ("abc", None));
+
+        headers.append(REQUEST_ID_HEADER, HeaderValue::from_static("def"));
+        let (id, rejected) = RequestId::from_headers_or_generate(&headers);
+        assert_ne!(id.as_str(), "abc");
+        assert_eq!(rejected, Some(RequestIdError::Repeated));
+
+        headers.insert(REQUEST_ID_HEADER, HeaderValue::from_static("has space"));
+        let (id, rejected) = RequestId::from_headers_or_generate(&headers);
+        assert_eq!(id.as_str().len(), 32);
+        assert_eq!(rejected, Some(RequestIdError::InvalidByte { position: 3 }));
+    }
+}

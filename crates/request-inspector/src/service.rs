@@ -1,0 +1,207 @@
+//! The tower `Layer`, its `Service` and response future.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body;
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+use tracing::Span;
+
+use crate::body::Tap;
+use crate::capture::{CaptureBuf, Finisher};
+use crate::entry::record_headers;
+use crate::inspector::Shared;
+use crate::{InspectBody, Outcome, REQUEST_ID_HEADER, RequestId};
+
+/// The tower layer made by [`Inspector::layer`](crate::Inspector::layer).
+#[derive(Clone)]
+pub struct InspectorLayer {
+    shared: Arc<Shared>,
+}
+
+impl InspectorLayer {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+}
+
+impl fmt::Debug for InspectorLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InspectorLayer").finish_non_exhaustive()
+    }
+}
+
+impl<S> Layer<S> for InspectorLayer {
+    type Service = InspectorService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        InspectorService {
+            inner,
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+/// The service made by [`InspectorLayer`]: request ids on every request; capture of every
+/// request except polling GETs.
+#[derive(Clone)]
+pub struct InspectorService<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> fmt::Debug for InspectorService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InspectorService").finish_non_exhaustive()
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for InspectorService<S>
+where
+    S: Service<Request<InspectBody<ReqBody>>, Response = Response<ResBody>>,
+    ReqBody: Body<Data = Bytes>,
+    ResBody: Body<Data = Bytes>,
+{
+    type Response = Response<InspectBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let (id, rejected) = RequestId::from_headers_or_generate(request.headers());
+        let path = request.uri().path();
+        let capture = self
+            .shared
+            .config
+            .polling
+            .should_capture(path, Some(request.method()));
+        let span = tracing::info_span!(
+            "request",
+            request_id = %id,
+            method = %request.method(),
+            path = %path,
+            captured = capture,
+            status = tracing::field::Empty,
+        );
+        if let Some(reason) = rejected {
+            let _enter = span.enter();
+            tracing::debug!(%reason, "replaced the incoming x-request-id with a fresh one");
+        }
+        request
+            .headers_mut()
+            .insert(REQUEST_ID_HEADER, id.header_value().clone());
+        request.extensions_mut().insert(id.clone());
+
+        let (request, finisher) = if capture {
+            let shared = &self.shared;
+            let headers = record_headers(request.headers(), &shared.config);
+            let buf = Arc::new(Mutex::new(CaptureBuf::new(shared.config.body_limit)));
+            let finisher = Finisher::new(
+                Arc::clone(shared),
+                id.to_string(),
+                request.method().to_string(),
+                request.uri().path().to_string(),
+                headers,
+                Arc::clone(&buf),
+            );
+            let tap = Tap::Request {
+                buf,
+                shared: Arc::clone(shared),
+            };
+            let request = request.map(|body| {
+                let mut body = InspectBody::new(body, tap);
+                body.end_if_empty();
+                body
+            });
+            (request, Some(Box::new(finisher)))
+        } else {
+            self.shared
+                .counters
+                .passed_through
+                .fetch_add(1, Ordering::Relaxed);
+            (request.map(|body| InspectBody::new(body, Tap::None)), None)
+        };
+
+        let inner = {
+            let _enter = span.enter();
+            self.inner.call(request)
+        };
+        ResponseFuture {
+            inner,
+            span,
+            request_id: id,
+            finisher,
+        }
+    }
+}
+
+pin_project! {
+    /// The future of [`InspectorService`]: the inner response with `x-request-id` set and, for a
+    /// captured exchange, a body that records the entry when it ends.
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        span: Span,
+        request_id: RequestId,
+        finisher: Option<Box<Finisher>>,
+    }
+}
+
+impl<F> fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("request_id", &self.request_id)
+            .field("captured", &self.finisher.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    B: Body<Data = Bytes>,
+{
+    type Output = Result<Response<InspectBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let _enter = this.span.enter();
+        match ready!(this.inner.poll(cx)) {
+            Ok(response) => {
+                let (mut parts, body) = response.into_parts();
+                parts
+                    .headers
+                    .insert(REQUEST_ID_HEADER, this.request_id.header_value().clone());
+                this.span.record("status", parts.status.as_u16());
+                let tap = match this.finisher.take() {
+                    None => Tap::None,
+                    Some(mut finisher) => {
+                        let headers = record_headers(&parts.headers, &finisher.shared.config);
+                        finisher.response(parts.status.as_u16(), headers);
+                        Tap::Response(finisher)
+                    }
+                };
+                let mut body = InspectBody::new(body, tap);
+                body.end_if_empty();
+                Poll::Ready(Ok(Response::from_parts(parts, body)))
+            }
+            Err(err) => {
+                if let Some(mut finisher) = this.finisher.take() {
+                    finisher.finish(Outcome::ServiceError);
+                }
+                Poll::Ready(Err(err))
+            }
+        }
+    }
+}
