@@ -1,0 +1,91 @@
+//! The cache's mutable state: the installed token, its thresholds and its generation.
+
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+
+use crate::config::RefreshConfig;
+use crate::source::Fetched;
+
+/// Where the cached token stands (T1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TokenState {
+    /// No token yet (or it was invalidated): the next call waits for a blocking refresh.
+    Empty,
+    /// Served as is.
+    Fresh,
+    /// Served as is, and one background refresh is started (or already running).
+    Stale,
+    /// Within the skew of its expiry, or past it: callers wait for a blocking refresh.
+    Expired,
+}
+
+/// A token as installed: thresholds are absolute instants, computed once (T2, T6).
+pub(crate) struct Installed<T> {
+    pub(crate) token: T,
+    pub(crate) expires_at: Option<Instant>,
+    /// `expires_at - skew`: from here on the token counts as expired.
+    pub(crate) expired_at: Option<Instant>,
+    /// From here on the token is stale; moved forward by a failed background refresh (T4).
+    pub(crate) stale_after: Option<Instant>,
+}
+
+impl<T> Installed<T> {
+    pub(crate) fn state(&self, now: Instant) -> TokenState {
+        if self.expired_at.is_some_and(|at| now >= at) {
+            TokenState::Expired
+        } else if self.stale_after.is_some_and(|at| now >= at) {
+            TokenState::Stale
+        } else {
+            TokenState::Fresh
+        }
+    }
+}
+
+pub(crate) struct State<T> {
+    pub(crate) current: Option<Installed<T>>,
+    /// Bumped by every install and invalidation; a background refresh remembers the generation
+    /// it started from and is discarded if it changed (T5).
+    pub(crate) generation: u64,
+    /// The running background refresh, if any (T3).
+    pub(crate) background: Option<AbortHandle>,
+}
+
+impl<T> Default for State<T> {
+    fn default() -> Self {
+        Self {
+            current: None,
+            generation: 0,
+            background: None,
+        }
+    }
+}
+
+impl<T> State<T> {
+    pub(crate) fn state(&self, now: Instant) -> TokenState {
+        self.current
+            .as_ref()
+            .map_or(TokenState::Empty, |current| current.state(now))
+    }
+
+    /// Install a fetched token at `now`: convert its expiry once (T6), compute its thresholds
+    /// (T2) and start a new generation. Returns the new generation.
+    pub(crate) fn install(
+        &mut self,
+        fetched: Fetched<T>,
+        now: Instant,
+        config: &RefreshConfig,
+    ) -> u64 {
+        let expires_at = fetched.expiry.deadline(now, &*config.wall_clock);
+        let expired_at = expires_at.map(|at| at.checked_sub(config.skew).unwrap_or(now));
+        let stale_after = expires_at.and_then(|at| config.stale_after(now, at));
+        self.current = Some(Installed {
+            token: fetched.token,
+            expires_at,
+            expired_at,
+            stale_after,
+        });
+        self.generation += 1;
+        self.generation
+    }
+}

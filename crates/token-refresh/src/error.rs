@@ -1,0 +1,37 @@
+//! `RefreshError`: why a caller who had to wait for a blocking refresh got no token.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why [`TokenCache::token`](crate::TokenCache::token) returned no token.
+///
+/// Only callers that had to wait (no token yet, or the cached one expired) ever see an error:
+/// a stale token is served whatever happens to its background refresh. The error is shared by
+/// every caller that waited on the same refresh (it is cheap to clone) and is not cached: the
+/// next call tries again.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum RefreshError {
+    /// The token source failed; the source's error is the `source()`.
+    #[error("token source failed to fetch a token")]
+    Source(#[source] Arc<dyn std::error::Error + Send + Sync + 'static>),
+    /// The token source did not answer within the load timeout; raise
+    /// `TOKEN_REFRESH_LOAD_TIMEOUT_SECONDS` if the identity endpoint is legitimately slow.
+    #[error("token source did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+impl RefreshError {
+    /// Whether this is a load timeout.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Self::Timeout(_))
+    }
+
+    /// The source's error, if it is one of type `E`.
+    pub fn source_error<E: std::error::Error + 'static>(&self) -> Option<&E> {
+        match self {
+            Self::Source(source) => source.downcast_ref::<E>(),
+            _ => None,
+        }
+    }
+}
