@@ -1,0 +1,288 @@
+//! `RetryClient`: the attempt loop — acquire a slot, send, release before sleeping, retry.
+
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+use http::{HeaderValue, StatusCode};
+use reqwest::{Method, Request, RequestBuilder, Response, Url};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+use tracing::Instrument as _;
+
+use crate::config::{Builder, ClientConfig, Limits};
+use crate::error::Error;
+use crate::hooks::{Credential, Sleeper};
+use crate::permit::{Limiter, Released, attach, release};
+use crate::policy::{Attempt, Decision, RetryPolicy};
+use crate::stats::{Counters, GiveUpReason, RetryCause, TransportStats, bump};
+
+/// What every clone and policy view of one client shares.
+#[derive(Debug)]
+struct Shared {
+    config: ClientConfig,
+    /// The reqwest client now in use; `reset()` swaps it. Never held across an await.
+    current: RwLock<reqwest::Client>,
+    limiter: Limiter,
+    counters: Counters,
+    credential: Option<Arc<dyn Credential>>,
+    sleeper: Arc<dyn Sleeper>,
+}
+
+/// An HTTP client over reqwest that never hangs its pool (seed 002).
+///
+/// Cloning is cheap and shares everything: the connection pool, the slot limit, the stats.
+/// See the [crate docs](crate) for the guarantees and an example.
+#[derive(Debug, Clone)]
+pub struct RetryClient {
+    shared: Arc<Shared>,
+    policy: Arc<RetryPolicy>,
+}
+
+impl RetryClient {
+    /// A builder, with limits from the `RETRY_TRANSPORT_*` environment variables.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    /// A client with the default policy and limits from the environment.
+    pub fn new() -> Result<Self, Error> {
+        Builder::default().build()
+    }
+
+    pub(crate) fn from_builder(builder: Builder) -> Result<Self, Error> {
+        let client = builder.config.build()?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                limiter: Limiter::new(builder.config.limits.max_in_use),
+                config: builder.config,
+                current: RwLock::new(client),
+                counters: Counters::default(),
+                credential: builder.credential,
+                sleeper: builder.sleeper,
+            }),
+            policy: Arc::new(builder.policy),
+        })
+    }
+
+    /// A view of this client with another retry policy. It shares the connection pool, the
+    /// slot limit and the stats, so a "with more retries" client can never escape the limits
+    /// (R5).
+    pub fn with_policy(&self, policy: RetryPolicy) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+            policy: Arc::new(policy),
+        }
+    }
+
+    /// The retry policy of this view.
+    pub fn policy(&self) -> &RetryPolicy {
+        &self.policy
+    }
+
+    /// The limits.
+    pub fn limits(&self) -> &Limits {
+        &self.shared.config.limits
+    }
+
+    /// The counters now.
+    pub fn stats(&self) -> TransportStats {
+        let limiter = &self.shared.limiter;
+        self.shared
+            .counters
+            .snapshot(limiter.in_use(), limiter.max_in_use())
+    }
+
+    /// Rebuild the underlying reqwest client — a fresh connection pool — with the same
+    /// configuration: proxy, TLS roots, default headers, customizations and limits (R6).
+    /// Requests in flight finish on the old client, whose pool closes when the last of them
+    /// is done. The slot limit spans both: it is one semaphore.
+    pub fn reset(&self) -> Result<(), Error> {
+        let fresh = self.shared.config.build()?;
+        let old = {
+            let mut current = self
+                .shared
+                .current
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            std::mem::replace(&mut *current, fresh)
+        };
+        drop(old);
+        bump(&self.shared.counters.resets);
+        tracing::info!("retry-transport: HTTP client reset, new connection pool");
+        Ok(())
+    }
+
+    fn current(&self) -> reqwest::Client {
+        self.shared
+            .current
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Start a request (send it with [`RetryClient::send`]).
+    pub fn request(&self, method: Method, url: Url) -> RequestBuilder {
+        self.current().request(method, url)
+    }
+
+    /// Start a GET (send it with [`RetryClient::send`]).
+    pub fn get(&self, url: Url) -> RequestBuilder {
+        self.request(Method::GET, url)
+    }
+
+    /// Build and [`execute`](RetryClient::execute) a request.
+    pub async fn send(&self, request: RequestBuilder) -> Result<Response, Error> {
+        let request = request.build().map_err(Error::Build)?;
+        self.execute(request).await
+    }
+
+    /// Send `request`, retrying as the policy says. The returned response holds its connection
+    /// slot until its body is read to the end or it is dropped.
+    pub async fn execute(&self, request: Request) -> Result<Response, Error> {
+        let counters = &self.shared.counters;
+        bump(&counters.requests);
+        let started = Instant::now();
+        let method = request.method().clone();
+        let mut schedule = self.policy.schedule();
+        let mut refreshed = false;
+        let mut number = 0u32;
+        let mut current = request;
+        loop {
+            number += 1;
+            // The copy for a possible next attempt. R8: a streaming body cannot be cloned, so
+            // `next` is None and this attempt is the only one.
+            let next = current.try_clone();
+            let span = tracing::info_span!(
+                "http_attempt",
+                attempt = number,
+                method = %method,
+                host = current.url().host_str().unwrap_or(""),
+                path = current.url().path(),
+                status = tracing::field::Empty,
+            );
+            let (result, permit) = match self
+                .attempt(current, refreshed)
+                .instrument(span.clone())
+                .await
+            {
+                Ok(sent) => sent,
+                Err(error) => {
+                    if error.is_pool_timeout() {
+                        bump(&counters.pool_timeouts);
+                    }
+                    return Err(error);
+                }
+            };
+            let ctx = Attempt {
+                method: &method,
+                number,
+                elapsed: started.elapsed(),
+                wall_now: SystemTime::now(),
+            };
+            match result {
+                Ok(response) => {
+                    let status = response.status();
+                    span.record("status", status.as_u16());
+                    let decision = if status == StatusCode::UNAUTHORIZED
+                        && self.shared.credential.is_some()
+                        && !refreshed
+                    {
+                        // R7: refresh the credential and retry once, at once.
+                        refreshed = true;
+                        Decision::Retry {
+                            delay: std::time::Duration::ZERO,
+                            cause: RetryCause::Unauthorized,
+                        }
+                    } else {
+                        self.policy
+                            .on_status(&ctx, status, response.headers(), &mut schedule)
+                    };
+                    match (self.settle(decision), next) {
+                        (Some((delay, cause)), Some(next)) => {
+                            // R1: nothing is held while sleeping: the body is drained (or the
+                            // connection dropped) and the slot released first.
+                            self.release(response).await;
+                            drop(permit);
+                            counters.retry(cause);
+                            tracing::debug!(parent: &span, ?delay, ?cause, "retrying; response released");
+                            if !delay.is_zero() {
+                                self.shared.sleeper.sleep(delay).await;
+                            }
+                            current = next;
+                        }
+                        (Some(_), None) => {
+                            counters.gave_up(GiveUpReason::BodyNotCloneable);
+                            return Ok(attach(response, permit));
+                        }
+                        (None, _) => return Ok(attach(response, permit)),
+                    }
+                }
+                Err(error) => {
+                    drop(permit);
+                    let decision =
+                        self.policy
+                            .on_transport_error(&ctx, error.is_connect(), &mut schedule);
+                    match (self.settle(decision), next) {
+                        (Some((delay, cause)), Some(next)) => {
+                            counters.retry(cause);
+                            tracing::debug!(parent: &span, ?delay, error = %error, "retrying after a transport error");
+                            self.shared.sleeper.sleep(delay).await;
+                            current = next;
+                        }
+                        (retry, _) => {
+                            if retry.is_some() {
+                                counters.gave_up(GiveUpReason::BodyNotCloneable);
+                            }
+                            return Err(Error::Transport {
+                                attempts: number,
+                                source: error,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// One attempt: a slot, the credential, the send. The slot comes back with the result.
+    async fn attempt(
+        &self,
+        mut request: Request,
+        refresh: bool,
+    ) -> Result<(reqwest::Result<Response>, OwnedSemaphorePermit), Error> {
+        let limits = &self.shared.config.limits;
+        let permit = self.shared.limiter.acquire(limits.acquire_timeout).await?;
+        if let Some(credential) = &self.shared.credential {
+            let value: HeaderValue = credential
+                .authorization(refresh)
+                .await
+                .map_err(Error::Credential)?;
+            request
+                .headers_mut()
+                .insert(http::header::AUTHORIZATION, value);
+        }
+        bump(&self.shared.counters.attempts);
+        let result = self.current().execute(request).await;
+        Ok((result, permit))
+    }
+
+    /// Turn a decision into "sleep this long for this cause", counting give-ups.
+    fn settle(&self, decision: Decision) -> Option<(std::time::Duration, RetryCause)> {
+        match decision {
+            Decision::Done => None,
+            Decision::GiveUp(reason) => {
+                self.shared.counters.gave_up(reason);
+                None
+            }
+            Decision::Retry { delay, cause } => Some((delay, cause)),
+        }
+    }
+
+    async fn release(&self, response: Response) {
+        let limits = &self.shared.config.limits;
+        match release(response, limits.drain_limit, limits.drain_timeout).await {
+            Released::Drained => bump(&self.shared.counters.drained),
+            Released::Discarded => bump(&self.shared.counters.discarded),
+        }
+    }
+}

@@ -1,0 +1,337 @@
+//! Limits (R4) and the builder every construction path goes through (R5, R6).
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderMap;
+use pool_core::Knob;
+
+use crate::error::Error;
+use crate::hooks::{Credential, Sleeper, TokioSleep};
+use crate::policy::RetryPolicy;
+
+/// `RETRY_TRANSPORT_MAX_CONNECTIONS`: connection slots in use at once.
+pub const MAX_CONNECTIONS: Knob<usize> = Knob::new("RETRY_TRANSPORT_MAX_CONNECTIONS", 50, 1, 4096);
+/// `RETRY_TRANSPORT_MAX_IDLE_PER_HOST`: idle keep-alive connections kept per host.
+pub const MAX_IDLE_PER_HOST: Knob<usize> =
+    Knob::new("RETRY_TRANSPORT_MAX_IDLE_PER_HOST", 10, 0, 4096);
+/// `RETRY_TRANSPORT_IDLE_TIMEOUT_SECONDS`: idle connections are closed after this long.
+pub const IDLE_TIMEOUT_SECONDS: Knob<u64> =
+    Knob::new("RETRY_TRANSPORT_IDLE_TIMEOUT_SECONDS", 30, 1, 3600);
+/// `RETRY_TRANSPORT_ACQUIRE_TIMEOUT_SECONDS`: the longest wait for a connection slot.
+pub const ACQUIRE_TIMEOUT_SECONDS: Knob<u64> =
+    Knob::new("RETRY_TRANSPORT_ACQUIRE_TIMEOUT_SECONDS", 30, 1, 3600);
+
+/// The pool limits reqwest lacks or leaves unbounded (R4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Limits {
+    /// Connection slots in use at once: requests in progress plus response bodies not yet read
+    /// to the end or dropped. Default 50.
+    pub max_in_use: usize,
+    /// Idle keep-alive connections kept per host. Default 10.
+    pub max_idle_per_host: usize,
+    /// Idle connections are closed after this long: default 30 s, below the 60–75 s after
+    /// which common servers and load balancers drop them.
+    pub idle_timeout: Duration,
+    /// The longest wait for a slot before [`Error::PoolTimeout`]. Default 30 s.
+    pub acquire_timeout: Duration,
+    /// A retryable response's body is read and discarded up to this many bytes before the
+    /// sleep, so its connection can be reused; a longer body is dropped with its connection.
+    /// Default 64 KiB.
+    pub drain_limit: usize,
+    /// The longest time spent draining one retryable body. Default 2 s.
+    pub drain_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self::from_env_with(|_| None)
+    }
+}
+
+impl Limits {
+    /// The defaults, overridden by the `RETRY_TRANSPORT_*` environment variables (clamped).
+    pub fn from_env() -> Self {
+        Self::from_env_with(|name| std::env::var(name).ok())
+    }
+
+    /// Like [`Limits::from_env`], reading variables through `lookup` (for tests).
+    pub fn from_env_with(lookup: impl Fn(&str) -> Option<String>) -> Self {
+        Self {
+            max_in_use: MAX_CONNECTIONS.read_with(&lookup),
+            max_idle_per_host: MAX_IDLE_PER_HOST.read_with(&lookup),
+            idle_timeout: Duration::from_secs(IDLE_TIMEOUT_SECONDS.read_with(&lookup)),
+            acquire_timeout: Duration::from_secs(ACQUIRE_TIMEOUT_SECONDS.read_with(&lookup)),
+            drain_limit: 64 * 1024,
+            drain_timeout: Duration::from_secs(2),
+        }
+    }
+
+    /// Set `max_in_use`.
+    pub fn max_in_use(mut self, max: usize) -> Self {
+        self.max_in_use = max;
+        self
+    }
+
+    /// Set `max_idle_per_host`.
+    pub fn max_idle_per_host(mut self, max: usize) -> Self {
+        self.max_idle_per_host = max;
+        self
+    }
+
+    /// Set `idle_timeout`.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// Set `acquire_timeout`.
+    pub fn acquire_timeout(mut self, timeout: Duration) -> Self {
+        self.acquire_timeout = timeout;
+        self
+    }
+
+    /// Set `drain_limit`.
+    pub fn drain_limit(mut self, bytes: usize) -> Self {
+        self.drain_limit = bytes;
+        self
+    }
+
+    /// Set `drain_timeout`.
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = timeout;
+        self
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        if self.max_in_use == 0 || self.max_in_use > tokio::sync::Semaphore::MAX_PERMITS {
+            return Err(Error::Config("max_in_use must be at least 1"));
+        }
+        if self.acquire_timeout.is_zero() {
+            return Err(Error::Config("acquire_timeout must be positive"));
+        }
+        if self.idle_timeout.is_zero() {
+            return Err(Error::Config("idle_timeout must be positive"));
+        }
+        Ok(())
+    }
+}
+
+/// Extra reqwest settings, applied on every (re)build before the limits.
+pub type Customize = Arc<dyn Fn(reqwest::ClientBuilder) -> reqwest::ClientBuilder + Send + Sync>;
+
+/// Everything needed to build the reqwest client again, identically (R5, R6).
+#[derive(Clone)]
+pub(crate) struct ClientConfig {
+    pub(crate) limits: Limits,
+    pub(crate) connect_timeout: Option<Duration>,
+    pub(crate) attempt_timeout: Option<Duration>,
+    pub(crate) proxy: Option<reqwest::Proxy>,
+    pub(crate) root_certs: Vec<reqwest::Certificate>,
+    pub(crate) roots_only: bool,
+    pub(crate) default_headers: HeaderMap,
+    pub(crate) customize: Option<Customize>,
+}
+
+impl fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Default headers may carry secrets: only their names are shown.
+        let header_names: Vec<_> = self.default_headers.keys().map(|k| k.as_str()).collect();
+        f.debug_struct("ClientConfig")
+            .field("limits", &self.limits)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("attempt_timeout", &self.attempt_timeout)
+            .field("proxy", &self.proxy.is_some())
+            .field("root_certs", &self.root_certs.len())
+            .field("roots_only", &self.roots_only)
+            .field("default_headers", &header_names)
+            .field("customize", &self.customize.is_some())
+            .finish()
+    }
+}
+
+impl ClientConfig {
+    /// Build a reqwest client: customizations first, then the limits, which always win (R5).
+    pub(crate) fn build(&self) -> Result<reqwest::Client, Error> {
+        // reqwest is built with `rustls-no-provider`: make sure a provider exists (ring, the
+        // workspace's one). An already installed provider is kept.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut builder = reqwest::Client::builder();
+        if let Some(customize) = &self.customize {
+            builder = customize(builder);
+        }
+        if let Some(proxy) = &self.proxy {
+            builder = builder.proxy(proxy.clone());
+        }
+        if self.roots_only {
+            builder = builder.tls_certs_only(self.root_certs.iter().cloned());
+        } else {
+            for cert in &self.root_certs {
+                builder = builder.add_root_certificate(cert.clone());
+            }
+        }
+        if let Some(timeout) = self.connect_timeout {
+            builder = builder.connect_timeout(timeout);
+        }
+        if let Some(timeout) = self.attempt_timeout {
+            builder = builder.timeout(timeout);
+        }
+        builder
+            .default_headers(self.default_headers.clone())
+            .pool_max_idle_per_host(self.limits.max_idle_per_host)
+            .pool_idle_timeout(self.limits.idle_timeout)
+            .build()
+            .map_err(Error::Build)
+    }
+}
+
+/// Builds a [`RetryClient`](crate::RetryClient). Start from [`RetryClient::builder`](crate::RetryClient::builder).
+#[derive(Debug)]
+pub struct Builder {
+    pub(crate) config: ClientConfig,
+    pub(crate) policy: RetryPolicy,
+    pub(crate) credential: Option<Arc<dyn Credential>>,
+    pub(crate) sleeper: Arc<dyn Sleeper>,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Self::with_limits(Limits::from_env())
+    }
+}
+
+impl Builder {
+    /// A builder with these limits (instead of the environment's).
+    pub fn with_limits(limits: Limits) -> Self {
+        Self {
+            config: ClientConfig {
+                limits,
+                connect_timeout: Some(Duration::from_secs(10)),
+                attempt_timeout: None,
+                proxy: None,
+                root_certs: Vec::new(),
+                roots_only: false,
+                default_headers: HeaderMap::new(),
+                customize: None,
+            },
+            policy: RetryPolicy::default(),
+            credential: None,
+            sleeper: Arc::new(TokioSleep),
+        }
+    }
+
+    /// Replace the limits.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.config.limits = limits;
+        self
+    }
+
+    /// Replace the retry policy.
+    pub fn policy(mut self, policy: RetryPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Connect timeout per attempt (default 10 s; `None`: reqwest's default, none).
+    pub fn connect_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.config.connect_timeout = timeout;
+        self
+    }
+
+    /// Total timeout per attempt, body included (default: none).
+    pub fn attempt_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.config.attempt_timeout = timeout;
+        self
+    }
+
+    /// Send through this proxy.
+    pub fn proxy(mut self, proxy: reqwest::Proxy) -> Self {
+        self.config.proxy = Some(proxy);
+        self
+    }
+
+    /// Trust this root certificate in addition to the built-in roots.
+    pub fn add_root_certificate(mut self, cert: reqwest::Certificate) -> Self {
+        self.config.root_certs.push(cert);
+        self
+    }
+
+    /// Trust only these roots (e.g. a test CA).
+    pub fn tls_certs_only(mut self, certs: impl IntoIterator<Item = reqwest::Certificate>) -> Self {
+        self.config.root_certs = certs.into_iter().collect();
+        self.config.roots_only = true;
+        self
+    }
+
+    /// Headers sent with every request.
+    pub fn default_headers(mut self, headers: HeaderMap) -> Self {
+        self.config.default_headers = headers;
+        self
+    }
+
+    /// Any other reqwest setting (`no_gzip`, `redirect`, `http1_only` …), applied on every
+    /// build and rebuild before the limits, which it cannot override.
+    pub fn customize(
+        mut self,
+        customize: impl Fn(reqwest::ClientBuilder) -> reqwest::ClientBuilder + Send + Sync + 'static,
+    ) -> Self {
+        self.config.customize = Some(Arc::new(customize));
+        self
+    }
+
+    /// Where `Authorization` comes from, refreshed once after a 401 (R7).
+    pub fn credential(mut self, credential: Arc<dyn Credential>) -> Self {
+        self.credential = Some(credential);
+        self
+    }
+
+    /// How to wait between attempts (default [`TokioSleep`]).
+    pub fn sleeper(mut self, sleeper: Arc<dyn Sleeper>) -> Self {
+        self.sleeper = sleeper;
+        self
+    }
+
+    /// Build the client.
+    pub fn build(self) -> Result<crate::RetryClient, Error> {
+        self.config.limits.validate()?;
+        crate::RetryClient::from_builder(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // covers R4: the defaults and their environment overrides, clamped, never panicking.
+    #[test]
+    fn limits_come_from_defaults_and_clamped_environment() {
+        let defaults = Limits::from_env_with(|_| None);
+        assert_eq!(defaults.max_in_use, 50);
+        assert_eq!(defaults.max_idle_per_host, 10);
+        assert_eq!(defaults.idle_timeout, Duration::from_secs(30));
+        assert_eq!(defaults.acquire_timeout, Duration::from_secs(30));
+
+        let env = Limits::from_env_with(|name| match name {
+            "RETRY_TRANSPORT_MAX_CONNECTIONS" => Some("0".into()),
+            "RETRY_TRANSPORT_MAX_IDLE_PER_HOST" => Some("lots".into()),
+            "RETRY_TRANSPORT_IDLE_TIMEOUT_SECONDS" => Some("90".into()),
+            "RETRY_TRANSPORT_ACQUIRE_TIMEOUT_SECONDS" => Some("999999".into()),
+            _ => None,
+        });
+        assert_eq!(env.max_in_use, 1);
+        assert_eq!(env.max_idle_per_host, 10);
+        assert_eq!(env.idle_timeout, Duration::from_secs(90));
+        assert_eq!(env.acquire_timeout, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn invalid_limits_are_a_typed_error() {
+        let zero = Builder::with_limits(Limits::default().max_in_use(0)).build();
+        assert!(matches!(zero, Err(Error::Config(_))));
+        let instant =
+            Builder::with_limits(Limits::default().acquire_timeout(Duration::ZERO)).build();
+        assert!(matches!(instant, Err(Error::Config(_))));
+    }
+}

@@ -1,0 +1,51 @@
+//! The crate's error type.
+
+use std::time::Duration;
+
+/// A boxed error from a caller-supplied hook (a credential source).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Why a request through [`RetryClient`](crate::RetryClient) failed.
+///
+/// A response with an error status is *not* an error here: when retries run out, or a
+/// `Retry-After` is longer than the cap, the last response is returned for the caller to read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No connection slot became free within the acquire timeout (R4). Every slot was held by
+    /// a request or a response body that had not been read to its end or dropped; raise the
+    /// limit, or read/drop response bodies sooner.
+    #[error("no connection slot free after waiting {waited:?} ({max_in_use} in use)")]
+    PoolTimeout {
+        /// How long the request waited.
+        waited: Duration,
+        /// The configured limit of connections in use.
+        max_in_use: usize,
+    },
+    /// The request failed in transport (connect, reset, timeout …) and was not retried, or
+    /// its retries ran out.
+    #[error("request failed after {attempts} attempt(s)")]
+    Transport {
+        /// Attempts made, the failed one included.
+        attempts: u32,
+        /// The last transport error.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The credential hook failed to produce an `Authorization` value.
+    #[error("the credential hook failed")]
+    Credential(#[source] BoxError),
+    /// The underlying reqwest client could not be built (bad proxy, TLS roots …).
+    #[error("could not build the HTTP client")]
+    Build(#[source] reqwest::Error),
+    /// A configuration value is out of its range.
+    #[error("invalid configuration: {0}")]
+    Config(&'static str),
+}
+
+impl Error {
+    /// True for [`Error::PoolTimeout`].
+    pub fn is_pool_timeout(&self) -> bool {
+        matches!(self, Error::PoolTimeout { .. })
+    }
+}

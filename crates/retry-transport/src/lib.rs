@@ -1,0 +1,80 @@
+//! An HTTP client over reqwest that never hangs its pool.
+//!
+//! Seed 002: workflows hung forever under HTTP 429. The retry loop slept while it still held
+//! the throttled response — and with it a connection slot — and the pool wait had no timeout,
+//! so under a 429 storm every slot filled with sleepers and nothing could make progress. The
+//! same shape is still in reqwest-retry and in the Azure SDK's own retry policy: both keep the
+//! failed response alive for the whole back-off. And reqwest itself has no limit on the
+//! connections in use at all.
+//!
+//! [`RetryClient`] fixes this by construction:
+//!
+//! - **A slot per request (R4).** At most `max_in_use` requests hold a connection at once. The
+//!   slot is a semaphore permit acquired before sending and carried inside the response body:
+//!   it is released when the body is read to the end, fails, or is dropped — not at the head.
+//!   Waiting for a slot has a timeout (default 30 s) that fails with [`Error::PoolTimeout`].
+//! - **Release before sleep (R1).** A retryable response is drained (up to a small limit, so
+//!   hyper returns the keep-alive connection to its pool) or dropped, and its slot released,
+//!   *before* the back-off sleep. Nothing is held while sleeping.
+//! - **A documented policy (R2, R3, R7, R8).** 429/502/503/504 and transport errors per method;
+//!   `Retry-After` (seconds or HTTP-date) up to a cap — above it the response is returned;
+//!   otherwise exponential back-off with full jitter; bounded attempts and a time budget; a 401
+//!   refreshes the [`Credential`] and retries once; streaming bodies are sent once.
+//! - **Same limits on every path (R5, R6).** [`RetryClient::with_policy`] shares the pool and
+//!   the limit; [`RetryClient::reset`] rebuilds the reqwest client from the same configuration
+//!   while requests in flight finish on the old one.
+//! - **Azure.** [`AzureTransport`] (feature `azure`, on by default) is an `azure_core`
+//!   `HttpClient` over this client, with the SDK's own retries turned off.
+//!
+//! Why a loop and not a tower `Retry` layer: the order "drain, release the slot, then sleep"
+//! must be visible and testable in one place, and the drain is async (tower's `Policy::retry`
+//! sees the result only by reference). The back-off maths comes from `backon`.
+//!
+//! Every attempt runs in a `tracing` span `http_attempt` (attempt number, method, host, path —
+//! never the query, which may carry a SAS token — and status). [`RetryClient::stats`] counts
+//! attempts, retries by cause, give-ups, pool timeouts and slots in use.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use retry_transport::{Limits, RetryClient, RetryPolicy};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let client = RetryClient::builder()
+//!     .limits(Limits::default().max_in_use(10).acquire_timeout(Duration::from_secs(5)))
+//!     .policy(RetryPolicy::default().max_attempts(4))
+//!     .build()?;
+//! let url = "https://example.invalid/items".parse()?;
+//! let response = client.send(client.get(url)).await?;
+//! // The slot is released when the body has been read.
+//! let body = response.bytes().await?;
+//! println!("{} bytes; {:?}", body.len(), client.stats());
+//! # Ok(())
+//! # }
+//! ```
+
+#[cfg(feature = "azure")]
+mod azure;
+mod client;
+mod config;
+mod error;
+mod hooks;
+mod permit;
+mod policy;
+mod retry_after;
+mod stats;
+
+#[cfg(feature = "azure")]
+pub use azure::AzureTransport;
+pub use client::RetryClient;
+pub use config::{
+    ACQUIRE_TIMEOUT_SECONDS, Builder, Customize, IDLE_TIMEOUT_SECONDS, Limits, MAX_CONNECTIONS,
+    MAX_IDLE_PER_HOST,
+};
+pub use error::{BoxError, Error};
+pub use hooks::{Credential, Sleeper, TokioSleep};
+pub use policy::{Methods, RetryPolicy};
+pub use retry_after::parse_retry_after;
+pub use stats::{GiveUpReason, GiveUps, RetriesByCause, RetryCause, TransportStats};
