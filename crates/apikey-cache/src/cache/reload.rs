@@ -1,0 +1,273 @@
+//! Reloads: generations, single-flight, the store gate, the miss-reload rate limit and the swap.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::Duration;
+
+use pool_core::SingleFlight;
+use tokio::time::Instant;
+
+use super::negative::NegativeCache;
+use super::stats::Counters;
+use crate::config::CacheConfig;
+use crate::error::StoreError;
+use crate::snapshot::{Snapshot, Table};
+use crate::store::{KeyStore, Loaded};
+
+/// The shared outcome of one reload.
+pub(crate) type Reloaded = Result<Arc<Snapshot>, Arc<StoreError>>;
+
+/// State shared by every handle of one cache.
+///
+/// Loads are numbered (generations). A caller that needs "a load that starts after now" asks
+/// for generation `started + 1`; everyone asking while that load has not started yet gets the
+/// same number and shares it through [`SingleFlight`]. Loads and write cycles run one at a time
+/// under `gate`, so installs happen in the order the store was read and never go backwards.
+#[derive(Debug)]
+pub(crate) struct Inner<S> {
+    pub(crate) store: S,
+    pub(crate) config: CacheConfig,
+    current: RwLock<Arc<Snapshot>>,
+    flights: SingleFlight<u64, Reloaded>,
+    pub(crate) gate: tokio::sync::Mutex<()>,
+    plan: Mutex<Plan>,
+    pub(crate) negative: Mutex<NegativeCache>,
+    pub(crate) counters: Counters,
+    last_error: Mutex<Option<String>>,
+}
+
+#[derive(Debug, Default)]
+struct Plan {
+    /// Highest generation whose load has started.
+    started: u64,
+    /// Highest generation whose load has finished (successfully or not).
+    completed: u64,
+    /// Highest generation a miss-driven reload has been granted for.
+    granted: u64,
+    /// Miss-reload rate limiter (GCRA): theoretical arrival time of the next grant.
+    tat: Option<Instant>,
+    /// The latest failure, if no load has succeeded since.
+    failure: Option<(Instant, Arc<StoreError>)>,
+}
+
+impl Plan {
+    fn backing_off(&self, now: Instant, backoff: Duration) -> Option<Arc<StoreError>> {
+        self.failure
+            .as_ref()
+            .filter(|(at, _)| now < *at + backoff)
+            .map(|(_, e)| e.clone())
+    }
+
+    /// One token of a bucket of `burst` refilled one per `interval`.
+    fn take_token(&mut self, now: Instant, interval: Duration, burst: u32) -> bool {
+        let tat = self.tat.unwrap_or(now).max(now);
+        if tat.saturating_duration_since(now) > interval * burst.saturating_sub(1) {
+            return false;
+        }
+        self.tat = Some(tat + interval);
+        true
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Only plain assignments happen under these locks: poisoning leaves nothing half-done.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// An error and its sources on one line (no key material is ever part of a store error).
+pub(crate) fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+impl<S: KeyStore> Inner<S> {
+    pub(crate) fn new(store: S, config: CacheConfig) -> Self {
+        let negative = NegativeCache::new(config.negative_ttl, config.negative_capacity);
+        Self {
+            store,
+            config,
+            current: RwLock::new(Arc::new(Snapshot::unloaded())),
+            flights: SingleFlight::new(),
+            gate: tokio::sync::Mutex::new(()),
+            plan: Mutex::new(Plan::default()),
+            negative: Mutex::new(negative),
+            counters: Counters::default(),
+            last_error: Mutex::new(None),
+        }
+    }
+
+    /// The current snapshot (the read lock is held only to clone the pointer).
+    pub(crate) fn current(&self) -> Arc<Snapshot> {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Swap in a fully built snapshot (the write lock is held only for the pointer store).
+    pub(crate) fn install(&self, snapshot: Snapshot) -> Arc<Snapshot> {
+        let snapshot = Arc::new(snapshot);
+        let old = std::mem::replace(
+            &mut *self.current.write().unwrap_or_else(PoisonError::into_inner),
+            snapshot.clone(),
+        );
+        drop(old); // the previous table is freed outside the lock (if no reader holds it)
+        snapshot
+    }
+
+    pub(crate) fn last_error(&self) -> Option<String> {
+        lock(&self.last_error).clone()
+    }
+
+    pub(crate) fn started(&self) -> u64 {
+        lock(&self.plan).started
+    }
+
+    pub(crate) fn negative(&self) -> MutexGuard<'_, NegativeCache> {
+        lock(&self.negative)
+    }
+
+    /// For a snapshot older than the TTL: join the load in flight or start one. During the
+    /// back-off after a failure, answers that failure without calling the store.
+    pub(crate) async fn refresh_stale(&self, now: Instant) -> Reloaded {
+        let target = {
+            let plan = lock(&self.plan);
+            if let Some(error) = plan.backing_off(now, self.config.retry_backoff) {
+                return Err(error);
+            }
+            plan.completed + 1
+        };
+        self.load_generation(target).await
+    }
+
+    /// A load that starts after this call (explicit refresh, watcher). Not rate-limited.
+    pub(crate) async fn reload_fresh(&self) -> Reloaded {
+        let target = lock(&self.plan).started + 1;
+        self.load_generation(target).await
+    }
+
+    /// A miss: share the next load that starts after now if one is already granted, else take
+    /// a token from the rate limiter. `None`: limited, no reload.
+    pub(crate) async fn miss_reload(&self, now: Instant) -> Option<Reloaded> {
+        let target = {
+            let mut plan = lock(&self.plan);
+            if let Some(error) = plan.backing_off(now, self.config.retry_backoff) {
+                return Some(Err(error));
+            }
+            let target = plan.started + 1;
+            if target > plan.granted {
+                let (interval, burst) = (
+                    self.config.miss_reload_interval,
+                    self.config.miss_reload_burst,
+                );
+                if !plan.take_token(now, interval, burst) {
+                    return None;
+                }
+                plan.granted = target;
+            }
+            target
+        };
+        Counters::bump(&self.counters.miss_reloads);
+        Some(self.load_generation(target).await)
+    }
+
+    async fn load_generation(&self, target: u64) -> Reloaded {
+        self.flights
+            .run(target, async {
+                let _gate = self.gate.lock().await;
+                {
+                    let mut plan = lock(&self.plan);
+                    if plan.completed >= target {
+                        // A load numbered `target` (or later) already ran for us.
+                        return Ok(self.current());
+                    }
+                    plan.started = plan.started.max(target);
+                }
+                let result = self.load_and_install(target).await;
+                let mut plan = lock(&self.plan);
+                plan.completed = plan.completed.max(target);
+                plan.failure = match &result {
+                    Ok(_) => None,
+                    Err(error) => Some((Instant::now(), error.clone())),
+                };
+                result
+            })
+            .await
+    }
+
+    /// Load (conditionally, by version) and install. Call only while holding `gate`.
+    pub(crate) async fn load_and_install(&self, load_gen: u64) -> Reloaded {
+        let old = self.current();
+        Counters::bump(&self.counters.store_loads);
+        let loaded = self.store.load(old.version.as_ref()).await;
+        let now = Instant::now();
+        let snapshot = match loaded {
+            Ok(Loaded::NotModified) => {
+                Counters::bump(&self.counters.not_modified);
+                Snapshot {
+                    table: old.table.clone(),
+                    version: old.version.clone(),
+                    checked_at: Some(now),
+                    generation: old.generation + 1,
+                    load_gen,
+                }
+            }
+            Ok(Loaded::Document { document, version }) => Snapshot {
+                table: Arc::new(Table::build(document)),
+                version,
+                checked_at: Some(now),
+                generation: old.generation + 1,
+                load_gen,
+            },
+            Err(error) => {
+                Counters::bump(&self.counters.reload_failures);
+                let text = chain(&error);
+                tracing::warn!(
+                    store = %self.store.describe(),
+                    error = %text,
+                    previous_snapshot_age = ?old.checked_at.map(|at| now.saturating_duration_since(at)),
+                    "API key reload failed; keeping the previous snapshot"
+                );
+                *lock(&self.last_error) = Some(text);
+                return Err(Arc::new(error));
+            }
+        };
+        *lock(&self.last_error) = None;
+        tracing::debug!(
+            store = %self.store.describe(),
+            keys = snapshot.table.keys,
+            generation = snapshot.generation,
+            "API key snapshot installed"
+        );
+        Ok(self.install(snapshot))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // covers A5: the limiter grants a burst of 2, then one per interval.
+    #[tokio::test(start_paused = true)]
+    async fn miss_reload_limiter_allows_a_burst_then_one_per_interval() {
+        let mut plan = Plan::default();
+        let interval = Duration::from_secs(1);
+        let t0 = Instant::now();
+        assert!(plan.take_token(t0, interval, 2));
+        assert!(plan.take_token(t0, interval, 2));
+        assert!(!plan.take_token(t0, interval, 2));
+        assert!(!plan.take_token(t0 + Duration::from_millis(999), interval, 2));
+        assert!(plan.take_token(t0 + interval, interval, 2));
+        assert!(!plan.take_token(t0 + interval, interval, 2));
+        // Idle time refills the burst but never beyond it.
+        let later = t0 + Duration::from_secs(100);
+        assert!(plan.take_token(later, interval, 2));
+        assert!(plan.take_token(later, interval, 2));
+        assert!(!plan.take_token(later, interval, 2));
+    }
+}

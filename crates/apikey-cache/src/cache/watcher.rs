@@ -1,0 +1,59 @@
+//! An optional background task that keeps the snapshot fresh with conditional loads.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use super::ApiKeyCache;
+use crate::store::KeyStore;
+
+/// Handle of a watcher started by [`ApiKeyCache::spawn_watcher`]. Dropping it stops the task;
+/// the task also stops by itself when every handle of the cache is dropped (it holds only a
+/// weak reference).
+#[derive(Debug)]
+pub struct Watcher {
+    task: JoinHandle<()>,
+}
+
+impl Watcher {
+    /// Whether the task has ended (the cache was dropped).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl<S: KeyStore> ApiKeyCache<S> {
+    /// Start a task that, every `interval`, reloads the snapshot if the store has not confirmed
+    /// it for `interval` or longer — a conditional load (ETag: a 304 when nothing changed). With
+    /// `interval` below the TTL, requests almost never wait for a refresh. Failures are logged
+    /// and counted like any reload; the previous snapshot stays. Needs a tokio runtime.
+    pub fn spawn_watcher(&self, interval: Duration) -> Watcher {
+        let interval = interval.max(Duration::from_millis(1));
+        let weak = Arc::downgrade(&self.inner);
+        let task = tokio::spawn(async move {
+            let mut ticks = tokio::time::interval_at(Instant::now() + interval, interval);
+            ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                let due = inner
+                    .current()
+                    .checked_at
+                    .is_none_or(|at| at.elapsed() >= interval);
+                if due {
+                    // Logged and counted inside; the previous snapshot stays on failure.
+                    let _ = inner.reload_fresh().await;
+                }
+            }
+        });
+        Watcher { task }
+    }
+}

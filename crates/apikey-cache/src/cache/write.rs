@@ -1,0 +1,158 @@
+//! Local writes: create account, issue key, revoke key — compare-and-swap through the store.
+
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use super::ApiKeyCache;
+use super::stats::Counters;
+use crate::document::{AccountRecord, KeyDocument, KeyRecord, unix_now};
+use crate::error::{StoreError, WriteError};
+use crate::key::{AccountId, ApiKeySecret, Identity, IssuedKey, KeyId};
+use crate::snapshot::{Snapshot, Table};
+use crate::store::KeyStore;
+
+fn valid_account_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn store_error(source: Arc<StoreError>) -> WriteError {
+    WriteError::Store { source }
+}
+
+impl<S: KeyStore> ApiKeyCache<S> {
+    /// Create an account. Fails with [`WriteError::AccountExists`] if any instance created it
+    /// first.
+    pub async fn create_account(&self, id: &str, name: &str) -> Result<AccountId, WriteError> {
+        if !valid_account_id(id) {
+            return Err(WriteError::InvalidAccountId);
+        }
+        self.write(|doc| {
+            if doc.accounts.contains_key(id) {
+                return Err(WriteError::AccountExists);
+            }
+            doc.accounts.insert(
+                id.to_string(),
+                AccountRecord {
+                    name: name.to_string(),
+                    created_unix: unix_now(),
+                },
+            );
+            Ok(AccountId::new(id))
+        })
+        .await
+    }
+
+    /// Issue a new key for `account`. The returned [`IssuedKey`] holds the only copy of the
+    /// plaintext; the store receives its SHA-256.
+    pub async fn issue_key(&self, account: &AccountId) -> Result<IssuedKey, WriteError> {
+        self.write(|doc| {
+            if !doc.accounts.contains_key(account.as_str()) {
+                return Err(WriteError::NoSuchAccount);
+            }
+            let (key, secret) = loop {
+                let key = KeyId::generate();
+                if !doc.keys.contains_key(key.as_str()) {
+                    break (key, ApiKeySecret::generate());
+                }
+            };
+            doc.keys.insert(
+                key.as_str().to_string(),
+                KeyRecord {
+                    account: account.as_str().to_string(),
+                    sha256: secret.hash().to_hex(),
+                    created_unix: unix_now(),
+                    revoked_unix: None,
+                },
+            );
+            Ok(IssuedKey {
+                identity: Identity {
+                    account: account.clone(),
+                    key,
+                },
+                secret,
+            })
+        })
+        .await
+    }
+
+    /// Revoke a key (idempotent). Rejected here at once; on other instances within one TTL.
+    pub async fn revoke_key(&self, key: &KeyId) -> Result<(), WriteError> {
+        self.write(|doc| {
+            let record = doc
+                .keys
+                .get_mut(key.as_str())
+                .ok_or(WriteError::NoSuchKey)?;
+            record.revoked_unix.get_or_insert_with(unix_now);
+            Ok(())
+        })
+        .await
+    }
+
+    /// One write: apply `change` to the newest document this instance knows and store it with
+    /// "if the version is still V"; on a conflict, re-load, re-apply and re-write. The stored
+    /// document is then installed here (visible at once, A3).
+    async fn write<T>(
+        &self,
+        mut change: impl FnMut(&mut KeyDocument) -> Result<T, WriteError>,
+    ) -> Result<T, WriteError> {
+        let inner = &*self.inner;
+        let _gate = inner.gate.lock().await;
+        let mut base = inner.current();
+        if base.checked_at.is_none() {
+            base = inner
+                .load_and_install(base.load_gen)
+                .await
+                .map_err(store_error)?;
+        }
+        for _ in 0..inner.config.write_attempts {
+            let mut document = base.table.document.clone();
+            let output = change(&mut document)?;
+            match inner.store.store(&document, base.version.as_ref()).await {
+                Ok(version) => {
+                    Counters::bump(&inner.counters.writes);
+                    inner.install(Snapshot {
+                        table: Arc::new(Table::build(document)),
+                        version: Some(version),
+                        checked_at: Some(Instant::now()),
+                        generation: base.generation + 1,
+                        load_gen: base.load_gen,
+                    });
+                    return Ok(output);
+                }
+                Err(StoreError::Conflict) => {
+                    Counters::bump(&inner.counters.write_conflicts);
+                    tracing::debug!(
+                        store = %inner.store.describe(),
+                        "key document changed under a write; re-loading and re-applying"
+                    );
+                    base = inner
+                        .load_and_install(base.load_gen)
+                        .await
+                        .map_err(store_error)?;
+                }
+                Err(error) => return Err(store_error(Arc::new(error))),
+            }
+        }
+        Err(WriteError::Contended {
+            attempts: inner.config.write_attempts,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn account_ids_are_validated() {
+        assert!(valid_account_id("acme-1.prod_eu"));
+        assert!(!valid_account_id(""));
+        assert!(!valid_account_id("has space"));
+        assert!(!valid_account_id("ünïcode"));
+        assert!(!valid_account_id(&"a".repeat(65)));
+    }
+}

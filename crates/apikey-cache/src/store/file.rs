@@ -1,0 +1,291 @@
+//! `FileStore`: the key document in a local JSON file, replaced atomically (temp + rename).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use sha2::{Digest, Sha256};
+
+use super::{KeyStore, Loaded, Version};
+use crate::document::KeyDocument;
+use crate::error::StoreError;
+
+/// The key document in one local JSON file (for single-host deployments and tests).
+///
+/// - **Version**: the SHA-256 of the file's bytes (first 16 bytes, hex). A load whose
+///   `if_none_match` equals it answers [`Loaded::NotModified`] without parsing.
+/// - **Writes** are a compare-and-swap: under an exclusive OS file lock on `<file>.lock`
+///   (`File::lock`; released when the handle closes, also if the process dies) the current
+///   version is checked against `if_match`, the new document is written to a temporary sibling
+///   in the *same directory*, flushed to disk, and renamed over the file. Readers see the old
+///   or the new file, never a torn one; concurrent writers (threads, processes, or several
+///   `FileStore`s on one path) are serialised and the loser gets [`StoreError::Conflict`].
+/// - File I/O runs on tokio's blocking pool.
+#[derive(Debug, Clone)]
+pub struct FileStore {
+    path: PathBuf,
+}
+
+impl FileStore {
+    /// A store at `path`. The file need not exist yet (it then reads as an empty document);
+    /// its directory must.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    /// The document's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn version_of(bytes: &[u8]) -> Version {
+    let digest = Sha256::digest(bytes);
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    Version::new(hex)
+}
+
+/// The file's bytes, or `None` if it does not exist.
+fn read(path: &Path) -> Result<Option<Vec<u8>>, StoreError> {
+    match fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_error(path)(e)),
+    }
+}
+
+fn load_blocking(path: &Path, if_none_match: Option<&Version>) -> Result<Loaded, StoreError> {
+    let Some(bytes) = read(path)? else {
+        return Ok(Loaded::Document {
+            document: KeyDocument::empty(),
+            version: None,
+        });
+    };
+    let version = version_of(&bytes);
+    if if_none_match == Some(&version) {
+        return Ok(Loaded::NotModified);
+    }
+    Ok(Loaded::Document {
+        document: KeyDocument::from_json(&bytes)?,
+        version: Some(version),
+    })
+}
+
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "keys".to_string());
+    path.with_file_name(format!(".{name}.{suffix}"))
+}
+
+fn store_blocking(
+    path: &Path,
+    bytes: &[u8],
+    if_match: Option<&Version>,
+) -> Result<Version, StoreError> {
+    static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+    let lock_path = sibling(path, "lock");
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io_error(&lock_path))?;
+    lock.lock().map_err(io_error(&lock_path))?;
+
+    let current = read(path)?.map(|b| version_of(&b));
+    if current.as_ref() != if_match {
+        return Err(StoreError::Conflict);
+    }
+    let temp = sibling(
+        path,
+        &format!(
+            "{}.{}.tmp",
+            std::process::id(),
+            TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ),
+    );
+    let written = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&temp, path)
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&temp);
+        return Err(io_error(path)(e));
+    }
+    // Make the rename durable too; best effort (not every platform can open a directory).
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && let Ok(dir) = File::open(dir)
+    {
+        let _ = dir.sync_all();
+    }
+    drop(lock);
+    Ok(version_of(bytes))
+}
+
+impl KeyStore for FileStore {
+    async fn load(&self, if_none_match: Option<&Version>) -> Result<Loaded, StoreError> {
+        let path = self.path.clone();
+        let if_none_match = if_none_match.cloned();
+        tokio::task::spawn_blocking(move || load_blocking(&path, if_none_match.as_ref()))
+            .await
+            .map_err(|e| StoreError::unavailable(format!("file load task failed: {e}")))?
+    }
+
+    async fn store(
+        &self,
+        document: &KeyDocument,
+        if_match: Option<&Version>,
+    ) -> Result<Version, StoreError> {
+        let path = self.path.clone();
+        let bytes = document.to_json();
+        let if_match = if_match.cloned();
+        tokio::task::spawn_blocking(move || store_blocking(&path, &bytes, if_match.as_ref()))
+            .await
+            .map_err(|e| StoreError::unavailable(format!("file store task failed: {e}")))?
+    }
+
+    fn describe(&self) -> String {
+        format!("file:{}", self.path.display())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::document::AccountRecord;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "apikey-cache-{}-{name}-{}",
+            std::process::id(),
+            TEST_DIRS.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("scratch dir");
+        dir
+    }
+    static TEST_DIRS: AtomicU64 = AtomicU64::new(0);
+
+    fn doc_with(account: &str) -> KeyDocument {
+        let mut doc = KeyDocument::empty();
+        doc.accounts.insert(
+            account.into(),
+            AccountRecord {
+                name: account.into(),
+                created_unix: 0,
+            },
+        );
+        doc
+    }
+
+    // covers A7: file store — absent file, conditional load, compare-and-swap, atomic replace.
+    #[tokio::test]
+    async fn file_store_is_conditional_and_compare_and_swap() {
+        let dir = scratch("cas");
+        let store = FileStore::new(dir.join("keys.json"));
+        let Loaded::Document { document, version } = store.load(None).await.expect("load") else {
+            panic!("an absent file reads as an empty document")
+        };
+        assert_eq!((document, version), (KeyDocument::empty(), None));
+
+        let v1 = store.store(&doc_with("a"), None).await.expect("create");
+        assert!(matches!(
+            store.store(&doc_with("b"), None).await,
+            Err(StoreError::Conflict)
+        ));
+        assert!(matches!(
+            store.load(Some(&v1)).await,
+            Ok(Loaded::NotModified)
+        ));
+        let v2 = store.store(&doc_with("b"), Some(&v1)).await.expect("cas");
+        assert!(matches!(
+            store.store(&doc_with("c"), Some(&v1)).await,
+            Err(StoreError::Conflict)
+        ));
+        let Loaded::Document { document, version } = store.load(Some(&v1)).await.expect("load")
+        else {
+            panic!("changed since v1")
+        };
+        assert_eq!(version, Some(v2));
+        assert!(document.accounts.contains_key("b"));
+        // Only the document and its lock file remain: no temporary files left behind.
+        let mut names: Vec<_> = fs::read_dir(&dir)
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, [".keys.json.lock", "keys.json"]);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    // covers A7: many concurrent writers on one file through separate stores: each
+    // compare-and-swap either wins or gets Conflict, and every winner's change survives.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_file_writers_are_serialised() {
+        let dir = scratch("writers");
+        let path = dir.join("keys.json");
+        let mut tasks = Vec::new();
+        for i in 0..8 {
+            let store = FileStore::new(&path);
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let (mut doc, version) = match store.load(None).await.expect("load") {
+                        Loaded::Document { document, version } => (document, version),
+                        Loaded::NotModified => unreachable!("unconditional load"),
+                    };
+                    doc.accounts.insert(
+                        format!("acct-{i}"),
+                        AccountRecord {
+                            name: String::new(),
+                            created_unix: 0,
+                        },
+                    );
+                    match store.store(&doc, version.as_ref()).await {
+                        Ok(_) => return,
+                        Err(StoreError::Conflict) => continue,
+                        Err(e) => panic!("unexpected {e}"),
+                    }
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.expect("writer");
+        }
+        let Loaded::Document { document, .. } =
+            FileStore::new(&path).load(None).await.expect("load")
+        else {
+            unreachable!("unconditional load")
+        };
+        assert_eq!(document.accounts.len(), 8, "no lost update");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn corrupt_file_is_a_typed_error() {
+        let dir = scratch("corrupt");
+        let path = dir.join("keys.json");
+        fs::write(&path, b"{ not json").expect("write");
+        assert!(matches!(
+            FileStore::new(&path).load(None).await,
+            Err(StoreError::Corrupt { .. })
+        ));
+        let _ = fs::remove_dir_all(&dir);
+    }
+}
