@@ -1,0 +1,3 @@
+//! Benchmark: a list call through a pooled session vs a client built per call (being written).
+
+fn main() {}

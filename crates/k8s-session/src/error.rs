@@ -1,0 +1,165 @@
+//! Error types: from credential sources, from building a session, from the pool.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::SessionKey;
+
+/// Why a [`ClusterCredentials`](crate::ClusterCredentials) source could not produce material.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CredentialsError {
+    /// The kubeconfig file could not be read.
+    #[error("reading kubeconfig file {path:?} failed")]
+    ReadFile {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The kubeconfig is not valid YAML or not a kubeconfig.
+    #[error("the kubeconfig could not be parsed")]
+    ParseKubeconfig(#[source] kube::config::KubeconfigError),
+    /// The Azure credential could not provide a token for ARM.
+    #[error("getting an Azure token for ARM failed")]
+    Token(#[source] azure_core::Error),
+    /// The ARM request could not be sent or its response not read.
+    #[error("calling ARM {operation} failed")]
+    Http {
+        /// `listClusterUserCredential` or `listClusterAdminCredential`.
+        operation: &'static str,
+        /// The transport error.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// ARM answered 401: the Azure token was not accepted.
+    #[error(
+        "ARM rejected the Azure token (401): check the credential's tenant and that it is not expired"
+    )]
+    Unauthorized,
+    /// ARM answered 403: the identity may not list this cluster's credentials.
+    #[error(
+        "ARM refused {operation} (403): grant the identity the \"Azure Kubernetes Service Cluster {role} Role\""
+    )]
+    Forbidden {
+        /// `listClusterUserCredential` or `listClusterAdminCredential`.
+        operation: &'static str,
+        /// `User` or `Admin`.
+        role: &'static str,
+    },
+    /// ARM answered 404: no such subscription, resource group or cluster.
+    #[error("cluster {key} not found (404): check the subscription, resource group and name")]
+    ClusterNotFound {
+        /// The key that was asked for.
+        key: SessionKey,
+    },
+    /// ARM answered another non-success status.
+    #[error("ARM answered {status} to {operation}")]
+    Status {
+        /// `listClusterUserCredential` or `listClusterAdminCredential`.
+        operation: &'static str,
+        /// The HTTP status code.
+        status: u16,
+    },
+    /// ARM answered 2xx with a body that is not a credential list holding a kubeconfig.
+    #[error("ARM's credential response is malformed: {reason}")]
+    MalformedResponse {
+        /// What was wrong (never the body itself: it may hold secrets).
+        reason: String,
+    },
+    /// The source has no kubeconfig for this key.
+    #[error("no kubeconfig for {key}")]
+    UnknownCluster {
+        /// The key that was asked for.
+        key: SessionKey,
+    },
+    /// The source was configured with an invalid setting.
+    #[error("invalid credential source configuration: {reason}")]
+    Config {
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+/// Why a session could not be built from a source's material.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// The credential source failed.
+    #[error("the credential source failed")]
+    Credentials(#[source] CredentialsError),
+    /// The kubeconfig does not resolve to a usable cluster/user (missing context, server, CA …).
+    #[error("the kubeconfig does not describe a usable cluster")]
+    Kubeconfig(#[source] kube::config::KubeconfigError),
+    /// The client certificate is not a parseable X.509 PEM certificate.
+    #[error("the kubeconfig's client certificate is not a valid X.509 PEM certificate: {reason}")]
+    Certificate {
+        /// What was wrong.
+        reason: String,
+    },
+    /// The client certificate file named by the kubeconfig could not be read.
+    #[error("reading the client certificate file {path:?} failed")]
+    CertificateFile {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The user authenticates through an exec plugin that is not kubelogin. Binaries are never
+    /// run; give the cluster a certificate or token credential instead.
+    #[error(
+        "exec credential plugin {command:?} is not supported (only kubelogin, served by an Azure TokenCredential)"
+    )]
+    UnsupportedExecPlugin {
+        /// The plugin's command.
+        command: String,
+    },
+    /// The user authenticates through kubelogin but the pool has no Azure credential.
+    #[error(
+        "the kubeconfig uses kubelogin (AAD): configure SessionPoolBuilder::aad_credential with an Azure TokenCredential"
+    )]
+    NoAadCredential,
+    /// The Azure credential could not provide a token for the AKS server scope.
+    #[error("getting an AAD token for the AKS server scope failed")]
+    AadToken(#[source] azure_core::Error),
+    /// kube could not build a client from the configuration.
+    #[error("building the kube client failed")]
+    Client(#[source] kube::Error),
+}
+
+impl From<CredentialsError> for BuildError {
+    fn from(error: CredentialsError) -> Self {
+        Self::Credentials(error)
+    }
+}
+
+/// Errors from [`SessionPool::session`](crate::SessionPool::session).
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// Building the session failed. Concurrent callers that waited on the same build share
+    /// this error.
+    #[error("building a Kubernetes session for {key} failed")]
+    Build {
+        /// The key that was asked for.
+        key: SessionKey,
+        /// Why.
+        #[source]
+        source: Arc<BuildError>,
+    },
+    /// The pool was shut down.
+    #[error("the Kubernetes session pool is shut down")]
+    ShutDown,
+}
+
+impl SessionError {
+    /// The build error, if this is one.
+    pub fn build_error(&self) -> Option<&BuildError> {
+        match self {
+            Self::Build { source, .. } => Some(source),
+            Self::ShutDown => None,
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! `kube::Client` sessions pooled per cluster, never outliving their credentials, with TLS
+//! material kept in memory.
+//!
+//! Seed 001: every Kubernetes call built a new session, wrote the CA, client certificate and
+//! key to temporary files and deleted them afterwards — 7+ TLS handshakes and ~14 temp-file
+//! writes per dashboard tick per cluster, and no connection reuse. This crate is the fixed
+//! form (SPEC K1–K7), built on pool-core's [`KeyedPool`](pool_core::KeyedPool):
+//!
+//! - [`SessionPool::session`] returns one pooled [`Session`] (a `kube::Client`, which keeps
+//!   its connections alive between calls) per [`SessionKey`] = (subscription id, resource
+//!   group, cluster name, admin) (K1).
+//! - Cluster material comes from a [`ClusterCredentials`] source: [`AksSource`] (ARM
+//!   `listClusterUserCredential` / `listClusterAdminCredential`) or [`KubeconfigSource`] (a
+//!   file or an in-memory `Kubeconfig`). Material goes to kube as bytes: no file is ever
+//!   written (K2). Kubelogin (AAD) users get a bearer token from an Azure
+//!   [`TokenCredential`](azure_core::credentials::TokenCredential) for the AKS server scope
+//!   ([`AKS_SERVER_SCOPE`]) instead of running a binary.
+//! - A session's TTL is the pool TTL (`K8S_SESSION_POOL_TTL_SECONDS`, 300 s) clamped by the
+//!   client certificate's `notAfter`, the material's expiry and the token's expiry minus 60 s
+//!   ([`effective_ttl`], K3). A collapsed TTL gives a one-shot session that is never pooled
+//!   (K4). At most `K8S_SESSION_POOL_MAX_ENTRIES` (32) sessions; overflow evicts the
+//!   soonest-expiring (K5). Dropping a handle returns it to the pool (K6); retires run outside
+//!   the pool's locks, `reset` isolates failures and `shutdown` never blocks on a held lock (K7).
+//!
+//! kube cannot swap a client's bearer token in place (its `Config` takes a static token, a
+//! token file or an exec plugin), so a bearer session's deadline follows its token: the pool
+//! builds a new client, with a fresh token, when the old token is 60 s from expiry.
+//!
+//! The pool installs rustls' ring provider as the process default if none is installed yet.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use k8s_openapi::api::core::v1::Pod;
+//! use k8s_session::{AksSource, SessionKey, SessionPool};
+//! use kube::Api;
+//!
+//! # async fn run(credential: Arc<dyn azure_core::credentials::TokenCredential>) -> Result<(), Box<dyn std::error::Error>> {
+//! let source = AksSource::builder(credential.clone()).build()?;
+//! let pool = SessionPool::builder(source)
+//!     .aad_credential(credential) // for AAD-enabled clusters (kubelogin users)
+//!     .build();
+//!
+//! let key = SessionKey::new("00000000-0000-0000-0000-000000000000", "rg-east", "aks-east");
+//! for _tick in 0..3 {
+//!     let session = pool.session(&key).await?; // built once, then a pool hit
+//!     let pods: Api<Pod> = Api::namespaced(session.client().clone(), "default");
+//!     let list = pods.list(&Default::default()).await?;
+//!     println!("{} pods", list.items.len());
+//! } // each handle returns to the pool here
+//! assert_eq!(pool.stats().creations, 1);
+//! # Ok(())
+//! # }
+//! ```
+
+mod clock;
+mod error;
+mod key;
+mod pool;
+mod source;
+#[cfg(test)]
+mod testutil;
+mod ttl;
+
+pub use clock::{FixedClock, SystemClock, WallClock};
+pub use error::{BuildError, CredentialsError, SessionError};
+pub use key::SessionKey;
+pub use pool::{AuthKind, MAX_ENTRIES_KNOB, Session, SessionPool, SessionPoolBuilder, TTL_KNOB};
+pub use source::{
+    AKS_SERVER_SCOPE, ARM_SCOPE, AksSource, AksSourceBuilder, ClusterCredentials, ClusterMaterial,
+    KubeconfigSource,
+};
+pub use ttl::{EffectiveTtl, Expiries, TOKEN_EXPIRY_MARGIN, TtlBound, effective_ttl};
+
+/// Install rustls' ring provider as the process default unless one is installed already
+/// (kube and reqwest need one; the workspace compiles ring only).
+pub(crate) fn ensure_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Losing a race with another installer is fine: a provider is installed either way.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}

@@ -1,0 +1,188 @@
+//! Turning a source's material into a `kube::Client` in memory, and learning its expiries.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use azure_core::credentials::TokenCredential;
+use base64::Engine as _;
+use kube::config::{AuthInfo, ExecConfig, KubeConfigOptions};
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::{AKS_SERVER_SCOPE, BuildError, ClusterMaterial, Expiries};
+
+/// How a session authenticates to its cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum AuthKind {
+    /// A client certificate and key (mTLS), kept in memory.
+    Certificate,
+    /// A bearer token written in the kubeconfig (or a token file it names).
+    StaticToken,
+    /// A kubelogin (AAD) exec user, served with a token from the pool's Azure credential.
+    AadToken,
+    /// Anything else kube supports (basic auth, no credentials).
+    Other,
+}
+
+/// Client settings applied to every session.
+#[derive(Debug, Clone)]
+pub(crate) struct ClientOptions {
+    pub(crate) kube_retry: bool,
+    pub(crate) connect_timeout: Option<Duration>,
+    pub(crate) read_timeout: Option<Duration>,
+}
+
+/// A built client and what is known about its credentials.
+pub(crate) struct Built {
+    pub(crate) client: kube::Client,
+    pub(crate) auth: AuthKind,
+    pub(crate) expiries: Expiries,
+}
+
+/// Build a client from `material`. No file is written; TLS material goes to kube as bytes.
+pub(crate) async fn build(
+    material: ClusterMaterial,
+    aad: Option<&Arc<dyn TokenCredential>>,
+    options: &ClientOptions,
+) -> Result<Built, BuildError> {
+    let (kubeconfig, context, material_expiry) = material.into_parts();
+    let select = KubeConfigOptions {
+        context,
+        ..KubeConfigOptions::default()
+    };
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &select)
+        .await
+        .map_err(BuildError::Kubeconfig)?;
+
+    let mut expiries = Expiries {
+        material_expires_at: material_expiry,
+        ..Expiries::default()
+    };
+    expiries.cert_not_after = certificate_not_after(&config.auth_info).await?;
+    let user = &mut config.auth_info;
+    let auth = if user.token.is_some() || user.token_file.is_some() {
+        // kube prefers an inline token (then a token file) over an exec plugin: so do we.
+        expiries.token_expires_on = user
+            .token
+            .as_ref()
+            .and_then(|token| jwt_expiry(token.expose_secret()));
+        AuthKind::StaticToken
+    } else if let Some(exec) = user.exec.take() {
+        if !is_kubelogin(&exec) {
+            return Err(BuildError::UnsupportedExecPlugin {
+                command: exec.command.unwrap_or_default(),
+            });
+        }
+        let credential = aad.ok_or(BuildError::NoAadCredential)?;
+        let scope = server_scope(&exec);
+        let token = credential
+            .get_token(&[scope.as_str()], None)
+            .await
+            .map_err(BuildError::AadToken)?;
+        user.token = Some(SecretString::from(token.token.secret().to_string()));
+        expiries.token_expires_on = Some(SystemTime::from(token.expires_on));
+        AuthKind::AadToken
+    } else if expiries.cert_not_after.is_some() {
+        AuthKind::Certificate
+    } else {
+        AuthKind::Other
+    };
+
+    config.default_retry = options.kube_retry;
+    config.connect_timeout = options.connect_timeout;
+    config.read_timeout = options.read_timeout;
+    crate::ensure_crypto_provider();
+    let client = kube::Client::try_from(config).map_err(BuildError::Client)?;
+    Ok(Built {
+        client,
+        auth,
+        expiries,
+    })
+}
+
+/// The `notAfter` of the user's client certificate (inline data or a file), if it has one.
+async fn certificate_not_after(user: &AuthInfo) -> Result<Option<SystemTime>, BuildError> {
+    let pem = if let Some(data) = &user.client_certificate_data {
+        let compact: String = data.split_whitespace().collect();
+        base64::engine::general_purpose::STANDARD
+            .decode(compact)
+            .map_err(|_| BuildError::Certificate {
+                reason: "client-certificate-data is not base64".into(),
+            })?
+    } else if let Some(path) = &user.client_certificate {
+        let path = PathBuf::from(path);
+        tokio::fs::read(&path)
+            .await
+            .map_err(|source| BuildError::CertificateFile { path, source })?
+    } else {
+        return Ok(None);
+    };
+    parse_not_after(&pem).map(Some)
+}
+
+/// The `notAfter` of the first certificate in a PEM buffer.
+pub(crate) fn parse_not_after(pem: &[u8]) -> Result<SystemTime, BuildError> {
+    let invalid = |reason: &str| BuildError::Certificate {
+        reason: reason.to_string(),
+    };
+    let pem = x509_parser::pem::Pem::iter_from_buffer(pem)
+        .next()
+        .ok_or_else(|| invalid("no PEM block"))?
+        .map_err(|_| invalid("malformed PEM"))?;
+    if pem.label != "CERTIFICATE" {
+        return Err(invalid("the PEM block is not a CERTIFICATE"));
+    }
+    let cert = pem
+        .parse_x509()
+        .map_err(|_| invalid("malformed X.509 certificate"))?;
+    let seconds = cert.validity().not_after.timestamp();
+    Ok(u64::try_from(seconds)
+        .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s))
+        .unwrap_or(SystemTime::UNIX_EPOCH))
+}
+
+/// The `exp` claim of a JWT, if `token` is one.
+pub(crate) fn jwt_expiry(token: &str) -> Option<SystemTime> {
+    let mut parts = token.split('.');
+    let (_header, payload, _signature) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let exp = claims.get("exp")?.as_u64()?;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(exp))
+}
+
+/// Whether an exec user runs kubelogin (`kubelogin`, `/usr/local/bin/kubelogin`, `kubelogin.exe`).
+fn is_kubelogin(exec: &ExecConfig) -> bool {
+    let Some(command) = exec.command.as_deref() else {
+        return false;
+    };
+    let name = command.rsplit(['/', '\\']).next().unwrap_or(command);
+    let name = name.strip_suffix(".exe").unwrap_or(name);
+    name.eq_ignore_ascii_case("kubelogin")
+}
+
+/// The token scope for a kubelogin user: `<--server-id>/.default`, or [`AKS_SERVER_SCOPE`].
+fn server_scope(exec: &ExecConfig) -> String {
+    let args = exec.args.as_deref().unwrap_or_default();
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        let value = if arg == "--server-id" {
+            iter.next().map(String::as_str)
+        } else {
+            arg.strip_prefix("--server-id=")
+        };
+        if let Some(id) = value.map(str::trim).filter(|id| !id.is_empty()) {
+            return format!("{id}/.default");
+        }
+    }
+    AKS_SERVER_SCOPE.to_string()
+}
+
+#[cfg(test)]
+mod tests;

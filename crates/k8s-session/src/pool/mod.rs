@@ -1,0 +1,312 @@
+//! `SessionPool`: `kube::Client` sessions over pool-core's `KeyedPool`, TTLs clamped by credentials.
+
+mod build;
+mod session;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use azure_core::credentials::TokenCredential;
+use pool_core::{
+    Created, KeyedPool, Knob, PoolConfig, PoolError, PoolStats, RetireReport, ShutdownReport,
+};
+use tokio::time::Instant;
+
+use crate::{
+    BuildError, ClusterCredentials, SessionError, SessionKey, SystemClock, WallClock, effective_ttl,
+};
+pub use build::AuthKind;
+use build::ClientOptions;
+pub use session::Session;
+use session::{Entry, RetireObserver};
+
+/// `K8S_SESSION_POOL_TTL_SECONDS`: the pool TTL, default 300 s, clamped to [0, 86 400]. Zero
+/// disables pooling (every session is one-shot).
+pub const TTL_KNOB: Knob<u64> = Knob::new("K8S_SESSION_POOL_TTL_SECONDS", 300, 0, 86_400);
+
+/// `K8S_SESSION_POOL_MAX_ENTRIES`: the pool capacity, default 32, clamped to [1, 4096] (K5).
+pub const MAX_ENTRIES_KNOB: Knob<usize> = Knob::new("K8S_SESSION_POOL_MAX_ENTRIES", 32, 1, 4096);
+
+/// A pool of Kubernetes sessions keyed by [`SessionKey`] (K1–K7).
+///
+/// - [`session`](Self::session) returns the pooled session for a key, or builds one from the
+///   credential source (one build per key however many callers miss at once).
+/// - A session is handed out until its effective TTL: the pool TTL clamped by the client
+///   certificate's `notAfter`, the material's expiry and the bearer token's expiry minus 60 s
+///   (K3). When that collapses to zero the caller gets a one-shot session, never pooled (K4).
+/// - Beyond [`max_entries`](SessionPoolBuilder::max_entries) the soonest-expiring session is
+///   evicted (K5). Evicted sessions are retired after the pool's locks are released (K7).
+///
+/// Cloning is cheap and shares the pool. A `kube::Client` is bound to the tokio runtime it was
+/// built on: use one pool per runtime.
+#[derive(Clone)]
+pub struct SessionPool {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    pool: KeyedPool<SessionKey, Entry>,
+    source: Arc<dyn ClusterCredentials>,
+    aad: Option<Arc<dyn TokenCredential>>,
+    clock: Arc<dyn WallClock>,
+    ttl: Duration,
+    options: ClientOptions,
+    observer: Option<RetireObserver>,
+}
+
+/// Builds a [`SessionPool`]. Knobs not set explicitly are read from the environment
+/// ([`TTL_KNOB`], [`MAX_ENTRIES_KNOB`]) when [`build`](Self::build) runs.
+pub struct SessionPoolBuilder {
+    source: Arc<dyn ClusterCredentials>,
+    aad: Option<Arc<dyn TokenCredential>>,
+    clock: Arc<dyn WallClock>,
+    ttl: Option<Duration>,
+    max_entries: Option<usize>,
+    sweep_interval: Option<Duration>,
+    options: ClientOptions,
+    observer: Option<RetireObserver>,
+}
+
+impl SessionPool {
+    /// Start building a pool over `source`.
+    pub fn builder(source: impl ClusterCredentials) -> SessionPoolBuilder {
+        Self::builder_arc(Arc::new(source))
+    }
+
+    /// [`builder`](Self::builder) for a shared source.
+    pub fn builder_arc(source: Arc<dyn ClusterCredentials>) -> SessionPoolBuilder {
+        SessionPoolBuilder {
+            source,
+            aad: None,
+            clock: Arc::new(SystemClock),
+            ttl: None,
+            max_entries: None,
+            sweep_interval: None,
+            options: ClientOptions {
+                kube_retry: false,
+                connect_timeout: Some(Duration::from_secs(30)),
+                read_timeout: None,
+            },
+            observer: None,
+        }
+    }
+
+    /// The session for `key`: the pooled one if it is still valid, else a new one (K1, K3, K4).
+    pub async fn session(&self, key: &SessionKey) -> Result<Session, SessionError> {
+        let shared = &*self.shared;
+        let result = shared
+            .pool
+            .get_or_create(key, || async move {
+                let material = shared.source.credentials(key).await?;
+                let built = build::build(material, shared.aad.as_ref(), &shared.options).await?;
+                // The one wall-clock read: every expiry becomes a duration from here.
+                let ttl = effective_ttl(shared.ttl, shared.clock.now(), &built.expiries);
+                let entry = Entry {
+                    client: built.client,
+                    key: key.clone(),
+                    auth: built.auth,
+                    ttl,
+                    observer: shared.observer.clone(),
+                };
+                tracing::debug!(%key, ttl = ?ttl.ttl, bound = ?ttl.bound, "built Kubernetes session");
+                Ok::<_, BuildError>(if ttl.is_poolable() {
+                    Created::until(entry, Instant::now() + ttl.ttl)
+                } else {
+                    Created::one_shot(entry)
+                })
+            })
+            .await;
+        match result {
+            Ok(inner) => Ok(Session { inner }),
+            Err(PoolError::Create(source)) => Err(SessionError::Build {
+                key: key.clone(),
+                source,
+            }),
+            Err(_) => Err(SessionError::ShutDown),
+        }
+    }
+
+    /// Counters: hits, misses, creations, one-shots, evictions by cause, retire failures.
+    pub fn stats(&self) -> PoolStats {
+        self.shared.pool.stats()
+    }
+
+    /// Sessions in the pool now.
+    pub fn len(&self) -> usize {
+        self.shared.pool.len()
+    }
+
+    /// Whether the pool holds no session.
+    pub fn is_empty(&self) -> bool {
+        self.shared.pool.is_empty()
+    }
+
+    /// The pool TTL in force (before credential clamps).
+    pub fn ttl(&self) -> Duration {
+        self.shared.ttl
+    }
+
+    /// The capacity in force.
+    pub fn max_entries(&self) -> usize {
+        self.shared.pool.config().max_entries_value()
+    }
+
+    /// Drop the session for `key` (e.g. after its credentials were revoked). Returns whether
+    /// there was one.
+    pub async fn invalidate(&self, key: &SessionKey) -> bool {
+        self.shared.pool.invalidate(key).await
+    }
+
+    /// Retire expired sessions now.
+    pub async fn prune_expired(&self) -> RetireReport {
+        self.shared.pool.prune_expired().await
+    }
+
+    /// Retire every session (K7): each retire is isolated, one failure never stops the others.
+    /// The pool stays usable.
+    pub async fn reset(&self) -> RetireReport {
+        self.shared.pool.reset().await
+    }
+
+    /// Close the pool and retire its sessions without blocking on a contended lock (K7).
+    pub async fn shutdown(&self) -> ShutdownReport {
+        self.shared.pool.shutdown().await
+    }
+
+    /// Whether a pool lock is held at this instant: for tests of "retire never under the lock"
+    /// (K7), called from a [`SessionPoolBuilder::on_retire`] observer.
+    pub fn is_locked(&self) -> bool {
+        self.shared.pool.is_locked()
+    }
+}
+
+impl SessionPoolBuilder {
+    /// The Azure credential serving kubelogin (AAD) users: their exec plugin is never run;
+    /// the pool asks this credential for a token for the plugin's `--server-id` scope (default
+    /// [`AKS_SERVER_SCOPE`](crate::AKS_SERVER_SCOPE)) and the session's deadline follows that
+    /// token's expiry minus 60 s.
+    #[must_use]
+    pub fn aad_credential(mut self, credential: Arc<dyn TokenCredential>) -> Self {
+        self.aad = Some(credential);
+        self
+    }
+
+    /// The wall clock used to turn credential expiries into deadlines (default: system).
+    #[must_use]
+    pub fn clock(mut self, clock: Arc<dyn WallClock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The pool TTL, overriding `K8S_SESSION_POOL_TTL_SECONDS`.
+    #[must_use]
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// The capacity, overriding `K8S_SESSION_POOL_MAX_ENTRIES`; clamped to [1, 4096].
+    #[must_use]
+    pub fn max_entries(mut self, max_entries: usize) -> Self {
+        let (min, max) = MAX_ENTRIES_KNOB.range();
+        self.max_entries = Some(max_entries.clamp(min, max));
+        self
+    }
+
+    /// Read the knobs through `lookup` (given a variable name) instead of the process
+    /// environment. Explicit [`ttl`](Self::ttl) / [`max_entries`](Self::max_entries) calls made
+    /// before this are replaced.
+    #[must_use]
+    pub fn knobs_from(mut self, lookup: impl Fn(&str) -> Option<String>) -> Self {
+        self.ttl = Some(TTL_KNOB.read_secs_with(&lookup));
+        self.max_entries = Some(MAX_ENTRIES_KNOB.read_with(&lookup));
+        self
+    }
+
+    /// Retire expired sessions in the background on this interval (default: none; expired
+    /// sessions are evicted when next looked up, by capacity, or by
+    /// [`SessionPool::prune_expired`]).
+    #[must_use]
+    pub fn sweep_interval(mut self, every: Duration) -> Self {
+        self.sweep_interval = Some(every);
+        self
+    }
+
+    /// Whether kube's own retry of 429/503/504 is on (default: off, so a caller's deadline and
+    /// retry policy are the only ones in force).
+    #[must_use]
+    pub fn kube_retry(mut self, on: bool) -> Self {
+        self.options.kube_retry = on;
+        self
+    }
+
+    /// kube's connect timeout (default 30 s; `None`: no timeout).
+    #[must_use]
+    pub fn connect_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.options.connect_timeout = timeout;
+        self
+    }
+
+    /// kube's read timeout (default `None`).
+    #[must_use]
+    pub fn read_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.options.read_timeout = timeout;
+        self
+    }
+
+    /// Call `observer` with the key of every session the pool retires (after its locks are
+    /// released): for metrics, logs, and tests.
+    #[must_use]
+    pub fn on_retire(mut self, observer: impl Fn(&SessionKey) + Send + Sync + 'static) -> Self {
+        self.observer = Some(Arc::new(observer));
+        self
+    }
+
+    /// The pool.
+    pub fn build(self) -> SessionPool {
+        let ttl = self.ttl.unwrap_or_else(|| TTL_KNOB.read_secs());
+        let max_entries = self.max_entries.unwrap_or_else(|| MAX_ENTRIES_KNOB.read());
+        let mut config = PoolConfig::default().ttl(ttl).max_entries(max_entries);
+        if let Some(every) = self.sweep_interval {
+            config = config.sweep_interval(every);
+        }
+        SessionPool {
+            shared: Arc::new(Shared {
+                pool: KeyedPool::new(config),
+                source: self.source,
+                aad: self.aad,
+                clock: self.clock,
+                ttl,
+                options: self.options,
+                observer: self.observer,
+            }),
+        }
+    }
+}
+
+impl fmt::Debug for SessionPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionPool")
+            .field("source", &self.shared.source)
+            .field("ttl", &self.shared.ttl)
+            .field("max_entries", &self.max_entries())
+            .field("entries", &self.len())
+            .field("aad_credential", &self.shared.aad.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for SessionPoolBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionPoolBuilder")
+            .field("source", &self.source)
+            .field("ttl", &self.ttl)
+            .field("max_entries", &self.max_entries)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests;
