@@ -7,13 +7,14 @@
 //! |---|---|---|
 //! | (always) | [`bench`](mod@bench) | the JSON result line every `cargo xtask bench` scenario prints |
 //! | `tls` | `tls` | an in-process CA and leaf certificates, rustls configs trusting only them |
-//! | `azurite` | `azurite` | Azurite over HTTPS with `--oauth basic`, and a credential it accepts |
+//! | `azurite` | `azurite` | Azurite over HTTPS with `--oauth basic`, clients trusting its CA |
+//! | `azure-credential` | `azurite` | `TestCredential`: a `TokenCredential` minting tokens Azurite and the ARM endpoint accept |
 //! | `k8s` | `k8s` | an in-process Kubernetes API server (mTLS or bearer), fixtures, faults |
 //! | `ratelimit` | `ratelimit` | a scripted rate-limiting HTTP server counting connections |
 //!
 //! See docs/testing.md for how the suites use them.
 
-#[cfg(feature = "azurite")]
+#[cfg(any(feature = "azurite", feature = "azure-credential"))]
 pub mod azurite;
 pub mod bench;
 #[cfg(feature = "k8s")]
