@@ -7,11 +7,17 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 
 /// The repository root (xtask lives in `<root>/xtask`).
+///
+/// `cargo run` sets `CARGO_MANIFEST_DIR` for the process it starts, so the runtime value is
+/// preferred: a binary built from another checkout sharing the target dir still finds this one.
 pub(crate) fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest_dir
         .parent()
-        .expect("xtask is one level below the root")
-        .to_path_buf()
+        .map(Path::to_path_buf)
+        .unwrap_or(manifest_dir)
 }
 
 /// `cargo` as invoked by `cargo xtask` (respects the pinned toolchain).
