@@ -10,23 +10,34 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         [flag, value] if flag == "--k8s" && (value == "local" || value == "kind") => value.clone(),
         _ => bail!("usage: cargo xtask it [--k8s local|kind]"),
     };
-    crate::setup::ensure_installed()?;
     if k8s == "kind" {
-        crate::kind::require_cluster()?;
+        if let Some(reason) = crate::kind::unavailable() {
+            return crate::kind::skip_or_fail(&reason);
+        }
+        if !crate::kind::kubeconfig_path().exists() {
+            bail!("no kind cluster: run `cargo xtask kind up` first");
+        }
     }
+    crate::setup::ensure_installed()?;
     run_suites(&k8s)
 }
 
 /// `cargo test --workspace` with the backend suites included. Suites marked
-/// `#[ignore = "needs …: cargo xtask it"]` run here; `TESTKIT_REQUIRE_BACKENDS=1` makes testkit
-/// fail loudly (never skip) when a backend it needs is missing.
+/// `#[ignore = "needs …: cargo xtask it"]` run here; a backend they need that is missing makes
+/// them fail (testkit never skips). `TESTKIT_K8S` picks the cluster of the k8s contract suites
+/// (`local`: testkit's in-process server; `kind`: the cluster at `TESTKIT_KUBECONFIG`).
 pub(crate) fn run_suites(k8s: &str) -> Result<()> {
+    let mut command = cargo();
+    command
+        .args(["test", "--workspace", "--locked", "--", "--include-ignored"])
+        .env("TESTKIT_REQUIRE_BACKENDS", "1")
+        .env("TESTKIT_K8S", k8s)
+        .env("TESTKIT_AZURITE_BIN", crate::setup::azurite_blob());
+    if k8s == "kind" {
+        command.env("TESTKIT_KUBECONFIG", crate::kind::kubeconfig_path());
+    }
     step(
         &format!("cargo test --workspace (backend suites included, k8s: {k8s})"),
-        cargo()
-            .args(["test", "--workspace", "--locked", "--", "--include-ignored"])
-            .env("TESTKIT_REQUIRE_BACKENDS", "1")
-            .env("TESTKIT_K8S", k8s)
-            .env("TESTKIT_AZURITE_BIN", crate::setup::azurite_blob()),
+        &mut command,
     )
 }

@@ -42,6 +42,16 @@ pub(crate) fn ensure_installed() -> Result<()> {
         println!("==> azurite: already installed at {}", entry.display());
         return Ok(());
     }
+    let node_works = Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if !node_works {
+        bail!(
+            "node not found: Azurite runs on Node.js 20 or newer; install it with npm \
+             (Debian: `apt-get install nodejs npm`), then run `cargo xtask setup`"
+        );
+    }
     let npm_works = Command::new("npm")
         .arg("--version")
         .output()
