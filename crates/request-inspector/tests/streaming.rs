@@ -94,7 +94,10 @@ async fn captured_post_of_50_mb_is_teed_while_streaming_and_cut_at_the_limit() {
     let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
     assert_eq!(first.len(), CHUNK);
     assert_eq!(produced.load(Ordering::SeqCst), 1);
-    assert!(inspector.entries().is_empty(), "recorded at the end, not before");
+    assert!(
+        inspector.entries().is_empty(),
+        "recorded at the end, not before"
+    );
 
     let mut received = first.len();
     let mut peak_in_flight = 0;

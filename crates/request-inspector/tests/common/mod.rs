@@ -1,5 +1,8 @@
 //! Helpers shared by the integration tests: a counting streamed body, an app, body readers.
-#![allow(dead_code, reason = "each test binary uses a different subset of the helpers")]
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different subset of the helpers"
+)]
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -91,8 +94,12 @@ pub(crate) fn app(inspector: &Inspector) -> Router {
         .route(
             "/api/echo",
             any(|request: Request| async move {
-                let body = request.into_body().collect().await.expect("body").to_bytes();
-                body
+                request
+                    .into_body()
+                    .collect()
+                    .await
+                    .expect("body")
+                    .to_bytes()
             }),
         )
         .route(
@@ -112,7 +119,11 @@ where
     body.collect().await.expect("body").to_bytes()
 }
 
-pub(crate) fn request(method: http::Method, uri: &str, body: impl Into<Body>) -> http::Request<Body> {
+pub(crate) fn request(
+    method: http::Method,
+    uri: &str,
+    body: impl Into<Body>,
+) -> http::Request<Body> {
     http::Request::builder()
         .method(method)
         .uri(uri)
