@@ -109,17 +109,27 @@ impl<S: KeyStore> ApiKeyCache<S> {
             Counters::bump(&inner.counters.rejected_unknown);
             return Err(AuthError::Unknown);
         }
-        match inner.miss_reload(now).await {
-            None => {
-                Counters::bump(&inner.counters.miss_reloads_limited);
-                Counters::bump(&inner.counters.rejected_unknown);
-                Err(AuthError::Unknown)
+        let seen = inner.started();
+        // At most: join the load in flight, then one that started after `seen`.
+        for _ in 0..3 {
+            match inner.miss_reload(now, seen).await {
+                None => {
+                    Counters::bump(&inner.counters.miss_reloads_limited);
+                    break;
+                }
+                Some((Err(source), _)) => return Err(AuthError::Unavailable { source }),
+                Some((Ok(reloaded), fresh)) => {
+                    if let Some(answer) = self.answer(&reloaded, &hash) {
+                        return answer;
+                    }
+                    if fresh {
+                        return self.unknown(hash, now);
+                    }
+                }
             }
-            Some(Err(source)) => Err(AuthError::Unavailable { source }),
-            Some(Ok(reloaded)) => self
-                .answer(&reloaded, &hash)
-                .unwrap_or_else(|| self.unknown(hash, now)),
         }
+        Counters::bump(&inner.counters.rejected_unknown);
+        Err(AuthError::Unknown)
     }
 
     fn answer(&self, snapshot: &Snapshot, hash: &KeyHash) -> Option<Result<Identity, AuthError>> {

@@ -151,29 +151,40 @@ impl<S: KeyStore> Inner<S> {
         self.load_generation(target).await
     }
 
-    /// A miss: share the next load that starts after now if one is already granted, else take
-    /// a token from the rate limiter. `None`: limited, no reload.
-    pub(crate) async fn miss_reload(&self, now: Instant) -> Option<Reloaded> {
-        let target = {
+    /// A miss seen when `seen` loads had started. Returns the snapshot of a shared load and
+    /// whether that load started after `seen` (so it could not have missed a key created
+    /// before the request), or `None` when the rate limit allows no new load.
+    ///
+    /// - A load already in flight is joined for free (1 000 concurrent misses of one new key
+    ///   share one read), but it may have started before the key was created: not fresh.
+    /// - Else a load that started after `seen` is joined if there is one (free, fresh).
+    /// - Else a new load is needed: the first caller takes a token from the rate limiter and
+    ///   everyone arriving before that load starts shares it.
+    pub(crate) async fn miss_reload(&self, now: Instant, seen: u64) -> Option<(Reloaded, bool)> {
+        let (target, fresh) = {
             let mut plan = lock(&self.plan);
             if let Some(error) = plan.backing_off(now, self.config.retry_backoff) {
-                return Some(Err(error));
+                return Some((Err(error), false));
             }
-            let target = plan.started + 1;
-            if target > plan.granted {
-                let (interval, burst) = (
-                    self.config.miss_reload_interval,
-                    self.config.miss_reload_burst,
-                );
-                if !plan.take_token(now, interval, burst) {
-                    return None;
+            if plan.started > plan.completed && plan.started <= seen {
+                (plan.started, false)
+            } else {
+                let target = plan.started.max(seen + 1);
+                if target > plan.started && target > plan.granted {
+                    let (interval, burst) = (
+                        self.config.miss_reload_interval,
+                        self.config.miss_reload_burst,
+                    );
+                    if !plan.take_token(now, interval, burst) {
+                        return None;
+                    }
+                    plan.granted = target;
                 }
-                plan.granted = target;
+                (target, true)
             }
-            target
         };
         Counters::bump(&self.counters.miss_reloads);
-        Some(self.load_generation(target).await)
+        Some((self.load_generation(target).await, fresh))
     }
 
     async fn load_generation(&self, target: u64) -> Reloaded {
