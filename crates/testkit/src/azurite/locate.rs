@@ -6,9 +6,19 @@ use std::path::{Path, PathBuf};
 /// Set by `cargo xtask it|test` to the `azurite-blob` it installed.
 pub const AZURITE_BIN_ENV: &str = "TESTKIT_AZURITE_BIN";
 
-/// The workspace root: the nearest ancestor of this crate whose `Cargo.toml` has `[workspace]`.
+/// The workspace root: the nearest ancestor of the package under test (`CARGO_MANIFEST_DIR` at
+/// run time, as `cargo test` sets it), else of this crate's source, whose `Cargo.toml` has
+/// `[workspace]`.
 pub fn workspace_root() -> Option<PathBuf> {
-    let start = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let runtime = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from);
+    let compiled = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    runtime
+        .iter()
+        .chain(std::iter::once(&compiled))
+        .find_map(|start| find_workspace(start))
+}
+
+fn find_workspace(start: &Path) -> Option<PathBuf> {
     start.ancestors().find_map(|dir| {
         let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).ok()?;
         manifest
