@@ -1,3 +1,125 @@
-//! Benchmark: a list call through a pooled session vs a client built per call (being written).
+//! Scenario `k8s_session`: latency of one pod-list call through a pooled session
+//! (`SessionPool::session` hit + the call, on a kept-alive TLS connection) against a
+//! `kube::Client` built per call (the seed-001 behaviour, minus its temp files: a new TCP + TLS
+//! handshake each time), both against testkit's in-process HTTPS Kubernetes API server with
+//! mTLS, in the same run.
+//!
+//! Run with `cargo xtask bench k8s_session`. Prints a human summary and one JSON line per
+//! comparison (the format `cargo xtask bench` collects into docs/benchmarks.md).
 
-fn main() {}
+use std::time::Instant;
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_session::{KubeconfigSource, SessionKey, SessionPool};
+use kube::Api;
+use testkit::bench::{Comparison, emit, median, percentile};
+use testkit::k8s::{K8sServer, SAMPLE_NAMESPACE, kube_client};
+
+const CALLS_PER_ROUND: usize = 50;
+const ROUNDS: usize = 10;
+const WARMUP_CALLS: usize = 20;
+
+async fn list(client: &kube::Client) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), SAMPLE_NAMESPACE);
+    let list = pods.list(&Default::default()).await.expect("list pods");
+    assert!(!list.items.is_empty(), "the sample namespace has pods");
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(run());
+}
+
+async fn run() {
+    let server = K8sServer::start().await.expect("k8s test server");
+    let kubeconfig = server.kubeconfig_cert().expect("client certificate");
+    let pool = SessionPool::builder(KubeconfigSource::from_kubeconfig(kubeconfig.clone()))
+        .knobs_from(|_| None)
+        .build();
+    let key = SessionKey::new("bench-subscription", "bench-rg", "bench-cluster");
+
+    let pooled = || async {
+        let session = pool.session(&key).await.expect("session");
+        list(&session).await;
+    };
+    let per_call = || async {
+        let client = kube_client(kubeconfig.clone()).await.expect("client");
+        list(&client).await;
+    };
+
+    for _ in 0..WARMUP_CALLS {
+        pooled().await;
+        per_call().await;
+    }
+    let connections_before = server.tls_connections();
+
+    // Rounds interleave the two variants so load changes on the shared machine hit both alike.
+    let (mut ours, mut baseline) = (Vec::new(), Vec::new());
+    let mut ours_connections = 0;
+    for _ in 0..ROUNDS {
+        let before = server.tls_connections();
+        for _ in 0..CALLS_PER_ROUND {
+            let start = Instant::now();
+            pooled().await;
+            ours.push(start.elapsed().as_secs_f64() * 1e6);
+        }
+        ours_connections += server.tls_connections() - before;
+        for _ in 0..CALLS_PER_ROUND {
+            let start = Instant::now();
+            per_call().await;
+            baseline.push(start.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    let baseline_connections = server.tls_connections() - connections_before - ours_connections;
+    let stats = pool.stats();
+
+    let comparisons = [
+        Comparison {
+            scenario: "k8s_session",
+            baseline_name: "kube::Client built per call".into(),
+            metric: "pod list latency, median",
+            unit: "µs/call",
+            ours: median(&mut ours.clone()),
+            baseline: median(&mut baseline.clone()),
+            lower_is_better: true,
+        },
+        Comparison {
+            scenario: "k8s_session",
+            baseline_name: "kube::Client built per call".into(),
+            metric: "pod list latency, p99",
+            unit: "µs/call",
+            ours: percentile(&mut ours, 99.0),
+            baseline: percentile(&mut baseline, 99.0),
+            lower_is_better: true,
+        },
+        Comparison {
+            scenario: "k8s_session",
+            baseline_name: "kube::Client built per call".into(),
+            metric: "TLS handshakes per 100 calls",
+            unit: "handshakes",
+            ours: ours_connections as f64 * 100.0 / (ROUNDS * CALLS_PER_ROUND) as f64,
+            baseline: baseline_connections as f64 * 100.0 / (ROUNDS * CALLS_PER_ROUND) as f64,
+            lower_is_better: true,
+        },
+    ];
+    println!(
+        "k8s_session: {} calls per variant over mTLS on loopback; pool: {} build(s), {} hits",
+        ROUNDS * CALLS_PER_ROUND,
+        stats.creations,
+        stats.hits
+    );
+    for c in &comparisons {
+        println!(
+            "  {:<32} pooled {:>10.1}  per-call {:>10.1} {}  ({:.1}x)",
+            c.metric,
+            c.ours,
+            c.baseline,
+            c.unit,
+            c.ratio()
+        );
+    }
+    emit(&comparisons);
+}
