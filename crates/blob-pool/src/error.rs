@@ -26,3 +26,25 @@ pub enum BlobPoolError {
     #[error("the blob client pool is shut down")]
     ShutDown,
 }
+
+/// Whether `error` is the service refusing the bearer token: HTTP 401, or 403 with error code
+/// `AuthenticationFailed` (what Azure Storage and Azurite answer for an expired, not-yet-valid,
+/// wrong-audience or revoked token).
+///
+/// The SDK clears its own token cache only on 401. After a 403 `AuthenticationFailed` for a
+/// credential that still hands out the same token, call
+/// [`BlobPool::invalidate_credential`](crate::BlobPool::invalidate_credential).
+pub fn is_authentication_failed(error: &azure_core::Error) -> bool {
+    use azure_core::error::ErrorKind;
+    use azure_core::http::StatusCode;
+    match error.kind() {
+        ErrorKind::HttpResponse {
+            status, error_code, ..
+        } => {
+            *status == StatusCode::Unauthorized
+                || (*status == StatusCode::Forbidden
+                    && error_code.as_deref() == Some("AuthenticationFailed"))
+        }
+        _ => false,
+    }
+}

@@ -68,7 +68,7 @@ mod stats;
 
 pub use config::{BlobPoolConfig, IDLE_TTL_SECONDS, MAX_ENTRIES, SWEEP_SECONDS};
 pub use endpoint::Endpoint;
-pub use error::BlobPoolError;
+pub use error::{BlobPoolError, is_authentication_failed};
 pub use handle::PooledBlobClient;
 pub use identity::CredentialId;
 pub use pool::{BlobPool, BlobPoolBuilder, STORAGE_SCOPE, storage_transport};
