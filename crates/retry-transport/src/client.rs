@@ -132,7 +132,7 @@ impl RetryClient {
 
     /// Build and [`execute`](RetryClient::execute) a request.
     pub async fn send(&self, request: RequestBuilder) -> Result<Response, Error> {
-        let request = request.build().map_err(Error::Build)?;
+        let request = request.build().map_err(Error::Request)?;
         self.execute(request).await
     }
 

@@ -35,6 +35,9 @@ pub enum Error {
     /// The credential hook failed to produce an `Authorization` value.
     #[error("the credential hook failed")]
     Credential(#[source] BoxError),
+    /// The request could not be built (bad URL, header or body) by a reqwest `RequestBuilder`.
+    #[error("invalid request")]
+    Request(#[source] reqwest::Error),
     /// The underlying reqwest client could not be built (bad proxy, TLS roots …).
     #[error("could not build the HTTP client")]
     Build(#[source] reqwest::Error),

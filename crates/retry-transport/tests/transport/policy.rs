@@ -213,3 +213,16 @@ async fn a_body_that_cannot_be_cloned_is_sent_once() {
     assert!(sleeper.sleeps().is_empty());
     assert_eq!(client.stats().gave_up.body_not_cloneable, 2);
 }
+
+// Bad input is a typed error, never a panic, and takes no slot.
+#[tokio::test]
+async fn a_request_that_cannot_be_built_is_a_typed_error() {
+    let server = RateLimitServer::start().await.unwrap();
+    let (client, _) = recording(RetryPolicy::default());
+    let bad = client
+        .get(url(&server, "/x"))
+        .header("bad header name", "x");
+    assert!(matches!(client.send(bad).await, Err(Error::Request(_))));
+    assert_eq!(server.stats().requests_seen, 0);
+    assert_eq!(client.stats().permits_in_use, 0);
+}
