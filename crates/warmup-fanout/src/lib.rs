@@ -12,8 +12,28 @@
 //!   values into a group of reads (one per pod, say) with its own bound. Errors, timeouts and
 //!   panics are contained per read: the read resolves to its default, siblings carry on, and
 //!   the [`FanOutReport`] says which read degraded, why, and how long each took.
+//! - [`warmup_status`]: the seed's read over a `kube::Client`. Six independent reads (warmup
+//!   jobs, nodes, the warmup daemonset, the warmup configmap, warning events, warmup pods), then
+//!   stale-node marking and up to [`MAX_LOG_TAILS`] pod-log tails, each URL requested once, into
+//!   a serialisable [`WarmupStatus`] (per-node, per-database chips). The conventions it reads
+//!   (labels, configmap keys, log lines) are in docs/warmup-fanout.md.
 //!
-//! # Example
+//! ```no_run
+//! # async fn demo(client: kube::Client) {
+//! use warmup_fanout::{WarmupOptions, warmup_status};
+//!
+//! // Never fails: a read that fails is its default, and is listed in `status.reads`.
+//! let status = warmup_status(client, "warmup", &WarmupOptions::from_env()).await;
+//! for node in &status.nodes {
+//!     println!("{} stale={:?} chips={:?}", node.name, node.stale, node.databases);
+//! }
+//! for failed in status.reads.failures() {
+//!     println!("{} degraded: {}", failed.name, failed.outcome.describe());
+//! }
+//! # }
+//! ```
+//!
+//! # Example: the engine
 //!
 //! ```
 //! use std::time::Duration;
