@@ -11,9 +11,9 @@
 //! - [`KeyStore`]: one JSON [`KeyDocument`] of accounts and key *hashes*, loaded conditionally
 //!   by version ("not modified" costs nothing) and written with a compare-and-swap on the
 //!   version (so concurrent writers on different instances lose nothing). Implementations:
-//!   [`FileStore`] (atomic replace, OS file lock) and [`MemoryStore`] (tests, benchmarks).
-//!   The trait is shaped for an Azure Blob store (ETag → `If-None-Match`/304 on load,
-//!   `If-Match`/412 on write); that store is not in this crate yet (it waits for `blob-pool`).
+//!   `BlobStore` (Azure Blob over `blob-pool`: ETag → `If-None-Match`/304 on load,
+//!   `If-Match`/412 on write; feature `azure`, on by default), [`FileStore`] (atomic replace,
+//!   OS file lock) and [`MemoryStore`] (tests, benchmarks).
 //! - [`ApiKeyCache`]: [`authenticate`](ApiKeyCache::authenticate) hashes the presented key
 //!   (SHA-256; issued keys carry 256 random bits, see docs/apikey-cache.md) and compares in
 //!   constant time; refresh on miss (one shared reload, rate-limited process-wide, unknown
@@ -69,4 +69,6 @@ pub use key::{
     AccountId, ApiKeySecret, Identity, IssuedKey, KEY_PREFIX, KeyHash, KeyId, MAX_KEY_LEN,
 };
 pub use layer::{API_KEY_HEADER, ApiKeyLayer, ApiKeyService, rejection_response};
+#[cfg(feature = "azure")]
+pub use store::BlobStore;
 pub use store::{FileStore, KeyStore, Loaded, MemoryStore, MemoryStoreCounts, Version};

@@ -1,5 +1,5 @@
 //! Two cache instances over one shared store (in-memory and file): A7, with A1–A3 across
-//! instances. The Azure Blob variant of these tests waits for `blob-pool` (see the guide).
+//! instances. The same tests over one Azure blob are in `tests/azurite.rs`.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};

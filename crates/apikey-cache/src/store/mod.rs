@@ -1,5 +1,7 @@
 //! The `KeyStore` trait (conditional loads, optimistic writes) and its implementations.
 
+#[cfg(feature = "azure")]
+mod blob;
 mod file;
 mod memory;
 
@@ -7,6 +9,8 @@ use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 
+#[cfg(feature = "azure")]
+pub use blob::BlobStore;
 pub use file::FileStore;
 pub use memory::{MemoryStore, MemoryStoreCounts};
 
