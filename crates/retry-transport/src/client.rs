@@ -262,7 +262,14 @@ impl RetryClient {
                 .insert(http::header::AUTHORIZATION, value);
         }
         bump(&self.shared.counters.attempts);
-        let result = self.current().execute(request).await;
+        // The query may hold a SAS token: keep it out of errors (and so out of logs).
+        let result = self.current().execute(request).await.map_err(|mut error| {
+            if let Some(url) = error.url_mut() {
+                url.set_query(None);
+                url.set_fragment(None);
+            }
+            error
+        });
         Ok((result, permit))
     }
 

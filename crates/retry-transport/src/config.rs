@@ -265,8 +265,12 @@ impl Builder {
         self
     }
 
-    /// Headers sent with every request.
-    pub fn default_headers(mut self, headers: HeaderMap) -> Self {
+    /// Headers sent with every request. Their values are marked sensitive, so no `Debug`
+    /// output (ours or reqwest's) shows them.
+    pub fn default_headers(mut self, mut headers: HeaderMap) -> Self {
+        for value in headers.values_mut() {
+            value.set_sensitive(true);
+        }
         self.config.default_headers = headers;
         self
     }
