@@ -149,7 +149,10 @@ async fn retry_after_storm_is_bounded_and_never_times_out_the_pool() {
             .count() as u64
     );
     // Every request ends within its budget plus one attempt (loose: 2 cores, debug build).
-    assert!(slowest <= budget + Duration::from_secs(5), "slowest {slowest:?}");
+    assert!(
+        slowest <= budget + Duration::from_secs(5),
+        "slowest {slowest:?}"
+    );
     println!(
         "retry storm: {requests} requests, {} attempts, {} sleeps (longest {longest_sleep:?}), \
          0 pool timeouts, peak {} in flight on {slots} slots, {} connections, slowest request \

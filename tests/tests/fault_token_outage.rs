@@ -92,7 +92,10 @@ async fn five_minutes_of_token_source_outage_fail_no_request() {
     );
     let stats = cache.stats();
     assert_eq!(stats.background_failed, outage_fetches);
-    assert_eq!(stats.blocking_fetches, 1, "only the very first call blocked");
+    assert_eq!(
+        stats.blocking_fetches, 1,
+        "only the very first call blocked"
+    );
 
     // The source comes back: the next attempt is at most one back-off away, and succeeds.
     source.down.store(false, Ordering::SeqCst);
@@ -130,7 +133,10 @@ async fn an_outage_that_outlives_the_token_fails_typed_and_recovers() {
     step(Duration::from_secs(3600)).await;
     let fetches = source.fetches.load(Ordering::SeqCst);
     let wave = futures::future::join_all((0..100).map(|_| cache.token())).await;
-    assert!(wave.iter().all(Result::is_err), "every caller gets the error");
+    assert!(
+        wave.iter().all(Result::is_err),
+        "every caller gets the error"
+    );
     assert_eq!(
         source.fetches.load(Ordering::SeqCst) - fetches,
         1,
