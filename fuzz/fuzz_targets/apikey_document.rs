@@ -1,0 +1,4 @@
+//! libFuzzer entry for `apikey_document`: see `cloud_client_infra_fuzz::apikey_document` for what it checks.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| cloud_client_infra_fuzz::apikey_document(data));
