@@ -253,10 +253,11 @@ impl RetryClient {
         let limits = &self.shared.config.limits;
         let permit = self.shared.limiter.acquire(limits.acquire_timeout).await?;
         if let Some(credential) = &self.shared.credential {
-            let value: HeaderValue = credential
+            let mut value: HeaderValue = credential
                 .authorization(refresh)
                 .await
                 .map_err(Error::Credential)?;
+            value.set_sensitive(true);
             request
                 .headers_mut()
                 .insert(http::header::AUTHORIZATION, value);
