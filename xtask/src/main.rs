@@ -3,6 +3,7 @@
 //! One file per subcommand; this file only parses the command line and dispatches.
 
 mod bench;
+mod fuzz;
 mod it;
 mod kind;
 mod setup;
@@ -21,6 +22,8 @@ commands:
                      the integration suites against live local backends
   bench [scenario..] run benchmarks (all, or the named scenarios); rewrites docs/benchmarks.md
   kind up|down       create or delete a kind cluster for `it --k8s kind` (needs Docker)
+  fuzz <target> [--secs N] [--cmin]
+                     run one cargo-fuzz target on fuzz/corpus/<target> (needs nightly + cargo-fuzz)
 ";
 
 fn main() {
@@ -45,6 +48,7 @@ fn run(args: &[String]) -> Result<()> {
         "it" => it::run(rest),
         "bench" => bench::run(rest),
         "kind" => kind::run(rest),
+        "fuzz" => fuzz::run(rest),
         "help" | "-h" | "--help" => {
             print!("{USAGE}");
             Ok(())
