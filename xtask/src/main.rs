@@ -3,6 +3,7 @@
 //! One file per subcommand; this file only parses the command line and dispatches.
 
 mod bench;
+mod demo;
 mod fuzz;
 mod it;
 mod kind;
@@ -20,6 +21,8 @@ commands:
   test               fmt check, clippy -D warnings, docs, every test and backend suite
   it [--k8s local|kind]
                      the integration suites against live local backends
+  demo [--naive|--pooled] [--ticks N] [--serve]
+                     run the dashboard against local backends and print what it cost
   bench [scenario..] run benchmarks (all, or the named scenarios); rewrites docs/benchmarks.md
   kind up|down       create or delete a kind cluster for `it --k8s kind` (needs Docker)
   fuzz <target> [--secs N] [--cmin]
@@ -46,6 +49,7 @@ fn run(args: &[String]) -> Result<()> {
         "setup" => setup::run(rest),
         "test" => test::run(rest),
         "it" => it::run(rest),
+        "demo" => demo::run(rest),
         "bench" => bench::run(rest),
         "kind" => kind::run(rest),
         "fuzz" => fuzz::run(rest),

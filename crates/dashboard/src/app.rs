@@ -20,7 +20,7 @@ use crate::clusters::{ClusterStats, Clusters};
 use crate::config::{DashboardConfig, KeyStoreConfig, Mode};
 use crate::credential::Credentials;
 use crate::error::{ApiError, StartError};
-use crate::keystore::{AnyKeyStore, BlobKeyStore};
+use crate::keystore::AnyKeyStore;
 use crate::routes;
 use crate::storage::{Storage, StorageStats};
 use crate::upstream::{Upstream, UpstreamStats};
@@ -112,11 +112,9 @@ impl Dashboard {
         let storage = Arc::new(Storage::new(&config.storage, &credentials, config.mode)?);
         let upstream = Upstream::new(&config.upstream, config.mode)?;
         let store = match &config.keys {
-            KeyStoreConfig::Blob { container, blob } => AnyKeyStore::Blob(BlobKeyStore::new(
-                storage.clone(),
-                container.clone(),
-                blob.clone(),
-            )),
+            KeyStoreConfig::Blob { container, blob } => {
+                AnyKeyStore::Blob(storage.key_store(container, blob))
+            }
             KeyStoreConfig::File { path } => AnyKeyStore::File(FileStore::new(path.clone())),
         };
         let keys = ApiKeyCache::new(store, CacheConfig::from_env());
@@ -149,13 +147,9 @@ impl Dashboard {
         })
     }
 
-    /// Create the storage containers the dashboard writes to (idempotent).
+    /// Create the jobs container (idempotent; the key store creates its own on first write).
     pub async fn prepare(&self) -> Result<(), ApiError> {
-        self.inner.storage.ensure_containers().await?;
-        if let AnyKeyStore::Blob(store) = self.inner.keys.store() {
-            store.ensure_container().await?;
-        }
-        Ok(())
+        self.inner.storage.ensure_containers().await
     }
 
     /// The configuration it runs with.

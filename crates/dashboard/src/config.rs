@@ -12,7 +12,8 @@ use url::Url;
 use crate::error::ConfigError;
 
 /// `DASHBOARD_INSPECTOR_CAPACITY`: entries the inspector ring keeps.
-pub const INSPECTOR_CAPACITY: Knob<usize> = Knob::new("DASHBOARD_INSPECTOR_CAPACITY", 100, 1, 10_000);
+pub const INSPECTOR_CAPACITY: Knob<usize> =
+    Knob::new("DASHBOARD_INSPECTOR_CAPACITY", 100, 1, 10_000);
 /// `DASHBOARD_UPSTREAM_MAX_CONNECTIONS`: upstream connection slots in use at once.
 pub const UPSTREAM_MAX_CONNECTIONS: Knob<usize> =
     Knob::new("DASHBOARD_UPSTREAM_MAX_CONNECTIONS", 4, 1, 1024);
@@ -268,7 +269,11 @@ fn default_inspector_capacity() -> usize {
 
 impl DashboardConfig {
     /// A configuration with defaults for everything but the backends.
-    pub fn new(clusters: Vec<ClusterConfig>, storage: StorageConfig, upstream: UpstreamConfig) -> Self {
+    pub fn new(
+        clusters: Vec<ClusterConfig>,
+        storage: StorageConfig,
+        upstream: UpstreamConfig,
+    ) -> Self {
         Self {
             listen: default_listen(),
             mode: Mode::default(),
@@ -303,7 +308,10 @@ impl DashboardConfig {
     /// Apply overrides read through `lookup` (given a variable's name). Numeric knobs that do
     /// not parse log a warning and keep their default; an unparseable address or mode is an
     /// error, since guessing one would be worse.
-    pub fn with_lookup(mut self, lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+    pub fn with_lookup(
+        mut self,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
         let set = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
         if let Some(listen) = set("DASHBOARD_LISTEN") {
             self.listen = listen.trim().parse().map_err(|_| ConfigError::Invalid {
@@ -393,7 +401,10 @@ mod tests {
         assert_eq!(config.inspector_capacity, 10_000, "clamped");
         assert_eq!(config.upstream.max_attempts, 5, "garbage keeps the default");
         assert_eq!(config.admin_token.as_ref().unwrap().expose(), "s3cret");
-        assert!(!format!("{config:?}").contains("s3cret"), "the admin token is redacted");
+        assert!(
+            !format!("{config:?}").contains("s3cret"),
+            "the admin token is redacted"
+        );
 
         let err = DashboardConfig::from_json(MINIMAL)
             .unwrap()

@@ -13,7 +13,7 @@
 //! | `GET /api/warmup/{cluster}` | k8s-session + warmup-fanout (phased parallel reads) |
 //! | `GET /api/monitor/storage`, `GET /api/blast/jobs` | blob-pool (one client per credential and account) |
 //! | `POST /api/blast/jobs` | blob-pool (write the job) + retry-transport (the 429-prone upstream) |
-//! | `GET /api/me`, every `/api/*` | apikey-cache (`x-api-key`; document in Blob storage or a file) |
+//! | `GET /api/me`, every `/api/*` | apikey-cache (`x-api-key`; its Blob store over the same blob pool, or a file) |
 //! | `POST /api/admin/accounts` | apikey-cache writes (guarded by `x-admin-token`) |
 //! | `GET /api/inspector` | request-inspector (polling GETs streamed, one-shot calls captured) |
 //! | every Azure token (ARM, storage) | token-refresh (`CachingCredential`) |
@@ -65,7 +65,7 @@ pub use config::{
 pub use credential::{CountingCredential, Credentials};
 pub use error::{ApiError, ConfigError, StartError};
 pub use http::ensure_crypto_provider;
-pub use keystore::{AnyKeyStore, BlobKeyStore};
+pub use keystore::AnyKeyStore;
 pub use routes::ADMIN_TOKEN_HEADER;
 pub use storage::{StorageCard, StorageStats, StoredJob};
 pub use upstream::{Submitted, UpstreamStats};

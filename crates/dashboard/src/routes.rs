@@ -21,11 +21,7 @@ const INDEX_HTML: &str = include_str!("../static/index.html");
 pub const ADMIN_TOKEN_HEADER: &str = "x-admin-token";
 
 pub(crate) async fn index() -> Response {
-    (
-        [(header::CACHE_CONTROL, "no-store")],
-        Html(INDEX_HTML),
-    )
-        .into_response()
+    ([(header::CACHE_CONTROL, "no-store")], Html(INDEX_HTML)).into_response()
 }
 
 pub(crate) async fn me(Extension(identity): Extension<Identity>) -> Json<Value> {

@@ -4,6 +4,7 @@ use std::ops::Deref;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use apikey_cache::BlobStore;
 use azure_core::credentials::TokenCredential;
 use azure_core::http::{ClientOptions, RequestContent, StatusCode, Transport};
 use azure_storage_blob::{BlobServiceClient, BlobServiceClientOptions};
@@ -149,13 +150,16 @@ impl Storage {
         }
     }
 
-    /// The pooled client for infrastructure (the key store), counted as one operation.
-    pub(crate) async fn infra_client(&self) -> Result<PooledBlobClient, ApiError> {
-        self.operations.fetch_add(1, Ordering::Relaxed);
-        self.infra
-            .client(&self.cached, &self.endpoint)
-            .await
-            .map_err(|e| ApiError::backend("blob storage", &e))
+    /// apikey-cache's Blob store for `container`/`blob`, over the pooled clients (whatever
+    /// the mode: the key store is infrastructure, not a path under comparison).
+    pub(crate) fn key_store(&self, container: &str, blob: &str) -> BlobStore {
+        BlobStore::new(
+            self.infra.clone(),
+            self.cached.clone(),
+            self.endpoint.clone(),
+            container,
+            blob,
+        )
     }
 
     /// A client for one operation of the dashboard's own storage paths.
@@ -249,10 +253,7 @@ impl Storage {
 }
 
 /// Create `name` unless it exists (409 is fine).
-pub(crate) async fn create_container(
-    client: &BlobServiceClient,
-    name: &str,
-) -> Result<(), ApiError> {
+async fn create_container(client: &BlobServiceClient, name: &str) -> Result<(), ApiError> {
     match client.blob_container_client(name).create(None).await {
         Ok(_) => Ok(()),
         Err(e) if e.http_status() == Some(StatusCode::Conflict) => Ok(()),

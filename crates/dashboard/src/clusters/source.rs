@@ -26,8 +26,7 @@ impl RoutedAksSource {
         clusters: &[ClusterConfig],
         credential: &Arc<dyn TokenCredential>,
     ) -> Result<Self, StartError> {
-        let mut sources: HashMap<(Option<String>, Option<String>), Arc<AksSource>> =
-            HashMap::new();
+        let mut sources: HashMap<(Option<String>, Option<String>), Arc<AksSource>> = HashMap::new();
         let mut by_cluster = HashMap::new();
         for cluster in clusters {
             let route = (

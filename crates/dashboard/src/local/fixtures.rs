@@ -33,7 +33,11 @@ pub(super) fn cluster(index: usize) -> Fixtures {
             ("generation", &GENERATION.to_string()),
         ],
     )
-    .daemonset(NAMESPACE, "warmup", "app.kubernetes.io/component=warmup-agent");
+    .daemonset(
+        NAMESPACE,
+        "warmup",
+        "app.kubernetes.io/component=warmup-agent",
+    );
     for n in 0..nodes {
         let node = format!("node-{n}");
         let (generation, succeeded) = match n {
@@ -44,7 +48,13 @@ pub(super) fn cluster(index: usize) -> Fixtures {
         warmup_job(&mut f, &node, generation, succeeded);
         for p in 0..2 {
             let pod = format!("warmup-{node}-{p}");
-            f.pod(NAMESPACE, &pod, WARMUP, &node, Some(&progress_log(index, n, p)));
+            f.pod(
+                NAMESPACE,
+                &pod,
+                WARMUP,
+                &node,
+                Some(&progress_log(index, n, p)),
+            );
         }
         f.pod(
             "kube-system",
@@ -108,7 +118,12 @@ fn latency(index: usize, route: &str, (min, max): (u64, u64)) -> Duration {
 }
 
 /// Give every route the server answers a latency in `[min, max]` ms (`(0, 0)`: none).
-pub(super) fn inject_latency(server: &K8sServer, index: usize, fixtures: &Fixtures, range: (u64, u64)) {
+pub(super) fn inject_latency(
+    server: &K8sServer,
+    index: usize,
+    fixtures: &Fixtures,
+    range: (u64, u64),
+) {
     if range.1 == 0 {
         return;
     }

@@ -25,7 +25,13 @@ pub const SUBSCRIPTION: &str = "00000000-0000-0000-0000-00000000d001";
 /// Their resource group.
 pub const RESOURCE_GROUP: &str = "rg-dashboard";
 /// Their names, in order (the first `clusters` are used).
-pub const CLUSTER_NAMES: &[&str] = &["aks-eastus", "aks-westeurope", "aks-southeastasia", "aks-4", "aks-5"];
+pub const CLUSTER_NAMES: &[&str] = &[
+    "aks-eastus",
+    "aks-westeurope",
+    "aks-southeastasia",
+    "aks-4",
+    "aks-5",
+];
 
 /// A local backend failed to start.
 #[derive(Debug, thiserror::Error)]
@@ -216,6 +222,9 @@ impl Simulation {
 
     /// TLS connections the clusters accepted (one per handshake).
     pub fn tls_connections(&self) -> u64 {
-        self.clusters.iter().map(|c| c.server.tls_connections()).sum()
+        self.clusters
+            .iter()
+            .map(|c| c.server.tls_connections())
+            .sum()
     }
 }

@@ -106,7 +106,13 @@ pub(crate) fn tick_paths(clusters: &[String], tick: usize) -> Vec<String> {
 
 async fn get(stage: &Stage, path: &str) -> bool {
     let url = format!("{}{path}", stage.running.url());
-    match stage.http.get(url).header("x-api-key", &stage.key).send().await {
+    match stage
+        .http
+        .get(url)
+        .header("x-api-key", &stage.key)
+        .send()
+        .await
+    {
         Ok(response) => {
             let ok = response.status().is_success();
             // Read to the end: a tick is over when the page has its data.
