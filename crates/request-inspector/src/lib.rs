@@ -24,7 +24,7 @@
 //!   layer holds, so "how much memory does the inspector cost" is a number, not a guess.
 //!
 //! The layer works with any tower service over `http::Request<B>` / `http::Response<B>` with
-//! [`http_body`] 1.x bodies whose data is [`bytes::Bytes`] (hyper, axum, tonic's HTTP bodies). The
+//! [`http_body`] 1.x bodies whose data is [`bytes::Bytes`] (hyper, axum). The
 //! feature `axum` (default) adds [`Inspector::router`] / [`entries_handler`], which serve the
 //! ring as JSON with `?method=` / `?status=` / `?limit=` filters.
 //!
