@@ -11,6 +11,15 @@ use crate::error::BlobPoolError;
 struct Inner {
     text: Box<str>,
     url: Url,
+    /// A digest of `text`, computed once, so hashing a pool key never rehashes the URL.
+    digest: u64,
+}
+
+/// FNV-1a: stable, cheap, and only a pre-hash — the pool's own hasher (randomly keyed) mixes it.
+fn digest(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// A Blob service endpoint, validated once and cheap to clone (an `Arc`).
@@ -70,6 +79,7 @@ impl Endpoint {
         }
         Ok(Self(Arc::new(Inner {
             text: url.as_str().into(),
+            digest: digest(url.as_str()),
             url,
         })))
     }
@@ -107,8 +117,10 @@ impl PartialEq for Endpoint {
 impl Eq for Endpoint {}
 
 impl Hash for Endpoint {
+    /// Hashes the digest computed at parse time (equal endpoints have equal text, hence equal
+    /// digests); equality still compares the text.
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.0.text.hash(state);
+        state.write_u64(self.0.digest);
     }
 }
 

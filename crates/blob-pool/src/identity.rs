@@ -3,6 +3,7 @@
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, Weak};
 
@@ -91,9 +92,32 @@ impl Registration {
     }
 }
 
+/// Hashes an allocation address: drop the alignment bits, multiply by a 64-bit odd constant
+/// (Fibonacci hashing). Addresses are not attacker-chosen, so no keyed hash is needed.
+#[derive(Default, Clone, Copy)]
+struct AddressHasher(u64);
+
+impl std::hash::Hasher for AddressHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_usize(&mut self, address: usize) {
+        self.0 = ((address as u64) >> 3).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+type ByAddress = HashMap<usize, Arc<Registration>, BuildHasherDefault<AddressHasher>>;
+
 #[derive(Default)]
 struct State {
-    by_address: HashMap<usize, Arc<Registration>>,
+    by_address: ByAddress,
     /// The same registrations, in a list the accesses walk round-robin.
     list: Vec<Arc<Registration>>,
 }
