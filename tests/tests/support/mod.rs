@@ -96,12 +96,21 @@ pub(crate) fn temp_entries() -> BTreeSet<PathBuf> {
     entries
 }
 
-/// Files this process holds open under `std::env::temp_dir()` (from `/proc/self/fd`).
+/// Files this process holds open under `std::env::temp_dir()` (from `/proc/self/fd`), other
+/// than its standard streams (a runner may redirect those to a file there).
 pub(crate) fn open_temp_files() -> Vec<PathBuf> {
     let root = std::env::temp_dir();
     let mut open = Vec::new();
     if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
         for fd in fds.flatten() {
+            let stdio = fd
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+                .is_some_and(|n| n <= 2);
+            if stdio {
+                continue;
+            }
             if let Ok(target) = std::fs::read_link(fd.path())
                 && target.starts_with(&root)
             {
