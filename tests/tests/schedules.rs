@@ -12,7 +12,8 @@
 //! run queue, virtual clock — and lets a seed choose everything that decides an interleaving:
 //! task spawn order, how many times each task yields before and inside each step, virtual
 //! delays of loads, failures, cancellations (aborted leaders and waiters), invalidations and
-//! clock jumps. Same seed, same run; a failing seed is printed and replays exactly.
+//! clock jumps. A failing seed is printed; replaying it repeats the same schedule (up to
+//! hash-map iteration order inside the pool, which is seeded per process).
 //!
 //! Limits: this explores many interleavings at await points (the only places a task can be
 //! preempted on one thread), not every interleaving, and not the memory-ordering effects of a
