@@ -5,7 +5,7 @@
 //!
 //! Real time: the server is on real loopback sockets, and paused time would fire the acquire
 //! timeouts of waiting tasks spuriously while IO is in flight (see docs/retry-transport.md).
-//! The policy is scaled down (3 s budget, 1 s cap) so the storm takes seconds, not minutes.
+//! The policy is scaled down (5 s budget, 1 s cap) so the storm takes seconds, not minutes.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -88,7 +88,7 @@ async fn retry_after_storm_is_bounded_and_never_times_out_the_pool() {
         expected.push(status);
     }
     let slots = 8;
-    let (budget, cap) = (Duration::from_secs(3), Duration::from_secs(1));
+    let (budget, cap) = (Duration::from_secs(5), Duration::from_secs(1));
     let sleeper = Arc::new(RecordingSleeper::default());
     let client: RetryClient = Builder::with_limits(
         Limits::default()
@@ -181,7 +181,7 @@ async fn a_storm_on_one_slot_still_serves_everyone() {
     )
     .policy(
         RetryPolicy::default()
-            .budget(Duration::from_secs(3))
+            .budget(Duration::from_secs(10))
             .backoff(Duration::from_millis(5), 2.0, Duration::from_millis(50)),
     )
     .build()
