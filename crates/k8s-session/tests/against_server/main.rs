@@ -39,6 +39,7 @@ fn main() -> ExitCode {
         aks::aks_source_end_to_end,
         aks::aks_errors_are_typed,
     ];
+    support::record_open_temp_baseline();
     let temp = std::env::temp_dir();
     let before = listing(&temp);
     let mut failed = Vec::new();

@@ -182,18 +182,35 @@ pub(crate) fn cert_not_after(kubeconfig: &Kubeconfig) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).expect("after 1970"))
 }
 
-/// Fail if this process holds a file open under the temp dir (the seed kept its temp cert and
-/// key files open for a session's lifetime; our pooled sessions are alive at this point).
-pub(crate) fn open_temp_files() -> Result<(), String> {
+/// Files under the temp dir this process already had open when the suite started (for
+/// instance stdout redirected to a log under /tmp by CI): not ours, so never reported.
+static BASELINE_FDS: std::sync::OnceLock<Vec<std::path::PathBuf>> = std::sync::OnceLock::new();
+
+/// Record what is open under the temp dir before any scenario runs. Call once, first thing.
+pub(crate) fn record_open_temp_baseline() {
+    let _ = BASELINE_FDS.set(temp_targets_open());
+}
+
+fn temp_targets_open() -> Vec<std::path::PathBuf> {
     let temp = std::env::temp_dir();
     let temp = temp.canonicalize().unwrap_or(temp);
     let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
-        return Ok(()); // not Linux: the listing check still runs
+        return Vec::new(); // not Linux: the listing check still runs
     };
-    let open: Vec<_> = fds
-        .flatten()
+    fds.flatten()
         .filter_map(|fd| std::fs::read_link(fd.path()).ok())
         .filter(|target| target.starts_with(&temp))
+        .collect()
+}
+
+/// Fail if this process holds a file open under the temp dir that it did not hold when the
+/// suite started (the seed kept its temp cert and key files open for a session's lifetime; our
+/// pooled sessions are alive at this point).
+pub(crate) fn open_temp_files() -> Result<(), String> {
+    let baseline = BASELINE_FDS.get().map(Vec::as_slice).unwrap_or_default();
+    let open: Vec<_> = temp_targets_open()
+        .into_iter()
+        .filter(|target| !baseline.contains(target))
         .collect();
     if open.is_empty() {
         Ok(())
