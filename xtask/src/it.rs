@@ -29,7 +29,14 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
 pub(crate) fn run_suites(k8s: &str) -> Result<()> {
     let mut command = cargo();
     command
-        .args(["test", "--workspace", "--locked", "--", "--include-ignored"])
+        .args([
+            "test",
+            "--workspace",
+            "--locked",
+            "--no-fail-fast",
+            "--",
+            "--include-ignored",
+        ])
         .env("TESTKIT_REQUIRE_BACKENDS", "1")
         .env("TESTKIT_K8S", k8s)
         .env("TESTKIT_AZURITE_BIN", crate::setup::azurite_blob());
