@@ -48,10 +48,12 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
             .collect::<Result<_>>()?
     };
     let store_path = root().join("docs").join("benchmarks.json");
-    let mut store = load(&store_path)?;
     let machine = machine();
     for scenario in selected {
         let rows = run_scenario(scenario)?;
+        // Re-read just before writing: another scenario's run may have updated the file while
+        // this one ran, and its rows must survive.
+        let mut store = load(&store_path)?;
         store.insert(
             scenario.name.clone(),
             json!({
