@@ -112,13 +112,18 @@ async fn each_read_failing_in_turn_degrades_only_that_read() {
 async fn each_read_timing_out_in_turn_degrades_only_that_read() {
     let timeout = Duration::from_secs(5);
     let options = WarmupOptions::default().read_timeout(timeout);
-    let (_server, client) = serve(4).await;
+    // One fixture set cloned into every server: fixtures stamp objects with the time they are
+    // built, so separately built sets could differ by a second and break the comparison.
+    let shared = fixtures(4);
+    let baseline_server = K8sServer::with_fixtures(shared.clone()).await.unwrap();
+    let client = baseline_server.client_cert().await.unwrap();
     let baseline = warmup_status(client, NS, &options).await;
 
     let cases = top_level_reads().into_iter().map(|(read, path, _)| {
         let options = options.clone();
+        let shared = shared.clone();
         async move {
-            let server = K8sServer::with_fixtures(fixtures(4)).await.unwrap();
+            let server = K8sServer::with_fixtures(shared).await.unwrap();
             server.inject(Route::exact(path), Fault::latency(Duration::from_secs(120)));
             let client = server.client_cert().await.unwrap();
             let started = Instant::now();
