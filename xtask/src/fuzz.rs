@@ -69,19 +69,30 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// `cargo +nightly` in `fuzz/`, without the variables the outer (pinned, stable) cargo set,
-/// which would otherwise make cargo-fuzz call the stable toolchain.
+/// `cargo +nightly` in `fuzz/`, without the variables the outer (pinned, stable) `cargo run`
+/// set: `CARGO`/`RUSTUP_TOOLCHAIN` would make cargo-fuzz call the stable toolchain, and
+/// `CARGO_PKG_*`/`CARGO_MANIFEST_*` change build-script fingerprints (ring reruns on them), which
+/// would make every `cargo xtask fuzz` rebuild what a direct `cargo +nightly fuzz` built.
 fn nightly_cargo() -> Command {
     let mut command = Command::new("cargo");
     command.arg("+nightly").current_dir(root().join("fuzz"));
-    for var in [
-        "CARGO",
-        "RUSTUP_TOOLCHAIN",
-        "RUSTC",
-        "RUSTDOC",
-        "CARGO_MANIFEST_DIR",
-    ] {
-        command.env_remove(var);
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        let outer = matches!(
+            name,
+            "CARGO"
+                | "RUSTUP_TOOLCHAIN"
+                | "RUSTUP_TOOLCHAIN_SOURCE"
+                | "RUSTC"
+                | "RUSTDOC"
+                | "CARGO_CRATE_NAME"
+                | "CARGO_BIN_NAME"
+                | "CARGO_PRIMARY_PACKAGE"
+        ) || name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_MANIFEST_");
+        if outer {
+            command.env_remove(name);
+        }
     }
     command
 }
