@@ -218,16 +218,23 @@ impl Clusters {
 
     /// Jobs in each cluster's warmup namespace (or in `only`).
     pub(crate) async fn jobs(&self, only: Option<&str>) -> Result<Vec<ClusterJobs>, ApiError> {
-        let names: Vec<&String> = match only {
-            Some(name) => vec![&self.config(name)?.0.name],
-            None => self.order.iter().collect(),
+        let clusters: Vec<&ClusterConfig> = match only {
+            Some(name) => vec![&self.config(name)?.0],
+            None => self
+                .order
+                .iter()
+                .filter_map(|name| self.configs.get(name).map(|(config, _)| config))
+                .collect(),
         };
-        Ok(join_all(names.into_iter().map(|name| async move {
-            let namespace = &self.configs[name.as_str()].0.namespace;
+        Ok(join_all(clusters.into_iter().map(|cluster| async move {
             let jobs = self
-                .list::<Job>(name, Some(namespace), &ListParams::default())
+                .list::<Job>(
+                    &cluster.name,
+                    Some(&cluster.namespace),
+                    &ListParams::default(),
+                )
                 .await;
-            ClusterJobs::new(name, jobs)
+            ClusterJobs::new(&cluster.name, jobs)
         }))
         .await)
     }

@@ -92,9 +92,13 @@ pub(crate) fn tick_paths(clusters: &[String], tick: usize) -> Vec<String> {
         paths.push(format!("/api/monitor/jobs?cluster={cluster}"));
         paths.push(format!("/api/warmup/{cluster}"));
     }
-    let extra = (tick * 7 + 3) % 6;
+    let extra = if clusters.is_empty() {
+        0
+    } else {
+        (tick * 7 + 3) % 6
+    };
     for i in 0..extra {
-        let cluster = &clusters[(tick + i) % clusters.len().max(1)];
+        let cluster = &clusters[(tick + i) % clusters.len()];
         paths.push(if i % 2 == 0 {
             format!("/api/monitor/aks/{cluster}")
         } else {
@@ -177,7 +181,8 @@ pub(crate) async fn drive(
         if tick % 3 == 1 {
             for n in 0..POST_BURST {
                 let (http, key, url) = (stage.http.clone(), stage.key.clone(), base.clone());
-                let body = json!({ "cluster": clusters[n % clusters.len()], "database": "orders", "tick": tick });
+                let cluster = clusters.get(n % clusters.len().max(1));
+                let body = json!({ "cluster": cluster, "database": "orders", "tick": tick });
                 posts.spawn(async move {
                     let started = Instant::now();
                     let status = match http
