@@ -322,12 +322,15 @@ fn keyed_pool_under_random_schedules() {
 // ---------------------------------------------------------------------------------------------
 // TokenCache (T1, T3, T5).
 
-/// Issues tokens numbered 1, 2, … with seeded lifetimes, delays and failures; remembers each
-/// token's expiry and counts fetches in flight.
+/// Issues tokens numbered 1, 2, … *in the order their fetches started* (so a fetch that started
+/// earlier carries a smaller number, whenever it finishes), with seeded lifetimes, delays and
+/// failures; remembers each token's expiry and the highest number issued, and counts fetches in
+/// flight.
 #[derive(Debug)]
 struct ScriptedSource {
     rng: Mutex<Rng>,
-    issued: AtomicU64,
+    started: AtomicU64,
+    highest_issued: AtomicU64,
     expiries: Mutex<HashMap<u64, Instant>>,
     in_flight: AtomicUsize,
     peak_in_flight: AtomicUsize,
@@ -349,6 +352,7 @@ impl TokenSource for ScriptedSource {
             }
         }
         let _done = Done(&self.in_flight);
+        let n = self.started.fetch_add(1, Ordering::SeqCst) + 1;
         let (delay, fail, lifetime) = {
             let mut rng = self.rng.lock().unwrap();
             // Bimodal delays (quick, or slow enough to straddle an expiry or hit the 30 s load
@@ -368,9 +372,9 @@ impl TokenSource for ScriptedSource {
         if fail {
             return Err(std::io::Error::other("identity endpoint down"));
         }
-        let n = self.issued.fetch_add(1, Ordering::SeqCst) + 1;
         let expiry = Instant::now() + lifetime;
         self.expiries.lock().unwrap().insert(n, expiry);
+        self.highest_issued.fetch_max(n, Ordering::SeqCst);
         Ok(Fetched::new(n, Expiry::At(expiry)))
     }
 }
@@ -390,7 +394,8 @@ fn token_cache_under_random_schedules() {
         let skew = Duration::from_secs(40);
         let source = Arc::new(ScriptedSource {
             rng: Mutex::new(Rng::new(seed)),
-            issued: AtomicU64::new(0),
+            started: AtomicU64::new(0),
+            highest_issued: AtomicU64::new(0),
             expiries: Mutex::default(),
             in_flight: AtomicUsize::new(0),
             peak_in_flight: AtomicUsize::new(0),
@@ -403,7 +408,9 @@ fn token_cache_under_random_schedules() {
                 .jitter(0.0),
         );
         // The oldest token a call starting now may get: the newest any completed call has
-        // seen, or newer than every token issued before the last invalidation.
+        // seen (tokens are numbered by fetch start, so a late result of an older fetch that
+        // overwrote a newer token would go backwards: T5), or newer than every token issued
+        // before the last invalidation.
         let floor = Arc::new(AtomicU64::new(0));
         for _round in 0..(6 + rng.below(10)) {
             let mut tasks = tokio::task::JoinSet::new();
@@ -434,11 +441,11 @@ fn token_cache_under_random_schedules() {
                 });
             }
             // An invalidation at a seeded point while callers run: later calls need a token
-            // issued after it.
+            // newer than any issued before it (the invalidated one included).
             yields(rng.below(5)).await;
             if rng.below(4) == 0 {
                 cache.invalidate();
-                let issued = source.issued.load(Ordering::SeqCst);
+                let issued = source.highest_issued.load(Ordering::SeqCst);
                 floor.fetch_max(issued + 1, Ordering::SeqCst);
             }
             while let Some(joined) =
