@@ -21,7 +21,7 @@ use azure_core::time::OffsetDateTime;
 use blob_pool::{BlobPool, Endpoint};
 use futures::future::BoxFuture;
 use http::{HeaderMap, HeaderValue, Request};
-use k8s_session::{AksSource, KubeconfigSource, SessionKey, SessionPool};
+use k8s_session::{AksSource, BuildError, KubeconfigSource, SessionError, SessionKey, SessionPool};
 use request_inspector::{Inspector, InspectorConfig};
 use retry_transport::{BoxError, Credential, RetryClient};
 use testkit::k8s::{K8sServer, KubeAuth, build_kubeconfig};
@@ -395,7 +395,8 @@ async fn request_inspector_redacts_secret_headers_everywhere() {
 // | blob-pool | `Endpoint::parse` | `https` required for bearer clients |
 // | k8s-session | `AksSourceBuilder::http_client` / `base_url` | caller's reqwest client; `https` required off loopback |
 // | k8s-session | kubeconfig `certificate-authority-data` | the cluster's CA (missing → platform roots, still verified) |
-// | k8s-session | kubeconfig `insecure-skip-tls-verify: true` | passed through to kube: verification OFF for that cluster (explicit in the material; see docs/reliability.md) |
+// | k8s-session | kubeconfig `insecure-skip-tls-verify: true` | refused (`BuildError::InsecureSkipTlsVerify`), nothing sent |
+// | k8s-session | `SessionPoolBuilder::danger_accept_insecure_skip_tls_verify()` | honours the flag: verification OFF, a `warn` per session |
 
 /// An HTTPS server on loopback whose CA nobody trusts by default.
 async fn untrusted_server() -> K8sServer {
@@ -498,16 +499,20 @@ async fn k8s_session_tls_cannot_be_turned_off_by_accident() {
     let server = untrusted_server().await;
     let other_ca = testkit::tls::TestCa::new("other").unwrap();
     let token = server.token().to_string();
-    let pods = |kubeconfig| async move {
-        let pool = SessionPool::builder(KubeconfigSource::from_kubeconfig(kubeconfig))
-            .knobs_from(|_| None)
-            .build();
+    let pods_with = |kubeconfig, accept_insecure: bool| async move {
+        let mut builder = SessionPool::builder(KubeconfigSource::from_kubeconfig(kubeconfig))
+            .knobs_from(|_| None);
+        if accept_insecure {
+            builder = builder.danger_accept_insecure_skip_tls_verify();
+        }
+        let pool = builder.build();
         let session = pool.session(&SessionKey::new("s", "r", "c")).await?;
         let api: kube::Api<k8s_openapi::api::core::v1::Pod> =
             kube::Api::namespaced(session.client().clone(), "testkit");
         api.list(&Default::default()).await?;
         anyhow::Ok(())
     };
+    let pods = |kubeconfig| pods_with(kubeconfig, false);
     // Wrong CA.
     let wrong = build_kubeconfig(
         server.url(),
@@ -538,9 +543,8 @@ async fn k8s_session_tls_cannot_be_turned_off_by_accident() {
         KubeAuth::Token(&token),
     );
     pods(right).await.expect("the right CA is trusted");
-    // The one way off is the kubeconfig's own, loudly named `insecure-skip-tls-verify: true`
-    // (kube honours it, as kubectl does; k8s-session passes it through without a warning:
-    // see the findings in docs/reliability.md).
+    // A kubeconfig's own `insecure-skip-tls-verify: true` is refused (typed, before anything is
+    // sent) unless the pool opted in with the loudly named builder call.
     let mut insecure = build_kubeconfig(
         server.url(),
         other_ca.cert_pem(),
@@ -553,9 +557,23 @@ async fn k8s_session_tls_cannot_be_turned_off_by_accident() {
             cluster.insecure_skip_tls_verify = Some(true);
         }
     }
-    pods(insecure)
+    let sent_before = server.requests().len();
+    let refused = pods(insecure.clone()).await.unwrap_err();
+    let refused = refused
+        .downcast_ref::<SessionError>()
+        .and_then(SessionError::build_error);
+    assert!(
+        matches!(refused, Some(BuildError::InsecureSkipTlsVerify { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(
+        server.requests().len(),
+        sent_before,
+        "nothing reached the server"
+    );
+    pods_with(insecure, true)
         .await
-        .expect("only the explicit insecure-skip-tls-verify turns verification off");
+        .expect("only the explicit danger_accept_insecure_skip_tls_verify turns verification off");
     // AKS: a bearer token is never sent to a plain-http, non-loopback ARM.
     let plain = AksSource::builder(Arc::new(SecretAzureCredential))
         .base_url("http://management.example.invalid".parse().unwrap())

@@ -124,6 +124,17 @@ pub enum BuildError {
     /// The Azure credential could not provide a token for the AKS server scope.
     #[error("getting an AAD token for the AKS server scope failed")]
     AadToken(#[source] azure_core::Error),
+    /// The kubeconfig sets `insecure-skip-tls-verify: true` for the cluster, and the pool was
+    /// not built with
+    /// [`danger_accept_insecure_skip_tls_verify`](crate::SessionPoolBuilder::danger_accept_insecure_skip_tls_verify).
+    /// Nothing was sent to the cluster and no token was fetched for it.
+    #[error(
+        "the kubeconfig turns TLS verification off for {server:?} (insecure-skip-tls-verify: true); refused: give the cluster its CA (certificate-authority-data), or opt in with SessionPoolBuilder::danger_accept_insecure_skip_tls_verify"
+    )]
+    InsecureSkipTlsVerify {
+        /// The cluster's host name (from the kubeconfig's server URL).
+        server: String,
+    },
     /// kube could not build a client from the configuration.
     #[error("building the kube client failed")]
     Client(#[source] kube::Error),

@@ -31,6 +31,8 @@ pub(crate) struct ClientOptions {
     pub(crate) kube_retry: bool,
     pub(crate) connect_timeout: Option<Duration>,
     pub(crate) read_timeout: Option<Duration>,
+    /// Whether a kubeconfig's `insecure-skip-tls-verify: true` is honoured (default: refused).
+    pub(crate) accept_insecure_skip_tls_verify: bool,
 }
 
 /// A built client and what is known about its credentials.
@@ -54,6 +56,19 @@ pub(crate) async fn build(
     let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &select)
         .await
         .map_err(BuildError::Kubeconfig)?;
+    // Before any credential is fetched or sent: material from ARM or a file must not turn TLS
+    // verification off unless the code that built the pool said so.
+    if config.accept_invalid_certs {
+        let server = config.cluster_url.host().unwrap_or_default().to_string();
+        if !options.accept_insecure_skip_tls_verify {
+            return Err(BuildError::InsecureSkipTlsVerify { server });
+        }
+        tracing::warn!(
+            %server,
+            "TLS verification is OFF for this Kubernetes session: the kubeconfig sets \
+             insecure-skip-tls-verify and the pool accepts it"
+        );
+    }
 
     let mut expiries = Expiries {
         material_expires_at: material_expiry,

@@ -87,6 +87,7 @@ impl SessionPool {
                 kube_retry: false,
                 connect_timeout: Some(Duration::from_secs(30)),
                 read_timeout: None,
+                accept_insecure_skip_tls_verify: false,
             },
             observer: None,
         }
@@ -252,6 +253,20 @@ impl SessionPoolBuilder {
     #[must_use]
     pub fn read_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.options.read_timeout = timeout;
+        self
+    }
+
+    /// Honour a kubeconfig's `insecure-skip-tls-verify: true`: sessions for such a cluster
+    /// accept **any** server certificate, so anyone on the network path can read the session's
+    /// token or impersonate the API server. Each such session logs a `warn`.
+    ///
+    /// Off by default: material comes from ARM or from files, not from your code, so without
+    /// this call a kubeconfig that sets the flag fails to build with
+    /// [`BuildError::InsecureSkipTlsVerify`](crate::BuildError::InsecureSkipTlsVerify), before any
+    /// token is fetched or request sent. Give the cluster its CA instead where you can.
+    #[must_use]
+    pub fn danger_accept_insecure_skip_tls_verify(mut self) -> Self {
+        self.options.accept_insecure_skip_tls_verify = true;
         self
     }
 

@@ -15,6 +15,7 @@ fn options() -> ClientOptions {
         kube_retry: false,
         connect_timeout: None,
         read_timeout: None,
+        accept_insecure_skip_tls_verify: false,
     }
 }
 
@@ -196,4 +197,66 @@ async fn material_expiry_is_carried_through() {
     let built = build(material, None, &options()).await.unwrap();
     assert_eq!(built.expiries.material_expires_at, Some(at));
     assert_eq!(built.expiries.token_expires_on, None);
+}
+
+/// `kubeconfig` with its cluster's `insecure-skip-tls-verify: true` and no CA.
+fn insecure(mut kubeconfig: Kubeconfig) -> Kubeconfig {
+    for cluster in &mut kubeconfig.clusters {
+        let cluster = cluster.cluster.as_mut().unwrap();
+        cluster.certificate_authority_data = None;
+        cluster.insecure_skip_tls_verify = Some(true);
+    }
+    kubeconfig
+}
+
+// covers K2 (TLS verification cannot be turned off by material): a kubeconfig that sets
+// `insecure-skip-tls-verify: true` is refused with a typed error unless the pool opted in, and
+// the refusal comes before any token is fetched (the kubelogin user's credential is never called).
+#[tokio::test]
+async fn insecure_skip_tls_verify_is_refused_unless_opted_in() {
+    let fake = Arc::new(FakeCredential::new("aad-token", wall_now() + secs(3600)));
+    let credential: Arc<dyn TokenCredential> = fake.clone();
+    let kubelogin = insecure(exec_kubeconfig("kubelogin", &["get-token"]));
+    let refused = build_from(kubelogin.clone(), Some(&credential)).await;
+    match refused {
+        Err(BuildError::InsecureSkipTlsVerify { server }) => assert_eq!(server, "127.0.0.1"),
+        Err(other) => panic!("wrong error: {other:?}"),
+        Ok(_) => panic!("an insecure kubeconfig was accepted by default"),
+    }
+    assert!(
+        fake.scopes.lock().unwrap().is_empty(),
+        "no token was fetched"
+    );
+    for kubeconfig in [
+        insecure(token_kubeconfig("opaque")),
+        insecure(cert_kubeconfig(wall_now() + secs(60))),
+    ] {
+        assert!(matches!(
+            build_from(kubeconfig, None).await,
+            Err(BuildError::InsecureSkipTlsVerify { .. })
+        ));
+    }
+
+    let opted_in = ClientOptions {
+        accept_insecure_skip_tls_verify: true,
+        ..options()
+    };
+    let built = build(
+        ClusterMaterial::new(kubelogin),
+        Some(&credential),
+        &opted_in,
+    )
+    .await
+    .expect("the explicit opt-in honours the flag");
+    assert_eq!(built.auth, AuthKind::AadToken);
+    // `false` in the material is not the flag.
+    let mut explicit_false = token_kubeconfig("opaque");
+    explicit_false.clusters[0]
+        .cluster
+        .as_mut()
+        .unwrap()
+        .insecure_skip_tls_verify = Some(false);
+    build_from(explicit_false, None)
+        .await
+        .expect("verification on");
 }
