@@ -134,7 +134,8 @@ impl<K: Hash + Eq, V> Shards<K, V> {
     }
 
     /// The slot that capacity eviction should take first: soonest deadline (none = never),
-    /// then least recently used.
+    /// then least recently used, then oldest. The last tie-break keeps the choice independent
+    /// of the map's per-process hash order, so the same sequence of calls evicts the same entry.
     pub(crate) fn soonest(&self) -> Option<(K, u64, u64)>
     where
         K: Clone,
@@ -144,7 +145,12 @@ impl<K: Hash + Eq, V> Shards<K, V> {
         for shard in self.shards.iter() {
             let shard = read(shard);
             for (key, slot) in shard.iter() {
-                let rank = (slot.deadline.is_none(), slot.deadline, slot.last_used_ms());
+                let rank = (
+                    slot.deadline.is_none(),
+                    slot.deadline,
+                    slot.last_used_ms(),
+                    slot.id,
+                );
                 if best_rank.is_none_or(|current| rank < current) {
                     best_rank = Some(rank);
                     best = Some((key.clone(), self.hasher.hash_one(key), slot.id));
