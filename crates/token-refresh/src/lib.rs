@@ -14,7 +14,8 @@
 //!   jitter so a fleet does not refresh in lock-step.
 //! - A failed background refresh pushes the next one a back-off (default 60 s) away and keeps
 //!   serving the current token; a background result that lands after a newer token was
-//!   installed is discarded. A hung fetch is bounded by a load timeout.
+//!   installed is discarded, and a slow blocking result never replaces a newer token either:
+//!   tokens never go backwards. A hung fetch is bounded by a load timeout.
 //! - Every expiry form (Azure's wall-clock `OffsetDateTime` in any offset, `SystemTime`, JWT
 //!   Unix seconds, `expires_in`) is converted once, at install, to a [`tokio::time::Instant`]
 //!   through an injectable [`WallClock`], so tests run in paused virtual time.

@@ -16,6 +16,10 @@ pub struct RefreshStats {
     pub blocking_fetches: u64,
     /// Blocking refreshes that failed (error or timeout); their waiters got the error.
     pub blocking_failures: u64,
+    /// Blocking refreshes whose token was not installed because, while they ran, a background
+    /// refresh that started after them installed a newer one; their waiters got the newer
+    /// token (tokens never go backwards).
+    pub blocking_superseded: u64,
     /// Background refreshes started (T1, at most one at a time: T3).
     pub background_started: u64,
     /// Background refreshes whose token was installed.
@@ -43,6 +47,7 @@ pub(crate) struct Counters {
     pub(crate) waits: AtomicU64,
     pub(crate) blocking_fetches: AtomicU64,
     pub(crate) blocking_failures: AtomicU64,
+    pub(crate) blocking_superseded: AtomicU64,
     pub(crate) background_started: AtomicU64,
     pub(crate) background_succeeded: AtomicU64,
     pub(crate) background_failed: AtomicU64,
@@ -63,6 +68,7 @@ impl Counters {
             waits: read(&self.waits),
             blocking_fetches: read(&self.blocking_fetches),
             blocking_failures: read(&self.blocking_failures),
+            blocking_superseded: read(&self.blocking_superseded),
             background_started: read(&self.background_started),
             background_succeeded: read(&self.background_succeeded),
             background_failed: read(&self.background_failed),

@@ -155,6 +155,7 @@ impl<S: TokenSource> Inner<S> {
             return;
         };
         let generation = state.generation;
+        let fetched_as = state.begin_fetch();
         bump(&self.counters.background_started);
         tracing::debug!(generation, kind = "background", "token refresh started");
         let cache = Arc::downgrade(self);
@@ -163,13 +164,18 @@ impl<S: TokenSource> Inner<S> {
         let task = runtime.spawn(async move {
             let result = fetch(&*source, timeout).await;
             if let Some(cache) = cache.upgrade() {
-                cache.finish_background(generation, result);
+                cache.finish_background(generation, fetched_as, result);
             }
         });
         state.background = Some(task.abort_handle());
     }
 
-    fn finish_background(&self, generation: u64, result: Result<Fetched<S::Token>, RefreshError>) {
+    fn finish_background(
+        &self,
+        generation: u64,
+        fetched_as: u64,
+        result: Result<Fetched<S::Token>, RefreshError>,
+    ) {
         let now = Instant::now();
         let mut state = self.lock();
         state.background = None;
@@ -190,7 +196,7 @@ impl<S: TokenSource> Inner<S> {
         }
         match result {
             Ok(fetched) => {
-                let generation = state.install(fetched, now, &self.config);
+                let generation = state.install(fetched, fetched_as, now, &self.config);
                 bump(&self.counters.background_succeeded);
                 tracing::debug!(generation, kind = "background", "token refresh succeeded");
             }
@@ -212,19 +218,35 @@ impl<S: TokenSource> Inner<S> {
 
     /// The single-flight blocking refresh (run by one caller at a time).
     async fn blocking_refresh(&self) -> Shared<S::Token> {
-        // Another flight may have installed a usable token between our check and this flight.
-        if let Some(current) = &self.lock().current
-            && current.state(Instant::now()) != TokenState::Expired
-        {
-            return Ok((current.token.clone(), current.expires_at));
-        }
+        let fetched_as = {
+            let mut state = self.lock();
+            // Another flight may have installed a usable token between our check and this flight.
+            if let Some(current) = &state.current
+                && current.state(Instant::now()) != TokenState::Expired
+            {
+                return Ok((current.token.clone(), current.expires_at));
+            }
+            state.begin_fetch()
+        };
         bump(&self.counters.blocking_fetches);
         tracing::debug!(kind = "blocking", "token refresh started");
         match fetch(&*self.source, self.config.load_timeout).await {
             Ok(fetched) => {
-                let token = fetched.token.clone();
+                let now = Instant::now();
                 let mut state = self.lock();
-                let generation = state.install(fetched, Instant::now(), &self.config);
+                if let Some(newer) = state.newer_than(fetched_as, now) {
+                    // While this fetch ran, a background refresh that started after it (from a
+                    // token installed meanwhile) installed a newer token: keep that one and hand
+                    // it to the waiters, so tokens never go backwards.
+                    bump(&self.counters.blocking_superseded);
+                    tracing::debug!(
+                        kind = "blocking",
+                        "token refresh result not installed: a newer token was installed meanwhile"
+                    );
+                    return Ok((newer.token.clone(), newer.expires_at));
+                }
+                let token = fetched.token.clone();
+                let generation = state.install(fetched, fetched_as, now, &self.config);
                 let expires_at = state.current.as_ref().and_then(|c| c.expires_at);
                 tracing::debug!(generation, kind = "blocking", "token refresh succeeded");
                 Ok((token, expires_at))

@@ -28,6 +28,8 @@ pub(crate) struct Installed<T> {
     pub(crate) expired_at: Option<Instant>,
     /// From here on the token is stale; moved forward by a failed background refresh (T4).
     pub(crate) stale_after: Option<Instant>,
+    /// The sequence number of the fetch that produced it (see [`State::begin_fetch`]).
+    pub(crate) fetched_as: u64,
 }
 
 impl<T> Installed<T> {
@@ -49,6 +51,9 @@ pub(crate) struct State<T> {
     pub(crate) generation: u64,
     /// The running background refresh, if any (T3).
     pub(crate) background: Option<AbortHandle>,
+    /// Fetches started so far: each fetch is numbered in the order it started, so a result can
+    /// tell whether the installed token came from a later fetch (and is newer than it).
+    pub(crate) fetches_started: u64,
 }
 
 impl<T> Default for State<T> {
@@ -57,6 +62,7 @@ impl<T> Default for State<T> {
             current: None,
             generation: 0,
             background: None,
+            fetches_started: 0,
         }
     }
 }
@@ -68,11 +74,26 @@ impl<T> State<T> {
             .map_or(TokenState::Empty, |current| current.state(now))
     }
 
-    /// Install a fetched token at `now`: convert its expiry once (T6), compute its thresholds
-    /// (T2) and start a new generation. Returns the new generation.
+    /// Number a fetch that starts now.
+    pub(crate) fn begin_fetch(&mut self) -> u64 {
+        self.fetches_started += 1;
+        self.fetches_started
+    }
+
+    /// The installed token if it came from a fetch that started after fetch `fetched_as` and
+    /// is not expired at `now`: a result of fetch `fetched_as` must not replace it.
+    pub(crate) fn newer_than(&self, fetched_as: u64, now: Instant) -> Option<&Installed<T>> {
+        self.current
+            .as_ref()
+            .filter(|c| c.fetched_as > fetched_as && c.state(now) != TokenState::Expired)
+    }
+
+    /// Install the token of fetch `fetched_as` at `now`: convert its expiry once (T6), compute
+    /// its thresholds (T2) and start a new generation. Returns the new generation.
     pub(crate) fn install(
         &mut self,
         fetched: Fetched<T>,
+        fetched_as: u64,
         now: Instant,
         config: &RefreshConfig,
     ) -> u64 {
@@ -84,6 +105,7 @@ impl<T> State<T> {
             expires_at,
             expired_at,
             stale_after,
+            fetched_as,
         });
         self.generation += 1;
         self.generation

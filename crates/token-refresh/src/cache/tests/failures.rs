@@ -115,6 +115,53 @@ async fn late_background_failure_does_not_back_off_newer_token() {
     assert_eq!(cache.state(), TokenState::Stale);
 }
 
+// covers T5 (the other direction): a slow blocking refresh does not overwrite a newer token
+// that a background refresh, started after it, installed meanwhile; its waiters get the newer
+// token. Found by the shuttle model in tests/tests/models.rs.
+#[tokio::test(start_paused = true)]
+async fn slow_blocking_refresh_does_not_overwrite_a_newer_background_token() {
+    let fake = Fake::new()
+        .then(Duration::ZERO, Outcome::Ok(HOUR)) // t0, stale at +40 min, expired at +59:20
+        .then(25 * MIN, Outcome::Ok(10 * MIN)) // t1, background from +40, lands at +65
+        .then(30 * MIN, Outcome::Ok(HOUR)) // t2, blocking from +60, lands at +90
+        .then(MIN, Outcome::Ok(HOUR)); // t3, background from +70, lands at +71
+    let cache = cache(&fake, config().load_timeout(HOUR));
+    assert_eq!(secret(&cache).await, "t0");
+    tokio::time::advance(40 * MIN).await;
+    assert_eq!(served_at_once(&cache), "t0");
+    settle().await;
+    tokio::time::advance(20 * MIN).await;
+    assert_eq!(cache.state(), TokenState::Expired);
+    let waiter = tokio::spawn({
+        let cache = cache.clone();
+        async move { secret(&cache).await }
+    });
+    settle().await;
+    tokio::time::advance(5 * MIN).await;
+    settle().await;
+    assert_eq!(
+        served_at_once(&cache),
+        "t1",
+        "t1 landed while t2 was running"
+    );
+    tokio::time::advance(5 * MIN).await;
+    assert_eq!(served_at_once(&cache), "t1"); // stale: background t3 starts after t2 did
+    settle().await;
+    tokio::time::advance(MIN).await;
+    settle().await;
+    assert_eq!(served_at_once(&cache), "t3");
+    tokio::time::advance(19 * MIN).await;
+    assert_eq!(
+        waiter.await.expect("waiter"),
+        "t3",
+        "waiters get the newer token"
+    );
+    assert_eq!(served_at_once(&cache), "t3", "t2 was not installed over t3");
+    let stats = cache.stats();
+    assert_eq!((stats.blocking_fetches, stats.blocking_superseded), (2, 1));
+    assert_eq!(stats.background_succeeded, 2);
+}
+
 // covers T1: a failed blocking refresh gives every waiter the typed error, is not cached,
 // and the next call tries again.
 #[tokio::test(start_paused = true)]
