@@ -1,19 +1,15 @@
-//! Concurrency models: the real single-flight, keyed-pool and token-refresh state machines run
-//! under many seeded, randomized schedules, with invariants checked on every run (SPEC P1, P2,
-//! P5, P10, T1, T3, T5).
+//! Randomized schedules over virtual time: the real single-flight, keyed-pool and token-refresh
+//! state machines run under many seeded schedules on a paused tokio runtime, with invariants
+//! checked on every run (SPEC P1, P2, P5, P10, T1, T3, T5).
 //!
-//! Why not loom or shuttle: both model `std`-style primitives (`std::sync`, threads, atomics)
-//! and run code written against *their* replacements; the crates here are built on tokio's
-//! async primitives (`tokio::sync::OnceCell`, `Mutex`, `Semaphore`, `JoinHandle`, timers), which
-//! neither models (shuttle's maintainers say as much for tokio code: recompile tokio on shuttle
-//! primitives or write replacements), and compiling tokio itself with `--cfg loom` would need
-//! workspace-wide RUSTFLAGS. So instead of model-checking a rewrite, this suite runs the real
-//! code on a current-thread tokio runtime with paused time — a deterministic scheduler, FIFO
-//! run queue, virtual clock — and lets a seed choose everything that decides an interleaving:
-//! task spawn order, how many times each task yields before and inside each step, virtual
-//! delays of loads, failures, cancellations (aborted leaders and waiters), invalidations and
-//! clock jumps. A failing seed is printed; replaying it repeats the same schedule (up to
-//! hash-map iteration order inside the pool, which is seeded per process).
+//! This complements the shuttle models (`models.rs`), which enumerate interleavings but move
+//! time only once and run no tokio timers. Here tokio itself schedules (a current-thread
+//! runtime: deterministic, FIFO run queue, virtual clock) and a seed chooses everything that
+//! decides an interleaving *and* the timing: task spawn order, how many times each task yields
+//! before and inside each step, virtual delays of loads, failures, cancellations (aborted
+//! leaders and waiters), invalidations, prunes, sweeps and clock jumps. A failing seed is
+//! printed; replaying it repeats the same schedule (up to hash-map iteration order inside the
+//! pool's shards, which is seeded per process).
 //!
 //! Limits: this explores many interleavings at await points (the only places a task can be
 //! preempted on one thread), not every interleaving, and not the memory-ordering effects of a
