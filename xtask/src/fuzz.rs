@@ -1,11 +1,19 @@
-//! `cargo xtask fuzz <target> [--secs N] [--cmin]`: run one cargo-fuzz target on its corpus.
+//! `cargo xtask fuzz`: fuzzing campaigns on one target, and the short smoke run of every target
+//! that `cargo xtask test` includes.
 //!
-//! The fuzz crate (`fuzz/`) is its own workspace and needs the nightly toolchain and
-//! cargo-fuzz; this command checks both first and says how to install what is missing. The
-//! corpus is `fuzz/corpus/<target>` (committed); new inputs libFuzzer finds are added to it, and
-//! `--cmin` minimises it afterwards (`cargo fuzz cmin`). Crashes land in `fuzz/artifacts/`.
-//! Not part of `cargo xtask test`: see docs/reliability.md for why.
+//! - `cargo xtask fuzz <target> [--secs N] [--cmin]`: a campaign with AddressSanitizer, on the
+//!   nightly toolchain. New inputs go to the committed corpus `fuzz/corpus/<target>`; `--cmin`
+//!   minimises it afterwards (`cargo fuzz cmin`). Crashes land in `fuzz/artifacts/`.
+//! - `cargo xtask fuzz --smoke [--secs N]`: every target for N seconds (default 20) on the
+//!   pinned stable toolchain, without a sanitizer (`-Zsanitizer` needs nightly), starting from
+//!   the committed corpora and writing new inputs only under `target/fuzz-smoke/`, so the
+//!   working tree stays clean. Any crash fails the step.
+//!
+//! Both use the cargo-fuzz that `cargo xtask setup` installs under `target/tools/cargo-fuzz`
+//! (one pinned version, built from crates.io). The fuzz crate (`fuzz/`) is its own workspace;
+//! see docs/reliability.md.
 
+use std::ffi::OsString;
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
@@ -22,25 +30,39 @@ const TARGETS: [&str; 6] = [
     "apikey_header",
 ];
 
-const USAGE: &str = "usage: cargo xtask fuzz <target> [--secs N] [--cmin]   (N defaults to 60)";
+/// Seconds per target of the smoke run in `cargo xtask test`.
+pub(crate) const SMOKE_SECS: u64 = 20;
+
+const USAGE: &str = "usage: cargo xtask fuzz <target> [--secs N] [--cmin]   (N defaults to 60)\n       \
+                     cargo xtask fuzz --smoke [--secs N]                 (every target, N defaults to 20)";
 
 pub(crate) fn run(args: &[String]) -> Result<()> {
     let mut target = None;
-    let mut secs: u64 = 60;
+    let mut secs = None;
     let mut cmin = false;
+    let mut smoke = false;
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--secs" => {
                 let value = args.next().context(USAGE)?;
-                secs = value
-                    .parse()
-                    .with_context(|| format!("--secs takes a number of seconds, not `{value}`"))?;
+                secs =
+                    Some(value.parse().with_context(|| {
+                        format!("--secs takes a number of seconds, not `{value}`")
+                    })?);
             }
             "--cmin" => cmin = true,
+            "--smoke" => smoke = true,
             name if target.is_none() && !name.starts_with('-') => target = Some(name.to_string()),
             other => bail!("unexpected argument `{other}`\n{USAGE}"),
         }
+    }
+    if smoke {
+        if target.is_some() || cmin {
+            bail!("--smoke runs every target and keeps no corpus\n{USAGE}");
+        }
+        crate::setup::ensure_cargo_fuzz()?;
+        return run_smoke(secs.unwrap_or(SMOKE_SECS));
     }
     let Some(target) = target else {
         bail!("{USAGE}\ntargets: {}", TARGETS.join(", "));
@@ -51,11 +73,13 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
             TARGETS.join(", ")
         );
     }
-    check_tools()?;
+    crate::setup::ensure_cargo_fuzz()?;
+    check_nightly()?;
+    let secs = secs.unwrap_or(60);
     let corpus = format!("corpus/{target}");
     step(
         &format!("cargo +nightly fuzz run {target} ({secs} s)"),
-        nightly_cargo()
+        fuzz_cargo(Some("+nightly"))
             .args(["fuzz", "run", &target, &corpus, "--"])
             .arg(format!("-max_total_time={secs}"))
             .arg("-print_final_stats=1"),
@@ -63,19 +87,47 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     if cmin {
         step(
             &format!("cargo +nightly fuzz cmin {target}"),
-            nightly_cargo().args(["fuzz", "cmin", &target, &corpus]),
+            fuzz_cargo(Some("+nightly")).args(["fuzz", "cmin", &target, &corpus]),
         )?;
     }
     Ok(())
 }
 
-/// `cargo +nightly` in `fuzz/`, without the variables the outer (pinned, stable) `cargo run`
-/// set: `CARGO`/`RUSTUP_TOOLCHAIN` would make cargo-fuzz call the stable toolchain, and
-/// `CARGO_PKG_*`/`CARGO_MANIFEST_*` change build-script fingerprints (ring reruns on them), which
-/// would make every `cargo xtask fuzz` rebuild what a direct `cargo +nightly fuzz` built.
-fn nightly_cargo() -> Command {
+/// Every target for `secs` seconds on the pinned toolchain, without a sanitizer.
+pub(crate) fn run_smoke(secs: u64) -> Result<()> {
+    let scratch = root().join("target").join("fuzz-smoke");
+    let build_dir = scratch.join("build");
+    for target in TARGETS {
+        // libFuzzer writes new inputs to its first corpus directory and only reads the others.
+        let found = scratch.join("corpus").join(target);
+        std::fs::create_dir_all(&found).with_context(|| format!("creating {}", found.display()))?;
+        let committed = root().join("fuzz").join("corpus").join(target);
+        step(
+            &format!("fuzz smoke: {target} ({secs} s, no sanitizer)"),
+            fuzz_cargo(None)
+                .args(["fuzz", "run", "--sanitizer", "none", "--target-dir"])
+                .arg(&build_dir)
+                .arg(target)
+                .arg(&found)
+                .arg(&committed)
+                .arg("--")
+                .arg(format!("-max_total_time={secs}"))
+                .arg("-print_final_stats=1"),
+        )?;
+    }
+    Ok(())
+}
+
+/// `cargo [+toolchain]` in `fuzz/`, with the installed cargo-fuzz first on `PATH`, and without
+/// the variables the outer `cargo run` set: `CARGO`/`RUSTUP_TOOLCHAIN` would pin cargo-fuzz's
+/// inner cargo to the outer toolchain, and `CARGO_PKG_*`/`CARGO_MANIFEST_*` change build-script
+/// fingerprints (ring reruns on them), which would make every run rebuild the fuzz tree.
+fn fuzz_cargo(toolchain: Option<&str>) -> Command {
     let mut command = Command::new("cargo");
-    command.arg("+nightly").current_dir(root().join("fuzz"));
+    if let Some(toolchain) = toolchain {
+        command.arg(toolchain);
+    }
+    command.current_dir(root().join("fuzz"));
     for (name, _) in std::env::vars_os() {
         let Some(name) = name.to_str() else { continue };
         let outer = matches!(
@@ -94,21 +146,26 @@ fn nightly_cargo() -> Command {
             command.env_remove(name);
         }
     }
+    let mut path = vec![crate::setup::cargo_fuzz_dir().join("bin")];
+    path.extend(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    ));
+    command.env(
+        "PATH",
+        std::env::join_paths(path).unwrap_or_else(|_| OsString::from("")),
+    );
     command
 }
 
-/// Fail with the install command if the nightly toolchain or cargo-fuzz is missing.
-fn check_tools() -> Result<()> {
-    let nightly = nightly_cargo().arg("--version").output();
+/// Fail with the install command if the nightly toolchain (AddressSanitizer) is missing.
+fn check_nightly() -> Result<()> {
+    let nightly = fuzz_cargo(Some("+nightly")).arg("--version").output();
     if !nightly.as_ref().is_ok_and(|o| o.status.success()) {
         bail!(
-            "the nightly toolchain is missing (cargo-fuzz needs it): \
-             run `rustup toolchain install nightly`"
+            "the nightly toolchain is missing (campaigns build with AddressSanitizer, which needs \
+             it): run `rustup toolchain install nightly`, or use `cargo xtask fuzz --smoke` on the \
+             pinned toolchain"
         );
-    }
-    let fuzz = nightly_cargo().args(["fuzz", "--version"]).output();
-    if !fuzz.as_ref().is_ok_and(|o| o.status.success()) {
-        bail!("cargo-fuzz is missing: run `cargo +nightly install cargo-fuzz --locked`");
     }
     Ok(())
 }

@@ -17,8 +17,10 @@ const USAGE: &str = "\
 usage: cargo xtask <command> [args]
 
 commands:
-  setup              install the local backends' tools (Azurite from npm) under target/tools
-  test               fmt check, clippy -D warnings, docs, every test and backend suite
+  setup              install the local backends' tools under target/tools (Azurite from npm,
+                     cargo-fuzz from crates.io)
+  test               fmt check, clippy -D warnings, docs, every test and backend suite,
+                     20 s of fuzzing per target
   it [--k8s local|kind]
                      the integration suites against live local backends
   demo [--naive|--pooled] [--ticks N] [--serve]
@@ -26,7 +28,9 @@ commands:
   bench [scenario..] run benchmarks (all, or the named scenarios); rewrites docs/benchmarks.md
   kind up|down       create or delete a kind cluster for `it --k8s kind` (needs Docker)
   fuzz <target> [--secs N] [--cmin]
-                     run one cargo-fuzz target on fuzz/corpus/<target> (needs nightly + cargo-fuzz)
+                     a fuzzing campaign on fuzz/corpus/<target> (AddressSanitizer: needs nightly)
+  fuzz --smoke [--secs N]
+                     every fuzz target N s (default 20) on the pinned toolchain, no sanitizer
 ";
 
 fn main() {

@@ -1,4 +1,5 @@
-//! `cargo xtask test`: everything CI checks, in order, stopping at the first failure.
+//! `cargo xtask test`: everything CI checks, in order, stopping at the first failure: fmt,
+//! clippy, docs, every test and backend suite, then a short fuzz run of every target.
 
 use std::time::Instant;
 
@@ -12,6 +13,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     }
     let started = Instant::now();
     crate::setup::ensure_installed()?;
+    crate::setup::ensure_cargo_fuzz()?;
     step(
         "cargo fmt --check",
         cargo().args(["fmt", "--all", "--check"]),
@@ -35,6 +37,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
             .env("RUSTDOCFLAGS", "-D warnings"),
     )?;
     crate::it::run_suites("local")?;
+    crate::fuzz::run_smoke(crate::fuzz::SMOKE_SECS)?;
     println!(
         "==> cargo xtask test: all steps passed in {:.1}s",
         started.elapsed().as_secs_f64()
