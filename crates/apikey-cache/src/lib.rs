@@ -60,6 +60,8 @@ mod key;
 mod layer;
 mod snapshot;
 mod store;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use cache::{ApiKeyCache, CacheStats, Watcher};
 pub use config::{CacheConfig, MISS_RELOAD_INTERVAL_MS, NEGATIVE_CAPACITY, NEGATIVE_TTL, TTL};

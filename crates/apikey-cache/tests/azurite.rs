@@ -7,9 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use apikey_cache::{
-    ApiKeyCache, AuthError, BlobStore, CacheConfig, KeyDocument, KeyStore, Loaded, StoreError,
-};
+use apikey_cache::{ApiKeyCache, AuthError, BlobStore, CacheConfig};
 use azure_core::credentials::TokenCredential;
 use blob_pool::{BlobPool, BlobPoolConfig, Endpoint, storage_transport};
 use testkit::azurite::{Azurite, TestCredential};
@@ -49,43 +47,14 @@ async fn skip_one_ttl() {
     tokio::time::resume();
 }
 
-// covers A7: absent blob → empty document; create-only write; conditional GET → 304;
-// If-Match with a stale ETag → Conflict (412); create-only on an existing blob → Conflict.
+// covers A7: the KeyStore contract over Azure Blob — absent blob → empty document; create-only
+// write (If-None-Match: *) and the container created with it; conditional GET → 304; If-Match
+// with a stale ETag → Conflict (412); create-only on an existing blob → Conflict (409).
 #[tokio::test]
 #[ignore = "needs Azurite: cargo xtask it"]
 async fn blob_store_is_conditional_and_compare_and_swap() {
     let azurite = azurite().await;
-    let store = store(&azurite, "keys-cas");
-    let Loaded::Document { document, version } = store.load(None).await.expect("load") else {
-        panic!("an absent blob reads as an empty document")
-    };
-    assert_eq!((document, version), (KeyDocument::empty(), None));
-
-    let v1 = store
-        .store(&KeyDocument::empty(), None)
-        .await
-        .expect("create (and the container)");
-    assert!(matches!(
-        store.store(&KeyDocument::empty(), None).await,
-        Err(StoreError::Conflict)
-    ));
-    assert!(matches!(
-        store.load(Some(&v1)).await,
-        Ok(Loaded::NotModified)
-    ));
-    let v2 = store
-        .store(&KeyDocument::empty(), Some(&v1))
-        .await
-        .expect("If-Match with the current ETag");
-    assert_ne!(v1, v2);
-    assert!(matches!(
-        store.store(&KeyDocument::empty(), Some(&v1)).await,
-        Err(StoreError::Conflict)
-    ));
-    let Loaded::Document { version, .. } = store.load(Some(&v1)).await.expect("load") else {
-        panic!("changed since v1: a full GET")
-    };
-    assert_eq!(version, Some(v2));
+    apikey_cache::testing::check_store_contract(&store(&azurite, "keys-cas")).await;
 }
 
 // covers A7 + A1: an account created on A authenticates on B on the first try.

@@ -183,48 +183,13 @@ mod tests {
     }
     static TEST_DIRS: AtomicU64 = AtomicU64::new(0);
 
-    fn doc_with(account: &str) -> KeyDocument {
-        let mut doc = KeyDocument::empty();
-        doc.accounts.insert(
-            account.into(),
-            AccountRecord {
-                name: account.into(),
-                created_unix: 0,
-            },
-        );
-        doc
-    }
-
-    // covers A7: file store — absent file, conditional load, compare-and-swap, atomic replace.
+    // covers A7: file store — the KeyStore contract (absent file, conditional load,
+    // compare-and-swap), and an atomic replace that leaves no temporary file behind.
     #[tokio::test]
     async fn file_store_is_conditional_and_compare_and_swap() {
         let dir = scratch("cas");
         let store = FileStore::new(dir.join("keys.json"));
-        let Loaded::Document { document, version } = store.load(None).await.expect("load") else {
-            panic!("an absent file reads as an empty document")
-        };
-        assert_eq!((document, version), (KeyDocument::empty(), None));
-
-        let v1 = store.store(&doc_with("a"), None).await.expect("create");
-        assert!(matches!(
-            store.store(&doc_with("b"), None).await,
-            Err(StoreError::Conflict)
-        ));
-        assert!(matches!(
-            store.load(Some(&v1)).await,
-            Ok(Loaded::NotModified)
-        ));
-        let v2 = store.store(&doc_with("b"), Some(&v1)).await.expect("cas");
-        assert!(matches!(
-            store.store(&doc_with("c"), Some(&v1)).await,
-            Err(StoreError::Conflict)
-        ));
-        let Loaded::Document { document, version } = store.load(Some(&v1)).await.expect("load")
-        else {
-            panic!("changed since v1")
-        };
-        assert_eq!(version, Some(v2));
-        assert!(document.accounts.contains_key("b"));
+        crate::testing::check_store_contract(&store).await;
         // Only the document and its lock file remain: no temporary files left behind.
         let mut names: Vec<_> = fs::read_dir(&dir)
             .expect("list")
