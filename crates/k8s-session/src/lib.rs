@@ -21,6 +21,11 @@
 //!   (K4). At most `K8S_SESSION_POOL_MAX_ENTRIES` (32) sessions; overflow evicts the
 //!   soonest-expiring (K5). Dropping a handle returns it to the pool (K6); retires run outside
 //!   the pool's locks, `reset` isolates failures and `shutdown` never blocks on a held lock (K7).
+//! - Each session lets at most `K8S_SESSION_MAX_IN_FLIGHT` (32, [1, 1024]) requests be in
+//!   flight at once ([`SessionPoolBuilder::max_in_flight_per_session`]); more **wait** for a
+//!   slot, they do not fail. kube speaks HTTP/1.1, one connection per request in flight, so this
+//!   is what keeps a fan-out from opening hundreds of TLS connections to one API server. A slot
+//!   is held until the response body is read to the end or dropped.
 //!
 //! kube cannot swap a client's bearer token in place (its `Config` takes a static token, a
 //! token file or an exec plugin), so a bearer session's deadline follows its token: the pool
@@ -66,7 +71,10 @@ mod ttl;
 pub use clock::{FixedClock, SystemClock, WallClock};
 pub use error::{BuildError, CredentialsError, SessionError};
 pub use key::SessionKey;
-pub use pool::{AuthKind, MAX_ENTRIES_KNOB, Session, SessionPool, SessionPoolBuilder, TTL_KNOB};
+pub use pool::{
+    AuthKind, MAX_ENTRIES_KNOB, MAX_IN_FLIGHT_KNOB, Session, SessionPool, SessionPoolBuilder,
+    TTL_KNOB,
+};
 pub use source::{
     AKS_SERVER_SCOPE, ARM_SCOPE, AksSource, AksSourceBuilder, ClusterCredentials, ClusterMaterial,
     KubeconfigSource,

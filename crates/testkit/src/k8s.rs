@@ -18,7 +18,8 @@
 //!   bearer token, the admin one a client certificate;
 //! - faults per route ([`Fault`]: latency, status with `Status` body, garbage body, connection
 //!   reset, for N requests or forever), a request log ([`RequestRecord`]: method, path, query,
-//!   auth, status, connection) and counts of TCP/TLS connections and failed handshakes.
+//!   auth, status, connection), counts of TCP/TLS connections and failed handshakes, and
+//!   gauges of connections open and requests in flight (now and at peak).
 //!
 //! **What it does not do**: no watch (`watch=true` gets 400), no pagination (`limit` is ignored,
 //! no `continue` token), no `resourceVersion` semantics (lists report `"1"`), no writes (only the

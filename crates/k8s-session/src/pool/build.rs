@@ -9,6 +9,7 @@ use base64::Engine as _;
 use kube::config::{AuthInfo, ExecConfig, KubeConfigOptions};
 use secrecy::{ExposeSecret, SecretString};
 
+use super::in_flight::InFlightLayer;
 use crate::{AKS_SERVER_SCOPE, BuildError, ClusterMaterial, Expiries};
 
 /// How a session authenticates to its cluster.
@@ -33,6 +34,8 @@ pub(crate) struct ClientOptions {
     pub(crate) read_timeout: Option<Duration>,
     /// Whether a kubeconfig's `insecure-skip-tls-verify: true` is honoured (default: refused).
     pub(crate) accept_insecure_skip_tls_verify: bool,
+    /// Requests in flight per session (per built client, shared by its clones).
+    pub(crate) max_in_flight: usize,
 }
 
 /// A built client and what is known about its credentials.
@@ -108,7 +111,11 @@ pub(crate) async fn build(
     config.connect_timeout = options.connect_timeout;
     config.read_timeout = options.read_timeout;
     crate::ensure_crypto_provider();
-    let client = kube::Client::try_from(config).map_err(BuildError::Client)?;
+    // One semaphore per built client: the bound covers every clone of this session's client.
+    let client = kube::client::ClientBuilder::try_from(config)
+        .map_err(BuildError::Client)?
+        .with_layer(&InFlightLayer::new(options.max_in_flight))
+        .build();
     Ok(Built {
         client,
         auth,

@@ -1,6 +1,7 @@
 //! `SessionPool`: `kube::Client` sessions over pool-core's `KeyedPool`, TTLs clamped by credentials.
 
 mod build;
+mod in_flight;
 mod session;
 
 use std::fmt;
@@ -28,6 +29,10 @@ pub const TTL_KNOB: Knob<u64> = Knob::new("K8S_SESSION_POOL_TTL_SECONDS", 300, 0
 /// `K8S_SESSION_POOL_MAX_ENTRIES`: the pool capacity, default 32, clamped to [1, 4096] (K5).
 pub const MAX_ENTRIES_KNOB: Knob<usize> = Knob::new("K8S_SESSION_POOL_MAX_ENTRIES", 32, 1, 4096);
 
+/// `K8S_SESSION_MAX_IN_FLIGHT`: requests in flight per session, default 32, clamped to
+/// [1, 1024]. kube speaks HTTP/1.1, so this also bounds the connections one session keeps busy.
+pub const MAX_IN_FLIGHT_KNOB: Knob<usize> = Knob::new("K8S_SESSION_MAX_IN_FLIGHT", 32, 1, 1024);
+
 /// A pool of Kubernetes sessions keyed by [`SessionKey`] (K1–K7).
 ///
 /// - [`session`](Self::session) returns the pooled session for a key, or builds one from the
@@ -37,6 +42,9 @@ pub const MAX_ENTRIES_KNOB: Knob<usize> = Knob::new("K8S_SESSION_POOL_MAX_ENTRIE
 ///   (K3). When that collapses to zero the caller gets a one-shot session, never pooled (K4).
 /// - Beyond [`max_entries`](SessionPoolBuilder::max_entries) the soonest-expiring session is
 ///   evicted (K5). Evicted sessions are retired after the pool's locks are released (K7).
+/// - Each session lets at most
+///   [`max_in_flight_per_session`](SessionPoolBuilder::max_in_flight_per_session) requests be in
+///   flight at once; more wait for a slot.
 ///
 /// Cloning is cheap and shares the pool. A `kube::Client` is bound to the tokio runtime it was
 /// built on: use one pool per runtime.
@@ -56,13 +64,14 @@ struct Shared {
 }
 
 /// Builds a [`SessionPool`]. Knobs not set explicitly are read from the environment
-/// ([`TTL_KNOB`], [`MAX_ENTRIES_KNOB`]) when [`build`](Self::build) runs.
+/// ([`TTL_KNOB`], [`MAX_ENTRIES_KNOB`], [`MAX_IN_FLIGHT_KNOB`]) when [`build`](Self::build) runs.
 pub struct SessionPoolBuilder {
     source: Arc<dyn ClusterCredentials>,
     aad: Option<Arc<dyn TokenCredential>>,
     clock: Arc<dyn WallClock>,
     ttl: Option<Duration>,
     max_entries: Option<usize>,
+    max_in_flight: Option<usize>,
     sweep_interval: Option<Duration>,
     options: ClientOptions,
     observer: Option<RetireObserver>,
@@ -82,12 +91,15 @@ impl SessionPool {
             clock: Arc::new(SystemClock),
             ttl: None,
             max_entries: None,
+            max_in_flight: None,
             sweep_interval: None,
             options: ClientOptions {
                 kube_retry: false,
                 connect_timeout: Some(Duration::from_secs(30)),
                 read_timeout: None,
                 accept_insecure_skip_tls_verify: false,
+                // Replaced in `build` by the explicit value or the environment's.
+                max_in_flight: MAX_IN_FLIGHT_KNOB.default_value(),
             },
             observer: None,
         }
@@ -153,6 +165,11 @@ impl SessionPool {
         self.shared.pool.config().max_entries_value()
     }
 
+    /// The per-session bound on requests in flight in force.
+    pub fn max_in_flight_per_session(&self) -> usize {
+        self.shared.options.max_in_flight
+    }
+
     /// Drop the session for `key` (e.g. after its credentials were revoked). Returns whether
     /// there was one.
     pub async fn invalidate(&self, key: &SessionKey) -> bool {
@@ -215,13 +232,31 @@ impl SessionPoolBuilder {
         self
     }
 
+    /// At most `max` requests in flight at once through each session (each built client and
+    /// all its clones), overriding `K8S_SESSION_MAX_IN_FLIGHT`; default 32, clamped to [1, 1024].
+    ///
+    /// kube speaks HTTP/1.1: every request in flight holds its own connection until its response
+    /// body is read. Without a bound, 1 000 concurrent calls through one session open ~1 000 TLS
+    /// connections to one API server. With it, a call beyond the bound **waits** for a slot (it
+    /// does not fail; put your own timeout around the call if you need one). A slot is held from
+    /// the request until its response body is read to the end, fails, or is dropped, so a
+    /// long-lived stream (a watch, a followed log) holds its slot for as long as it is open.
+    #[must_use]
+    pub fn max_in_flight_per_session(mut self, max: usize) -> Self {
+        let (min, most) = MAX_IN_FLIGHT_KNOB.range();
+        self.max_in_flight = Some(max.clamp(min, most));
+        self
+    }
+
     /// Read the knobs through `lookup` (given a variable name) instead of the process
-    /// environment. Explicit [`ttl`](Self::ttl) / [`max_entries`](Self::max_entries) calls made
-    /// before this are replaced.
+    /// environment. Explicit [`ttl`](Self::ttl) / [`max_entries`](Self::max_entries) /
+    /// [`max_in_flight_per_session`](Self::max_in_flight_per_session) calls made before this are
+    /// replaced.
     #[must_use]
     pub fn knobs_from(mut self, lookup: impl Fn(&str) -> Option<String>) -> Self {
         self.ttl = Some(TTL_KNOB.read_secs_with(&lookup));
         self.max_entries = Some(MAX_ENTRIES_KNOB.read_with(&lookup));
+        self.max_in_flight = Some(MAX_IN_FLIGHT_KNOB.read_with(&lookup));
         self
     }
 
@@ -279,8 +314,11 @@ impl SessionPoolBuilder {
     }
 
     /// The pool.
-    pub fn build(self) -> SessionPool {
+    pub fn build(mut self) -> SessionPool {
         let ttl = self.ttl.unwrap_or_else(|| TTL_KNOB.read_secs());
+        self.options.max_in_flight = self
+            .max_in_flight
+            .unwrap_or_else(|| MAX_IN_FLIGHT_KNOB.read());
         let max_entries = self.max_entries.unwrap_or_else(|| MAX_ENTRIES_KNOB.read());
         let mut config = PoolConfig::default().ttl(ttl).max_entries(max_entries);
         if let Some(every) = self.sweep_interval {
@@ -306,6 +344,10 @@ impl fmt::Debug for SessionPool {
             .field("source", &self.shared.source)
             .field("ttl", &self.shared.ttl)
             .field("max_entries", &self.max_entries())
+            .field(
+                "max_in_flight_per_session",
+                &self.max_in_flight_per_session(),
+            )
             .field("entries", &self.len())
             .field("aad_credential", &self.shared.aad.is_some())
             .finish_non_exhaustive()
@@ -318,6 +360,7 @@ impl fmt::Debug for SessionPoolBuilder {
             .field("source", &self.source)
             .field("ttl", &self.ttl)
             .field("max_entries", &self.max_entries)
+            .field("max_in_flight", &self.max_in_flight)
             .field("options", &self.options)
             .finish_non_exhaustive()
     }

@@ -242,6 +242,34 @@ async fn knobs_default_and_clamp() {
     assert_eq!(explicit.max_entries(), 1);
 }
 
+// The per-session in-flight bound: knob default and clamps, explicit value clamped too.
+#[tokio::test(start_paused = true)]
+async fn in_flight_knob_default_and_clamp() {
+    let build = |value: Option<&str>| {
+        let value = value.map(str::to_string);
+        SessionPool::builder(MapSource::default())
+            .knobs_from(move |name| {
+                (name == "K8S_SESSION_MAX_IN_FLIGHT")
+                    .then(|| value.clone())
+                    .flatten()
+            })
+            .build()
+            .max_in_flight_per_session()
+    };
+    assert_eq!(build(None), 32);
+    assert_eq!(build(Some("4")), 4);
+    assert_eq!(build(Some("0")), 1);
+    assert_eq!(build(Some("5000")), 1024);
+    assert_eq!(build(Some("many")), 32);
+    let explicit = |max| {
+        SessionPool::builder(MapSource::default())
+            .max_in_flight_per_session(max)
+            .build()
+            .max_in_flight_per_session()
+    };
+    assert_eq!((explicit(0), explicit(8), explicit(1 << 20)), (1, 8, 1024));
+}
+
 // covers K1 (P1): concurrent misses for one key share one build.
 #[tokio::test(start_paused = true)]
 async fn concurrent_misses_build_once() {

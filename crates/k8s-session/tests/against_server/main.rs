@@ -8,6 +8,7 @@
 //! `--include-ignored` from `cargo xtask it`) are accepted and ignored.
 
 mod aks;
+mod in_flight;
 mod pool;
 mod support;
 
@@ -36,6 +37,9 @@ fn main() -> ExitCode {
         pool::one_shot_when_ttl_collapses,
         pool::capacity_evicts_the_soonest_expiry,
         pool::retire_never_under_the_lock,
+        in_flight::concurrent_calls_stay_within_the_in_flight_bound,
+        in_flight::slow_readers_hold_their_slots_until_their_bodies_are_read,
+        in_flight::a_dropped_unread_body_frees_its_slot,
         aks::aks_source_end_to_end,
         aks::aks_errors_are_typed,
     ];

@@ -14,7 +14,7 @@ use super::error::K8sError;
 use super::faults::{Fault, Faults, RequestRecord, Route};
 use super::fixtures::Fixtures;
 use super::kubeconfig::{KubeAuth, build_kubeconfig, kube_client};
-use super::server::{Shared, random_token, spawn};
+use super::server::{Gauge, Shared, random_token, spawn};
 use crate::tls::{ClientAuth, TestCa, install_ring_provider};
 
 /// The user name of [`K8sServer::kubeconfig_cert`]'s client certificate.
@@ -74,6 +74,8 @@ impl K8sServer {
                 tcp_accepted: AtomicU64::new(0),
                 tls_accepted: AtomicU64::new(0),
                 tls_failed: AtomicU64::new(0),
+                in_flight: Gauge::default(),
+                open_connections: Gauge::default(),
             })
         };
         let (shared, addr, task) = spawn(shared_for, TlsAcceptor::from(config))
@@ -195,6 +197,27 @@ impl K8sServer {
     /// TLS handshakes completed (one per client connection that got as far as HTTP).
     pub fn tls_connections(&self) -> u64 {
         self.shared.tls_accepted.load(Ordering::SeqCst)
+    }
+
+    /// TLS connections open now (closed ones are no longer counted).
+    pub fn open_connections(&self) -> u64 {
+        self.shared.open_connections.now()
+    }
+
+    /// The most TLS connections open at once since the server started.
+    pub fn peak_open_connections(&self) -> u64 {
+        self.shared.open_connections.peak()
+    }
+
+    /// Requests being answered now: counted from the request's arrival until its response
+    /// (headers and a fully buffered body) is handed to the connection, or the connection resets.
+    pub fn in_flight(&self) -> u64 {
+        self.shared.in_flight.now()
+    }
+
+    /// The most requests in flight at once since the server started.
+    pub fn peak_in_flight(&self) -> u64 {
+        self.shared.in_flight.peak()
     }
 
     /// TCP connections accepted (including ones whose handshake then failed).

@@ -38,6 +38,42 @@ pub(crate) struct Shared {
     pub(crate) tcp_accepted: AtomicU64,
     pub(crate) tls_accepted: AtomicU64,
     pub(crate) tls_failed: AtomicU64,
+    /// Requests being answered now, and the most at once.
+    pub(crate) in_flight: Gauge,
+    /// TLS connections open now, and the most at once.
+    pub(crate) open_connections: Gauge,
+}
+
+/// A count of things in progress and its high-water mark.
+#[derive(Default)]
+pub(crate) struct Gauge {
+    now: AtomicU64,
+    peak: AtomicU64,
+}
+
+impl Gauge {
+    /// Count one more until the returned guard is dropped.
+    fn enter(&self) -> GaugeGuard<'_> {
+        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak.fetch_max(now, Ordering::SeqCst);
+        GaugeGuard(self)
+    }
+
+    pub(crate) fn now(&self) -> u64 {
+        self.now.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn peak(&self) -> u64 {
+        self.peak.load(Ordering::SeqCst)
+    }
+}
+
+struct GaugeGuard<'a>(&'a Gauge);
+
+impl Drop for GaugeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// A token nobody can guess across test runs (not a secret anyone relies on).
@@ -109,6 +145,8 @@ async fn serve(tcp: TcpStream, acceptor: TlsAcceptor, shared: Arc<Shared>) {
         }
     };
     let id = shared.tls_accepted.fetch_add(1, Ordering::SeqCst) + 1;
+    let counted = shared.clone();
+    let _open = counted.open_connections.enter();
     let client_cert = tls
         .get_ref()
         .1
@@ -152,6 +190,8 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_owned);
+    // Held until the answer is handed to hyper (or the connection is reset, dropping this future).
+    let _in_flight = shared.in_flight.enter();
     let fault = shared.faults.take(&path);
     let outcome = respond(
         &shared,

@@ -16,6 +16,7 @@ fn options() -> ClientOptions {
         connect_timeout: None,
         read_timeout: None,
         accept_insecure_skip_tls_verify: false,
+        max_in_flight: 4,
     }
 }
 
