@@ -13,7 +13,6 @@
 //! (one pinned version, built from crates.io). The fuzz crate (`fuzz/`) is its own workspace;
 //! see docs/reliability.md.
 
-use std::ffi::OsString;
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
@@ -152,10 +151,11 @@ fn fuzz_cargo(toolchain: Option<&str>) -> Command {
     path.extend(std::env::split_paths(
         &std::env::var_os("PATH").unwrap_or_default(),
     ));
-    command.env(
-        "PATH",
-        std::env::join_paths(path).unwrap_or_else(|_| OsString::from("")),
-    );
+    // A directory name with the path separator in it cannot be joined: then the inherited PATH
+    // stays (cargo-fuzz must be found there), rather than an empty one that finds nothing.
+    if let Ok(path) = std::env::join_paths(path) {
+        command.env("PATH", path);
+    }
     command
 }
 
