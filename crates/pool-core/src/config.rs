@@ -38,19 +38,26 @@ impl Default for PoolConfig {
 }
 
 impl PoolConfig {
+    /// The longest duration any setting keeps: 30 years (of 365 days). Longer values,
+    /// `Duration::MAX` included, are clamped to it, so no deadline `now + setting` can overflow.
+    /// For a pool that is "effectively never".
+    pub const MAX_DURATION: Duration = Duration::from_secs(30 * 365 * 86_400);
+
     /// Maximum age of an entry. The effective deadline is the sooner of `created + ttl` and the
-    /// deadline the factory reports (P2).
+    /// deadline the factory reports (P2). Clamped to [`MAX_DURATION`](Self::MAX_DURATION)
+    /// (`Duration::MAX` means "effectively never"); zero makes every value one-shot.
     #[must_use]
     pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = Some(ttl);
+        self.ttl = Some(ttl.min(Self::MAX_DURATION));
         self
     }
 
     /// Entries unused for longer than this are retired by the sweeper (P3). Callers can also
     /// prune with an explicit TTL through [`KeyedPool::prune_idle`](crate::KeyedPool::prune_idle).
+    /// Clamped to [`MAX_DURATION`](Self::MAX_DURATION).
     #[must_use]
     pub fn idle_ttl(mut self, idle_ttl: Duration) -> Self {
-        self.idle_ttl = Some(idle_ttl);
+        self.idle_ttl = Some(idle_ttl.min(Self::MAX_DURATION));
         self
     }
 
@@ -64,20 +71,22 @@ impl PoolConfig {
 
     /// Run a background sweeper on this interval: it retires expired entries and, when an idle
     /// TTL is set, idle ones. It starts with the first [`get_or_create`] and stops when the pool
-    /// is dropped or shut down.
+    /// is dropped or shut down. Zero disables the sweeper; longer than
+    /// [`MAX_DURATION`](Self::MAX_DURATION) is clamped to it.
     ///
     /// [`get_or_create`]: crate::KeyedPool::get_or_create
     #[must_use]
     pub fn sweep_interval(mut self, every: Duration) -> Self {
-        self.sweep_interval = Some(every).filter(|d| !d.is_zero());
+        self.sweep_interval = Some(every.min(Self::MAX_DURATION)).filter(|d| !d.is_zero());
         self
     }
 
     /// Upper bound on one [`Retire::retire`](crate::Retire::retire) call; a retire that takes
-    /// longer is abandoned and counted as a failure.
+    /// longer is abandoned and counted as a failure. Clamped to
+    /// [`MAX_DURATION`](Self::MAX_DURATION).
     #[must_use]
     pub fn retire_timeout(mut self, timeout: Duration) -> Self {
-        self.retire_timeout = timeout;
+        self.retire_timeout = timeout.min(Self::MAX_DURATION);
         self
     }
 
@@ -94,5 +103,15 @@ impl PoolConfig {
     /// The configured idle TTL, if any.
     pub fn idle_ttl_value(&self) -> Option<Duration> {
         self.idle_ttl
+    }
+
+    /// The configured sweeper interval, if a sweeper is configured.
+    pub fn sweep_interval_value(&self) -> Option<Duration> {
+        self.sweep_interval
+    }
+
+    /// The configured bound on one retire.
+    pub fn retire_timeout_value(&self) -> Duration {
+        self.retire_timeout
     }
 }

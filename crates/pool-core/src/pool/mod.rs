@@ -419,7 +419,9 @@ where
             }
         };
         let now = Instant::now();
-        let ttl_deadline = inner.config.ttl.map(|ttl| now + ttl);
+        // The setters clamp the TTL to `PoolConfig::MAX_DURATION`; should `now + ttl` still not
+        // fit in an `Instant`, the TTL is beyond anything representable: no TTL deadline.
+        let ttl_deadline = inner.config.ttl.and_then(|ttl| now.checked_add(ttl));
         let deadline = match (ttl_deadline, created.deadline) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -510,7 +512,17 @@ where
     K: Hash + Eq + Clone + Send + Sync + 'static,
     V: Retire,
 {
-    let mut ticks = tokio::time::interval_at(Instant::now() + every, every);
+    // `every` is clamped to `PoolConfig::MAX_DURATION` by the setter; tokio's `Interval` adds
+    // the period to each tick's deadline with a plain `+`, so keep it clamped here too.
+    let every = every.min(PoolConfig::MAX_DURATION);
+    let Some(first) = Instant::now().checked_add(every) else {
+        tracing::warn!(
+            ?every,
+            "sweep interval beyond the clock's range; no sweeper"
+        );
+        return;
+    };
+    let mut ticks = tokio::time::interval_at(first, every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
@@ -523,13 +535,18 @@ where
     }
 }
 
+/// Whole milliseconds in `duration`, saturating at `u64::MAX` (about 584 million years).
+fn millis_saturating(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
 impl<K, V> Inner<K, V>
 where
     K: Hash + Eq + Clone + Send + Sync + 'static,
     V: Retire,
 {
     fn millis(&self, now: Instant) -> u64 {
-        now.saturating_duration_since(self.epoch).as_millis() as u64
+        millis_saturating(now.saturating_duration_since(self.epoch))
     }
 
     /// Evict the soonest-deadline entries until the pool is within capacity (P4).
@@ -563,7 +580,8 @@ where
     async fn prune(&self, idle_ttl: Option<Duration>) -> RetireReport {
         let now = Instant::now();
         let now_ms = self.millis(now);
-        let idle_ms = idle_ttl.map(|ttl| ttl.as_millis() as u64);
+        // Saturating: `as u64` would wrap a huge TTL around to a short one.
+        let idle_ms = idle_ttl.map(millis_saturating);
         let mut expired = Vec::new();
         let mut idle = Vec::new();
         for victim in self.map.drain_where(|slot| {

@@ -524,3 +524,5 @@ async fn stats_count_every_path() {
     assert_eq!(stats.evictions.total(), 2);
     assert_eq!(stats.entries, 0);
 }
+
+mod durations;
