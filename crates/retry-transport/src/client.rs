@@ -144,7 +144,11 @@ impl RetryClient {
         let started = Instant::now();
         let method = request.method().clone();
         let mut schedule = self.policy.schedule();
+        // R7: one refresh per send. `refreshed` remembers that it happened (a second 401 is
+        // returned); `refresh_next` asks for it on the next attempt only, so later retries of
+        // this send (a 429 or 503 after the refresh) read the cache again.
         let mut refreshed = false;
+        let mut refresh_next = false;
         let mut number = 0u32;
         let mut current = request;
         loop {
@@ -161,7 +165,7 @@ impl RetryClient {
                 status = tracing::field::Empty,
             );
             let (result, permit) = match self
-                .attempt(current, refreshed)
+                .attempt(current, std::mem::take(&mut refresh_next))
                 .instrument(span.clone())
                 .await
             {
@@ -189,6 +193,7 @@ impl RetryClient {
                     {
                         // R7: refresh the credential and retry once, at once.
                         refreshed = true;
+                        refresh_next = true;
                         Decision::Retry {
                             delay: std::time::Duration::ZERO,
                             cause: RetryCause::Unauthorized,
@@ -244,14 +249,17 @@ impl RetryClient {
         }
     }
 
-    /// One attempt: a slot, the credential, the send. The slot comes back with the result.
+    /// One attempt: the credential, a slot, the send. The slot comes back with the result.
+    ///
+    /// The `Authorization` value is fetched *before* the slot is acquired (R4): a slot covers a
+    /// connection, not a token fetch, so a slow credential (IMDS, a blocking refresh at
+    /// expiry) cannot starve other requests of slots.
     async fn attempt(
         &self,
         mut request: Request,
         refresh: bool,
     ) -> Result<(reqwest::Result<Response>, OwnedSemaphorePermit), Error> {
         let limits = &self.shared.config.limits;
-        let permit = self.shared.limiter.acquire(limits.acquire_timeout).await?;
         if let Some(credential) = &self.shared.credential {
             let mut value: HeaderValue = credential
                 .authorization(refresh)
@@ -262,6 +270,7 @@ impl RetryClient {
                 .headers_mut()
                 .insert(http::header::AUTHORIZATION, value);
         }
+        let permit = self.shared.limiter.acquire(limits.acquire_timeout).await?;
         bump(&self.shared.counters.attempts);
         // The query may hold a SAS token: keep it out of errors (and so out of logs).
         let result = self.current().execute(request).await.map_err(|mut error| {

@@ -103,3 +103,134 @@ async fn a_401_on_a_streaming_body_is_returned_unretried() {
     assert_eq!(server.requests_on("/upload"), 1);
     assert_eq!(client.stats().gave_up.body_not_cloneable, 1);
 }
+
+/// Counts `Authorization` asks by their `refresh` flag.
+#[derive(Debug, Default)]
+struct CountingTokens {
+    refresh_true: AtomicU32,
+    refresh_false: AtomicU32,
+}
+
+impl Credential for CountingTokens {
+    fn authorization(&self, refresh: bool) -> BoxFuture<'_, Result<HeaderValue, BoxError>> {
+        Box::pin(async move {
+            let counter = if refresh {
+                &self.refresh_true
+            } else {
+                &self.refresh_false
+            };
+            counter.fetch_add(1, Ordering::SeqCst);
+            Ok(HeaderValue::from_static("Bearer t"))
+        })
+    }
+}
+
+// covers R7 (issue #16, item 2): one 401, one refresh. Retries of the same send after the
+// refresh (a 429, then a 503) ask the credential with refresh = false, not with another forced
+// token fetch each.
+#[tokio::test]
+async fn after_one_refresh_later_retries_do_not_force_another_fetch() {
+    let server = RateLimitServer::start().await.unwrap();
+    server.script(
+        "/flaky",
+        [
+            Answer::status(401),
+            Answer::too_many(1),
+            Answer::status(503),
+            Answer::ok(5),
+        ],
+    );
+    let tokens = Arc::new(CountingTokens::default());
+    let client = RetryClient::builder()
+        .limits(limits(2))
+        .sleeper(Arc::new(RecordingSleeper::default()))
+        .credential(tokens.clone())
+        .connect_timeout(None)
+        .build()
+        .unwrap();
+    let response = client
+        .send(client.get(url(&server, "/flaky")))
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(server.requests_on("/flaky"), 4);
+    assert_eq!(
+        tokens.refresh_true.load(Ordering::SeqCst),
+        1,
+        "exactly one forced refresh, for the one 401"
+    );
+    assert_eq!(
+        tokens.refresh_false.load(Ordering::SeqCst),
+        3,
+        "the first attempt and the two retries after the refresh use the cache"
+    );
+}
+
+/// The first ask hangs until the test lets it go; every later ask answers at once.
+#[derive(Debug)]
+struct SlowFirstToken {
+    calls: AtomicU32,
+    entered: tokio::sync::watch::Sender<u32>,
+    release: tokio::sync::Semaphore,
+}
+
+impl Credential for SlowFirstToken {
+    fn authorization(&self, _refresh: bool) -> BoxFuture<'_, Result<HeaderValue, BoxError>> {
+        Box::pin(async move {
+            let call = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+            self.entered.send_replace(call);
+            if call == 1 {
+                self.release.acquire().await?.forget();
+            }
+            Ok(HeaderValue::from_static("Bearer t"))
+        })
+    }
+}
+
+// covers R4 (issue #16, item 3): a slot covers a connection, not a token fetch. With one slot,
+// a request whose credential hangs (IMDS, a blocking refresh at expiry) holds no slot, so
+// another request gets the slot and completes meanwhile.
+#[tokio::test]
+async fn a_slow_credential_holds_no_connection_slot() {
+    let server = RateLimitServer::start().await.unwrap();
+    server.set_default(Answer::ok(3));
+    let tokens = Arc::new(SlowFirstToken {
+        calls: AtomicU32::new(0),
+        entered: tokio::sync::watch::Sender::new(0),
+        release: tokio::sync::Semaphore::new(0),
+    });
+    let client = RetryClient::builder()
+        .limits(limits(1).acquire_timeout(std::time::Duration::from_secs(2)))
+        .sleeper(Arc::new(RecordingSleeper::default()))
+        .credential(tokens.clone())
+        .connect_timeout(None)
+        .build()
+        .unwrap();
+    let slow = tokio::spawn({
+        let client = client.clone();
+        let url = url(&server, "/slow");
+        async move {
+            let response = client.send(client.get(url)).await?;
+            Ok::<_, anyhow::Error>(response.bytes().await?.len())
+        }
+    });
+    let mut entered = tokens.entered.subscribe();
+    entered.wait_for(|calls| *calls >= 1).await.unwrap();
+    assert_eq!(
+        client.stats().permits_in_use,
+        0,
+        "waiting for a token holds no slot"
+    );
+
+    let response = client
+        .send(client.get(url(&server, "/fast")))
+        .await
+        .expect("the only slot is free while the other request waits for its token");
+    assert_eq!(response.bytes().await.unwrap().len(), 3);
+
+    tokens.release.add_permits(1);
+    assert_eq!(slow.await.unwrap().unwrap(), 3);
+    assert_eq!(server.requests_on("/fast"), 1);
+    assert_eq!(server.requests_on("/slow"), 1);
+    assert_eq!(client.stats().permits_in_use, 0);
+}
