@@ -127,31 +127,37 @@ impl RefreshConfig {
     }
 
     /// A token counts as expired `skew` before its expiry (default 40 s): callers then wait for
-    /// a blocking refresh instead of being handed a token about to be rejected.
+    /// a blocking refresh instead of being handed a token about to be rejected. Clamped to at
+    /// most 1 h (the knob's range), so no value makes every token count as expired forever.
     #[must_use]
     pub fn skew(mut self, skew: Duration) -> Self {
-        self.skew = skew;
+        self.skew = skew.min(knob_max(Self::SKEW));
         self
     }
 
-    /// How far a failed background refresh pushes the next one (default 60 s, at least 1 ms).
+    /// How far a failed background refresh pushes the next one (default 60 s; clamped into
+    /// [1 ms, 1 h], so a failed refresh is always retried within the hour).
     #[must_use]
     pub fn backoff(mut self, backoff: Duration) -> Self {
-        self.backoff = backoff.max(Duration::from_millis(1));
+        self.backoff = backoff.clamp(Duration::from_millis(1), knob_max(Self::BACKOFF));
         self
     }
 
-    /// Upper bound on one fetch (default 30 s, at least 1 ms).
+    /// Upper bound on one fetch (default 30 s; clamped into [1 ms, 1 h], so no fetch waits
+    /// forever on an identity endpoint that never answers).
     #[must_use]
     pub fn load_timeout(mut self, timeout: Duration) -> Self {
-        self.load_timeout = timeout.max(Duration::from_millis(1));
+        self.load_timeout = timeout.clamp(Duration::from_millis(1), MAX_LOAD_TIMEOUT);
         self
     }
 
-    /// Dynamic stale window capped at `max` (the default, with 20 min).
+    /// Dynamic stale window capped at `max` (the default, with 20 min; clamped to at most
+    /// 24 h, the knob's range).
     #[must_use]
     pub fn max_stale_window(mut self, max: Duration) -> Self {
-        self.stale_window = StaleWindow::Dynamic { max };
+        self.stale_window = StaleWindow::Dynamic {
+            max: max.min(knob_max(Self::MAX_STALE_WINDOW)),
+        };
         self
     }
 
@@ -247,9 +253,18 @@ impl RefreshConfig {
     /// Until when a background refresh that failed at `now` backs off (T4).
     pub(crate) fn backoff_until(&self, now: Instant) -> Instant {
         let backoff = scale(self.backoff, 1.0 + self.spread());
-        now.checked_add(backoff)
-            .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365))
+        // The back-off is at most 1.5 h (clamped, jitter ≤ 50 %); the fallback only matters
+        // for a clock at the very end of `Instant`'s range, where it must not panic either.
+        now.checked_add(backoff).unwrap_or(now)
     }
+}
+
+/// The longest load timeout a builder accepts (the environment knob stops at 10 min).
+const MAX_LOAD_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// A seconds knob's upper bound as a `Duration`.
+fn knob_max(knob: Knob<u64>) -> Duration {
+    Duration::from_secs(knob.range().1)
 }
 
 /// `d * factor`, or `d` if that is not representable.

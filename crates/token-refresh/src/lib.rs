@@ -15,7 +15,10 @@
 //! - A failed background refresh pushes the next one a back-off (default 60 s) away and keeps
 //!   serving the current token; a background result that lands after a newer token was
 //!   installed is discarded, and a slow blocking result never replaces a newer token either:
-//!   tokens never go backwards. A hung fetch is bounded by a load timeout.
+//!   tokens never go backwards. A hung fetch is bounded by a load timeout, and a background
+//!   refresh that dies without reporting (a panicking source, a runtime shut down under it)
+//!   counts as a failure too: the back-off, then a new one — never "refresh disabled for good".
+//! - Every setter clamps (`Duration::MAX` included): no configuration value panics.
 //! - Every expiry form (Azure's wall-clock `OffsetDateTime` in any offset, `SystemTime`, JWT
 //!   Unix seconds, `expires_in`) is converted once, at install, to a [`tokio::time::Instant`]
 //!   through an injectable [`WallClock`], so tests run in paused virtual time.

@@ -26,6 +26,10 @@ pub struct RefreshStats {
     pub background_succeeded: u64,
     /// Background refreshes that failed and pushed the next one one back-off away (T4).
     pub background_failed: u64,
+    /// Background refreshes that ended without a result: the fetch panicked, or the task was
+    /// cancelled or its runtime shut down. Each is also counted in `background_failed` and,
+    /// like any failure, backs off before the next background refresh (T4).
+    pub background_lost: u64,
     /// Background results (success or failure) discarded because a newer token had been
     /// installed meanwhile (T5).
     pub background_discarded: u64,
@@ -51,6 +55,7 @@ pub(crate) struct Counters {
     pub(crate) background_started: AtomicU64,
     pub(crate) background_succeeded: AtomicU64,
     pub(crate) background_failed: AtomicU64,
+    pub(crate) background_lost: AtomicU64,
     pub(crate) background_discarded: AtomicU64,
     pub(crate) timeouts: AtomicU64,
 }
@@ -72,6 +77,7 @@ impl Counters {
             background_started: read(&self.background_started),
             background_succeeded: read(&self.background_succeeded),
             background_failed: read(&self.background_failed),
+            background_lost: read(&self.background_lost),
             background_discarded: read(&self.background_discarded),
             timeouts: read(&self.timeouts),
         }

@@ -14,8 +14,8 @@ use crate::config::RefreshConfig;
 use crate::error::RefreshError;
 use crate::source::{Fetched, TokenSource};
 use crate::stats::{Counters, RefreshStats, bump};
-use state::State;
 pub use state::TokenState;
+use state::{Background, State};
 
 type Shared<T> = Result<(T, Option<Instant>), RefreshError>;
 
@@ -99,8 +99,8 @@ impl<S: TokenSource> TokenCache<S> {
         let mut state = self.inner.lock();
         state.current = None;
         state.generation += 1;
-        if let Some(task) = state.background.take() {
-            task.abort();
+        if let Some(background) = state.background.take() {
+            background.task.abort();
         }
         tracing::debug!(generation = state.generation, "token invalidated");
     }
@@ -138,7 +138,12 @@ impl<S: TokenSource> Inner<S> {
             TokenState::Fresh => bump(&self.counters.fresh_hits),
             TokenState::Stale => {
                 bump(&self.counters.stale_hits);
-                if state.background.is_none() {
+                if state.background.as_ref().is_some_and(Background::is_lost) {
+                    self.background_lost(&mut state, now);
+                }
+                // A lost refresh of this token backed off (it may be fresh again now); one of
+                // an older token left nothing to back off from, so a new one starts at once.
+                if state.background.is_none() && state.state(now) == TokenState::Stale {
                     self.start_background(&mut state);
                 }
             }
@@ -167,7 +172,40 @@ impl<S: TokenSource> Inner<S> {
                 cache.finish_background(generation, fetched_as, result);
             }
         });
-        state.background = Some(task.abort_handle());
+        state.background = Some(Background {
+            task: task.abort_handle(),
+            generation,
+        });
+    }
+
+    /// The background refresh ended without a result (its fetch panicked, or its task was
+    /// cancelled or its runtime shut down). Seed 004's failure was exactly this kind of
+    /// refresh leaving a flag set for good; here it counts as a failed refresh (T4): a token
+    /// of the generation it started from backs off, then the next stale call starts a new one.
+    fn background_lost(&self, state: &mut State<S::Token>, now: Instant) {
+        let Some(lost) = state.background.take() else {
+            return;
+        };
+        bump(&self.counters.background_failed);
+        bump(&self.counters.background_lost);
+        if lost.generation != state.generation {
+            tracing::warn!(
+                kind = "background",
+                "token refresh ended without a result (panicked or cancelled); a newer token \
+                 was installed meanwhile"
+            );
+            return;
+        }
+        let retry_at = self.config.backoff_until(now);
+        if let Some(current) = state.current.as_mut() {
+            current.stale_after = Some(retry_at);
+        }
+        tracing::warn!(
+            retry_in = ?retry_at.saturating_duration_since(now),
+            kind = "background",
+            "token refresh ended without a result (panicked or cancelled); serving the current \
+             token and backing off"
+        );
     }
 
     fn finish_background(
@@ -270,8 +308,8 @@ impl<S: TokenSource> Inner<S> {
 impl<S: TokenSource> Drop for Inner<S> {
     fn drop(&mut self) {
         let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
-        if let Some(task) = state.background.take() {
-            task.abort();
+        if let Some(background) = state.background.take() {
+            background.task.abort();
         }
     }
 }
@@ -300,7 +338,10 @@ impl<S: TokenSource> fmt::Debug for TokenCache<S> {
             .field("generation", &state.generation)
             .field("expires_in", &left(current.and_then(|c| c.expires_at)))
             .field("stale_in", &left(current.and_then(|c| c.stale_after)))
-            .field("background_refresh", &state.background.is_some())
+            .field(
+                "background_refresh",
+                &state.background.as_ref().is_some_and(|b| !b.is_lost()),
+            )
             .field("stats", &self.inner.counters.snapshot())
             .finish_non_exhaustive()
     }

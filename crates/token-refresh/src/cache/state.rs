@@ -44,13 +44,28 @@ impl<T> Installed<T> {
     }
 }
 
+/// The one background refresh in flight (T3): its task, and the generation it started from.
+pub(crate) struct Background {
+    pub(crate) task: AbortHandle,
+    pub(crate) generation: u64,
+}
+
+impl Background {
+    /// Whether the task ended without reporting a result: it reports (and clears itself from
+    /// the state) before it finishes, so a finished task still recorded here panicked, or was
+    /// cancelled (e.g. its runtime shut down) before reporting.
+    pub(crate) fn is_lost(&self) -> bool {
+        self.task.is_finished()
+    }
+}
+
 pub(crate) struct State<T> {
     pub(crate) current: Option<Installed<T>>,
     /// Bumped by every install and invalidation; a background refresh remembers the generation
     /// it started from and is discarded if it changed (T5).
     pub(crate) generation: u64,
     /// The running background refresh, if any (T3).
-    pub(crate) background: Option<AbortHandle>,
+    pub(crate) background: Option<Background>,
     /// Fetches started so far: each fetch is numbered in the order it started, so a result can
     /// tell whether the installed token came from a later fetch (and is newer than it).
     pub(crate) fetches_started: u64,
