@@ -11,9 +11,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         _ => bail!("usage: cargo xtask it [--k8s local|kind]"),
     };
     if k8s == "kind" {
-        if let Some(reason) = crate::kind::unavailable() {
-            return crate::kind::skip_or_fail(&reason);
-        }
+        crate::kind::check_available(crate::kind::unavailable())?;
         if !crate::kind::kubeconfig_path().exists() {
             bail!("no kind cluster: run `cargo xtask kind up` first");
         }

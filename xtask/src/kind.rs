@@ -1,9 +1,10 @@
 //! `cargo xtask kind up|down`: a kind cluster with the contract fixtures, for
 //! `cargo xtask it --k8s kind` (needs Docker).
 //!
-//! Without Docker (or kind, or kubectl) every kind command stops with one line saying why and
-//! succeeds, unless `TESTKIT_REQUIRE_KIND=1`, which makes that a failure (for a CI that has
-//! Docker and must not silently skip the kind suites).
+//! Without Docker (or kind, or kubectl) every kind command fails with one line saying why: a
+//! command asked to bring a cluster up must not report success having done nothing, or a
+//! script running `kind up` then `it --k8s kind` would believe a cluster is there. Only
+//! `cargo xtask test`, which never asks for kind, runs without it.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -20,8 +21,6 @@ const IMAGE: &str = "busybox:1.36";
 const NAMESPACE: &str = "testkit";
 /// How many `warmup-<i>` jobs to create (testkit's `Fixtures::sample` has 3).
 const WARMUP_JOBS: usize = 3;
-/// Set to `1` to make "kind cannot run here" a failure instead of a skip.
-pub(crate) const REQUIRE_ENV: &str = "TESTKIT_REQUIRE_KIND";
 
 /// Where `kind up` writes the cluster's kubeconfig; `it --k8s kind` hands it to the suites.
 pub(crate) fn kubeconfig_path() -> PathBuf {
@@ -29,15 +28,27 @@ pub(crate) fn kubeconfig_path() -> PathBuf {
 }
 
 pub(crate) fn run(args: &[String]) -> Result<()> {
-    let up = match args {
-        [cmd] if cmd == "up" => true,
-        [cmd] if cmd == "down" => false,
-        _ => bail!("usage: cargo xtask kind up|down"),
-    };
-    if let Some(reason) = unavailable() {
-        return skip_or_fail(&reason);
-    }
+    let up = parse(args)?;
+    check_available(unavailable())?;
     if up { self::up() } else { down() }
+}
+
+/// `up` → true, `down` → false.
+fn parse(args: &[String]) -> Result<bool> {
+    match args {
+        [cmd] if cmd == "up" => Ok(true),
+        [cmd] if cmd == "down" => Ok(false),
+        _ => bail!("usage: cargo xtask kind up|down"),
+    }
+}
+
+/// An error with the one-line reason when kind cannot run here: a kind command never succeeds
+/// having done nothing.
+pub(crate) fn check_available(unavailable: Option<String>) -> Result<()> {
+    match unavailable {
+        Some(reason) => bail!("kind cannot run here: {reason}"),
+        None => Ok(()),
+    }
 }
 
 fn works(program: &str, args: &[&str]) -> bool {
@@ -65,15 +76,6 @@ pub(crate) fn unavailable() -> Option<String> {
         return Some("kubectl not found: install kubectl to load the kind fixtures".into());
     }
     None
-}
-
-/// Print the one-line reason and succeed, or fail when `TESTKIT_REQUIRE_KIND=1`.
-pub(crate) fn skip_or_fail(reason: &str) -> Result<()> {
-    if std::env::var(REQUIRE_ENV).is_ok_and(|v| v == "1") {
-        bail!("kind required ({REQUIRE_ENV}=1) but unavailable: {reason}");
-    }
-    println!("==> kind: skipped: {reason} (set {REQUIRE_ENV}=1 to make this an error)");
-    Ok(())
 }
 
 fn kubectl() -> Command {
@@ -198,5 +200,17 @@ mod tests {
         assert_eq!(m.matches("kind: Job").count(), WARMUP_JOBS);
         assert!(m.contains("echo 'warmup-2: done'"));
         assert_eq!(m.matches("labels: {app: warmup}").count(), 2 * WARMUP_JOBS);
+    }
+
+    // Issue #16 behaviour 8: asked explicitly for kind on a machine that cannot run it, a kind
+    // command fails with the one-line reason; it never reports a skip as success.
+    #[test]
+    fn kind_commands_fail_when_kind_cannot_run() {
+        assert!(parse(&["up".into()]).unwrap());
+        assert!(!parse(&["down".into()]).unwrap());
+        assert!(parse(&["sideways".into()]).is_err());
+        let error = check_available(Some("no Docker engine".into())).unwrap_err();
+        assert_eq!(error.to_string(), "kind cannot run here: no Docker engine");
+        assert!(check_available(None).is_ok());
     }
 }
