@@ -5,6 +5,16 @@ use std::time::{Duration, SystemTime};
 /// How long before a bearer token's expiry a session stops being handed out (K3).
 pub const TOKEN_EXPIRY_MARGIN: Duration = Duration::from_secs(60);
 
+/// Seconds since the Unix epoch as a [`SystemTime`], without overflow: a time before 1970
+/// becomes the epoch (already past either way); a time the platform cannot represent (far
+/// future) is `None`, i.e. no bound beyond the pool TTL.
+pub(crate) fn system_time_from_unix(secs: i64) -> Option<SystemTime> {
+    match u64::try_from(secs) {
+        Ok(secs) => SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(secs)),
+        Err(_) => Some(SystemTime::UNIX_EPOCH),
+    }
+}
+
 /// The wall-clock expiries known for a session's credentials. `None`: no such expiry.
 ///
 /// ```

@@ -10,6 +10,7 @@ use kube::config::{AuthInfo, ExecConfig, KubeConfigOptions};
 use secrecy::{ExposeSecret, SecretString};
 
 use super::in_flight::InFlightLayer;
+use crate::ttl::system_time_from_unix;
 use crate::{AKS_SERVER_SCOPE, BuildError, ClusterMaterial, Expiries};
 
 /// How a session authenticates to its cluster.
@@ -99,7 +100,9 @@ pub(crate) async fn build(
             .await
             .map_err(BuildError::AadToken)?;
         user.token = Some(SecretString::from(token.token.secret().to_string()));
-        expiries.token_expires_on = Some(SystemTime::from(token.expires_on));
+        // Through whole seconds and checked arithmetic: an `expires_on` in year 9999 or before
+        // 1970 must not overflow (`SystemTime::from` adds with a plain `+`).
+        expiries.token_expires_on = system_time_from_unix(token.expires_on.unix_timestamp());
         AuthKind::AadToken
     } else if expiries.cert_not_after.is_some() {
         AuthKind::Certificate
@@ -140,11 +143,12 @@ async fn certificate_not_after(user: &AuthInfo) -> Result<Option<SystemTime>, Bu
     } else {
         return Ok(None);
     };
-    parse_not_after(&pem).map(Some)
+    parse_not_after(&pem)
 }
 
-/// The `notAfter` of the first certificate in a PEM buffer.
-pub(crate) fn parse_not_after(pem: &[u8]) -> Result<SystemTime, BuildError> {
+/// The `notAfter` of the first certificate in a PEM buffer (`None`: later than this platform's
+/// clock can represent, i.e. no bound beyond the pool TTL).
+pub(crate) fn parse_not_after(pem: &[u8]) -> Result<Option<SystemTime>, BuildError> {
     let invalid = |reason: &str| BuildError::Certificate {
         reason: reason.to_string(),
     };
@@ -158,10 +162,7 @@ pub(crate) fn parse_not_after(pem: &[u8]) -> Result<SystemTime, BuildError> {
     let cert = pem
         .parse_x509()
         .map_err(|_| invalid("malformed X.509 certificate"))?;
-    let seconds = cert.validity().not_after.timestamp();
-    Ok(u64::try_from(seconds)
-        .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s))
-        .unwrap_or(SystemTime::UNIX_EPOCH))
+    Ok(system_time_from_unix(cert.validity().not_after.timestamp()))
 }
 
 /// The `exp` claim of a JWT, if `token` is one.
@@ -175,8 +176,17 @@ pub(crate) fn jwt_expiry(token: &str) -> Option<SystemTime> {
         .decode(payload.trim_end_matches('='))
         .ok()?;
     let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    let exp = claims.get("exp")?.as_u64()?;
-    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(exp))
+    // A NumericDate: seconds since the epoch, possibly negative or fractional (RFC 7519).
+    // Checked conversions throughout: `exp` is attacker-sized input.
+    let exp = claims.get("exp")?;
+    let seconds = match (exp.as_i64(), exp.as_u64(), exp.as_f64()) {
+        (Some(seconds), _, _) => seconds,
+        (None, Some(_), _) => i64::MAX, // beyond i64: far future
+        // `as` saturates: ±huge → i64::MIN / i64::MAX.
+        (None, None, Some(seconds)) if !seconds.is_nan() => seconds.floor() as i64,
+        _ => return None,
+    };
+    system_time_from_unix(seconds)
 }
 
 /// Whether an exec user runs kubelogin (`kubelogin`, `/usr/local/bin/kubelogin`, `kubelogin.exe`).

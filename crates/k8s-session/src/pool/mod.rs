@@ -33,6 +33,30 @@ pub const MAX_ENTRIES_KNOB: Knob<usize> = Knob::new("K8S_SESSION_POOL_MAX_ENTRIE
 /// [1, 1024]. kube speaks HTTP/1.1, so this also bounds the connections one session keeps busy.
 pub const MAX_IN_FLIGHT_KNOB: Knob<usize> = Knob::new("K8S_SESSION_MAX_IN_FLIGHT", 32, 1, 1024);
 
+/// kube's connect timeout unless [`SessionPoolBuilder::connect_timeout`] says otherwise.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// kube's read timeout unless [`SessionPoolBuilder::read_timeout`] says otherwise: 295 s, the
+/// value kube uses for writes, above the 290 s a kube watch asks the server to close it after.
+const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(295);
+
+/// The range explicit connect and read timeouts are clamped into.
+const TIMEOUT_RANGE: (Duration, Duration) = (Duration::from_millis(1), Duration::from_secs(86_400));
+
+/// The longest sweep interval kept (the longest pool TTL: sweeping less often is pointless).
+const MAX_SWEEP_INTERVAL: Duration = Duration::from_secs(86_400);
+
+/// An explicit timeout clamped into [`TIMEOUT_RANGE`]; `None` (no timeout) stays `None`.
+fn clamp_timeout(timeout: Option<Duration>) -> Option<Duration> {
+    timeout.map(|t| t.clamp(TIMEOUT_RANGE.0, TIMEOUT_RANGE.1))
+}
+
+/// The pool TTL clamped into [`TTL_KNOB`]'s range, [0, 86 400] s.
+fn clamp_ttl(ttl: Duration) -> Duration {
+    let (min, max) = TTL_KNOB.range();
+    ttl.clamp(Duration::from_secs(min), Duration::from_secs(max))
+}
+
 /// A pool of Kubernetes sessions keyed by [`SessionKey`] (K1–K7).
 ///
 /// - [`session`](Self::session) returns the pooled session for a key, or builds one from the
@@ -95,8 +119,8 @@ impl SessionPool {
             sweep_interval: None,
             options: ClientOptions {
                 kube_retry: false,
-                connect_timeout: Some(Duration::from_secs(30)),
-                read_timeout: None,
+                connect_timeout: Some(DEFAULT_CONNECT_TIMEOUT),
+                read_timeout: Some(DEFAULT_READ_TIMEOUT),
                 accept_insecure_skip_tls_verify: false,
                 // Replaced in `build` by the explicit value or the environment's.
                 max_in_flight: MAX_IN_FLIGHT_KNOB.default_value(),
@@ -123,10 +147,13 @@ impl SessionPool {
                     observer: shared.observer.clone(),
                 };
                 tracing::debug!(%key, ttl = ?ttl.ttl, bound = ?ttl.bound, "built Kubernetes session");
-                Ok::<_, BuildError>(if ttl.is_poolable() {
-                    Created::until(entry, Instant::now() + ttl.ttl)
-                } else {
-                    Created::one_shot(entry)
+                // The pool TTL is clamped to a day, so `now + ttl` fits; were it ever not to, the
+                // pool's own (clamped) TTL still bounds the entry.
+                let deadline = Instant::now().checked_add(ttl.ttl);
+                Ok::<_, BuildError>(match deadline {
+                    _ if !ttl.is_poolable() => Created::one_shot(entry),
+                    Some(deadline) => Created::until(entry, deadline),
+                    None => Created::new(entry),
                 })
             })
             .await;
@@ -168,6 +195,16 @@ impl SessionPool {
     /// The per-session bound on requests in flight in force.
     pub fn max_in_flight_per_session(&self) -> usize {
         self.shared.options.max_in_flight
+    }
+
+    /// kube's connect timeout in force (`None`: no timeout).
+    pub fn connect_timeout(&self) -> Option<Duration> {
+        self.shared.options.connect_timeout
+    }
+
+    /// kube's read timeout in force (`None`: no timeout).
+    pub fn read_timeout(&self) -> Option<Duration> {
+        self.shared.options.read_timeout
     }
 
     /// Drop the session for `key` (e.g. after its credentials were revoked). Returns whether
@@ -217,10 +254,11 @@ impl SessionPoolBuilder {
         self
     }
 
-    /// The pool TTL, overriding `K8S_SESSION_POOL_TTL_SECONDS`.
+    /// The pool TTL, overriding `K8S_SESSION_POOL_TTL_SECONDS`; clamped to [0, 86 400] s like
+    /// the knob (`Duration::MAX` gives a day). Zero makes every session one-shot (K4).
     #[must_use]
     pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = Some(ttl);
+        self.ttl = Some(clamp_ttl(ttl));
         self
     }
 
@@ -262,10 +300,11 @@ impl SessionPoolBuilder {
 
     /// Retire expired sessions in the background on this interval (default: none; expired
     /// sessions are evicted when next looked up, by capacity, or by
-    /// [`SessionPool::prune_expired`]).
+    /// [`SessionPool::prune_expired`]). Zero means none; longer than a day (the longest pool
+    /// TTL) is clamped to a day.
     #[must_use]
     pub fn sweep_interval(mut self, every: Duration) -> Self {
-        self.sweep_interval = Some(every);
+        self.sweep_interval = Some(every.min(MAX_SWEEP_INTERVAL));
         self
     }
 
@@ -277,17 +316,20 @@ impl SessionPoolBuilder {
         self
     }
 
-    /// kube's connect timeout (default 30 s; `None`: no timeout).
+    /// kube's connect timeout (default 30 s; `None`: no timeout). Clamped to [1 ms, 86 400 s].
     #[must_use]
     pub fn connect_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.options.connect_timeout = timeout;
+        self.options.connect_timeout = clamp_timeout(timeout);
         self
     }
 
-    /// kube's read timeout (default `None`).
+    /// kube's read timeout: how long one read from the API server may wait for data (default
+    /// 295 s; `None`: no timeout). Clamped to [1 ms, 86 400 s] (kube adds it to `Instant::now()`
+    /// with a plain `+`, so `Duration::MAX` would panic). A watch or followed log silent for
+    /// longer ends with a timeout error: give such streams `None` or a longer value.
     #[must_use]
     pub fn read_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.options.read_timeout = timeout;
+        self.options.read_timeout = clamp_timeout(timeout);
         self
     }
 
@@ -315,7 +357,7 @@ impl SessionPoolBuilder {
 
     /// The pool.
     pub fn build(mut self) -> SessionPool {
-        let ttl = self.ttl.unwrap_or_else(|| TTL_KNOB.read_secs());
+        let ttl = clamp_ttl(self.ttl.unwrap_or_else(|| TTL_KNOB.read_secs()));
         self.options.max_in_flight = self
             .max_in_flight
             .unwrap_or_else(|| MAX_IN_FLIGHT_KNOB.read());

@@ -388,3 +388,5 @@ async fn debug_output_holds_no_secrets() {
     let material = crate::ClusterMaterial::new(token_kubeconfig(&token));
     assert!(!format!("{material:?}").contains(&token));
 }
+
+mod durations;
