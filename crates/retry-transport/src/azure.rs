@@ -94,7 +94,9 @@ impl HttpClient for AzureTransport {
 
 fn to_azure(error: Error) -> AzureError {
     let kind = match &error {
-        Error::Transport { source, .. } if source.is_connect() => ErrorKind::Connection,
+        Error::Transport { source, .. } | Error::Timeout { source, .. } if source.is_connect() => {
+            ErrorKind::Connection
+        }
         Error::Credential(_) => ErrorKind::Credential,
         _ => ErrorKind::Io,
     };

@@ -224,6 +224,9 @@ impl RetryClient {
                 }
                 Err(error) => {
                     drop(permit);
+                    if error.is_timeout() {
+                        bump(&counters.timeouts);
+                    }
                     let decision =
                         self.policy
                             .on_transport_error(&ctx, error.is_connect(), &mut schedule);
@@ -237,6 +240,12 @@ impl RetryClient {
                         (retry, _) => {
                             if retry.is_some() {
                                 counters.gave_up(GiveUpReason::BodyNotCloneable);
+                            }
+                            if error.is_timeout() {
+                                return Err(Error::Timeout {
+                                    attempts: number,
+                                    source: error,
+                                });
                             }
                             return Err(Error::Transport {
                                 attempts: number,

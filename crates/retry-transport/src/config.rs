@@ -23,6 +23,20 @@ pub const IDLE_TIMEOUT_SECONDS: Knob<u64> =
 pub const ACQUIRE_TIMEOUT_SECONDS: Knob<u64> =
     Knob::new("RETRY_TRANSPORT_ACQUIRE_TIMEOUT_SECONDS", 30, 1, 3600);
 
+/// `RETRY_TRANSPORT_READ_TIMEOUT_SECONDS`: the longest wait for the next byte from the peer —
+/// for the response head after the request is sent, then between body chunks. A peer that
+/// never answers (black hole, half-open connection) fails the attempt with a timeout instead
+/// of holding the request and its slot forever (seed 002).
+pub const READ_TIMEOUT_SECONDS: Knob<u64> =
+    Knob::new("RETRY_TRANSPORT_READ_TIMEOUT_SECONDS", 60, 1, 3600);
+
+/// The longest value any of this crate's timeouts takes (1 hour): a longer one — up to
+/// `Duration::MAX` — is clamped to it, so no `Instant + Duration` can overflow (X5).
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// The longest time spent draining one retryable body before the sleep (longer is clamped).
+const MAX_DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// The pool limits reqwest lacks or leaves unbounded (R4).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -41,8 +55,13 @@ pub struct Limits {
     /// sleep, so its connection can be reused; a longer body is dropped with its connection.
     /// Default 64 KiB.
     pub drain_limit: usize,
-    /// The longest time spent draining one retryable body. Default 2 s.
+    /// The longest time spent draining one retryable body. Default 2 s; at most 60 s.
     pub drain_timeout: Duration,
+    /// The longest wait for the next byte from the peer: for the response head (counted from
+    /// the start of the attempt), then between body chunks. Default 60 s, at most
+    /// [`MAX_TIMEOUT`]. A peer that never answers fails the attempt with a timeout
+    /// ([`Error::Timeout`] once retries end) and releases its slot.
+    pub read_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -66,6 +85,7 @@ impl Limits {
             acquire_timeout: Duration::from_secs(ACQUIRE_TIMEOUT_SECONDS.read_with(&lookup)),
             drain_limit: 64 * 1024,
             drain_timeout: Duration::from_secs(2),
+            read_timeout: Duration::from_secs(READ_TIMEOUT_SECONDS.read_with(&lookup)),
         }
     }
 
@@ -105,18 +125,35 @@ impl Limits {
         self
     }
 
-    fn validate(&self) -> Result<(), Error> {
-        if self.max_in_use == 0 || self.max_in_use > tokio::sync::Semaphore::MAX_PERMITS {
+    /// Set `read_timeout` (the same as [`Builder::read_timeout`]).
+    pub fn read_timeout(mut self, timeout: Duration) -> Self {
+        self.read_timeout = timeout;
+        self
+    }
+
+    /// The limits as the client uses them: zero slots or a zero timeout is an
+    /// [`Error::Config`]; values above a maximum are clamped to it (timeouts to
+    /// [`MAX_TIMEOUT`], the drain timeout to 60 s, slots to tokio's semaphore maximum), so
+    /// even `Duration::MAX` can never overflow a deadline (X5).
+    fn checked(mut self) -> Result<Self, Error> {
+        if self.max_in_use == 0 {
             return Err(Error::Config("max_in_use must be at least 1"));
         }
-        if self.acquire_timeout.is_zero() {
-            return Err(Error::Config("acquire_timeout must be positive"));
-        }
-        if self.idle_timeout.is_zero() {
-            return Err(Error::Config("idle_timeout must be positive"));
-        }
-        Ok(())
+        self.max_in_use = self.max_in_use.min(tokio::sync::Semaphore::MAX_PERMITS);
+        self.acquire_timeout = positive(self.acquire_timeout, "acquire_timeout must be positive")?;
+        self.idle_timeout = positive(self.idle_timeout, "idle_timeout must be positive")?;
+        self.read_timeout = positive(self.read_timeout, "read_timeout must be positive")?;
+        self.drain_timeout = self.drain_timeout.min(MAX_DRAIN_TIMEOUT);
+        Ok(self)
     }
+}
+
+/// `timeout` clamped to [`MAX_TIMEOUT`], or `Error::Config(zero)` if it is zero.
+fn positive(timeout: Duration, zero: &'static str) -> Result<Duration, Error> {
+    if timeout.is_zero() {
+        return Err(Error::Config(zero));
+    }
+    Ok(timeout.min(MAX_TIMEOUT))
 }
 
 /// Extra reqwest settings, applied on every (re)build before the limits.
@@ -179,6 +216,7 @@ impl ClientConfig {
             builder = builder.timeout(timeout);
         }
         builder
+            .read_timeout(self.limits.read_timeout)
             .default_headers(self.default_headers.clone())
             .pool_max_idle_per_host(self.limits.max_idle_per_host)
             .pool_idle_timeout(self.limits.idle_timeout)
@@ -234,15 +272,29 @@ impl Builder {
         self
     }
 
-    /// Connect timeout per attempt (default 10 s; `None`: reqwest's default, none).
+    /// Connect timeout per attempt (default 10 s; `None`: none of its own — the attempt is
+    /// still bounded by the read timeout, which counts from the start of the attempt). At most
+    /// [`MAX_TIMEOUT`] (longer is clamped); zero is an [`Error::Config`] from `build()`.
     pub fn connect_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.config.connect_timeout = timeout;
         self
     }
 
-    /// Total timeout per attempt, body included (default: none).
+    /// Total timeout per attempt, body included (default: none — the read timeout bounds each
+    /// wait for a byte, this bounds the whole attempt, e.g. against a peer that trickles a
+    /// byte a minute). At most [`MAX_TIMEOUT`] (longer is clamped); zero is an
+    /// [`Error::Config`] from `build()`.
     pub fn attempt_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.config.attempt_timeout = timeout;
+        self
+    }
+
+    /// The longest wait for the next byte from the peer (default 60 s,
+    /// `RETRY_TRANSPORT_READ_TIMEOUT_SECONDS`): sets [`Limits::read_timeout`] (a later
+    /// [`Builder::limits`] replaces it). At most [`MAX_TIMEOUT`] (longer is clamped); zero is an
+    /// [`Error::Config`] from `build()`. There is no "off": every request is bounded (seed 002).
+    pub fn read_timeout(mut self, timeout: Duration) -> Self {
+        self.config.limits.read_timeout = timeout;
         self
     }
 
@@ -298,8 +350,18 @@ impl Builder {
     }
 
     /// Build the client.
-    pub fn build(self) -> Result<crate::RetryClient, Error> {
-        self.config.limits.validate()?;
+    pub fn build(mut self) -> Result<crate::RetryClient, Error> {
+        self.config.limits = self.config.limits.checked()?;
+        self.config.connect_timeout = self
+            .config
+            .connect_timeout
+            .map(|t| positive(t, "connect_timeout must be positive"))
+            .transpose()?;
+        self.config.attempt_timeout = self
+            .config
+            .attempt_timeout
+            .map(|t| positive(t, "attempt_timeout must be positive"))
+            .transpose()?;
         crate::RetryClient::from_builder(self)
     }
 }
@@ -316,14 +378,17 @@ mod tests {
         assert_eq!(defaults.max_idle_per_host, 10);
         assert_eq!(defaults.idle_timeout, Duration::from_secs(30));
         assert_eq!(defaults.acquire_timeout, Duration::from_secs(30));
+        assert_eq!(defaults.read_timeout, Duration::from_secs(60));
 
         let env = Limits::from_env_with(|name| match name {
             "RETRY_TRANSPORT_MAX_CONNECTIONS" => Some("0".into()),
             "RETRY_TRANSPORT_MAX_IDLE_PER_HOST" => Some("lots".into()),
             "RETRY_TRANSPORT_IDLE_TIMEOUT_SECONDS" => Some("90".into()),
             "RETRY_TRANSPORT_ACQUIRE_TIMEOUT_SECONDS" => Some("999999".into()),
+            "RETRY_TRANSPORT_READ_TIMEOUT_SECONDS" => Some("0".into()),
             _ => None,
         });
+        assert_eq!(env.read_timeout, Duration::from_secs(1));
         assert_eq!(env.max_in_use, 1);
         assert_eq!(env.max_idle_per_host, 10);
         assert_eq!(env.idle_timeout, Duration::from_secs(90));
@@ -337,5 +402,49 @@ mod tests {
         let instant =
             Builder::with_limits(Limits::default().acquire_timeout(Duration::ZERO)).build();
         assert!(matches!(instant, Err(Error::Config(_))));
+        for builder in [
+            Builder::with_limits(Limits::default().read_timeout(Duration::ZERO)),
+            Builder::with_limits(Limits::default()).connect_timeout(Some(Duration::ZERO)),
+            Builder::with_limits(Limits::default()).attempt_timeout(Some(Duration::ZERO)),
+        ] {
+            assert!(matches!(builder.build(), Err(Error::Config(_))));
+        }
+    }
+
+    // covers R (default read timeout), seed 002: the DEFAULT configuration — what
+    // `RetryClient::builder()` and `RetryClient::new()` start from — carries a finite read
+    // timeout, and so does the reqwest client built from it.
+    #[test]
+    fn the_default_configuration_has_a_finite_read_timeout() {
+        let builder = Builder::with_limits(Limits::default());
+        assert_eq!(builder.config.limits.read_timeout, Duration::from_secs(60));
+        assert_eq!(
+            READ_TIMEOUT_SECONDS.name(),
+            "RETRY_TRANSPORT_READ_TIMEOUT_SECONDS"
+        );
+        assert_eq!(READ_TIMEOUT_SECONDS.range(), (1, 3600));
+        let reqwest = builder.config.build().unwrap();
+        assert!(
+            format!("{reqwest:?}").contains("read_timeout: 60s"),
+            "{reqwest:?}"
+        );
+    }
+
+    // covers X5: Duration::MAX anywhere in the limits or the builder is clamped, never a panic.
+    #[test]
+    fn duration_max_is_clamped() {
+        let limits = Limits::default()
+            .idle_timeout(Duration::MAX)
+            .acquire_timeout(Duration::MAX)
+            .drain_timeout(Duration::MAX)
+            .read_timeout(Duration::MAX)
+            .max_in_use(usize::MAX)
+            .checked()
+            .unwrap();
+        assert_eq!(limits.idle_timeout, MAX_TIMEOUT);
+        assert_eq!(limits.acquire_timeout, MAX_TIMEOUT);
+        assert_eq!(limits.read_timeout, MAX_TIMEOUT);
+        assert_eq!(limits.drain_timeout, Duration::from_secs(60));
+        assert_eq!(limits.max_in_use, tokio::sync::Semaphore::MAX_PERMITS);
     }
 }

@@ -22,8 +22,21 @@ pub enum Error {
         /// The configured limit of connections in use.
         max_in_use: usize,
     },
-    /// The request failed in transport (connect, reset, timeout …) and was not retried, or
-    /// its retries ran out.
+    /// The peer sent nothing for the read timeout (default 60 s, see
+    /// [`Limits::read_timeout`](crate::Limits::read_timeout)), or an attempt ran past its
+    /// connect or total timeout — a black hole, a half-open connection, a hung server — and
+    /// the request was not retried (not idempotent) or its retries (attempts, time budget) ran
+    /// out. The connection slot has been released.
+    #[error("request timed out after {attempts} attempt(s)")]
+    Timeout {
+        /// Attempts made, the timed-out one included.
+        attempts: u32,
+        /// The last timeout, as reqwest reported it (`is_timeout()` is true).
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The request failed in transport (connect refused, reset, closed mid-request …) and was
+    /// not retried, or its retries ran out. Timeouts are [`Error::Timeout`].
     #[error("request failed after {attempts} attempt(s)")]
     Transport {
         /// Attempts made, the failed one included.
@@ -41,7 +54,8 @@ pub enum Error {
     /// The underlying reqwest client could not be built (bad proxy, TLS roots …).
     #[error("could not build the HTTP client")]
     Build(#[source] reqwest::Error),
-    /// A configuration value is out of its range.
+    /// A configuration value is out of its range (a zero timeout, zero slots). Values above a
+    /// range's maximum are clamped, never rejected.
     #[error("invalid configuration: {0}")]
     Config(&'static str),
 }
@@ -50,5 +64,10 @@ impl Error {
     /// True for [`Error::PoolTimeout`].
     pub fn is_pool_timeout(&self) -> bool {
         matches!(self, Error::PoolTimeout { .. })
+    }
+
+    /// True for [`Error::Timeout`]: the peer did not answer in time.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Error::Timeout { .. })
     }
 }

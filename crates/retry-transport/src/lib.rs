@@ -71,10 +71,10 @@ pub use azure::AzureTransport;
 pub use client::RetryClient;
 pub use config::{
     ACQUIRE_TIMEOUT_SECONDS, Builder, Customize, IDLE_TIMEOUT_SECONDS, Limits, MAX_CONNECTIONS,
-    MAX_IDLE_PER_HOST,
+    MAX_IDLE_PER_HOST, MAX_TIMEOUT, READ_TIMEOUT_SECONDS,
 };
 pub use error::{BoxError, Error};
 pub use hooks::{Credential, Sleeper, TokioSleep};
-pub use policy::{Methods, RetryPolicy};
+pub use policy::{MAX_POLICY_WAIT, Methods, RetryPolicy};
 pub use retry_after::parse_retry_after;
 pub use stats::{GiveUpReason, GiveUps, RetriesByCause, RetryCause, TransportStats};

@@ -8,6 +8,10 @@ use http::{HeaderMap, Method, StatusCode};
 use crate::retry_after::parse_retry_after;
 use crate::stats::{GiveUpReason, RetryCause};
 
+/// The longest wait any policy setting takes (24 hours): the budget, the `Retry-After` cap and
+/// the back-off are clamped to it, so even `Duration::MAX` never overflows a sleep (X5).
+pub const MAX_POLICY_WAIT: Duration = Duration::from_secs(24 * 3600);
+
 /// Which request methods an outcome is retried for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -129,22 +133,26 @@ impl RetryPolicy {
         self
     }
 
-    /// The total time budget: no retry starts a sleep that would end after it.
+    /// The total time budget: no retry starts a sleep that would end after it. At most
+    /// [`MAX_POLICY_WAIT`] (longer is clamped).
     pub fn budget(mut self, budget: Duration) -> Self {
-        self.budget = budget;
+        self.budget = budget.min(MAX_POLICY_WAIT);
         self
     }
 
     /// The longest `Retry-After` honoured. A longer one ends the retries and the response is
-    /// returned to the caller as it is.
+    /// returned to the caller as it is. At most [`MAX_POLICY_WAIT`] (longer is clamped).
     pub fn retry_after_cap(mut self, cap: Duration) -> Self {
-        self.retry_after_cap = cap;
+        self.retry_after_cap = cap.min(MAX_POLICY_WAIT);
         self
     }
 
     /// Exponential back-off when there is no usable `Retry-After`: the n-th retry waits a
-    /// uniformly random time in `[0, min(base × factor^(n-1), max)]` (full jitter).
+    /// uniformly random time in `[0, min(base × factor^(n-1), max)]` (full jitter). `base` and
+    /// `max` are at most [`MAX_POLICY_WAIT`] (longer is clamped).
     pub fn backoff(mut self, base: Duration, factor: f32, max: Duration) -> Self {
+        let base = base.min(MAX_POLICY_WAIT);
+        let max = max.min(MAX_POLICY_WAIT);
         self.backoff_base = base;
         self.backoff_factor = if factor.is_finite() && factor >= 1.0 {
             factor

@@ -73,6 +73,8 @@ pub struct TransportStats {
     pub gave_up: GiveUps,
     /// Requests that failed with [`Error::PoolTimeout`](crate::Error::PoolTimeout).
     pub pool_timeouts: u64,
+    /// Attempts that ended in a timeout (read, connect or total per attempt), retried or not.
+    pub timeouts: u64,
     /// Retryable responses whose body was drained before the sleep, so their connection went
     /// back to the keep-alive pool.
     pub drained: u64,
@@ -100,6 +102,7 @@ pub(crate) struct Counters {
     retry_after_over_cap: AtomicU64,
     body_not_cloneable: AtomicU64,
     pub(crate) pool_timeouts: AtomicU64,
+    pub(crate) timeouts: AtomicU64,
     pub(crate) drained: AtomicU64,
     pub(crate) discarded: AtomicU64,
     pub(crate) resets: AtomicU64,
@@ -146,6 +149,7 @@ impl Counters {
                 body_not_cloneable: get(&self.body_not_cloneable),
             },
             pool_timeouts: get(&self.pool_timeouts),
+            timeouts: get(&self.timeouts),
             drained: get(&self.drained),
             discarded: get(&self.discarded),
             resets: get(&self.resets),

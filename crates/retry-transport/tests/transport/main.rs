@@ -14,3 +14,4 @@ mod limits;
 mod policy;
 mod release;
 mod reset;
+mod timeouts;
