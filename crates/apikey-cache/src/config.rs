@@ -1,4 +1,6 @@
-//! `CacheConfig`: TTL, miss-reload rate limit, negative cache and write retries, with env knobs.
+//! `CacheConfig`: TTL, miss-reload rate limit, negative cache, store timeouts and write retries,
+//! with env knobs. Every duration a builder method accepts is clamped into a documented range
+//! (X5), so no value, `Duration::MAX` included, can overflow an `Instant` later.
 
 use std::time::Duration;
 
@@ -14,6 +16,22 @@ pub const NEGATIVE_TTL: Knob<u64> = Knob::new("APIKEY_CACHE_NEGATIVE_TTL_SECONDS
 /// `APIKEY_CACHE_NEGATIVE_CAPACITY`: most unknown keys remembered at once (bounded memory).
 pub const NEGATIVE_CAPACITY: Knob<usize> =
     Knob::new("APIKEY_CACHE_NEGATIVE_CAPACITY", 10_000, 0, 1_000_000);
+/// `APIKEY_CACHE_LOAD_TIMEOUT_MS`: the longest one store load may take (A9). A load still
+/// running then fails as [`StoreError::TimedOut`](crate::StoreError::TimedOut).
+pub const LOAD_TIMEOUT_MS: Knob<u64> =
+    Knob::new("APIKEY_CACHE_LOAD_TIMEOUT_MS", 5_000, 10, 600_000);
+/// `APIKEY_CACHE_WRITE_TIMEOUT_MS`: the longest one store write may take (A9). The write's
+/// outcome is then unknown; it fails as [`WriteError::Store`](crate::WriteError::Store).
+pub const WRITE_TIMEOUT_MS: Knob<u64> =
+    Knob::new("APIKEY_CACHE_WRITE_TIMEOUT_MS", 10_000, 10, 600_000);
+
+const MS: Duration = Duration::from_millis(1);
+/// Upper bound of the TTL, the negative-cache TTL and the watcher interval.
+pub(crate) const MAX_TTL: Duration = Duration::from_secs(3600);
+/// Upper bound of the miss-reload interval, the retry back-off and the store timeouts.
+pub(crate) const MAX_INTERVAL: Duration = Duration::from_secs(600);
+/// Upper bound of the miss-reload burst and of write attempts.
+const MAX_COUNT: u32 = 1_000;
 
 /// How an [`ApiKeyCache`](crate::ApiKeyCache) behaves. `Default` uses the documented defaults
 /// without reading the environment; [`CacheConfig::from_env`] reads the knobs.
@@ -26,6 +44,8 @@ pub struct CacheConfig {
     pub(crate) negative_capacity: usize,
     pub(crate) retry_backoff: Duration,
     pub(crate) write_attempts: u32,
+    pub(crate) load_timeout: Duration,
+    pub(crate) write_timeout: Duration,
 }
 
 impl Default for CacheConfig {
@@ -51,32 +71,36 @@ impl CacheConfig {
             negative_capacity: NEGATIVE_CAPACITY.read_with(&lookup),
             retry_backoff: Duration::from_secs(1),
             write_attempts: 5,
+            load_timeout: Duration::from_millis(LOAD_TIMEOUT_MS.read_with(&lookup)),
+            write_timeout: Duration::from_millis(WRITE_TIMEOUT_MS.read_with(&lookup)),
         }
     }
 
-    /// Maximum snapshot age before a request refreshes it first (default 30 s, at least 1 ms).
+    /// Maximum snapshot age before a request refreshes it first (default 30 s; clamped to
+    /// 1 ms – 1 h).
     pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = ttl.max(Duration::from_millis(1));
+        self.ttl = ttl.clamp(MS, MAX_TTL);
         self
     }
 
-    /// Sustained rate of miss-driven reloads: one per `interval` (default 1 s, at least 1 ms).
+    /// Sustained rate of miss-driven reloads: one per `interval` (default 1 s; clamped to
+    /// 1 ms – 600 s).
     pub fn miss_reload_interval(mut self, interval: Duration) -> Self {
-        self.miss_reload_interval = interval.max(Duration::from_millis(1));
+        self.miss_reload_interval = interval.clamp(MS, MAX_INTERVAL);
         self
     }
 
-    /// Miss-driven reloads allowed back to back before the rate applies (default 2, at least
-    /// 1): one for the first miss, one follow-up for the misses that arrive during it.
+    /// Miss-driven reloads allowed back to back before the rate applies (default 2; clamped to
+    /// 1 – 1 000): one for the first miss, one follow-up for the misses that arrive during it.
     pub fn miss_reload_burst(mut self, burst: u32) -> Self {
-        self.miss_reload_burst = burst.max(1);
+        self.miss_reload_burst = burst.clamp(1, MAX_COUNT);
         self
     }
 
     /// How long a key found unknown by a fresh reload is rejected without another reload
-    /// (default 10 s; zero disables the negative cache).
+    /// (default 10 s; zero disables the negative cache; at most 1 h).
     pub fn negative_ttl(mut self, ttl: Duration) -> Self {
-        self.negative_ttl = ttl;
+        self.negative_ttl = ttl.min(MAX_TTL);
         self
     }
 
@@ -88,16 +112,34 @@ impl CacheConfig {
     }
 
     /// After a failed reload, requests are answered from the previous snapshot for this long
-    /// before a TTL refresh is tried again (default 1 s), so a down store is not hammered.
+    /// before a TTL refresh is tried again (default 1 s; at most 600 s), so a down store is not
+    /// hammered.
     pub fn retry_backoff(mut self, backoff: Duration) -> Self {
-        self.retry_backoff = backoff;
+        self.retry_backoff = backoff.min(MAX_INTERVAL);
         self
     }
 
-    /// Attempts of one local write when other writers keep changing the document (default 5,
-    /// at least 1).
+    /// Attempts of one local write when other writers keep changing the document (default 5;
+    /// clamped to 1 – 1 000).
     pub fn write_attempts(mut self, attempts: u32) -> Self {
-        self.write_attempts = attempts.max(1);
+        self.write_attempts = attempts.clamp(1, MAX_COUNT);
+        self
+    }
+
+    /// The longest one store load may take (default 5 s; clamped to 1 ms – 600 s). A load
+    /// still running then fails with [`StoreError::TimedOut`](crate::StoreError::TimedOut):
+    /// known keys are answered from the previous snapshot, an unknown key gets
+    /// [`AuthError::Unavailable`](crate::AuthError::Unavailable) (503 in the layer).
+    pub fn load_timeout(mut self, timeout: Duration) -> Self {
+        self.load_timeout = timeout.clamp(MS, MAX_INTERVAL);
+        self
+    }
+
+    /// The longest one store write may take (default 10 s; clamped to 1 ms – 600 s). A write
+    /// still running then fails with [`WriteError::Store`](crate::WriteError::Store) (its
+    /// outcome in the store is unknown). Writes never hold a lock that authentication needs.
+    pub fn write_timeout(mut self, timeout: Duration) -> Self {
+        self.write_timeout = timeout.clamp(MS, MAX_INTERVAL);
         self
     }
 }
@@ -122,5 +164,51 @@ mod tests {
         assert_eq!(config.ttl, Duration::from_secs(1), "clamped to the minimum");
         assert_eq!(config.miss_reload_interval, Duration::from_millis(250));
         assert_eq!(config.negative_capacity, 10_000, "garbage falls back");
+    }
+
+    // covers A9 + X5: the store timeouts have finite defaults and knobs.
+    #[test]
+    fn store_timeouts_have_finite_defaults_and_env_knobs() {
+        let config = CacheConfig::default();
+        assert_eq!(config.load_timeout, Duration::from_secs(5));
+        assert_eq!(config.write_timeout, Duration::from_secs(10));
+        let config = CacheConfig::from_lookup(|name| match name {
+            "APIKEY_CACHE_LOAD_TIMEOUT_MS" => Some("250".into()),
+            "APIKEY_CACHE_WRITE_TIMEOUT_MS" => Some("99999999999".into()),
+            _ => None,
+        });
+        assert_eq!(config.load_timeout, Duration::from_millis(250));
+        assert_eq!(config.write_timeout, Duration::from_secs(600), "clamped");
+    }
+
+    // covers X5: Duration::MAX (and zero) through every builder method lands in its range.
+    #[test]
+    fn every_duration_is_clamped_including_duration_max() {
+        let max = CacheConfig::default()
+            .ttl(Duration::MAX)
+            .miss_reload_interval(Duration::MAX)
+            .miss_reload_burst(u32::MAX)
+            .negative_ttl(Duration::MAX)
+            .retry_backoff(Duration::MAX)
+            .write_attempts(u32::MAX)
+            .load_timeout(Duration::MAX)
+            .write_timeout(Duration::MAX);
+        assert_eq!(max.ttl, MAX_TTL);
+        assert_eq!(max.miss_reload_interval, MAX_INTERVAL);
+        assert_eq!(max.miss_reload_burst, 1_000);
+        assert_eq!(max.negative_ttl, MAX_TTL);
+        assert_eq!(max.retry_backoff, MAX_INTERVAL);
+        assert_eq!(max.write_attempts, 1_000);
+        assert_eq!(max.load_timeout, MAX_INTERVAL);
+        assert_eq!(max.write_timeout, MAX_INTERVAL);
+        let zero = CacheConfig::default()
+            .ttl(Duration::ZERO)
+            .miss_reload_interval(Duration::ZERO)
+            .load_timeout(Duration::ZERO)
+            .write_timeout(Duration::ZERO);
+        assert_eq!(zero.ttl, MS);
+        assert_eq!(zero.miss_reload_interval, MS);
+        assert_eq!(zero.load_timeout, MS);
+        assert_eq!(zero.write_timeout, MS);
     }
 }

@@ -30,6 +30,15 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
+    /// The store did not answer within the configured timeout
+    /// ([`CacheConfig::load_timeout`](crate::CacheConfig::load_timeout) /
+    /// [`CacheConfig::write_timeout`](crate::CacheConfig::write_timeout)); the operation was
+    /// abandoned. For a write, whether it reached the store is unknown.
+    #[error("the key store did not answer within {after:?}")]
+    TimedOut {
+        /// The timeout that expired.
+        after: std::time::Duration,
+    },
     /// The backend could not be reached or answered with an error.
     #[error("the key store is unavailable")]
     Unavailable {

@@ -64,7 +64,10 @@ mod store;
 pub mod testing;
 
 pub use cache::{ApiKeyCache, CacheStats, Watcher};
-pub use config::{CacheConfig, MISS_RELOAD_INTERVAL_MS, NEGATIVE_CAPACITY, NEGATIVE_TTL, TTL};
+pub use config::{
+    CacheConfig, LOAD_TIMEOUT_MS, MISS_RELOAD_INTERVAL_MS, NEGATIVE_CAPACITY, NEGATIVE_TTL, TTL,
+    WRITE_TIMEOUT_MS,
+};
 pub use document::{AccountRecord, DOCUMENT_FORMAT, KeyDocument, KeyRecord};
 pub use error::{AuthError, BoxError, StoreError, WriteError};
 pub use key::{

@@ -86,7 +86,11 @@ impl<S: KeyStore> ApiKeyCache<S> {
         let mut fresh = false;
         if snapshot.is_stale(now, inner.config.ttl) {
             let seen = inner.started();
-            match inner.refresh_stale(now).await {
+            match self
+                .inner
+                .refresh_stale(now, snapshot.checked_at.is_some())
+                .await
+            {
                 Ok(refreshed) => {
                     fresh = refreshed.load_gen > seen;
                     snapshot = refreshed;

@@ -46,7 +46,11 @@ impl NegativeCache {
                 self.expiries.remove(&oldest);
             }
         }
-        let until = now + self.ttl;
+        // The TTL is clamped to an hour by the config; at the end of `Instant`'s range the key
+        // is simply not remembered (X5: no overflow).
+        let Some(until) = now.checked_add(self.ttl) else {
+            return;
+        };
         self.expiries.insert(hash, until);
         self.order.push_back((hash, until));
     }

@@ -1,5 +1,6 @@
 //! Reloads: generations, single-flight, the store gate, the miss-reload rate limit and the swap.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -9,9 +10,10 @@ use tokio::time::Instant;
 use super::negative::NegativeCache;
 use super::stats::Counters;
 use crate::config::CacheConfig;
+use crate::document::KeyDocument;
 use crate::error::StoreError;
 use crate::snapshot::{Snapshot, Table};
-use crate::store::{KeyStore, Loaded};
+use crate::store::{KeyStore, Loaded, Version};
 
 /// The shared outcome of one reload.
 pub(crate) type Reloaded = Result<Arc<Snapshot>, Arc<StoreError>>;
@@ -20,8 +22,11 @@ pub(crate) type Reloaded = Result<Arc<Snapshot>, Arc<StoreError>>;
 ///
 /// Loads are numbered (generations). A caller that needs "a load that starts after now" asks
 /// for generation `started + 1`; everyone asking while that load has not started yet gets the
-/// same number and shares it through [`SingleFlight`]. Loads and write cycles run one at a time
-/// under `gate`, so installs happen in the order the store was read and never go backwards.
+/// same number and shares it through [`SingleFlight`]. Loads run one at a time under `gate`, and
+/// every install (a load's or a write's) happens under it, so installs happen in the order the
+/// store was read and never go backwards. A write does its store I/O *outside* the gate (under
+/// `writes`, which readers never take): a slow or hung write never blocks a reload (A9). Every
+/// store call is bounded by the configured timeout.
 #[derive(Debug)]
 pub(crate) struct Inner<S> {
     pub(crate) store: S,
@@ -29,6 +34,10 @@ pub(crate) struct Inner<S> {
     current: RwLock<Arc<Snapshot>>,
     flights: SingleFlight<u64, Reloaded>,
     pub(crate) gate: tokio::sync::Mutex<()>,
+    /// Local writes, one at a time (held across the store write; no reader takes it).
+    pub(crate) writes: tokio::sync::Mutex<()>,
+    /// A background retry of a failed refresh is running.
+    retrying: AtomicBool,
     plan: Mutex<Plan>,
     pub(crate) negative: Mutex<NegativeCache>,
     pub(crate) counters: Counters,
@@ -51,19 +60,27 @@ struct Plan {
 
 impl Plan {
     fn backing_off(&self, now: Instant, backoff: Duration) -> Option<Arc<StoreError>> {
+        // `now - at < backoff`, written without an `Instant + Duration` that could overflow.
         self.failure
             .as_ref()
-            .filter(|(at, _)| now < *at + backoff)
+            .filter(|(at, _)| now.saturating_duration_since(*at) < backoff)
             .map(|(_, e)| e.clone())
     }
 
-    /// One token of a bucket of `burst` refilled one per `interval`.
+    /// One token of a bucket of `burst` refilled one per `interval`. Saturating arithmetic
+    /// (X5): at the end of `Instant`'s range no token is granted rather than a panic.
     fn take_token(&mut self, now: Instant, interval: Duration, burst: u32) -> bool {
         let tat = self.tat.unwrap_or(now).max(now);
-        if tat.saturating_duration_since(now) > interval * burst.saturating_sub(1) {
+        let allowance = interval
+            .checked_mul(burst.saturating_sub(1))
+            .unwrap_or(Duration::MAX);
+        if tat.saturating_duration_since(now) > allowance {
             return false;
         }
-        self.tat = Some(tat + interval);
+        let Some(next) = tat.checked_add(interval) else {
+            return false;
+        };
+        self.tat = Some(next);
         true
     }
 }
@@ -94,6 +111,8 @@ impl<S: KeyStore> Inner<S> {
             current: RwLock::new(Arc::new(Snapshot::unloaded())),
             flights: SingleFlight::new(),
             gate: tokio::sync::Mutex::new(()),
+            writes: tokio::sync::Mutex::new(()),
+            retrying: AtomicBool::new(false),
             plan: Mutex::new(Plan::default()),
             negative: Mutex::new(negative),
             counters: Counters::default(),
@@ -134,15 +153,46 @@ impl<S: KeyStore> Inner<S> {
 
     /// For a snapshot older than the TTL: join the load in flight or start one. During the
     /// back-off after a failure, answers that failure without calling the store.
-    pub(crate) async fn refresh_stale(&self, now: Instant) -> Reloaded {
+    ///
+    /// If the last load failed (the store is down or hanging) and there is a snapshot to answer
+    /// from (`loaded`), the request does not wait for the store again: the retry runs in the
+    /// background and the caller gets the failure at once (and serves the previous snapshot).
+    pub(crate) async fn refresh_stale(self: &Arc<Self>, now: Instant, loaded: bool) -> Reloaded {
         let target = {
             let plan = lock(&self.plan);
             if let Some(error) = plan.backing_off(now, self.config.retry_backoff) {
                 return Err(error);
             }
-            plan.completed + 1
+            match &plan.failure {
+                Some((_, error)) if loaded => {
+                    let error = error.clone();
+                    drop(plan);
+                    self.retry_in_background();
+                    return Err(error);
+                }
+                _ => plan.completed + 1,
+            }
         };
         self.load_generation(target).await
+    }
+
+    /// Start one background refresh unless one is running (needs a tokio runtime; without one
+    /// the next request that is not backing off tries again). The task holds the cache for at
+    /// most one load timeout (plus the wait for a load already in flight).
+    fn retry_in_background(self: &Arc<Self>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.retrying.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let inner = self.clone();
+        runtime.spawn(async move {
+            let target = lock(&inner.plan).completed + 1;
+            // Logged and counted inside; the previous snapshot stays on failure.
+            let _ = inner.load_generation(target).await;
+            inner.retrying.store(false, Ordering::SeqCst);
+        });
     }
 
     /// A load that starts after this call (explicit refresh, watcher). Not rate-limited.
@@ -215,7 +265,15 @@ impl<S: KeyStore> Inner<S> {
     pub(crate) async fn load_and_install(&self, load_gen: u64) -> Reloaded {
         let old = self.current();
         Counters::bump(&self.counters.store_loads);
-        let loaded = self.store.load(old.version.as_ref()).await;
+        let timeout = self.config.load_timeout;
+        let loaded =
+            match tokio::time::timeout(timeout, self.store.load(old.version.as_ref())).await {
+                Ok(loaded) => loaded,
+                Err(_) => {
+                    Counters::bump(&self.counters.store_timeouts);
+                    Err(StoreError::TimedOut { after: timeout })
+                }
+            };
         let now = Instant::now();
         let snapshot = match loaded {
             Ok(Loaded::NotModified) => {
@@ -256,6 +314,42 @@ impl<S: KeyStore> Inner<S> {
             "API key snapshot installed"
         );
         Ok(self.install(snapshot))
+    }
+
+    /// Install the result of a successful local write: `document`, stored as `version` on top
+    /// of `base`. Takes the gate (waiting at most for a load in flight, itself bounded by the
+    /// load timeout), so it never races a load's install:
+    ///
+    /// - nothing installed since `base`, or only a re-confirmation of `base`'s version: the
+    ///   written document is the newest this instance knows — install it;
+    /// - a load already installed `version`: nothing to do;
+    /// - a load that overlapped the write installed some other version: which of the two is
+    ///   newer cannot be told from opaque versions, so load once more (this load starts after
+    ///   the write finished, so it holds the write or something newer). If that load fails,
+    ///   the written document is installed (it was the store's state a moment ago).
+    pub(crate) async fn install_write(
+        &self,
+        base: &Snapshot,
+        document: KeyDocument,
+        version: Version,
+    ) {
+        let _gate = self.gate.lock().await;
+        let current = self.current();
+        if current.version.as_ref() == Some(&version) {
+            return;
+        }
+        let unchanged = current.generation == base.generation || current.version == base.version;
+        if !unchanged && self.load_and_install(current.load_gen).await.is_ok() {
+            return;
+        }
+        let current = self.current();
+        self.install(Snapshot {
+            table: Arc::new(Table::build(document)),
+            version: Some(version),
+            checked_at: Some(Instant::now()),
+            generation: current.generation + 1,
+            load_gen: current.load_gen,
+        });
     }
 }
 

@@ -17,6 +17,7 @@ pub(crate) struct Counters {
     pub(crate) not_modified: AtomicU64,
     pub(crate) reload_failures: AtomicU64,
     pub(crate) stale_served: AtomicU64,
+    pub(crate) store_timeouts: AtomicU64,
     pub(crate) writes: AtomicU64,
     pub(crate) write_conflicts: AtomicU64,
 }
@@ -57,6 +58,8 @@ pub struct CacheStats {
     pub reload_failures: u64,
     /// Requests answered from a snapshot older than the TTL because its refresh failed.
     pub stale_served: u64,
+    /// Store loads and writes abandoned at their timeout (`load_timeout`, `write_timeout`).
+    pub store_timeouts: u64,
     /// Local writes stored.
     pub writes: u64,
     /// Version conflicts met by local writes (each followed by re-load, re-apply, re-write).
@@ -92,6 +95,7 @@ impl Counters {
         stats.not_modified = get(&self.not_modified);
         stats.reload_failures = get(&self.reload_failures);
         stats.stale_served = get(&self.stale_served);
+        stats.store_timeouts = get(&self.store_timeouts);
         stats.writes = get(&self.writes);
         stats.write_conflicts = get(&self.write_conflicts);
     }

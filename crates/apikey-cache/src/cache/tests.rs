@@ -283,13 +283,19 @@ async fn failing_store_during_reload_keeps_the_old_snapshot() {
         "three requests answered from it"
     );
 
+    // After the back-off, a request does not wait for the failing store again (A9): it is
+    // answered from the previous snapshot at once and the retry runs in the background.
     store.fail_loads(false);
     tokio::time::advance(Duration::from_secs(1)).await;
     assert!(cache.authenticate(&key(0)).await.is_ok());
+    assert_eq!(cache.stats().stale_served, 4);
+    tokio::time::sleep(Duration::from_millis(1)).await; // lets the background retry run
     let stats = cache.stats();
     assert!(!stats.serving_previous_snapshot);
     assert_eq!(stats.last_reload_error, None);
     assert_eq!(store.loads(), 3);
+    assert!(cache.authenticate(&key(0)).await.is_ok());
+    assert_eq!(cache.stats().stale_served, 4, "fresh again");
 }
 
 // covers A9: before any successful load there is nothing to answer from: "unavailable", not

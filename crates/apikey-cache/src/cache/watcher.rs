@@ -7,6 +7,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::ApiKeyCache;
+use crate::config::MAX_TTL;
 use crate::store::KeyStore;
 
 /// Handle of a watcher started by [`ApiKeyCache::spawn_watcher`]. Dropping it stops the task;
@@ -33,10 +34,11 @@ impl Drop for Watcher {
 impl<S: KeyStore> ApiKeyCache<S> {
     /// Start a task that, every `interval`, reloads the snapshot if the store has not confirmed
     /// it for `interval` or longer — a conditional load (ETag: a 304 when nothing changed). With
-    /// `interval` below the TTL, requests almost never wait for a refresh. Failures are logged
+    /// `interval` below the TTL, requests almost never wait for a refresh. `interval` is
+    /// clamped to 1 ms – 1 h (X5: `Duration::MAX` is accepted). Failures are logged
     /// and counted like any reload; the previous snapshot stays. Needs a tokio runtime.
     pub fn spawn_watcher(&self, interval: Duration) -> Watcher {
-        let interval = interval.max(Duration::from_millis(1));
+        let interval = interval.clamp(Duration::from_millis(1), MAX_TTL);
         let weak = Arc::downgrade(&self.inner);
         let task = tokio::spawn(async move {
             let mut ticks = tokio::time::interval_at(Instant::now() + interval, interval);

@@ -2,14 +2,11 @@
 
 use std::sync::Arc;
 
-use tokio::time::Instant;
-
 use super::ApiKeyCache;
 use super::stats::Counters;
 use crate::document::{AccountRecord, KeyDocument, KeyRecord, unix_now};
 use crate::error::{StoreError, WriteError};
 use crate::key::{AccountId, ApiKeySecret, Identity, IssuedKey, KeyId};
-use crate::snapshot::{Snapshot, Table};
 use crate::store::KeyStore;
 
 fn valid_account_id(id: &str) -> bool {
@@ -92,54 +89,73 @@ impl<S: KeyStore> ApiKeyCache<S> {
         .await
     }
 
-    /// One write: apply `change` to the newest document this instance knows and store it with
-    /// "if the version is still V"; on a conflict, re-load, re-apply and re-write. The stored
-    /// document is then installed here (visible at once, A3).
+    /// One write, checked against the store's current document (A3, A7):
+    ///
+    /// 1. apply `change` to the newest document this instance has; if it answers
+    ///    [`WriteError::NoSuchAccount`] or [`WriteError::NoSuchKey`] and that document was not
+    ///    read from the store during this call, re-load (a load that starts now) and re-apply —
+    ///    another instance may have created the account or issued the key;
+    /// 2. store it with "if the version is still V"; on a conflict, re-load, re-apply and
+    ///    re-write (up to `write_attempts`);
+    /// 3. install the stored document here (visible at once).
+    ///
+    /// Local writes run one at a time under `writes`; the store write itself holds no lock a
+    /// reader needs and is bounded by `write_timeout` (A9).
     async fn write<T>(
         &self,
         mut change: impl FnMut(&mut KeyDocument) -> Result<T, WriteError>,
     ) -> Result<T, WriteError> {
         let inner = &*self.inner;
-        let _gate = inner.gate.lock().await;
+        let _writes = inner.writes.lock().await;
         let mut base = inner.current();
+        let mut from_store = false;
         if base.checked_at.is_none() {
-            base = inner
-                .load_and_install(base.load_gen)
-                .await
-                .map_err(store_error)?;
+            base = inner.reload_fresh().await.map_err(store_error)?;
+            from_store = true;
         }
-        for _ in 0..inner.config.write_attempts {
+        let mut attempts = 0;
+        loop {
             let mut document = base.table.document.clone();
-            let output = change(&mut document)?;
-            match inner.store.store(&document, base.version.as_ref()).await {
+            let output = match change(&mut document) {
+                Ok(output) => output,
+                Err(WriteError::NoSuchAccount | WriteError::NoSuchKey) if !from_store => {
+                    // The local snapshot may simply not know it yet: ask the store.
+                    base = inner.reload_fresh().await.map_err(store_error)?;
+                    from_store = true;
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
+            attempts += 1;
+            let timeout = inner.config.write_timeout;
+            let stored =
+                tokio::time::timeout(timeout, inner.store.store(&document, base.version.as_ref()))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Counters::bump(&inner.counters.store_timeouts);
+                        Err(StoreError::TimedOut { after: timeout })
+                    });
+            match stored {
                 Ok(version) => {
                     Counters::bump(&inner.counters.writes);
-                    inner.install(Snapshot {
-                        table: Arc::new(Table::build(document)),
-                        version: Some(version),
-                        checked_at: Some(Instant::now()),
-                        generation: base.generation + 1,
-                        load_gen: base.load_gen,
-                    });
+                    inner.install_write(&base, document, version).await;
                     return Ok(output);
                 }
                 Err(StoreError::Conflict) => {
                     Counters::bump(&inner.counters.write_conflicts);
+                    if attempts >= inner.config.write_attempts {
+                        return Err(WriteError::Contended { attempts });
+                    }
                     tracing::debug!(
                         store = %inner.store.describe(),
                         "key document changed under a write; re-loading and re-applying"
                     );
-                    base = inner
-                        .load_and_install(base.load_gen)
-                        .await
-                        .map_err(store_error)?;
+                    base = inner.reload_fresh().await.map_err(store_error)?;
+                    from_store = true;
                 }
                 Err(error) => return Err(store_error(Arc::new(error))),
             }
         }
-        Err(WriteError::Contended {
-            attempts: inner.config.write_attempts,
-        })
     }
 }
 
