@@ -141,3 +141,39 @@ async fn blob_concurrent_writes_from_a_and_b_both_survive() {
         assert_eq!(cache.stats().accounts, 3);
     }
 }
+
+// covers A3 + A7 (issue #16 item 1): writes on B are checked against the blob, not only B's
+// snapshot — B issues a key for an account A created, and revokes a key A issued; the errors
+// come only when the blob really lacks the account or key.
+#[tokio::test]
+#[ignore = "needs Azurite: cargo xtask it"]
+async fn blob_writes_on_b_see_accounts_and_keys_created_on_a() {
+    let azurite = azurite().await;
+    let a = ApiKeyCache::new(store(&azurite, "keys-cross-write"), CacheConfig::default());
+    let b = ApiKeyCache::new(store(&azurite, "keys-cross-write"), CacheConfig::default());
+    b.refresh().await.expect("b loads the (absent) document");
+    let account = a.create_account("acme", "Acme").await.expect("create on A");
+    let on_b = b
+        .issue_key(&account)
+        .await
+        .expect("B issues for A's account");
+    a.authenticate(on_b.secret.expose())
+        .await
+        .expect("A accepts B's key");
+    let on_a = a.issue_key(&account).await.expect("issue on A");
+    b.revoke_key(&on_a.identity.key)
+        .await
+        .expect("B revokes A's key");
+    assert!(matches!(
+        b.authenticate(on_a.secret.expose()).await,
+        Err(AuthError::Revoked)
+    ));
+    assert!(matches!(
+        b.issue_key(&apikey_cache::AccountId::new("nobody")).await,
+        Err(apikey_cache::WriteError::NoSuchAccount)
+    ));
+    assert!(matches!(
+        b.revoke_key(&apikey_cache::KeyId::new("key_nobody")).await,
+        Err(apikey_cache::WriteError::NoSuchKey)
+    ));
+}
