@@ -72,8 +72,8 @@ mod warmup;
 
 pub use error::ReadError;
 pub use fanout::{
-    BoxError, Dependencies, FanOut, FanOutConfig, FanOutReport, GroupRead, Handle, Outcome,
-    ReadReport, ReadSpec,
+    BoxError, Dependencies, FanOut, FanOutConfig, FanOutReport, GroupRead, Handle,
+    MAX_IN_FLIGHT_LIMIT, MAX_READ_TIMEOUT, Outcome, ReadReport, ReadSpec,
 };
 pub use warmup::{
     ChipState, DaemonSetSummary, DatabaseChip, GENERATION_LABEL, JobState, JobSummary, LogsSummary,

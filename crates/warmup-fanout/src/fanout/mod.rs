@@ -22,13 +22,38 @@ pub use report::{FanOutReport, Outcome, ReadReport};
 pub use run::BoxError;
 use run::Shared;
 
+/// The longest timeout a read can have (1 hour). Longer timeouts, up to `Duration::MAX`, given
+/// to [`FanOutConfig::default_timeout`], [`ReadSpec::timeout`] or the public field, are clamped to
+/// it, so a read that never answers always ends (SPEC X5).
+pub const MAX_READ_TIMEOUT: Duration = Duration::from_secs(3_600);
+
+/// The largest bound on reads in flight (tokio's semaphore limit); larger values, up to
+/// `usize::MAX`, are clamped to it instead of panicking (SPEC X5).
+pub const MAX_IN_FLIGHT_LIMIT: usize = Semaphore::MAX_PERMITS;
+
+/// A bound on reads in flight, clamped into `[1, MAX_IN_FLIGHT_LIMIT]`.
+pub(crate) fn clamp_in_flight(n: usize) -> usize {
+    n.clamp(1, MAX_IN_FLIGHT_LIMIT)
+}
+
+/// A read timeout, clamped to [`MAX_READ_TIMEOUT`].
+pub(crate) fn clamp_timeout(timeout: Duration) -> Duration {
+    timeout.min(MAX_READ_TIMEOUT)
+}
+
 /// Bounds for one [`FanOut`].
+///
+/// Any value is accepted, through the setters or the public fields: a bound of 0 is taken as 1,
+/// one above [`MAX_IN_FLIGHT_LIMIT`] as that limit, and a timeout above [`MAX_READ_TIMEOUT`]
+/// (e.g. `Duration::MAX`) as that maximum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct FanOutConfig {
-    /// The most reads running at the same time, across all phases and groups (≥ 1).
+    /// The most reads running at the same time, across all phases and groups
+    /// (1 ..= [`MAX_IN_FLIGHT_LIMIT`]; default 12).
     pub max_in_flight: usize,
-    /// The timeout of a read whose [`ReadSpec`] sets none.
+    /// The timeout of a read whose [`ReadSpec`] sets none (at most [`MAX_READ_TIMEOUT`];
+    /// default 10 s).
     pub default_timeout: Duration,
 }
 
@@ -43,15 +68,16 @@ impl Default for FanOutConfig {
 }
 
 impl FanOutConfig {
-    /// Set the bound on reads in flight (0 is taken as 1).
+    /// Set the bound on reads in flight (0 is taken as 1, more than [`MAX_IN_FLIGHT_LIMIT`] as
+    /// that limit).
     pub fn max_in_flight(mut self, n: usize) -> Self {
-        self.max_in_flight = n.max(1);
+        self.max_in_flight = clamp_in_flight(n);
         self
     }
 
-    /// Set the timeout of reads that set none.
+    /// Set the timeout of reads that set none (clamped to [`MAX_READ_TIMEOUT`]).
     pub fn default_timeout(mut self, timeout: Duration) -> Self {
-        self.default_timeout = timeout;
+        self.default_timeout = clamp_timeout(timeout);
         self
     }
 }
@@ -74,9 +100,10 @@ impl<T> ReadSpec<T> {
         }
     }
 
-    /// Give this read its own timeout instead of the fan-out's default.
+    /// Give this read its own timeout instead of the fan-out's default (clamped to
+    /// [`MAX_READ_TIMEOUT`]).
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = Some(timeout);
+        self.timeout = Some(clamp_timeout(timeout));
         self
     }
 
@@ -147,8 +174,8 @@ impl FanOut {
     pub fn new(config: FanOutConfig) -> Self {
         Self {
             shared: Arc::new(Shared::new(
-                config.max_in_flight.max(1),
-                config.default_timeout,
+                clamp_in_flight(config.max_in_flight),
+                clamp_timeout(config.default_timeout),
             )),
             tasks: JoinSet::new(),
             pending: HashMap::new(),
@@ -184,7 +211,7 @@ impl FanOut {
         E: Into<BoxError>,
     {
         let key = (self.next_index(), 0);
-        let phase = deps.phase() + 1;
+        let phase = deps.phase().saturating_add(1);
         let ReadSpec {
             name,
             default,
@@ -211,7 +238,8 @@ impl FanOut {
 
     /// A dependent group: when `deps` are resolved, `make` turns their values into any number
     /// of reads (e.g. one log tail per pod), which run under the fan-out's bound and, if
-    /// `max_in_flight` is set, under the group's own bound too. Each member is reported under
+    /// `max_in_flight` is set, under the group's own bound too (0 is taken as 1, more than
+    /// [`MAX_IN_FLIGHT_LIMIT`] as that limit). Each member is reported under
     /// its own name; the handle resolves to the members' values (or defaults), in order.
     ///
     /// # Panics
@@ -229,7 +257,7 @@ impl FanOut {
         F: FnOnce(D::Output) -> Vec<GroupRead<T>> + Send + 'static,
     {
         let index = self.next_index();
-        let phase = deps.phase() + 1;
+        let phase = deps.phase().saturating_add(1);
         let name: Arc<str> = name.into();
         let (resolver, handle) = Handle::channel(Arc::clone(&name), phase, Arc::new(Vec::new()));
         let shared = Arc::clone(&self.shared);
@@ -253,7 +281,7 @@ impl FanOut {
                         return vec![((index, 0), report)];
                     }
                 };
-                let group = max_in_flight.map(|n| Semaphore::new(n.max(1)));
+                let group = max_in_flight.map(|n| Semaphore::new(clamp_in_flight(n)));
                 let runs = members.into_iter().enumerate().map(|(i, member)| {
                     let shared = &shared;
                     let group = group.as_ref();

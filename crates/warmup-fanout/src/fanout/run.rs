@@ -65,7 +65,8 @@ impl Shared {
         };
         let _permit = self.permits.acquire().await.ok();
         let _gauge = InFlight::enter(self);
-        let timeout = timeout.unwrap_or(self.default_timeout);
+        // Clamped again here: nothing reaches the timer above the maximum, however it was set.
+        let timeout = super::clamp_timeout(timeout.unwrap_or(self.default_timeout));
         let start = Instant::now();
 
         let (value, outcome) = match std::panic::catch_unwind(AssertUnwindSafe(make)) {

@@ -50,6 +50,8 @@ pub async fn warmup_status(
     namespace: &str,
     options: &WarmupOptions,
 ) -> WarmupStatus {
+    // The fields are public: clamp whatever was written into them (SPEC X5, W3's cap of 12).
+    let options = &options.clamped();
     let mut fan = FanOut::new(
         FanOutConfig::default()
             .max_in_flight(options.max_in_flight)

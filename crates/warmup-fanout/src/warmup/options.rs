@@ -99,35 +99,60 @@ impl WarmupOptions {
         self
     }
 
-    /// Set the bound on requests in flight (0 is taken as 1).
+    /// Set the bound on requests in flight, clamped to 1–64 (0 is taken as 1).
     pub fn max_in_flight(mut self, n: usize) -> Self {
-        self.max_in_flight = n.max(1);
+        self.max_in_flight = clamp(MAX_IN_FLIGHT, n);
         self
     }
 
-    /// Set the timeout of each read.
+    /// Set the timeout of each read, clamped to 50 ms–120 s (so `Duration::MAX` is 120 s).
     pub fn read_timeout(mut self, timeout: Duration) -> Self {
-        self.read_timeout = timeout;
+        self.read_timeout = clamp_timeout(timeout);
         self
     }
 
     /// Set the most log tails read (clamped to [`MAX_LOG_TAILS`]).
     pub fn max_logs(mut self, n: usize) -> Self {
-        self.max_logs = n.min(MAX_LOG_TAILS);
+        self.max_logs = clamp(MAX_LOGS, n);
         self
     }
 
-    /// Set the lines per log tail (at least 1).
+    /// Set the lines per log tail, clamped to 1–5000.
     pub fn tail_lines(mut self, n: i64) -> Self {
-        self.tail_lines = n.max(1);
+        self.tail_lines = clamp(LOG_TAIL_LINES, n);
         self
     }
 
-    /// Set the most warning events kept.
+    /// Set the most warning events kept, clamped to 0–500.
     pub fn max_warnings(mut self, n: usize) -> Self {
-        self.max_warnings = n;
+        self.max_warnings = clamp(MAX_WARNINGS, n);
         self
     }
+
+    /// These options with every knob clamped into its range: the public fields can be written
+    /// directly, bypassing the setters, so [`warmup_status`](crate::warmup_status) clamps again.
+    pub(crate) fn clamped(&self) -> Self {
+        Self {
+            max_in_flight: clamp(MAX_IN_FLIGHT, self.max_in_flight),
+            read_timeout: clamp_timeout(self.read_timeout),
+            max_logs: clamp(MAX_LOGS, self.max_logs),
+            tail_lines: clamp(LOG_TAIL_LINES, self.tail_lines),
+            max_warnings: clamp(MAX_WARNINGS, self.max_warnings),
+            ..self.clone()
+        }
+    }
+}
+
+/// `value` clamped into `knob`'s range.
+fn clamp<T: Ord + Copy + std::str::FromStr + std::fmt::Debug>(knob: Knob<T>, value: T) -> T {
+    let (min, max) = knob.range();
+    value.clamp(min, max)
+}
+
+/// A read timeout clamped into `READ_TIMEOUT_MS`'s range (no overflow: the range is in ms).
+fn clamp_timeout(timeout: Duration) -> Duration {
+    let (min, max) = READ_TIMEOUT_MS.range();
+    timeout.clamp(Duration::from_millis(min), Duration::from_millis(max))
 }
 
 #[cfg(test)]
@@ -171,5 +196,38 @@ mod tests {
         assert_eq!(options.max_logs, MAX_LOG_TAILS);
         assert_eq!(options.max_in_flight, 1);
         assert_eq!(options.tail_lines, 1);
+    }
+
+    // covers X5: fields written directly are clamped before use.
+    #[test]
+    #[allow(
+        clippy::field_reassign_with_default,
+        reason = "the point is writing the public fields after construction"
+    )]
+    fn clamped_brings_every_field_into_range() {
+        let mut options = WarmupOptions::default();
+        options.max_in_flight = 0;
+        options.read_timeout = Duration::MAX;
+        options.max_logs = usize::MAX;
+        options.tail_lines = i64::MIN;
+        options.max_warnings = usize::MAX;
+        let c = options.clamped();
+        assert_eq!(
+            (
+                c.max_in_flight,
+                c.read_timeout,
+                c.max_logs,
+                c.tail_lines,
+                c.max_warnings
+            ),
+            (1, Duration::from_secs(120), MAX_LOG_TAILS, 1, 500)
+        );
+        options.max_in_flight = usize::MAX;
+        options.read_timeout = Duration::ZERO;
+        let c = options.clamped();
+        assert_eq!(
+            (c.max_in_flight, c.read_timeout),
+            (64, Duration::from_millis(50))
+        );
     }
 }
