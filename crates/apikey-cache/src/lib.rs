@@ -19,7 +19,11 @@
 //!   constant time; refresh on miss (one shared reload, rate-limited process-wide, unknown
 //!   keys negatively cached in bounded memory), a TTL (default 30 s), local writes visible at
 //!   once, new snapshots built on the side and swapped atomically, a failed reload keeps the
-//!   previous snapshot, an optional background [`Watcher`].
+//!   previous snapshot, an optional background [`Watcher`]. Writes are checked against the
+//!   store (an account or key another instance created is found), and every store call is
+//!   bounded by a timeout (`load_timeout` 5 s, `write_timeout` 10 s): a hung store never
+//!   hangs authentication — known keys answer from the previous snapshot, unknown keys get
+//!   [`AuthError::Unavailable`] (503) within the load timeout.
 //! - [`ApiKeyLayer`]: a tower/axum layer reading `x-api-key`, answering a JSON 401, and putting
 //!   the [`Identity`] into request extensions.
 //!
