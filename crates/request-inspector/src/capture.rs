@@ -124,7 +124,7 @@ impl Finisher {
             started: Instant::now(),
             started_unix_ms: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             request_id,
             method,
             path,
@@ -171,8 +171,8 @@ impl Finisher {
             path: std::mem::take(&mut self.path),
             status: self.status,
             started_at_unix_ms: self.started_unix_ms,
-            response_after_us: self.response_after.map(|d| d.as_micros() as u64),
-            duration_us: self.started.elapsed().as_micros() as u64,
+            response_after_us: self.response_after.map(micros),
+            duration_us: micros(self.started.elapsed()),
             outcome,
             request_headers: std::mem::take(&mut self.request_headers),
             response_headers: std::mem::take(&mut self.response_headers),
@@ -203,4 +203,9 @@ impl Drop for Finisher {
         };
         self.finish(outcome);
     }
+}
+
+/// Whole microseconds, saturating at `u64::MAX` instead of wrapping.
+fn micros(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
 }

@@ -18,7 +18,41 @@ pub const BODY_LIMIT: Knob<usize> = Knob::new(
     16 * 1024 * 1024,
 );
 
-/// Headers whose values are always replaced by [`REDACTED`] in the ring (I5).
+/// Bytes of recorded headers (names plus values) kept per header list, so per entry at most
+/// twice this for the request and the response headers (I6):
+/// `REQUEST_INSPECTOR_HEADER_LIMIT_BYTES`, default 16 KiB, clamped to [0, 1 MiB]. Headers past
+/// the limit are not recorded; a last pseudo-header [`HEADERS_CUT`] says how many were left out.
+pub const HEADER_LIMIT: Knob<usize> = Knob::new(
+    "REQUEST_INSPECTOR_HEADER_LIMIT_BYTES",
+    16 * 1024,
+    0,
+    1024 * 1024,
+);
+
+/// The name of the pseudo-header recorded last when headers were cut at [`HEADER_LIMIT`]; its
+/// value reads `"<n> headers (<m> bytes) not recorded"`. Not a valid HTTP header name, so it
+/// never collides with a real one.
+pub const HEADERS_CUT: &str = ":not-recorded";
+
+/// Words that make a header secret wherever they appear in its (lowercase) name (I6): any
+/// header naming a token, secret, key, signature, password or credential is redacted, e.g.
+/// `x-auth-token`, `x-client-secret`, `ocp-apim-subscription-key`, `x-hub-signature-256`.
+pub const REDACTED_NAME_WORDS: [&str; 6] = [
+    "token",
+    "secret",
+    "key",
+    "signature",
+    "password",
+    "credential",
+];
+
+/// Short words that make a header secret when they are a whole `-`/`_`/`.`-separated segment of
+/// its name (I6): `x-ms-sas`, `x-sas-token`, `x-sig`, `x-auth`. As segments only, so that e.g.
+/// `x-author` or `x-design` are not redacted.
+pub const REDACTED_NAME_SEGMENTS: [&str; 3] = ["sas", "sig", "auth"];
+
+/// Headers whose values are always replaced by [`REDACTED`] in the ring (I5), besides those
+/// matched by [`REDACTED_NAME_WORDS`] and [`REDACTED_NAME_SEGMENTS`].
 pub const DEFAULT_REDACTED_HEADERS: [&str; 5] = [
     "authorization",
     "proxy-authorization",
@@ -49,6 +83,7 @@ pub struct InspectorConfig {
     pub(crate) polling: PollingPrefixes,
     pub(crate) capacity: usize,
     pub(crate) body_limit: usize,
+    pub(crate) header_limit: usize,
     pub(crate) redact: Vec<HeaderName>,
 }
 
@@ -66,6 +101,7 @@ impl InspectorConfig {
             polling: PollingPrefixes::default(),
             capacity: CAPACITY.default_value(),
             body_limit: BODY_LIMIT.default_value(),
+            header_limit: HEADER_LIMIT.default_value(),
             redact: DEFAULT_REDACTED_HEADERS
                 .iter()
                 .map(|name| HeaderName::from_static(name))
@@ -73,7 +109,8 @@ impl InspectorConfig {
         }
     }
 
-    /// The defaults, with [`CAPACITY`] and [`BODY_LIMIT`] read from the process environment.
+    /// The defaults, with [`CAPACITY`], [`BODY_LIMIT`] and [`HEADER_LIMIT`] read from the
+    /// process environment.
     pub fn from_env() -> Self {
         Self::from_env_with(|name| std::env::var(name).ok())
     }
@@ -83,6 +120,7 @@ impl InspectorConfig {
         Self {
             capacity: CAPACITY.read_with(&lookup),
             body_limit: BODY_LIMIT.read_with(&lookup),
+            header_limit: HEADER_LIMIT.read_with(&lookup),
             ..Self::new()
         }
     }
@@ -113,7 +151,16 @@ impl InspectorConfig {
         self
     }
 
-    /// Also redact this header (case-insensitive), besides [`DEFAULT_REDACTED_HEADERS`].
+    /// Bytes of headers (names plus values) recorded per header list, clamped to
+    /// [`HEADER_LIMIT`]'s range.
+    pub fn header_limit(mut self, bytes: usize) -> Self {
+        let (min, max) = HEADER_LIMIT.range();
+        self.header_limit = bytes.clamp(min, max);
+        self
+    }
+
+    /// Also redact this header (case-insensitive), besides [`DEFAULT_REDACTED_HEADERS`] and the
+    /// names matching [`REDACTED_NAME_WORDS`] or [`REDACTED_NAME_SEGMENTS`].
     pub fn redact_header(mut self, name: &str) -> Result<Self, ConfigError> {
         let header = HeaderName::from_bytes(name.as_bytes()).map_err(|source| {
             ConfigError::InvalidHeaderName {
@@ -142,10 +189,24 @@ impl InspectorConfig {
         self.body_limit
     }
 
-    /// Whether `name`'s values are redacted.
-    pub fn is_redacted(&self, name: &HeaderName) -> bool {
-        self.redact.contains(name)
+    /// The bytes of headers recorded per header list.
+    pub fn header_limit_bytes(&self) -> usize {
+        self.header_limit
     }
+
+    /// Whether `name`'s values are redacted: a configured or default name (I5), or a name that
+    /// mentions a secret (I6, see [`REDACTED_NAME_WORDS`] and [`REDACTED_NAME_SEGMENTS`]).
+    pub fn is_redacted(&self, name: &HeaderName) -> bool {
+        self.redact.contains(name) || names_a_secret(name.as_str())
+    }
+}
+
+/// Whether a lowercase header name mentions a secret (I6).
+fn names_a_secret(name: &str) -> bool {
+    REDACTED_NAME_WORDS.iter().any(|word| name.contains(word))
+        || name
+            .split(['-', '_', '.'])
+            .any(|segment| REDACTED_NAME_SEGMENTS.contains(&segment))
 }
 
 #[cfg(test)]
@@ -181,5 +242,53 @@ mod tests {
             assert!(config.is_redacted(&name));
         }
         assert!(config.is_redacted(&HeaderName::from_static("x-api-key")));
+    }
+
+    // covers I6: redaction by pattern, and no redaction of harmless names.
+    #[test]
+    fn names_mentioning_a_secret_are_redacted() {
+        let config = InspectorConfig::new();
+        for name in [
+            "x-auth-token",
+            "x-amz-security-token",
+            "x-client-secret",
+            "ocp-apim-subscription-key",
+            "x-hub-signature-256",
+            "x-ms-sas",
+            "x-sas-token",
+            "x-auth",
+            "x-sig",
+            "x-db-password",
+            "x-credentials",
+        ] {
+            assert!(config.is_redacted(&HeaderName::from_static(name)), "{name}");
+        }
+        for name in [
+            "content-type",
+            "x-request-id",
+            "x-author",
+            "x-design",
+            "accept",
+        ] {
+            assert!(
+                !config.is_redacted(&HeaderName::from_static(name)),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn header_limit_is_a_clamped_knob() {
+        assert_eq!(InspectorConfig::new().header_limit_bytes(), 16 * 1024);
+        assert_eq!(
+            InspectorConfig::new()
+                .header_limit(usize::MAX)
+                .header_limit_bytes(),
+            1024 * 1024
+        );
+        let config = InspectorConfig::from_env_with(|name| {
+            (name == "REQUEST_INSPECTOR_HEADER_LIMIT_BYTES").then(|| "0".to_string())
+        });
+        assert_eq!(config.header_limit_bytes(), 0);
     }
 }

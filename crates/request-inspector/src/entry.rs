@@ -7,7 +7,7 @@ use http::HeaderMap;
 use serde::{Serialize, Serializer};
 
 use crate::InspectorConfig;
-use crate::config::REDACTED;
+use crate::config::{HEADERS_CUT, REDACTED};
 
 /// One captured request/response exchange, as served by the JSON handler.
 #[derive(Debug, Clone, Serialize)]
@@ -87,19 +87,39 @@ pub struct Header {
     pub value: String,
 }
 
-/// Record `headers`, replacing the values of redacted headers (I5).
+/// Record `headers`, replacing the values of redacted headers (I5, I6), keeping at most the
+/// configured header limit of name and value bytes; what is left out is summed up in a last
+/// [`HEADERS_CUT`] pseudo-header (I6).
 pub(crate) fn record_headers(headers: &HeaderMap, config: &InspectorConfig) -> Vec<Header> {
-    headers
-        .iter()
-        .map(|(name, value)| Header {
-            name: name.as_str().to_string(),
-            value: if config.is_redacted(name) {
-                REDACTED.to_string()
-            } else {
-                String::from_utf8_lossy(value.as_bytes()).into_owned()
-            },
-        })
-        .collect()
+    let limit = config.header_limit_bytes();
+    let mut kept = Vec::new();
+    let (mut used, mut cut, mut cut_bytes) = (0_usize, 0_usize, 0_usize);
+    for (name, value) in headers {
+        let value = if config.is_redacted(name) {
+            REDACTED.to_string()
+        } else {
+            String::from_utf8_lossy(value.as_bytes()).into_owned()
+        };
+        let size = name.as_str().len().saturating_add(value.len());
+        if cut == 0 && used.saturating_add(size) <= limit {
+            used += size;
+            kept.push(Header {
+                name: name.as_str().to_string(),
+                value,
+            });
+        } else {
+            // Once one header is cut, the rest are too: the record stays a prefix of the list.
+            cut += 1;
+            cut_bytes = cut_bytes.saturating_add(size);
+        }
+    }
+    if cut > 0 {
+        kept.push(Header {
+            name: HEADERS_CUT.to_string(),
+            value: format!("{cut} headers ({cut_bytes} bytes) not recorded"),
+        });
+    }
+    kept
 }
 
 /// Up to the body limit of one body, with what was seen of the whole.

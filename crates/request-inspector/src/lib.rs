@@ -18,7 +18,9 @@
 //! - captured bodies are *tee'd* while they stream: each frame goes on at once, only the first
 //!   `body_limit` bytes are copied aside and a cut is flagged `truncated`; `authorization`,
 //!   `proxy-authorization`, `cookie`, `set-cookie`, `x-api-key` (and any header you add) are
-//!   redacted (I5);
+//!   redacted (I5), and so is any header whose name mentions a token, secret, key, signature or
+//!   SAS ([`REDACTED_NAME_WORDS`], [`REDACTED_NAME_SEGMENTS`]); the query string is never
+//!   recorded, and recorded headers are cut at [`HEADER_LIMIT`] bytes per list (I6);
 //! - the ring has a fixed capacity, newest first; its lock is held only to push an entry or to
 //!   clone the entries out, never across an `.await`; [`InspectorStats`] counts the bytes the
 //!   layer holds, so "how much memory does the inspector cost" is a number, not a guess.
@@ -86,7 +88,10 @@ mod ring;
 mod service;
 
 pub use body::InspectBody;
-pub use config::{BODY_LIMIT, CAPACITY, DEFAULT_REDACTED_HEADERS, InspectorConfig, REDACTED};
+pub use config::{
+    BODY_LIMIT, CAPACITY, DEFAULT_REDACTED_HEADERS, HEADER_LIMIT, HEADERS_CUT, InspectorConfig,
+    REDACTED, REDACTED_NAME_SEGMENTS, REDACTED_NAME_WORDS,
+};
 pub use entry::{CapturedBody, Entry, Header, Outcome};
 pub use error::{ConfigError, FilterError, RequestIdError};
 #[cfg(feature = "axum")]
