@@ -64,21 +64,25 @@ impl BlobPoolConfig {
     }
 
     /// Clients unused for longer than this are retired by [`BlobPool::prune_idle`] and the
-    /// sweeper (B5). Clamped to at least 1 s.
+    /// sweeper (B5). Clamped into the knob's range, 1 s – 7 days (so even `Duration::MAX` is a
+    /// valid TTL, never an overflow: X5).
     ///
     /// [`BlobPool::prune_idle`]: crate::BlobPool::prune_idle
     #[must_use]
     pub fn idle_ttl(mut self, idle_ttl: Duration) -> Self {
-        self.idle_ttl = idle_ttl.max(Duration::from_secs(1));
+        self.idle_ttl = clamp_secs(idle_ttl, &IDLE_TTL_SECONDS).max(Duration::from_secs(1));
         self
     }
 
     /// Run the background sweeper on this interval (`None` or zero: no sweeper). It starts
     /// with the first [`BlobPool::client`](crate::BlobPool::client) call and stops when the
-    /// pool is dropped.
+    /// pool is dropped. At most the knob's maximum, 1 day (longer, `Duration::MAX` included, is
+    /// clamped: X5).
     #[must_use]
     pub fn sweep_interval(mut self, every: Option<Duration>) -> Self {
-        self.sweep_interval = every.filter(|d| !d.is_zero());
+        self.sweep_interval = every
+            .filter(|d| !d.is_zero())
+            .map(|d| clamp_secs(d, &SWEEP_SECONDS));
         self
     }
 
@@ -126,6 +130,11 @@ impl BlobPoolConfig {
     }
 }
 
+/// `value` no longer than `knob`'s maximum (in seconds).
+pub(crate) fn clamp_secs(value: Duration, knob: &Knob<u64>) -> Duration {
+    value.min(Duration::from_secs(knob.range().1))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,5 +172,24 @@ mod tests {
             Some(Duration::from_secs(60))
         );
         assert_eq!(BlobPoolConfig::default().max_entries_value(), 1024);
+    }
+
+    // covers X5: Duration::MAX is clamped into the knobs' ranges, never stored as is.
+    #[test]
+    fn duration_max_is_clamped_into_the_knob_ranges() {
+        let config = BlobPoolConfig::default()
+            .idle_ttl(Duration::MAX)
+            .sweep_interval(Some(Duration::MAX));
+        assert_eq!(config.idle_ttl_value(), Duration::from_secs(604_800));
+        assert_eq!(
+            config.sweep_interval_value(),
+            Some(Duration::from_secs(86_400))
+        );
+        assert_eq!(
+            BlobPoolConfig::default()
+                .idle_ttl(Duration::ZERO)
+                .idle_ttl_value(),
+            Duration::from_secs(1)
+        );
     }
 }

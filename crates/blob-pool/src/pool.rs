@@ -216,8 +216,10 @@ impl BlobPool {
         self.prune_idle_with(self.inner.config.idle_ttl).await
     }
 
-    /// Retire clients unused for longer than `idle_ttl`.
+    /// Retire clients unused for longer than `idle_ttl` (any value, `Duration::MAX` included:
+    /// longer than the idle-TTL knob's maximum of 7 days is clamped to it).
     pub async fn prune_idle_with(&self, idle_ttl: Duration) -> RetireReport {
+        let idle_ttl = crate::config::clamp_secs(idle_ttl, &crate::config::IDLE_TTL_SECONDS);
         self.inner.pool.prune_idle(idle_ttl).await
     }
 
@@ -331,8 +333,12 @@ impl BlobPool {
             self.inner.sweeper_started.store(false, Ordering::Release);
             return;
         };
-        // The first tick is fixed now, not when the task is first polled.
-        let first = Instant::now() + every;
+        // The first tick is fixed now, not when the task is first polled. `every` is clamped
+        // (at most 1 day) by the config; checked_add keeps even a bad value from panicking.
+        let Some(first) = Instant::now().checked_add(every) else {
+            self.inner.sweeper_started.store(false, Ordering::Release);
+            return;
+        };
         runtime.spawn(sweep_loop(Arc::downgrade(&self.inner), first, every));
     }
 
