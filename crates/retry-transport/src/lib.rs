@@ -13,13 +13,21 @@
 //!   slot is a semaphore permit acquired before sending and carried inside the response body:
 //!   it is released when the body is read to the end, fails, or is dropped — not at the head.
 //!   Waiting for a slot has a timeout (default 30 s) that fails with [`Error::PoolTimeout`].
+//! - **No request waits forever (seed 002, issue #16).** A default read timeout (60 s without
+//!   a byte, `RETRY_TRANSPORT_READ_TIMEOUT_SECONDS`, clamped to 1 s – 1 h) ends an attempt to
+//!   a peer that never answers; idempotent requests are retried within the attempt and time
+//!   budget, and the request ends with a typed [`Error::Timeout`], its slot released. Every
+//!   duration a builder accepts, `Duration::MAX` included, is clamped or rejected: no panic.
+//! - **A slot covers a connection, not a token fetch (R4).** The [`Credential`] is asked
+//!   before the slot is acquired, so a slow token source holds no slot.
 //! - **Release before sleep (R1).** A retryable response is drained (up to a small limit, so
 //!   hyper returns the keep-alive connection to its pool) or dropped, and its slot released,
 //!   *before* the back-off sleep. Nothing is held while sleeping.
 //! - **A documented policy (R2, R3, R7, R8).** 429/502/503/504 and transport errors per method;
 //!   `Retry-After` (seconds or HTTP-date) up to a cap — above it the response is returned;
 //!   otherwise exponential back-off with full jitter; bounded attempts and a time budget; a 401
-//!   refreshes the [`Credential`] and retries once; streaming bodies are sent once.
+//!   refreshes the [`Credential`] once and retries (later retries of that send read the
+//!   cache again); streaming bodies are sent once.
 //! - **Same limits on every path (R5, R6).** [`RetryClient::with_policy`] shares the pool and
 //!   the limit; [`RetryClient::reset`] rebuilds the reqwest client from the same configuration
 //!   while requests in flight finish on the old one.
