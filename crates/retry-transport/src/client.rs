@@ -270,10 +270,12 @@ impl RetryClient {
     ) -> Result<(reqwest::Result<Response>, OwnedSemaphorePermit), Error> {
         let limits = &self.shared.config.limits;
         if let Some(credential) = &self.shared.credential {
-            let mut value: HeaderValue = credential
-                .authorization(refresh)
-                .await
-                .map_err(Error::Credential)?;
+            let waited = limits.credential_timeout;
+            let mut value: HeaderValue =
+                tokio::time::timeout(waited, credential.authorization(refresh))
+                    .await
+                    .map_err(|_| Error::CredentialTimeout { waited })?
+                    .map_err(Error::Credential)?;
             value.set_sensitive(true);
             request
                 .headers_mut()

@@ -30,6 +30,12 @@ pub const ACQUIRE_TIMEOUT_SECONDS: Knob<u64> =
 pub const READ_TIMEOUT_SECONDS: Knob<u64> =
     Knob::new("RETRY_TRANSPORT_READ_TIMEOUT_SECONDS", 60, 1, 3600);
 
+/// `RETRY_TRANSPORT_CREDENTIAL_TIMEOUT_SECONDS`: the longest wait for the credential hook's
+/// `Authorization` value. A credential that never answers (a hung IMDS or identity endpoint)
+/// fails the request with [`Error::CredentialTimeout`] instead of holding it forever.
+pub const CREDENTIAL_TIMEOUT_SECONDS: Knob<u64> =
+    Knob::new("RETRY_TRANSPORT_CREDENTIAL_TIMEOUT_SECONDS", 30, 1, 3600);
+
 /// The longest value any of this crate's timeouts takes (1 hour): a longer one — up to
 /// `Duration::MAX` — is clamped to it, so no `Instant + Duration` can overflow (X5).
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -62,6 +68,10 @@ pub struct Limits {
     /// [`MAX_TIMEOUT`]. A peer that never answers fails the attempt with a timeout
     /// ([`Error::Timeout`] once retries end) and releases its slot.
     pub read_timeout: Duration,
+    /// The longest wait for the credential hook's `Authorization` value, before any slot is
+    /// taken. Default 30 s, at most [`MAX_TIMEOUT`]; past it the request fails with
+    /// [`Error::CredentialTimeout`].
+    pub credential_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -86,6 +96,7 @@ impl Limits {
             drain_limit: 64 * 1024,
             drain_timeout: Duration::from_secs(2),
             read_timeout: Duration::from_secs(READ_TIMEOUT_SECONDS.read_with(&lookup)),
+            credential_timeout: Duration::from_secs(CREDENTIAL_TIMEOUT_SECONDS.read_with(&lookup)),
         }
     }
 
@@ -131,6 +142,12 @@ impl Limits {
         self
     }
 
+    /// Set `credential_timeout`.
+    pub fn credential_timeout(mut self, timeout: Duration) -> Self {
+        self.credential_timeout = timeout;
+        self
+    }
+
     /// The limits as the client uses them: zero slots or a zero timeout is an
     /// [`Error::Config`]; values above a maximum are clamped to it (timeouts to
     /// [`MAX_TIMEOUT`], the drain timeout to 60 s, slots to tokio's semaphore maximum), so
@@ -143,6 +160,10 @@ impl Limits {
         self.acquire_timeout = positive(self.acquire_timeout, "acquire_timeout must be positive")?;
         self.idle_timeout = positive(self.idle_timeout, "idle_timeout must be positive")?;
         self.read_timeout = positive(self.read_timeout, "read_timeout must be positive")?;
+        self.credential_timeout = positive(
+            self.credential_timeout,
+            "credential_timeout must be positive",
+        )?;
         self.drain_timeout = self.drain_timeout.min(MAX_DRAIN_TIMEOUT);
         Ok(self)
     }

@@ -48,6 +48,14 @@ pub enum Error {
     /// The credential hook failed to produce an `Authorization` value.
     #[error("the credential hook failed")]
     Credential(#[source] BoxError),
+    /// The credential hook gave no `Authorization` value within the credential timeout
+    /// (default 30 s, see [`Limits::credential_timeout`](crate::Limits::credential_timeout)):
+    /// a hung identity endpoint. No slot was held while waiting.
+    #[error("the credential hook did not answer within {waited:?}")]
+    CredentialTimeout {
+        /// How long the request waited for it.
+        waited: Duration,
+    },
     /// The request could not be built (bad URL, header or body) by a reqwest `RequestBuilder`.
     #[error("invalid request")]
     Request(#[source] reqwest::Error),

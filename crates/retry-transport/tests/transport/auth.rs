@@ -234,3 +234,46 @@ async fn a_slow_credential_holds_no_connection_slot() {
     assert_eq!(server.requests_on("/slow"), 1);
     assert_eq!(client.stats().permits_in_use, 0);
 }
+
+/// A credential whose identity endpoint never answers (a hung IMDS).
+#[derive(Debug, Default)]
+struct HungCredential {
+    calls: AtomicU32,
+}
+
+impl Credential for HungCredential {
+    fn authorization(&self, _refresh: bool) -> BoxFuture<'_, Result<HeaderValue, BoxError>> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Box::pin(std::future::pending())
+    }
+}
+
+// covers R4 and the default bound (issue #16): a credential that never answers fails the
+// request with a typed timeout after the default credential timeout (30 s), having held no
+// slot and sent nothing — the request does not wait forever on its token.
+#[tokio::test(start_paused = true)]
+async fn a_credential_that_never_answers_times_out_with_the_default_bound() {
+    let server = RateLimitServer::start().await.unwrap();
+    server.set_default(Answer::ok(3));
+    let credential = Arc::new(HungCredential::default());
+    let client = RetryClient::builder()
+        .credential(credential.clone())
+        .build()
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let error = client
+        .send(client.get(url(&server, "/me")))
+        .await
+        .expect_err("no token, no request");
+    assert!(
+        matches!(
+            error,
+            retry_transport::Error::CredentialTimeout { waited } if waited == std::time::Duration::from_secs(30)
+        ),
+        "{error:?}"
+    );
+    assert_eq!(started.elapsed(), std::time::Duration::from_secs(30));
+    assert_eq!(credential.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(server.requests().len(), 0);
+    assert_eq!(client.stats().permits_in_use, 0);
+}
