@@ -78,8 +78,8 @@ mod stats;
 pub use azure::AzureTransport;
 pub use client::RetryClient;
 pub use config::{
-    ACQUIRE_TIMEOUT_SECONDS, Builder, Customize, IDLE_TIMEOUT_SECONDS, Limits, MAX_CONNECTIONS,
-    MAX_IDLE_PER_HOST, MAX_TIMEOUT, READ_TIMEOUT_SECONDS,
+    ACQUIRE_TIMEOUT_SECONDS, Builder, CREDENTIAL_TIMEOUT_SECONDS, Customize, IDLE_TIMEOUT_SECONDS,
+    Limits, MAX_CONNECTIONS, MAX_IDLE_PER_HOST, MAX_TIMEOUT, READ_TIMEOUT_SECONDS,
 };
 pub use error::{BoxError, Error};
 pub use hooks::{Credential, Sleeper, TokioSleep};
