@@ -44,7 +44,7 @@ impl Expiry {
     pub fn deadline(&self, now: Instant, clock: &dyn WallClock) -> Option<Instant> {
         match *self {
             Self::Never => None,
-            Self::At(at) => Some(at),
+            Self::At(at) => Some(at.max(now)),
             Self::In(ttl) => now.checked_add(ttl),
             Self::On(at) => remaining(at, clock.now()).map_or(Some(now), |d| now.checked_add(d)),
             Self::OnSystem(at) => match system_to_offset(at) {

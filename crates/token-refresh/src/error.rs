@@ -19,6 +19,10 @@ pub enum RefreshError {
     /// `TOKEN_REFRESH_LOAD_TIMEOUT_SECONDS` if the identity endpoint is legitimately slow.
     #[error("token source did not answer within {0:?}")]
     Timeout(Duration),
+    /// The token source panicked while fetching; the panic is logged at `warn`, every caller
+    /// waiting on that refresh gets this error, and the next call tries again.
+    #[error("token source panicked while fetching a token")]
+    SourcePanicked,
 }
 
 impl RefreshError {

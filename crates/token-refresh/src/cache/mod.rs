@@ -4,10 +4,12 @@
 mod state;
 
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
-use pool_core::SingleFlight;
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
 use tokio::time::Instant;
 
 use crate::config::RefreshConfig;
@@ -15,9 +17,10 @@ use crate::error::RefreshError;
 use crate::source::{Fetched, TokenSource};
 use crate::stats::{Counters, RefreshStats, bump};
 pub use state::TokenState;
-use state::{Background, State};
+use state::{Background, Blocking, Outcome, State};
 
-type Shared<T> = Result<(T, Option<Instant>), RefreshError>;
+/// The blocking refresh every waiter polls.
+type Flight<T> = Shared<BoxFuture<'static, Outcome<T>>>;
 
 /// A token cache over a [`TokenSource`] that keeps serving through refresh failures.
 ///
@@ -28,7 +31,10 @@ type Shared<T> = Result<(T, Option<Instant>), RefreshError>;
 ///   serving the current token (T4); a background result that finishes after a newer token was
 ///   installed is discarded (T5);
 /// - **expired** (within the skew of expiry) or **empty** → every caller waits for one shared
-///   blocking refresh (single-flight, P10). Its error goes to every waiter and is not cached.
+///   blocking refresh (single-flight). Its error goes to every waiter and is not cached. The
+///   fetch belongs to no caller: a waiter that gives up leaves it running for the others, so
+///   impatient callers cannot restart it forever, and every waiter is bounded by one load
+///   timeout from the fetch's start.
 ///
 /// Cloning is cheap and shares the cache. When the last clone is dropped, a running background
 /// refresh is aborted. Must be used inside a Tokio runtime with time enabled.
@@ -40,7 +46,6 @@ struct Inner<S: TokenSource> {
     source: Arc<S>,
     config: RefreshConfig,
     state: Mutex<State<S::Token>>,
-    flight: SingleFlight<(), Shared<S::Token>>,
     counters: Counters,
 }
 
@@ -65,7 +70,6 @@ impl<S: TokenSource> TokenCache<S> {
                 source,
                 config,
                 state: Mutex::new(State::default()),
-                flight: SingleFlight::new(),
                 counters: Counters::default(),
             }),
         }
@@ -79,13 +83,15 @@ impl<S: TokenSource> TokenCache<S> {
 
     /// Like [`TokenCache::token`], with the token's expiry as a monotonic deadline (`None`:
     /// never expires) — e.g. to bound the lifetime of a session built with it.
-    pub async fn token_and_deadline(&self) -> Shared<S::Token> {
+    pub async fn token_and_deadline(&self) -> Outcome<S::Token> {
         if let Some(served) = self.inner.serve_cached(Instant::now()) {
             return Ok(served);
         }
         bump(&self.inner.counters.waits);
-        let inner = &self.inner;
-        inner.flight.run((), inner.blocking_refresh()).await
+        match self.inner.join_blocking(Instant::now()) {
+            Joined::Installed(served) => Ok(served),
+            Joined::Flight(flight) => flight.await,
+        }
     }
 
     /// Where the cached token stands now.
@@ -254,24 +260,57 @@ impl<S: TokenSource> Inner<S> {
         }
     }
 
-    /// The single-flight blocking refresh (run by one caller at a time).
-    async fn blocking_refresh(&self) -> Shared<S::Token> {
-        let fetched_as = {
-            let mut state = self.lock();
-            // Another flight may have installed a usable token between our check and this flight.
-            if let Some(current) = &state.current
-                && current.state(Instant::now()) != TokenState::Expired
-            {
-                return Ok((current.token.clone(), current.expires_at));
-            }
-            state.begin_fetch()
-        };
+    /// A usable token installed meanwhile, or the blocking refresh to wait for: the one in
+    /// flight, or a new one (T1, single-flight).
+    fn join_blocking(self: &Arc<Self>, now: Instant) -> Joined<S::Token> {
+        let mut state = self.lock();
+        // Another flight may have installed a usable token between our check and this one.
+        if let Some(current) = &state.current
+            && current.state(now) != TokenState::Expired
+        {
+            return Joined::Installed((current.token.clone(), current.expires_at));
+        }
+        if let Some(blocking) = &state.blocking
+            && now < blocking.abandoned_after
+        {
+            return Joined::Flight(blocking.flight.clone());
+        }
+        let fetched_as = state.begin_fetch();
         bump(&self.counters.blocking_fetches);
         tracing::debug!(kind = "blocking", "token refresh started");
-        match fetch(&*self.source, self.config.load_timeout).await {
+        let flight = blocking_fetch(
+            Arc::downgrade(self),
+            self.source.clone(),
+            self.config.load_timeout,
+            fetched_as,
+        )
+        .boxed()
+        .shared();
+        state.blocking = Some(Blocking {
+            flight: flight.clone(),
+            fetched_as,
+            abandoned_after: now.checked_add(self.config.load_timeout).unwrap_or(now),
+        });
+        Joined::Flight(flight)
+    }
+
+    /// Install (or not) the result of blocking fetch `fetched_as` and say what its waiters get.
+    fn finish_blocking(
+        &self,
+        fetched_as: u64,
+        result: Result<Fetched<S::Token>, RefreshError>,
+    ) -> Outcome<S::Token> {
+        let now = Instant::now();
+        let mut state = self.lock();
+        if state
+            .blocking
+            .as_ref()
+            .is_some_and(|b| b.fetched_as == fetched_as)
+        {
+            state.blocking = None;
+        }
+        match result {
             Ok(fetched) => {
-                let now = Instant::now();
-                let mut state = self.lock();
                 if let Some(newer) = state.newer_than(fetched_as, now) {
                     // While this fetch ran, a background refresh that started after it (from a
                     // token installed meanwhile) installed a newer token: keep that one and hand
@@ -302,6 +341,38 @@ impl<S: TokenSource> Inner<S> {
                 Err(error)
             }
         }
+    }
+}
+
+/// What a caller who found no usable token waits for.
+enum Joined<T> {
+    /// A usable token was installed meanwhile.
+    Installed((T, Option<Instant>)),
+    /// The blocking refresh in flight (joined or just started).
+    Flight(Flight<T>),
+}
+
+/// The blocking fetch as a `'static` future every waiter can poll: it holds the source and
+/// only a `Weak` to the cache (the cache keeps the flight, so a strong one would be a cycle),
+/// and turns a panicking source into [`RefreshError::SourcePanicked`] so that one bad fetch
+/// neither unwinds through an unrelated caller nor poisons the shared future.
+async fn blocking_fetch<S: TokenSource>(
+    cache: Weak<Inner<S>>,
+    source: Arc<S>,
+    timeout: Duration,
+    fetched_as: u64,
+) -> Outcome<S::Token> {
+    let result = AssertUnwindSafe(fetch(&*source, timeout))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|_| {
+            tracing::warn!(kind = "blocking", "token source panicked while fetching");
+            Err(RefreshError::SourcePanicked)
+        });
+    match cache.upgrade() {
+        Some(cache) => cache.finish_blocking(fetched_as, result),
+        // Unreachable in practice: a waiter polling this flight borrows the cache.
+        None => Err(result.err().unwrap_or(RefreshError::SourcePanicked)),
     }
 }
 

@@ -1,7 +1,10 @@
 //! The cache's mutable state: the installed token, its thresholds and its generation.
 
+use futures::future::{BoxFuture, Shared};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
+
+use crate::error::RefreshError;
 
 use crate::config::RefreshConfig;
 use crate::source::Fetched;
@@ -59,6 +62,22 @@ impl Background {
     }
 }
 
+/// What a caller who waited gets: the token and its expiry as a monotonic deadline.
+pub(crate) type Outcome<T> = Result<(T, Option<Instant>), RefreshError>;
+
+/// The one blocking refresh in flight (T1). Its fetch is a shared future polled by every
+/// waiter, so it does not belong to the caller who started it: a waiter that gives up (a
+/// cancelled request) leaves the fetch running for the others, and its load timeout counts
+/// from when the fetch started, not from each take-over.
+pub(crate) struct Blocking<T> {
+    pub(crate) flight: Shared<BoxFuture<'static, Outcome<T>>>,
+    /// The fetch's number (see [`State::begin_fetch`]).
+    pub(crate) fetched_as: u64,
+    /// Past its load timeout: a flight still here then was abandoned by every waiter before it
+    /// ended, and a new caller starts a fresh one instead of inheriting an expired deadline.
+    pub(crate) abandoned_after: Instant,
+}
+
 pub(crate) struct State<T> {
     pub(crate) current: Option<Installed<T>>,
     /// Bumped by every install and invalidation; a background refresh remembers the generation
@@ -66,6 +85,8 @@ pub(crate) struct State<T> {
     pub(crate) generation: u64,
     /// The running background refresh, if any (T3).
     pub(crate) background: Option<Background>,
+    /// The blocking refresh in flight, if any (T1).
+    pub(crate) blocking: Option<Blocking<T>>,
     /// Fetches started so far: each fetch is numbered in the order it started, so a result can
     /// tell whether the installed token came from a later fetch (and is newer than it).
     pub(crate) fetches_started: u64,
@@ -77,6 +98,7 @@ impl<T> Default for State<T> {
             current: None,
             generation: 0,
             background: None,
+            blocking: None,
             fetches_started: 0,
         }
     }
