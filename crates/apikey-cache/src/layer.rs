@@ -26,7 +26,8 @@ pub const API_KEY_HEADER: &str = "x-api-key";
 ///   [`Identity`] is inserted into the request extensions (`axum::Extension<Identity>`).
 /// - Missing, repeated, non-visible-ASCII, unknown or revoked key: `401` with a JSON body
 ///   `{"error": "<code>", "message": "<text>"}` (see [`AuthError::code`]). Unknown and
-///   revoked keys share one code, so a response never tells whether a guessed key existed.
+///   revoked keys share one code and one message, so a response never tells whether a
+///   guessed or leaked key existed.
 /// - Store unavailable and no snapshot to answer from: `503` with `retry-after: 1`.
 ///
 /// Malformed input is a rejection, never a panic.
@@ -92,7 +93,13 @@ pub fn rejection_response(error: &AuthError) -> Response {
         AuthError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::UNAUTHORIZED,
     };
-    let body = Json(json!({ "error": error.code(), "message": error.to_string() }));
+    // Unknown and revoked keys share the code *and* the message: a client holding an old or
+    // leaked key must not learn that it was real (the log keeps the distinction).
+    let message = match error {
+        AuthError::Unknown | AuthError::Revoked => "invalid API key".to_string(),
+        other => other.to_string(),
+    };
+    let body = Json(json!({ "error": error.code(), "message": message }));
     let mut response = (status, body).into_response();
     if status == StatusCode::SERVICE_UNAVAILABLE {
         response

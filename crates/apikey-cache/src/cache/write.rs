@@ -96,7 +96,8 @@ impl<S: KeyStore> ApiKeyCache<S> {
     ///    read from the store during this call, re-load (a load that starts now) and re-apply —
     ///    another instance may have created the account or issued the key;
     /// 2. store it with "if the version is still V"; on a conflict, re-load, re-apply and
-    ///    re-write (up to `write_attempts`);
+    ///    re-write (up to `write_attempts` writes of a document read from the store; a conflict
+    ///    on the local snapshot only means it was behind, and is not counted);
     /// 3. install the stored document here (visible at once).
     ///
     /// Local writes run one at a time under `writes`; the store write itself holds no lock a
@@ -126,7 +127,13 @@ impl<S: KeyStore> ApiKeyCache<S> {
                 }
                 Err(error) => return Err(error),
             };
-            attempts += 1;
+            // A conflict on a document read from the store during this call is contention;
+            // one on the local snapshot only means it was behind (another instance wrote since
+            // it was loaded) and costs a re-load, not one of the `write_attempts`.
+            let against_store = from_store;
+            if against_store {
+                attempts += 1;
+            }
             let timeout = inner.config.write_timeout;
             let stored =
                 tokio::time::timeout(timeout, inner.store.store(&document, base.version.as_ref()))
@@ -143,7 +150,7 @@ impl<S: KeyStore> ApiKeyCache<S> {
                 }
                 Err(StoreError::Conflict) => {
                     Counters::bump(&inner.counters.write_conflicts);
-                    if attempts >= inner.config.write_attempts {
+                    if against_store && attempts >= inner.config.write_attempts {
                         return Err(WriteError::Contended { attempts });
                     }
                     tracing::debug!(
