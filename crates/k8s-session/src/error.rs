@@ -33,6 +33,16 @@ pub enum CredentialsError {
         #[source]
         source: reqwest::Error,
     },
+    /// The credentials call (the ARM token, the POST and its body) did not finish within the
+    /// source's timeout (`AksSourceBuilder::timeout`, default 60 s): a hung identity endpoint
+    /// or ARM.
+    #[error("calling ARM {operation} did not finish within {after:?}")]
+    Timeout {
+        /// `listClusterUserCredential` or `listClusterAdminCredential`.
+        operation: &'static str,
+        /// The bound that passed.
+        after: std::time::Duration,
+    },
     /// ARM answered 401: the Azure token was not accepted.
     #[error(
         "ARM rejected the Azure token (401): check the credential's tenant and that it is not expired"

@@ -77,7 +77,7 @@ pub use pool::{
 };
 pub use source::{
     AKS_SERVER_SCOPE, ARM_SCOPE, AksSource, AksSourceBuilder, ClusterCredentials, ClusterMaterial,
-    KubeconfigSource,
+    DEFAULT_ARM_TIMEOUT, KubeconfigSource,
 };
 pub use ttl::{EffectiveTtl, Expiries, TOKEN_EXPIRY_MARGIN, TtlBound, effective_ttl};
 

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use azure_core::credentials::TokenCredential;
 use base64::Engine as _;
@@ -23,6 +24,10 @@ const DEFAULT_BASE_URL: &str = "https://management.azure.com";
 const DEFAULT_API_VERSION: &str = "2024-05-01";
 /// A credential response is a few KiB; anything far larger is not one.
 const MAX_RESPONSE_BYTES: usize = 4 << 20;
+/// The default bound on one credentials call (ARM token + POST + body).
+pub const DEFAULT_ARM_TIMEOUT: Duration = Duration::from_secs(60);
+/// The longest bound a builder accepts; longer (up to `Duration::MAX`) is clamped to it.
+const MAX_ARM_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Cluster material from Azure Resource Manager (K2): POST
 /// `…/managedClusters/{name}/listClusterUserCredential` (or `listClusterAdminCredential` for
@@ -50,6 +55,7 @@ pub struct AksSource {
     base_url: Url,
     scope: String,
     api_version: String,
+    timeout: Duration,
 }
 
 /// Builds an [`AksSource`].
@@ -59,6 +65,7 @@ pub struct AksSourceBuilder {
     base_url: Option<Url>,
     scope: String,
     api_version: String,
+    timeout: Duration,
 }
 
 impl AksSource {
@@ -71,6 +78,7 @@ impl AksSource {
             base_url: None,
             scope: ARM_SCOPE.to_string(),
             api_version: DEFAULT_API_VERSION.to_string(),
+            timeout: DEFAULT_ARM_TIMEOUT,
         }
     }
 
@@ -119,6 +127,16 @@ impl AksSourceBuilder {
     #[must_use]
     pub fn scope(mut self, scope: impl Into<String>) -> Self {
         self.scope = scope.into();
+        self
+    }
+
+    /// The bound on one credentials call — the ARM token, the POST and its body (default
+    /// [`DEFAULT_ARM_TIMEOUT`], 60 s; clamped into [1 ms, 1 h]). A hung identity endpoint or
+    /// ARM fails the call with [`CredentialsError::Timeout`] instead of stalling every caller
+    /// waiting on that session's build.
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout.clamp(Duration::from_millis(1), MAX_ARM_TIMEOUT);
         self
     }
 
@@ -176,6 +194,7 @@ impl AksSourceBuilder {
             base_url,
             scope: self.scope,
             api_version: self.api_version,
+            timeout: self.timeout,
         })
     }
 }
@@ -213,11 +232,32 @@ fn parse_credential_results(body: &[u8]) -> Result<Kubeconfig, CredentialsError>
 #[async_trait::async_trait]
 impl ClusterCredentials for AksSource {
     async fn credentials(&self, key: &SessionKey) -> Result<ClusterMaterial, CredentialsError> {
-        let (operation, role) = if key.is_admin() {
-            ("listClusterAdminCredential", "Admin")
-        } else {
-            ("listClusterUserCredential", "User")
-        };
+        let operation = operation(key).0;
+        tokio::time::timeout(self.timeout, self.list_credentials(key))
+            .await
+            .unwrap_or(Err(CredentialsError::Timeout {
+                operation,
+                after: self.timeout,
+            }))
+    }
+}
+
+/// The ARM operation and the role it needs.
+fn operation(key: &SessionKey) -> (&'static str, &'static str) {
+    if key.is_admin() {
+        ("listClusterAdminCredential", "Admin")
+    } else {
+        ("listClusterUserCredential", "User")
+    }
+}
+
+impl AksSource {
+    /// One unbounded credentials call; [`ClusterCredentials::credentials`] bounds it.
+    async fn list_credentials(
+        &self,
+        key: &SessionKey,
+    ) -> Result<ClusterMaterial, CredentialsError> {
+        let (operation, role) = operation(key);
         let url = self.url(key, operation)?;
         let token = self
             .credential
@@ -259,6 +299,7 @@ impl fmt::Debug for AksSource {
             .field("base_url", &self.base_url.as_str())
             .field("scope", &self.scope)
             .field("api_version", &self.api_version)
+            .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
 }
@@ -322,5 +363,71 @@ mod tests {
             reason(parse_credential_results(not_yaml.to_string().as_bytes()))
                 .contains("kubeconfig")
         );
+    }
+
+    /// An identity endpoint that never answers.
+    #[derive(Debug)]
+    struct HungCredential;
+
+    #[async_trait::async_trait]
+    impl TokenCredential for HungCredential {
+        async fn get_token(
+            &self,
+            _scopes: &[&str],
+            _options: Option<azure_core::credentials::TokenRequestOptions<'_>>,
+        ) -> azure_core::Result<azure_core::credentials::AccessToken> {
+            std::future::pending().await
+        }
+    }
+
+    /// A loopback "ARM" that accepts connections, reads, and never answers.
+    async fn black_hole() -> Url {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        url.parse().unwrap()
+    }
+
+    // Issue #16 (no request waits forever with the defaults): a hung ARM endpoint or a hung
+    // identity endpoint ends the credentials call with a typed timeout after the default 60 s,
+    // instead of stalling every caller waiting on that session's build.
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_arm_or_identity_endpoint_times_out_with_the_default_bound() {
+        let key = SessionKey::new("sub", "rg", "aks");
+        let forever = std::time::SystemTime::now() + Duration::from_secs(3600);
+        let cases: [(Arc<dyn TokenCredential>, Url); 2] = [
+            (
+                Arc::new(crate::testutil::FakeCredential::new("t", forever)),
+                black_hole().await,
+            ),
+            (Arc::new(HungCredential), black_hole().await),
+        ];
+        for (credential, url) in cases {
+            let source = AksSource::builder(credential)
+                .base_url(url)
+                .build()
+                .unwrap();
+            let started = tokio::time::Instant::now();
+            let error = source.credentials(&key).await.expect_err("nothing answers");
+            assert!(
+                matches!(
+                    error,
+                    CredentialsError::Timeout { operation: "listClusterUserCredential", after }
+                        if after == DEFAULT_ARM_TIMEOUT
+                ),
+                "{error:?}"
+            );
+            assert_eq!(started.elapsed(), DEFAULT_ARM_TIMEOUT);
+        }
+        let clamped = AksSource::builder(Arc::new(HungCredential))
+            .timeout(Duration::MAX)
+            .build()
+            .unwrap();
+        assert_eq!(clamped.timeout, Duration::from_secs(3600));
     }
 }

@@ -10,7 +10,7 @@ use kube::config::Kubeconfig;
 
 use crate::{CredentialsError, SessionKey};
 
-pub use aks::{AKS_SERVER_SCOPE, ARM_SCOPE, AksSource, AksSourceBuilder};
+pub use aks::{AKS_SERVER_SCOPE, ARM_SCOPE, AksSource, AksSourceBuilder, DEFAULT_ARM_TIMEOUT};
 pub use kubeconfig::KubeconfigSource;
 
 /// A source of cluster material for a [`SessionKey`] (K2).
