@@ -18,8 +18,9 @@
 //!   bearer token, the admin one a client certificate;
 //! - faults per route ([`Fault`]: latency, status with `Status` body, garbage body, connection
 //!   reset, for N requests or forever), a request log ([`RequestRecord`]: method, path, query,
-//!   auth, status, connection), counts of TCP/TLS connections and failed handshakes, and
-//!   gauges of connections open and requests in flight (now and at peak).
+//!   auth, status, connection; the newest [`REQUEST_LOG_CAPACITY`] kept, counts exact), counts
+//!   of TCP/TLS connections and failed handshakes, and gauges of connections open and requests
+//!   in flight (now and at peak).
 //!
 //! **What it does not do**: no watch (`watch=true` gets 400), no pagination (`limit` is ignored,
 //! no `continue` token), no `resourceVersion` semantics (lists report `"1"`), no writes (only the
@@ -60,6 +61,7 @@ mod faults;
 mod fixtures;
 mod handle;
 mod kubeconfig;
+mod log;
 mod resources;
 mod respond;
 mod select;
@@ -72,3 +74,4 @@ pub use faults::{AuthMethod, Fault, RequestRecord, Route};
 pub use fixtures::{Fixtures, SAMPLE_NAMESPACE, WARMUP_SELECTOR};
 pub use handle::{ADMIN_USER, K8sServer};
 pub use kubeconfig::{KubeAuth, build_kubeconfig, kube_client, kubeconfig_text};
+pub use log::REQUEST_LOG_CAPACITY;

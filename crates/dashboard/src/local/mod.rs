@@ -213,11 +213,14 @@ impl Simulation {
         self.requests(|path| path.starts_with("/subscriptions/"))
     }
 
-    fn requests(&self, keep: impl Fn(&str) -> bool) -> usize {
-        self.clusters
+    fn requests(&self, keep: impl Fn(&str) -> bool + Copy) -> usize {
+        // Exact counts: the servers' logs keep only their newest records.
+        let total: u64 = self
+            .clusters
             .iter()
-            .map(|c| c.server.requests().iter().filter(|r| keep(&r.path)).count())
-            .sum()
+            .map(|c| c.server.count_matching(keep))
+            .sum();
+        usize::try_from(total).unwrap_or(usize::MAX)
     }
 
     /// TLS connections the clusters accepted (one per handshake).

@@ -14,6 +14,7 @@ use super::error::K8sError;
 use super::faults::{Fault, Faults, RequestRecord, Route};
 use super::fixtures::Fixtures;
 use super::kubeconfig::{KubeAuth, build_kubeconfig, kube_client};
+use super::log::{REQUEST_LOG_CAPACITY, RequestLog};
 use super::server::{Gauge, Shared, random_token, spawn};
 use crate::tls::{ClientAuth, TestCa, install_ring_provider};
 
@@ -70,7 +71,7 @@ impl K8sServer {
                 default_token,
                 fixtures: RwLock::new(fixtures),
                 faults: Faults::default(),
-                log: Mutex::new(Vec::new()),
+                log: Mutex::new(RequestLog::new(REQUEST_LOG_CAPACITY)),
                 tcp_accepted: AtomicU64::new(0),
                 tls_accepted: AtomicU64::new(0),
                 tls_failed: AtomicU64::new(0),
@@ -178,20 +179,49 @@ impl K8sServer {
         self.shared.faults.clear();
     }
 
-    /// Every request so far, in arrival order.
+    /// The newest requests, in arrival order: at most [`request_log_capacity`] of them
+    /// (default [`REQUEST_LOG_CAPACITY`]); older ones are only counted (see [`count`],
+    /// [`requests_total`]), so a long-running server's memory stays flat.
+    ///
+    /// [`request_log_capacity`]: Self::request_log_capacity
+    /// [`count`]: Self::count
+    /// [`requests_total`]: Self::requests_total
     pub fn requests(&self) -> Vec<RequestRecord> {
-        self.shared.log.lock().expect("request log").clone()
+        self.log().records()
     }
 
-    /// How many requests had exactly this path.
+    /// How many requests had exactly this path (exact, evicted ones included).
     pub fn count(&self, path: &str) -> usize {
-        let log = self.shared.log.lock().expect("request log");
-        log.iter().filter(|r| r.path == path).count()
+        usize::try_from(self.log().count(path)).unwrap_or(usize::MAX)
     }
 
-    /// Forget the request log.
+    /// How many requests had a path `keep` accepts (exact, evicted ones included).
+    pub fn count_matching(&self, keep: impl Fn(&str) -> bool) -> u64 {
+        self.log().count_matching(keep)
+    }
+
+    /// Every request since the start (or the last [`clear_requests`](Self::clear_requests)).
+    pub fn requests_total(&self) -> u64 {
+        self.log().total()
+    }
+
+    /// Keep at most `capacity` records (at least 1); the counts are unaffected.
+    pub fn set_request_log_capacity(&self, capacity: usize) {
+        self.log().set_capacity(capacity);
+    }
+
+    /// How many records [`requests`](Self::requests) keeps at most.
+    pub fn request_log_capacity(&self) -> usize {
+        self.log().capacity()
+    }
+
+    /// Forget the request log and its counts.
     pub fn clear_requests(&self) {
-        self.shared.log.lock().expect("request log").clear();
+        self.log().clear();
+    }
+
+    fn log(&self) -> std::sync::MutexGuard<'_, RequestLog> {
+        self.shared.log.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// TLS handshakes completed (one per client connection that got as far as HTTP).

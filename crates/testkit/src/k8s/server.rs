@@ -22,6 +22,7 @@ use super::arm;
 use super::faults::{AuthMethod, Fault, Faults, RequestRecord};
 use super::fixtures::Fixtures;
 use super::kubeconfig::{KubeAuth, build_kubeconfig, kubeconfig_text};
+use super::log::RequestLog;
 use super::resources;
 use super::respond::{Resp, arm_error, garbage, json, status};
 use crate::tls::{TestCa, TlsError};
@@ -34,7 +35,7 @@ pub(crate) struct Shared {
     pub(crate) tokens: Mutex<HashSet<String>>,
     pub(crate) fixtures: RwLock<Fixtures>,
     pub(crate) faults: Faults,
-    pub(crate) log: Mutex<Vec<RequestRecord>>,
+    pub(crate) log: Mutex<RequestLog>,
     pub(crate) tcp_accepted: AtomicU64,
     pub(crate) tls_accepted: AtomicU64,
     pub(crate) tls_failed: AtomicU64,
