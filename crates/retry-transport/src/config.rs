@@ -150,13 +150,13 @@ impl Limits {
 
     /// The limits as the client uses them: zero slots or a zero timeout is an
     /// [`Error::Config`]; values above a maximum are clamped to it (timeouts to
-    /// [`MAX_TIMEOUT`], the drain timeout to 60 s, slots to tokio's semaphore maximum), so
+    /// [`MAX_TIMEOUT`], the drain timeout to 60 s, slots to 4096, the knob's range), so
     /// even `Duration::MAX` can never overflow a deadline (X5).
     fn checked(mut self) -> Result<Self, Error> {
         if self.max_in_use == 0 {
             return Err(Error::Config("max_in_use must be at least 1"));
         }
-        self.max_in_use = self.max_in_use.min(tokio::sync::Semaphore::MAX_PERMITS);
+        self.max_in_use = self.max_in_use.min(MAX_CONNECTIONS.range().1);
         self.acquire_timeout = positive(self.acquire_timeout, "acquire_timeout must be positive")?;
         self.idle_timeout = positive(self.idle_timeout, "idle_timeout must be positive")?;
         self.read_timeout = positive(self.read_timeout, "read_timeout must be positive")?;
@@ -466,6 +466,6 @@ mod tests {
         assert_eq!(limits.acquire_timeout, MAX_TIMEOUT);
         assert_eq!(limits.read_timeout, MAX_TIMEOUT);
         assert_eq!(limits.drain_timeout, Duration::from_secs(60));
-        assert_eq!(limits.max_in_use, tokio::sync::Semaphore::MAX_PERMITS);
+        assert_eq!(limits.max_in_use, 4096);
     }
 }
