@@ -22,10 +22,13 @@ pub struct PoolConfig {
     pub(crate) max_entries: usize,
     pub(crate) sweep_interval: Option<Duration>,
     pub(crate) retire_timeout: Duration,
+    pub(crate) expiry_margin: Duration,
+    pub(crate) capacity_knob: Option<&'static str>,
 }
 
 impl Default for PoolConfig {
-    /// No TTL, no idle TTL, 1024 entries, no sweeper, retire bounded by 10 s.
+    /// No TTL, no idle TTL, 1024 entries, no sweeper, retire bounded by 10 s, expiry margin
+    /// 60 s.
     fn default() -> Self {
         Self {
             ttl: None,
@@ -33,6 +36,8 @@ impl Default for PoolConfig {
             max_entries: 1024,
             sweep_interval: None,
             retire_timeout: Duration::from_secs(10),
+            expiry_margin: Self::DEFAULT_EXPIRY_MARGIN,
+            capacity_knob: None,
         }
     }
 }
@@ -42,6 +47,9 @@ impl PoolConfig {
     /// `Duration::MAX` included, are clamped to it, so no deadline `now + setting` can overflow.
     /// For a pool that is "effectively never".
     pub const MAX_DURATION: Duration = Duration::from_secs(30 * 365 * 86_400);
+
+    /// The default [`expiry_margin`](Self::expiry_margin): 60 s.
+    pub const DEFAULT_EXPIRY_MARGIN: Duration = Duration::from_secs(60);
 
     /// Maximum age of an entry. The effective deadline is the sooner of `created + ttl` and the
     /// deadline the factory reports (P2). Clamped to [`MAX_DURATION`](Self::MAX_DURATION)
@@ -61,8 +69,10 @@ impl PoolConfig {
         self
     }
 
-    /// Capacity. Inserting beyond it evicts the entry with the soonest deadline (P4). Clamped to
-    /// at least 1.
+    /// Capacity. Inserting beyond it evicts the entry with the soonest deadline (P4), except
+    /// while the pool thrashes (keys evicted for capacity come straight back): then entries
+    /// outside their [`expiry_margin`](Self::expiry_margin) that were hit since insertion stay,
+    /// and the newest entry not hit since insertion goes. Clamped to at least 1.
     #[must_use]
     pub fn max_entries(mut self, max_entries: usize) -> Self {
         self.max_entries = max_entries.max(1);
@@ -88,6 +98,31 @@ impl PoolConfig {
     pub fn retire_timeout(mut self, timeout: Duration) -> Self {
         self.retire_timeout = timeout.min(Self::MAX_DURATION);
         self
+    }
+
+    /// Entries whose deadline is at most this far away count as about to expire: capacity
+    /// eviction takes them first (soonest deadline first), even while the pool thrashes.
+    /// Default [`DEFAULT_EXPIRY_MARGIN`](Self::DEFAULT_EXPIRY_MARGIN); clamped to
+    /// [`MAX_DURATION`](Self::MAX_DURATION). A margin at least the TTL makes every entry
+    /// "about to expire", i.e. plain soonest-deadline eviction with no thrashing protection.
+    #[must_use]
+    pub fn expiry_margin(mut self, margin: Duration) -> Self {
+        self.expiry_margin = margin.min(Self::MAX_DURATION);
+        self
+    }
+
+    /// The setting an operator raises when the pool thrashes (for example an environment
+    /// variable such as `K8S_SESSION_POOL_MAX_ENTRIES`), named in the once-a-minute thrashing
+    /// warning. Default: `PoolConfig::max_entries`.
+    #[must_use]
+    pub fn capacity_knob(mut self, name: &'static str) -> Self {
+        self.capacity_knob = Some(name);
+        self
+    }
+
+    /// The configured expiry margin.
+    pub fn expiry_margin_value(&self) -> Duration {
+        self.expiry_margin
     }
 
     /// The configured capacity.

@@ -66,6 +66,11 @@ pub struct PoolStats {
     pub one_shots: u64,
     /// Evictions by cause.
     pub evictions: Evictions,
+    /// Misses on keys that a capacity eviction had removed recently (among the last
+    /// `max_entries` capacity evictions): the working set does not fit and the pool thrashes.
+    /// While it does, capacity eviction keeps entries hit since insertion resident and a warning
+    /// naming the capacity setting is logged once a minute.
+    pub thrashing: u64,
     /// Retires that returned an error, panicked, timed out or could not run.
     pub retire_failures: u64,
 }
@@ -133,6 +138,7 @@ pub(crate) struct Counters {
     pub(crate) reset: Striped,
     pub(crate) invalidated: Striped,
     pub(crate) retire_failures: Striped,
+    pub(crate) thrashing: Striped,
 }
 
 impl Counters {
@@ -165,6 +171,7 @@ impl Counters {
                 reset: self.reset.get(),
                 invalidated: self.invalidated.get(),
             },
+            thrashing: self.thrashing.get(),
             retire_failures: self.retire_failures.get(),
         }
     }

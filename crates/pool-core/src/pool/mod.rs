@@ -1,6 +1,7 @@
 //! `KeyedPool`: get-or-create by key with deadlines, idle pruning, capacity and single-flight.
 
 mod handle;
+mod index;
 mod shards;
 
 use std::any::Any;
@@ -8,13 +9,14 @@ use std::fmt;
 use std::future::Future;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError, Weak};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use handle::OneShot;
 pub use handle::{Created, Pooled};
+use index::Index;
 use shards::{Shards, TryDrain};
 
 use crate::retire::{retire_all, retire_detached};
@@ -29,6 +31,10 @@ pub(crate) struct Slot<V> {
     pub(crate) deadline: Option<Instant>,
     /// Milliseconds since the pool's epoch.
     last_used: AtomicU64,
+    /// `last_used` as the capacity index last ranked it (written under the index lock only).
+    indexed_use: AtomicU64,
+    /// Whether a lookup found this entry since it was inserted.
+    hit: AtomicBool,
 }
 
 impl<V> Slot<V> {
@@ -45,6 +51,29 @@ impl<V> Slot<V> {
     fn touch(&self, now_ms: u64) {
         if self.last_used.load(Ordering::Relaxed) < now_ms {
             self.last_used.store(now_ms, Ordering::Relaxed);
+        }
+    }
+
+    /// Record a hit (a lookup that found the entry); stores once per entry.
+    fn mark_hit(&self) {
+        if !self.hit.load(Ordering::Relaxed) {
+            self.hit.store(true, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn was_hit(&self) -> bool {
+        self.hit.load(Ordering::Relaxed)
+    }
+
+    fn new(value: V, id: u64, created: Instant, deadline: Option<Instant>, now_ms: u64) -> Self {
+        Self {
+            value,
+            id,
+            created,
+            deadline,
+            last_used: AtomicU64::new(now_ms),
+            indexed_use: AtomicU64::new(now_ms),
+            hit: AtomicBool::new(false),
         }
     }
 }
@@ -108,6 +137,8 @@ enum Installed<V> {
 
 struct Inner<K, V> {
     map: Shards<K, V>,
+    /// Capacity order beside the shards. Lock order: index, then a shard; hits take neither.
+    index: Mutex<Index<K, V>>,
     flights: SingleFlight<K, Flight<V>>,
     counters: Arc<Counters>,
     config: PoolConfig,
@@ -115,6 +146,8 @@ struct Inner<K, V> {
     next_id: AtomicU64,
     closed: AtomicBool,
     sweeper_started: AtomicBool,
+    /// Thrashing warnings logged (tests check the once-a-minute limit).
+    warnings: AtomicU64,
 }
 
 /// A keyed pool of expensive values (P1–P7, P9).
@@ -164,6 +197,7 @@ where
         Self {
             inner: Arc::new(Inner {
                 map: Shards::new(),
+                index: Mutex::new(Index::new()),
                 flights: SingleFlight::new(),
                 counters: Arc::default(),
                 config,
@@ -171,6 +205,7 @@ where
                 next_id: AtomicU64::new(1),
                 closed: AtomicBool::new(false),
                 sweeper_started: AtomicBool::new(false),
+                warnings: AtomicU64::new(0),
             }),
         }
     }
@@ -192,6 +227,7 @@ where
                 Err(slot.id)
             } else {
                 slot.touch(inner.millis(now));
+                slot.mark_hit();
                 Ok(slot.clone())
             }
         })?;
@@ -204,7 +240,7 @@ where
                 })
             }
             Err(id) => {
-                if let Some(victim) = inner.map.remove_if_id(hash, key, id) {
+                if let Some(victim) = inner.remove(hash, key, id) {
                     inner.evicted(EvictionCause::Expired, vec![victim]);
                 }
                 None
@@ -311,7 +347,7 @@ where
         let selected = inner.map.select(|key, slot| pred(key, &slot.value));
         let victims: Vec<_> = selected
             .into_iter()
-            .filter_map(|(key, hash, id)| inner.map.remove_if_id(hash, &key, id))
+            .filter_map(|(key, hash, id)| inner.remove(hash, &key, id))
             .collect();
         inner.retire_now(cause, victims).await
     }
@@ -323,7 +359,7 @@ where
         let Some(id) = inner.map.with_slot(hash, key, |slot| slot.id) else {
             return false;
         };
-        let Some(victim) = inner.map.remove_if_id(hash, key, id) else {
+        let Some(victim) = inner.remove(hash, key, id) else {
             return false;
         };
         inner
@@ -336,7 +372,12 @@ where
     /// others. The pool stays usable.
     pub async fn reset(&self) -> RetireReport {
         let inner = &*self.inner;
-        let victims = inner.map.drain_where(|_| true);
+        let victims = {
+            let mut index = inner.lock_index();
+            let victims = inner.map.drain_where(|_| true);
+            index.clear();
+            victims
+        };
         inner.retire_now(EvictionCause::Reset, victims).await
     }
 
@@ -353,7 +394,12 @@ where
         for index in 0..inner.map.shard_count() {
             let mut drained = false;
             for _ in 0..ATTEMPTS {
-                if let TryDrain::Drained(slots) = inner.map.try_drain(index) {
+                if let Some(mut order) = inner.try_lock_index()
+                    && let TryDrain::Drained(slots) = inner.map.try_drain(index)
+                {
+                    for slot in &slots {
+                        order.remove(slot);
+                    }
                     victims.extend(slots);
                     drained = true;
                     break;
@@ -390,7 +436,7 @@ where
     /// Whether a shard lock is held at this instant. For tests of the "retire outside locks"
     /// rule (P5): call it from inside a [`Retire::retire`] implementation.
     pub fn is_locked(&self) -> bool {
-        self.inner.map.any_locked()
+        self.inner.map.any_locked() || self.inner.try_lock_index().is_none()
     }
 
     fn live_slot(&self, key: &K) -> Option<Arc<Slot<V>>> {
@@ -431,19 +477,15 @@ where
             inner.counters.one_shots.add(1);
             return Ok(Installed::OneShot(created.value));
         }
-        let slot = Arc::new(Slot {
-            value: created.value,
-            id: inner.next_id.fetch_add(1, Ordering::Relaxed),
-            created: now,
+        let slot = Arc::new(Slot::new(
+            created.value,
+            inner.next_id.fetch_add(1, Ordering::Relaxed),
+            now,
             deadline,
-            last_used: AtomicU64::new(inner.millis(now)),
-        });
+            inner.millis(now),
+        ));
         inner.counters.creations.add(1);
-        let hash = inner.map.hash(key);
-        if let Some(replaced) = inner.map.insert(hash, key.clone(), slot.clone()) {
-            inner.evicted(EvictionCause::Expired, vec![replaced]);
-        }
-        inner.enforce_capacity();
+        inner.install(key, slot.clone(), now);
         Ok(Installed::Pooled(slot))
     }
 
@@ -475,13 +517,7 @@ where
     fn one_shot(&self, value: V) -> Pooled<V> {
         let now = Instant::now();
         Pooled {
-            slot: Arc::new(Slot {
-                value,
-                id: 0,
-                created: now,
-                deadline: Some(now),
-                last_used: AtomicU64::new(self.inner.millis(now)),
-            }),
+            slot: Arc::new(Slot::new(value, 0, now, Some(now), self.inner.millis(now))),
             one_shot: Some(OneShot {
                 counters: self.inner.counters.clone(),
                 retire_timeout: self.inner.config.retire_timeout,
@@ -549,20 +585,83 @@ where
         millis_saturating(now.saturating_duration_since(self.epoch))
     }
 
-    /// Evict the soonest-deadline entries until the pool is within capacity (P4).
-    fn enforce_capacity(&self) {
+    fn lock_index(&self) -> MutexGuard<'_, Index<K, V>> {
+        // No pool code panics while holding the index lock: a poisoned lock breaks nothing.
+        self.index.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn try_lock_index(&self) -> Option<MutexGuard<'_, Index<K, V>>> {
+        match self.index.try_lock() {
+            Ok(guard) => Some(guard),
+            Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
+    }
+
+    /// Remove the key's slot if it is still the one with `id`, from the shards and the index.
+    fn remove(&self, hash: u64, key: &K, id: u64) -> Option<Arc<Slot<V>>> {
+        let mut index = self.lock_index();
+        let slot = self.map.remove_if_id(hash, key, id)?;
+        index.remove(&slot);
+        Some(slot)
+    }
+
+    /// Insert a new slot, then evict until the pool is within capacity (P4, and the thrashing
+    /// policy of [`Index::victim`]). Victims are retired after the locks are released (P5).
+    fn install(&self, key: &K, slot: Arc<Slot<V>>, now: Instant) {
+        let hash = self.map.hash(key);
         let mut victims = Vec::new();
-        while self.map.len() > self.config.max_entries {
-            let Some((key, hash, id)) = self.map.soonest() else {
-                break;
-            };
-            if let Some(victim) = self.map.remove_if_id(hash, &key, id) {
-                victims.push(victim);
+        let (replaced, thrashing, warn) = {
+            let mut index = self.lock_index();
+            let replaced = self.map.insert(hash, key.clone(), slot.clone());
+            if let Some(replaced) = &replaced {
+                index.remove(replaced);
             }
+            index.insert(key.clone(), hash, slot.clone());
+            let thrashing = index.returned(hash);
+            let warn = thrashing && index.warning_due(now);
+            let max = self.config.max_entries;
+            while self.map.len() > max {
+                let Some(victim) =
+                    index.victim(now, self.config.expiry_margin, thrashing, slot.id, max)
+                else {
+                    break;
+                };
+                if let Some(evicted) = self.map.remove_if_id(victim.hash, &victim.key, victim.id) {
+                    victims.push(evicted);
+                }
+            }
+            (replaced, thrashing, warn)
+        };
+        if let Some(replaced) = replaced {
+            self.evicted(EvictionCause::Expired, vec![replaced]);
+        }
+        if thrashing {
+            self.counters.thrashing.add(1);
+        }
+        if warn {
+            self.warn_thrashing();
         }
         if !victims.is_empty() {
             self.evicted(EvictionCause::Capacity, victims);
         }
+    }
+
+    /// The once-a-minute thrashing warning, naming the capacity setting to raise.
+    fn warn_thrashing(&self) {
+        self.warnings.fetch_add(1, Ordering::Relaxed);
+        let knob = self
+            .config
+            .capacity_knob
+            .unwrap_or("PoolConfig::max_entries");
+        let stats = self.counters.snapshot(self.map.len());
+        tracing::warn!(
+            max_entries = self.config.max_entries,
+            thrashing = stats.thrashing,
+            capacity_evictions = stats.evictions.capacity,
+            "pool capacity too small for its working set: keys evicted for capacity keep coming \
+             straight back (counted in PoolStats::thrashing); raise {knob}"
+        );
     }
 
     /// Count evictions and retire the victims in the background (used on callers' paths).
@@ -584,10 +683,18 @@ where
         let idle_ms = idle_ttl.map(millis_saturating);
         let mut expired = Vec::new();
         let mut idle = Vec::new();
-        for victim in self.map.drain_where(|slot| {
-            slot.is_expired(now)
-                || idle_ms.is_some_and(|ms| now_ms.saturating_sub(slot.last_used_ms()) > ms)
-        }) {
+        let drained = {
+            let mut index = self.lock_index();
+            let drained = self.map.drain_where(|slot| {
+                slot.is_expired(now)
+                    || idle_ms.is_some_and(|ms| now_ms.saturating_sub(slot.last_used_ms()) > ms)
+            });
+            for slot in &drained {
+                index.remove(slot);
+            }
+            drained
+        };
+        for victim in drained {
             if victim.is_expired(now) {
                 expired.push(victim);
             } else {

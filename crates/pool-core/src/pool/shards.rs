@@ -133,33 +133,6 @@ impl<K: Hash + Eq, V> Shards<K, V> {
         found
     }
 
-    /// The slot that capacity eviction should take first: soonest deadline (none = never),
-    /// then least recently used, then oldest. The last tie-break keeps the choice independent
-    /// of the map's per-process hash order, so the same sequence of calls evicts the same entry.
-    pub(crate) fn soonest(&self) -> Option<(K, u64, u64)>
-    where
-        K: Clone,
-    {
-        let mut best: Option<(K, u64, u64)> = None;
-        let mut best_rank = None;
-        for shard in self.shards.iter() {
-            let shard = read(shard);
-            for (key, slot) in shard.iter() {
-                let rank = (
-                    slot.deadline.is_none(),
-                    slot.deadline,
-                    slot.last_used_ms(),
-                    slot.id,
-                );
-                if best_rank.is_none_or(|current| rank < current) {
-                    best_rank = Some(rank);
-                    best = Some((key.clone(), self.hasher.hash_one(key), slot.id));
-                }
-            }
-        }
-        best
-    }
-
     /// Drain one shard if its lock is free right now.
     pub(crate) fn try_drain(&self, index: usize) -> TryDrain<V> {
         let mut shard = match self.shards[index].try_write() {

@@ -525,4 +525,5 @@ async fn stats_count_every_path() {
     assert_eq!(stats.entries, 0);
 }
 
+mod capacity;
 mod durations;
