@@ -23,6 +23,23 @@ pub enum StaleWindow {
     /// Legacy: a fixed window, `stale_after = expiry - window`. Zero means never stale: the
     /// token is served until it expires, then refreshed blocking.
     Fixed(Duration),
+    /// The static-stability advisory window (T8), tiered by the token's lifetime left when it
+    /// is installed: ≤ 20 min → 5 min, < 90 min → 15 min, otherwise 60 min.
+    Tiered,
+}
+
+impl StaleWindow {
+    /// The tiered advisory window for a token with `lifetime` left (T8).
+    pub fn tier(lifetime: Duration) -> Duration {
+        const MIN: u64 = 60;
+        if lifetime <= Duration::from_secs(20 * MIN) {
+            Duration::from_secs(5 * MIN)
+        } else if lifetime < Duration::from_secs(90 * MIN) {
+            Duration::from_secs(15 * MIN)
+        } else {
+            Duration::from_secs(60 * MIN)
+        }
+    }
 }
 
 /// A source of uniform samples in `[0, 1)` for jitter.
@@ -54,6 +71,11 @@ pub struct RefreshConfig {
     pub(crate) jitter: f64,
     pub(crate) jitter_source: JitterSource,
     pub(crate) wall_clock: Arc<dyn WallClock>,
+    /// Some: a failed refresh backs off uniformly in `[backoff, backoff_max]` (T8).
+    pub(crate) backoff_max: Option<Duration>,
+    /// The static-stability preset's failure rule (T9): a failed refresh serves the cached
+    /// token, even an expired one, and the cache waits out a back-off.
+    pub(crate) static_stability: bool,
 }
 
 impl Default for RefreshConfig {
@@ -70,6 +92,8 @@ impl Default for RefreshConfig {
             jitter: percent(Self::JITTER_PERCENT.default_value()),
             jitter_source: Arc::new(rand::random::<f64>),
             wall_clock: Arc::new(SystemClock),
+            backoff_max: None,
+            static_stability: false,
         }
     }
 }
@@ -83,6 +107,8 @@ impl fmt::Debug for RefreshConfig {
             .field("stale_window", &self.stale_window)
             .field("jitter", &self.jitter)
             .field("wall_clock", &self.wall_clock)
+            .field("backoff_max", &self.backoff_max)
+            .field("static_stability", &self.static_stability)
             .finish_non_exhaustive()
     }
 }
@@ -107,23 +133,107 @@ impl RefreshConfig {
     /// randomised, so a fleet does not refresh in lock-step.
     pub const JITTER_PERCENT: Knob<u64> = Knob::new("TOKEN_REFRESH_JITTER_PERCENT", 10, 0, 50);
 
+    /// `TOKEN_REFRESH_PRESET`: `seed` (the default, T12) or `static-stability` (T8–T10). Other
+    /// values log a warning and keep the default.
+    pub const PRESET_ENV: &'static str = "TOKEN_REFRESH_PRESET";
+
+    /// The static-stability preset (T8–T10), the credential-refresh behaviour the AWS SDKs
+    /// converged on, for services that must keep working through an identity outage:
+    ///
+    /// - an **advisory** window tiered by the token's lifetime ([`StaleWindow::Tiered`]:
+    ///   ≤ 20 min → 5 min, < 90 min → 15 min, otherwise 60 min), recomputed for every new
+    ///   token, where callers get the cached token and one background refresh runs; a
+    ///   configured window ([`RefreshConfig::stale_duration`]) overrides the table;
+    /// - a **mandatory** window of 60 s before expiry (the skew), the only place callers wait;
+    /// - after a failed refresh a back-off drawn uniformly from [300 s, 600 s], during which
+    ///   the cache serves the token it has — even past its expiry — and does not contact the
+    ///   source; a refresh that fails, or returns a token already inside the mandatory window,
+    ///   hands waiters the cached token rather than an error (with no cached token, the error).
+    ///
+    /// Every setter still applies on top (e.g. `.jitter(0.0)` in tests).
+    pub fn static_stability() -> Self {
+        Self {
+            skew: Duration::from_secs(60),
+            backoff: Duration::from_secs(300),
+            backoff_max: Some(Duration::from_secs(600)),
+            stale_window: StaleWindow::Tiered,
+            static_stability: true,
+            ..Self::default()
+        }
+    }
+
     /// The defaults, overridden by any of the knobs set in the process environment.
     pub fn from_env() -> Self {
         Self::from_env_with(|name| std::env::var(name).ok())
     }
 
     /// [`RefreshConfig::from_env`] through `lookup` (given a variable's name), for tests.
+    ///
+    /// With `TOKEN_REFRESH_PRESET=static-stability` the preset is the base, and only the knobs
+    /// that are set override it.
     pub fn from_env_with(lookup: impl Fn(&str) -> Option<String>) -> Self {
+        let preset = match lookup(Self::PRESET_ENV).as_deref().map(str::trim) {
+            None | Some("" | "seed") => false,
+            Some("static-stability" | "static_stability") => true,
+            Some(other) => {
+                tracing::warn!(
+                    variable = Self::PRESET_ENV,
+                    value = other,
+                    "unknown token-refresh preset (expected `seed` or `static-stability`); using `seed`"
+                );
+                false
+            }
+        };
+        let base = if preset {
+            Self::static_stability()
+        } else {
+            Self::default()
+        };
+        let set = |name: &str| lookup(name).is_some();
+        let secs = |knob: Knob<u64>, current: Duration| {
+            if set(knob.name()) {
+                knob.read_secs_with(&lookup)
+            } else {
+                current
+            }
+        };
         Self {
-            skew: Self::SKEW.read_secs_with(&lookup),
-            backoff: Self::BACKOFF.read_secs_with(&lookup),
-            load_timeout: Self::LOAD_TIMEOUT.read_secs_with(&lookup),
-            stale_window: StaleWindow::Dynamic {
-                max: Self::MAX_STALE_WINDOW.read_secs_with(&lookup),
+            skew: secs(Self::SKEW, base.skew),
+            backoff: secs(Self::BACKOFF, base.backoff),
+            backoff_max: if set(Self::BACKOFF_MAX.name()) {
+                Some(Self::BACKOFF_MAX.read_secs_with(&lookup))
+            } else {
+                base.backoff_max
+            },
+            load_timeout: secs(Self::LOAD_TIMEOUT, base.load_timeout),
+            stale_window: if set(Self::MAX_STALE_WINDOW.name()) {
+                StaleWindow::Dynamic {
+                    max: Self::MAX_STALE_WINDOW.read_secs_with(&lookup),
+                }
+            } else {
+                base.stale_window
             },
             jitter: percent(Self::JITTER_PERCENT.read_with(&lookup)),
-            ..Self::default()
+            ..base
         }
+    }
+
+    /// `TOKEN_REFRESH_BACKOFF_MAX_SECONDS`: with it set, a failed refresh backs off uniformly
+    /// in `[backoff, backoff_max]` instead of `backoff` plus jitter (the preset: 300–600 s).
+    pub const BACKOFF_MAX: Knob<u64> = Knob::new("TOKEN_REFRESH_BACKOFF_MAX_SECONDS", 600, 1, 3600);
+
+    /// Back off uniformly in `[min, max]` after a failed refresh (T8; both clamped into
+    /// [1 ms, 1 h], and `max` to at least `min`).
+    #[must_use]
+    pub fn backoff_range(mut self, min: Duration, max: Duration) -> Self {
+        self = self.backoff(min);
+        self.backoff_max = Some(max.clamp(self.backoff, knob_max(Self::BACKOFF)));
+        self
+    }
+
+    /// Whether the static-stability failure rule is on (T9).
+    pub fn is_static_stability(&self) -> bool {
+        self.static_stability
     }
 
     /// A token counts as expired `skew` before its expiry (default 40 s): callers then wait for
@@ -227,13 +337,12 @@ impl RefreshConfig {
         if self.jitter == 0.0 {
             return 0.0;
         }
-        let sample = (self.jitter_source)();
-        let sample = if sample.is_nan() {
-            0.0
-        } else {
-            sample.clamp(0.0, 1.0)
-        };
-        self.jitter * sample
+        self.jitter * sample(&self.jitter_source)
+    }
+
+    /// How long a non-recoverable error is repeated to callers (T10): uniform in [1 s, 5 s].
+    pub(crate) fn error_cache_for(&self) -> Duration {
+        Duration::from_secs(1) + scale(Duration::from_secs(4), sample(&self.jitter_source))
     }
 
     /// When a token installed at `now` and expiring at `expires_at` goes stale (T2); `None`:
@@ -243,6 +352,7 @@ impl RefreshConfig {
             StaleWindow::Dynamic { max } => {
                 (expires_at.saturating_duration_since(now) / 2).min(max)
             }
+            StaleWindow::Tiered => StaleWindow::tier(expires_at.saturating_duration_since(now)),
             StaleWindow::Fixed(window) if window.is_zero() => return None,
             StaleWindow::Fixed(window) => window,
         };
@@ -250,9 +360,15 @@ impl RefreshConfig {
         Some(expires_at.checked_sub(window).unwrap_or(now))
     }
 
-    /// Until when a background refresh that failed at `now` backs off (T4).
+    /// Until when a refresh that failed at `now` backs off (T4; uniform in the range, T8).
     pub(crate) fn backoff_until(&self, now: Instant) -> Instant {
-        let backoff = scale(self.backoff, 1.0 + self.spread());
+        let backoff = match self.backoff_max {
+            Some(max) if max > self.backoff => {
+                let sample = sample(&self.jitter_source);
+                self.backoff + scale(max - self.backoff, sample)
+            }
+            _ => scale(self.backoff, 1.0 + self.spread()),
+        };
         // The back-off is at most 1.5 h (clamped, jitter ≤ 50 %); the fallback only matters
         // for a clock at the very end of `Instant`'s range, where it must not panic either.
         now.checked_add(backoff).unwrap_or(now)
@@ -265,6 +381,16 @@ const MAX_LOAD_TIMEOUT: Duration = Duration::from_secs(3600);
 /// A seconds knob's upper bound as a `Duration`.
 fn knob_max(knob: Knob<u64>) -> Duration {
     Duration::from_secs(knob.range().1)
+}
+
+/// A sample of `source`, clamped into `[0, 1]` (NaN → 0).
+fn sample(source: &JitterSource) -> f64 {
+    let sample = source();
+    if sample.is_nan() {
+        0.0
+    } else {
+        sample.clamp(0.0, 1.0)
+    }
 }
 
 /// `d * factor`, or `d` if that is not representable.

@@ -15,6 +15,12 @@ pub enum RefreshError {
     /// The token source failed; the source's error is the `source()`.
     #[error("token source failed to fetch a token")]
     Source(#[source] Arc<dyn std::error::Error + Send + Sync + 'static>),
+    /// The token source failed with an error it classified as non-recoverable
+    /// ([`TokenSource::is_recoverable`](crate::TokenSource::is_recoverable)): a bad secret, a
+    /// rejected client. Returned at once, never backed off, and repeated to callers for a
+    /// jittered 1–5 s without contacting the source (T10); the source's error is the `source()`.
+    #[error("token source failed with a non-recoverable error")]
+    NonRecoverable(#[source] Arc<dyn std::error::Error + Send + Sync + 'static>),
     /// The token source did not answer within the load timeout; raise
     /// `TOKEN_REFRESH_LOAD_TIMEOUT_SECONDS` if the identity endpoint is legitimately slow.
     #[error("token source did not answer within {0:?}")]
@@ -31,10 +37,15 @@ impl RefreshError {
         matches!(self, Self::Timeout(_))
     }
 
+    /// Whether the source classified the error as non-recoverable (T10).
+    pub fn is_non_recoverable(&self) -> bool {
+        matches!(self, Self::NonRecoverable(_))
+    }
+
     /// The source's error, if it is one of type `E`.
     pub fn source_error<E: std::error::Error + 'static>(&self) -> Option<&E> {
         match self {
-            Self::Source(source) => source.downcast_ref::<E>(),
+            Self::Source(source) | Self::NonRecoverable(source) => source.downcast_ref::<E>(),
             _ => None,
         }
     }

@@ -41,6 +41,18 @@ pub trait TokenSource: Send + Sync + 'static {
 
     /// Fetch a new token and say when it expires.
     fn fetch(&self) -> impl Future<Output = Result<Fetched<Self::Token>, Self::Error>> + Send;
+
+    /// Whether retrying can cure `error` (T10). The default says yes for every error.
+    ///
+    /// Say no for errors only a person can fix — a bad client secret, `invalid_client`, a 400
+    /// or 401 from the token endpoint: the cache then returns them to callers at once, applies
+    /// no back-off, and answers further calls with the same error for a jittered 1–5 s, so a
+    /// caller retrying in a loop cannot hammer the identity endpoint. Recoverable errors (a
+    /// timeout, a 5xx, a reset) keep the back-off.
+    fn is_recoverable(&self, error: &Self::Error) -> bool {
+        let _ = error;
+        true
+    }
 }
 
 /// A freshly fetched token and its expiry, as the source knows it.

@@ -35,6 +35,32 @@ pub struct RefreshStats {
     pub background_discarded: u64,
     /// Fetches (either kind) abandoned at the load timeout.
     pub timeouts: u64,
+    /// Back-offs started: after a failed refresh (background, or blocking in the
+    /// static-stability preset) the source is not contacted until the back-off ends.
+    pub backoffs: u64,
+    /// Calls that would have waited for a blocking refresh (mandatory window, expired or
+    /// invalidated token) and were served the cached token at once because a back-off was
+    /// running (T8, T11).
+    pub served_during_backoff: u64,
+    /// Blocking refreshes that failed and whose waiters were served the cached token instead
+    /// of the error (static-stability preset, T9).
+    pub blocking_served_cached: u64,
+    /// Calls served a token past its expiry (static-stability preset, T9): the request decides.
+    pub served_past_expiry: u64,
+    /// Refreshed tokens that arrived already inside the mandatory window (or expired); each
+    /// counted as a failed refresh (static-stability preset, T9).
+    pub unusable_refreshes: u64,
+    /// Non-recoverable errors from the source (T10).
+    pub non_recoverable: u64,
+    /// Calls answered with a cached non-recoverable error, without contacting the source (T10).
+    pub cached_errors: u64,
+    /// `invalidate_if` / `invalidate_token` calls that matched the cached token (T11).
+    pub invalidations: u64,
+    /// `invalidate_if` / `invalidate_token` calls that did not match (a newer token was already
+    /// cached, or none): nothing changed (T11).
+    pub invalidations_ignored: u64,
+    /// Blocking refreshes started because the cached token was invalidated (T11).
+    pub invalidated_refreshes: u64,
 }
 
 impl RefreshStats {
@@ -58,6 +84,16 @@ pub(crate) struct Counters {
     pub(crate) background_lost: AtomicU64,
     pub(crate) background_discarded: AtomicU64,
     pub(crate) timeouts: AtomicU64,
+    pub(crate) backoffs: AtomicU64,
+    pub(crate) served_during_backoff: AtomicU64,
+    pub(crate) blocking_served_cached: AtomicU64,
+    pub(crate) served_past_expiry: AtomicU64,
+    pub(crate) unusable_refreshes: AtomicU64,
+    pub(crate) non_recoverable: AtomicU64,
+    pub(crate) cached_errors: AtomicU64,
+    pub(crate) invalidations: AtomicU64,
+    pub(crate) invalidations_ignored: AtomicU64,
+    pub(crate) invalidated_refreshes: AtomicU64,
 }
 
 pub(crate) fn bump(counter: &AtomicU64) {
@@ -80,6 +116,16 @@ impl Counters {
             background_lost: read(&self.background_lost),
             background_discarded: read(&self.background_discarded),
             timeouts: read(&self.timeouts),
+            backoffs: read(&self.backoffs),
+            served_during_backoff: read(&self.served_during_backoff),
+            blocking_served_cached: read(&self.blocking_served_cached),
+            served_past_expiry: read(&self.served_past_expiry),
+            unusable_refreshes: read(&self.unusable_refreshes),
+            non_recoverable: read(&self.non_recoverable),
+            cached_errors: read(&self.cached_errors),
+            invalidations: read(&self.invalidations),
+            invalidations_ignored: read(&self.invalidations_ignored),
+            invalidated_refreshes: read(&self.invalidated_refreshes),
         }
     }
 }

@@ -84,13 +84,9 @@ impl<S: TokenSource> TokenCache<S> {
     /// Like [`TokenCache::token`], with the token's expiry as a monotonic deadline (`None`:
     /// never expires) — e.g. to bound the lifetime of a session built with it.
     pub async fn token_and_deadline(&self) -> Outcome<S::Token> {
-        if let Some(served) = self.inner.serve_cached(Instant::now()) {
-            return Ok(served);
-        }
-        bump(&self.inner.counters.waits);
-        match self.inner.join_blocking(Instant::now()) {
-            Joined::Installed(served) => Ok(served),
-            Joined::Flight(flight) => flight.await,
+        match self.inner.enter(Instant::now()) {
+            Entered::Ready(outcome) => outcome,
+            Entered::Flight(flight) => flight.await,
         }
     }
 
@@ -109,6 +105,44 @@ impl<S: TokenSource> TokenCache<S> {
             background.task.abort();
         }
         tracing::debug!(generation = state.generation, "token invalidated");
+    }
+
+    /// A server rejected `rejected` (a 401/403): if it is still the cached token, the next call
+    /// takes the mandatory path — a blocking refresh — unless a back-off is running, in which
+    /// case the source is not contacted until it ends (T11). If a newer token is already cached
+    /// (another request saw the rejection first and the cache refreshed), nothing changes, so a
+    /// burst of 401s for one token causes one refresh. Returns whether it matched.
+    ///
+    /// Matching is by identity (`PartialEq` of the token, e.g. [`BearerToken`](crate::BearerToken)'s
+    /// secret); see [`TokenCache::invalidate_if`] for tokens without `PartialEq`.
+    pub fn invalidate_token(&self, rejected: &S::Token) -> bool
+    where
+        S::Token: PartialEq,
+    {
+        self.invalidate_if(|cached| cached == rejected)
+    }
+
+    /// [`TokenCache::invalidate_token`] with the identity check given as a predicate on the
+    /// cached token (e.g. `|t: &AccessToken| t.token.secret() == rejected_secret`). Nothing is
+    /// logged about the token itself.
+    pub fn invalidate_if(&self, rejected: impl FnOnce(&S::Token) -> bool) -> bool {
+        let mut state = self.inner.lock();
+        match state.current.as_mut() {
+            Some(current) if rejected(&current.token) => {
+                current.invalidated = true;
+                bump(&self.inner.counters.invalidations);
+                tracing::debug!(
+                    generation = state.generation,
+                    "cached token rejected: invalidated"
+                );
+                true
+            }
+            _ => {
+                bump(&self.inner.counters.invalidations_ignored);
+                tracing::debug!("rejected token is not the cached one: nothing to invalidate");
+                false
+            }
+        }
     }
 
     /// The cache's counters.
@@ -134,28 +168,125 @@ impl<S: TokenSource> Inner<S> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The cached token if it may be served now; starts a background refresh if it is stale.
-    fn serve_cached(self: &Arc<Self>, now: Instant) -> Option<(S::Token, Option<Instant>)> {
-        let mut state = self.lock();
-        let current = state.current.as_ref()?;
-        let phase = current.state(now);
+    /// What a call gets now without waiting: a token (fresh, stale, or — during a back-off —
+    /// the cached one), a cached non-recoverable error, or `Wait` for a blocking refresh.
+    /// Starts the background refresh of a stale token (T1, T3).
+    fn decide(self: &Arc<Self>, state: &mut State<S::Token>, now: Instant) -> Served<S::Token> {
+        if state.background.as_ref().is_some_and(Background::is_lost) {
+            self.background_lost(state, now);
+        }
+        let Some(current) = state.current.as_ref() else {
+            return match state.cached_error(now) {
+                Some(error) => {
+                    bump(&self.counters.cached_errors);
+                    Served::Error(error)
+                }
+                None => Served::Wait,
+            };
+        };
         let served = (current.token.clone(), current.expires_at);
-        match phase {
-            TokenState::Fresh => bump(&self.counters.fresh_hits),
+        match current.state(now) {
+            TokenState::Fresh => {
+                bump(&self.counters.fresh_hits);
+                Served::Token(served)
+            }
             TokenState::Stale => {
                 bump(&self.counters.stale_hits);
-                if state.background.as_ref().is_some_and(Background::is_lost) {
-                    self.background_lost(&mut state, now);
+                if state.background.is_none()
+                    && !state.backing_off(now)
+                    && state.cached_error(now).is_none()
+                {
+                    self.start_background(state);
                 }
-                // A lost refresh of this token backed off (it may be fresh again now); one of
-                // an older token left nothing to back off from, so a new one starts at once.
-                if state.background.is_none() && state.state(now) == TokenState::Stale {
-                    self.start_background(&mut state);
-                }
+                Served::Token(served)
             }
-            TokenState::Expired | TokenState::Empty => return None,
+            TokenState::Expired | TokenState::Empty => {
+                if let Some(error) = state.cached_error(now) {
+                    bump(&self.counters.cached_errors);
+                    return Served::Error(error);
+                }
+                // During a back-off the source is not contacted: the preset serves the cached
+                // token even past its expiry (T8, T9); the seed default only holds back an
+                // invalidation (T11), never a token that expired.
+                let expired = current.expired_at.is_some_and(|at| now >= at);
+                if state.backing_off(now) && (self.config.static_stability || !expired) {
+                    bump(&self.counters.served_during_backoff);
+                    if current.expires_at.is_some_and(|at| now >= at) {
+                        bump(&self.counters.served_past_expiry);
+                    }
+                    return Served::Token(served);
+                }
+                Served::Wait
+            }
         }
-        Some(served)
+    }
+
+    /// A call: served at once, or the blocking refresh to wait for (the one in flight, or a new
+    /// one: T1, single-flight).
+    fn enter(self: &Arc<Self>, now: Instant) -> Entered<S::Token> {
+        let mut state = self.lock();
+        match self.decide(&mut state, now) {
+            Served::Token(served) => return Entered::Ready(Ok(served)),
+            Served::Error(error) => return Entered::Ready(Err(error)),
+            Served::Wait => {}
+        }
+        bump(&self.counters.waits);
+        if let Some(blocking) = &state.blocking
+            && now < blocking.abandoned_after
+        {
+            return Entered::Flight(blocking.flight.clone());
+        }
+        if state.current.as_ref().is_some_and(|c| c.invalidated) {
+            bump(&self.counters.invalidated_refreshes);
+        }
+        let fetched_as = state.begin_fetch();
+        bump(&self.counters.blocking_fetches);
+        tracing::debug!(kind = "blocking", "token refresh started");
+        let flight = blocking_fetch(
+            Arc::downgrade(self),
+            self.source.clone(),
+            self.config.load_timeout,
+            fetched_as,
+        )
+        .boxed()
+        .shared();
+        state.blocking = Some(Blocking {
+            flight: flight.clone(),
+            fetched_as,
+            abandoned_after: now.checked_add(self.config.load_timeout).unwrap_or(now),
+        });
+        Entered::Flight(flight)
+    }
+
+    /// Start a back-off at `now` (a refresh failed): the source is not contacted until it ends,
+    /// and the cached token goes stale again only then (T4, T8).
+    fn start_backoff(&self, state: &mut State<S::Token>, now: Instant) -> Instant {
+        let until = self.config.backoff_until(now);
+        state.backoff_until = Some(until);
+        if let Some(current) = state.current.as_mut() {
+            current.stale_after = Some(until);
+        }
+        bump(&self.counters.backoffs);
+        until
+    }
+
+    /// Remember a non-recoverable error for a jittered 1–5 s (T10).
+    fn cache_error(&self, state: &mut State<S::Token>, error: &RefreshError, now: Instant) {
+        bump(&self.counters.non_recoverable);
+        let until = now
+            .checked_add(self.config.error_cache_for())
+            .unwrap_or(now);
+        state.cached_error = Some((error.clone(), until));
+    }
+
+    /// Whether a freshly fetched token arrives already inside the mandatory window (or
+    /// expired): in the preset that counts as a failed refresh (T9).
+    fn unusable(&self, fetched: &Fetched<S::Token>, now: Instant) -> bool {
+        self.config.static_stability
+            && fetched
+                .expiry
+                .deadline(now, &*self.config.wall_clock)
+                .is_some_and(|at| at.checked_sub(self.config.skew).is_none_or(|at| at <= now))
     }
 
     /// Spawn the one background refresh (T3). The task holds only a `Weak` to the cache, and
@@ -202,10 +333,7 @@ impl<S: TokenSource> Inner<S> {
             );
             return;
         }
-        let retry_at = self.config.backoff_until(now);
-        if let Some(current) = state.current.as_mut() {
-            current.stale_after = Some(retry_at);
-        }
+        let retry_at = self.start_backoff(state, now);
         tracing::warn!(
             retry_in = ?retry_at.saturating_duration_since(now),
             kind = "background",
@@ -239,17 +367,34 @@ impl<S: TokenSource> Inner<S> {
             return;
         }
         match result {
+            Ok(fetched) if self.unusable(&fetched, now) => {
+                bump(&self.counters.background_failed);
+                bump(&self.counters.unusable_refreshes);
+                let retry_at = self.start_backoff(&mut state, now);
+                tracing::warn!(
+                    retry_in = ?retry_at.saturating_duration_since(now),
+                    kind = "background",
+                    "refreshed token is already inside the mandatory window; serving the \
+                     current token and backing off"
+                );
+            }
             Ok(fetched) => {
                 let generation = state.install(fetched, fetched_as, now, &self.config);
                 bump(&self.counters.background_succeeded);
                 tracing::debug!(generation, kind = "background", "token refresh succeeded");
             }
+            Err(error) if error.is_non_recoverable() => {
+                bump(&self.counters.background_failed);
+                self.cache_error(&mut state, &error, now);
+                tracing::warn!(
+                    error = &error as &dyn std::error::Error,
+                    kind = "background",
+                    "token refresh failed with a non-recoverable error; no back-off"
+                );
+            }
             Err(error) => {
                 bump(&self.counters.background_failed);
-                let retry_at = self.config.backoff_until(now);
-                if let Some(current) = state.current.as_mut() {
-                    current.stale_after = Some(retry_at);
-                }
+                let retry_at = self.start_backoff(&mut state, now);
                 tracing::warn!(
                     error = &error as &dyn std::error::Error,
                     retry_in = ?retry_at.saturating_duration_since(now),
@@ -260,38 +405,17 @@ impl<S: TokenSource> Inner<S> {
         }
     }
 
-    /// A usable token installed meanwhile, or the blocking refresh to wait for: the one in
-    /// flight, or a new one (T1, single-flight).
-    fn join_blocking(self: &Arc<Self>, now: Instant) -> Joined<S::Token> {
-        let mut state = self.lock();
-        // Another flight may have installed a usable token between our check and this one.
-        if let Some(current) = &state.current
-            && current.state(now) != TokenState::Expired
-        {
-            return Joined::Installed((current.token.clone(), current.expires_at));
+    /// The cached token handed to the waiters of a failed blocking refresh (T9).
+    fn serve_after_failure(
+        &self,
+        current: &state::Installed<S::Token>,
+        now: Instant,
+    ) -> (S::Token, Option<Instant>) {
+        bump(&self.counters.blocking_served_cached);
+        if current.expires_at.is_some_and(|at| now >= at) {
+            bump(&self.counters.served_past_expiry);
         }
-        if let Some(blocking) = &state.blocking
-            && now < blocking.abandoned_after
-        {
-            return Joined::Flight(blocking.flight.clone());
-        }
-        let fetched_as = state.begin_fetch();
-        bump(&self.counters.blocking_fetches);
-        tracing::debug!(kind = "blocking", "token refresh started");
-        let flight = blocking_fetch(
-            Arc::downgrade(self),
-            self.source.clone(),
-            self.config.load_timeout,
-            fetched_as,
-        )
-        .boxed()
-        .shared();
-        state.blocking = Some(Blocking {
-            flight: flight.clone(),
-            fetched_as,
-            abandoned_after: now.checked_add(self.config.load_timeout).unwrap_or(now),
-        });
-        Joined::Flight(flight)
+        (current.token.clone(), current.expires_at)
     }
 
     /// Install (or not) the result of blocking fetch `fetched_as` and say what its waiters get.
@@ -322,6 +446,20 @@ impl<S: TokenSource> Inner<S> {
                     );
                     return Ok((newer.token.clone(), newer.expires_at));
                 }
+                if self.unusable(&fetched, now) && state.current.is_some() {
+                    // T9: a token already inside the mandatory window is a failed refresh.
+                    bump(&self.counters.blocking_failures);
+                    bump(&self.counters.unusable_refreshes);
+                    self.start_backoff(&mut state, now);
+                    tracing::warn!(
+                        kind = "blocking",
+                        "refreshed token is already inside the mandatory window; serving the \
+                         cached token and backing off"
+                    );
+                    if let Some(current) = &state.current {
+                        return Ok(self.serve_after_failure(current, now));
+                    }
+                }
                 let token = fetched.token.clone();
                 let generation = state.install(fetched, fetched_as, now, &self.config);
                 let expires_at = state.current.as_ref().and_then(|c| c.expires_at);
@@ -332,6 +470,22 @@ impl<S: TokenSource> Inner<S> {
                 bump(&self.counters.blocking_failures);
                 if error.is_timeout() {
                     bump(&self.counters.timeouts);
+                }
+                if error.is_non_recoverable() {
+                    // T10: at once to every waiter, no back-off, repeated for 1–5 s.
+                    self.cache_error(&mut state, &error, now);
+                } else if self.config.static_stability && state.current.is_some() {
+                    // T9: the request decides whether the cached token still works.
+                    let retry_at = self.start_backoff(&mut state, now);
+                    tracing::warn!(
+                        error = &error as &dyn std::error::Error,
+                        retry_in = ?retry_at.saturating_duration_since(now),
+                        kind = "blocking",
+                        "token refresh failed; serving the cached token and backing off"
+                    );
+                    if let Some(current) = &state.current {
+                        return Ok(self.serve_after_failure(current, now));
+                    }
                 }
                 tracing::warn!(
                     error = &error as &dyn std::error::Error,
@@ -344,11 +498,21 @@ impl<S: TokenSource> Inner<S> {
     }
 }
 
-/// What a caller who found no usable token waits for.
-enum Joined<T> {
-    /// A usable token was installed meanwhile.
-    Installed((T, Option<Instant>)),
-    /// The blocking refresh in flight (joined or just started).
+/// What a call gets without waiting.
+enum Served<T> {
+    /// A token to use now.
+    Token((T, Option<Instant>)),
+    /// A cached non-recoverable error (T10).
+    Error(RefreshError),
+    /// Nothing usable: wait for a blocking refresh.
+    Wait,
+}
+
+/// How a call proceeds.
+enum Entered<T> {
+    /// Its outcome, at once.
+    Ready(Outcome<T>),
+    /// The blocking refresh to wait for (joined or just started).
     Flight(Flight<T>),
 }
 
@@ -392,7 +556,10 @@ async fn fetch<S: TokenSource>(
 ) -> Result<Fetched<S::Token>, RefreshError> {
     match tokio::time::timeout(timeout, source.fetch()).await {
         Ok(Ok(fetched)) => Ok(fetched),
-        Ok(Err(error)) => Err(RefreshError::Source(Arc::new(error))),
+        Ok(Err(error)) if source.is_recoverable(&error) => {
+            Err(RefreshError::Source(Arc::new(error)))
+        }
+        Ok(Err(error)) => Err(RefreshError::NonRecoverable(Arc::new(error))),
         Err(_) => Err(RefreshError::Timeout(timeout)),
     }
 }

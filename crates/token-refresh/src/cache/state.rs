@@ -33,11 +33,14 @@ pub(crate) struct Installed<T> {
     pub(crate) stale_after: Option<Instant>,
     /// The sequence number of the fetch that produced it (see [`State::begin_fetch`]).
     pub(crate) fetched_as: u64,
+    /// A server rejected it (T11): it counts as expired — the next call takes the mandatory
+    /// path — until a new token replaces it.
+    pub(crate) invalidated: bool,
 }
 
 impl<T> Installed<T> {
     pub(crate) fn state(&self, now: Instant) -> TokenState {
-        if self.expired_at.is_some_and(|at| now >= at) {
+        if self.invalidated || self.expired_at.is_some_and(|at| now >= at) {
             TokenState::Expired
         } else if self.stale_after.is_some_and(|at| now >= at) {
             TokenState::Stale
@@ -90,6 +93,10 @@ pub(crate) struct State<T> {
     /// Fetches started so far: each fetch is numbered in the order it started, so a result can
     /// tell whether the installed token came from a later fetch (and is newer than it).
     pub(crate) fetches_started: u64,
+    /// Until then the source is not contacted: a refresh failed (T4, T8).
+    pub(crate) backoff_until: Option<Instant>,
+    /// A non-recoverable error repeated to callers until the instant (T10).
+    pub(crate) cached_error: Option<(RefreshError, Instant)>,
 }
 
 impl<T> Default for State<T> {
@@ -100,6 +107,8 @@ impl<T> Default for State<T> {
             background: None,
             blocking: None,
             fetches_started: 0,
+            backoff_until: None,
+            cached_error: None,
         }
     }
 }
@@ -109,6 +118,19 @@ impl<T> State<T> {
         self.current
             .as_ref()
             .map_or(TokenState::Empty, |current| current.state(now))
+    }
+
+    /// Whether a back-off is running at `now`.
+    pub(crate) fn backing_off(&self, now: Instant) -> bool {
+        self.backoff_until.is_some_and(|until| now < until)
+    }
+
+    /// The non-recoverable error to repeat at `now`, if one is cached (T10).
+    pub(crate) fn cached_error(&self, now: Instant) -> Option<RefreshError> {
+        self.cached_error
+            .as_ref()
+            .filter(|(_, until)| now < *until)
+            .map(|(error, _)| error.clone())
     }
 
     /// Number a fetch that starts now.
@@ -143,7 +165,10 @@ impl<T> State<T> {
             expired_at,
             stale_after,
             fetched_as,
+            invalidated: false,
         });
+        self.backoff_until = None;
+        self.cached_error = None;
         self.generation += 1;
         self.generation
     }
