@@ -92,6 +92,8 @@ pub(crate) struct Finisher {
     request_id: String,
     method: String,
     path: String,
+    query: Option<String>,
+    owner: Option<String>,
     request_headers: Vec<Header>,
     /// Header bytes counted in `in_flight_bytes` until the entry is recorded.
     headers_held: usize,
@@ -113,10 +115,14 @@ impl Finisher {
         request_id: String,
         method: String,
         path: String,
+        query: Option<String>,
+        owner: Option<String>,
         request_headers: Vec<Header>,
         request: Arc<Mutex<CaptureBuf>>,
     ) -> Self {
-        let headers_held = header_bytes(&request_headers);
+        let headers_held = header_bytes(&request_headers)
+            + query.as_ref().map_or(0, String::len)
+            + owner.as_ref().map_or(0, String::len);
         shared.counters.hold(headers_held);
         let limit = shared.config.body_limit;
         Self {
@@ -128,6 +134,8 @@ impl Finisher {
             request_id,
             method,
             path,
+            query,
+            owner,
             request_headers,
             headers_held,
             request,
@@ -169,6 +177,8 @@ impl Finisher {
             request_id: std::mem::take(&mut self.request_id),
             method: std::mem::take(&mut self.method),
             path: std::mem::take(&mut self.path),
+            query: self.query.take(),
+            owner: self.owner.take(),
             status: self.status,
             started_at_unix_ms: self.started_unix_ms,
             response_after_us: self.response_after.map(micros),

@@ -64,6 +64,40 @@ pub const DEFAULT_REDACTED_HEADERS: [&str; 5] = [
 /// What a redacted header value reads as in the ring.
 pub const REDACTED: &str = "[redacted]";
 
+/// Query parameters whose values are always replaced by [`REDACTED`] in the recorded query
+/// (I6), besides any parameter whose name contains one of [`REDACTED_NAME_WORDS`]
+/// (`access_token`, `client_secret`, `api_key`, `X-Amz-Signature`, …): the Azure SAS fields
+/// (`sig` the signature, `se`/`st` its validity, `sp`/`sr`/`sv`/`spr`/`sip` its scope,
+/// `skoid`… the user-delegation key), OAuth's `code`, `state` and `assertion`, and `auth`/`sas`.
+/// Names compare case-insensitively. Add more with [`InspectorConfig::redact_query_param`].
+pub const REDACTED_QUERY_PARAMS: [&str; 20] = [
+    "sig",
+    "se",
+    "st",
+    "sp",
+    "sr",
+    "sv",
+    "spr",
+    "sip",
+    "ss",
+    "srt",
+    "skoid",
+    "sktid",
+    "skt",
+    "ske",
+    "code",
+    "state",
+    "assertion",
+    "auth",
+    "sas",
+    "password",
+];
+
+/// Derives the owner of a request from its extensions (see [`InspectorConfig::owner_from`]):
+/// for example the account an authentication layer inserted. Entries record it, and
+/// [`EntryFilter::owner`](crate::EntryFilter::owner) serves each owner only its own entries.
+pub type OwnerFn = fn(&http::Extensions) -> Option<String>;
+
 /// How the inspector captures: built with [`InspectorConfig::new`] (defaults) or
 /// [`InspectorConfig::from_env`], then adjusted.
 ///
@@ -85,6 +119,9 @@ pub struct InspectorConfig {
     pub(crate) body_limit: usize,
     pub(crate) header_limit: usize,
     pub(crate) redact: Vec<HeaderName>,
+    pub(crate) redact_query: Vec<String>,
+    pub(crate) owner: Option<OwnerFn>,
+    pub(crate) require_owner: bool,
 }
 
 impl Default for InspectorConfig {
@@ -106,6 +143,12 @@ impl InspectorConfig {
                 .iter()
                 .map(|name| HeaderName::from_static(name))
                 .collect(),
+            redact_query: REDACTED_QUERY_PARAMS
+                .iter()
+                .map(|name| (*name).to_string())
+                .collect(),
+            owner: None,
+            require_owner: false,
         }
     }
 
@@ -172,6 +215,40 @@ impl InspectorConfig {
             self.redact.push(header);
         }
         Ok(self)
+    }
+
+    /// Also redact this query parameter's value in recorded queries (case-insensitive), besides
+    /// [`REDACTED_QUERY_PARAMS`] and the names containing one of [`REDACTED_NAME_WORDS`].
+    pub fn redact_query_param(mut self, name: &str) -> Self {
+        let name = name.to_ascii_lowercase();
+        if !self.redact_query.contains(&name) {
+            self.redact_query.push(name);
+        }
+        self
+    }
+
+    /// Record each entry's owner as `owner` derives it from the request's extensions (put the
+    /// inspector *inside* the authentication layer, so the extensions hold the identity).
+    pub fn owner_from(mut self, owner: OwnerFn) -> Self {
+        self.owner = Some(owner);
+        self
+    }
+
+    /// With `true`, a request whose owner is unknown (no [`owner_from`](Self::owner_from)
+    /// function, or it returns `None`) is never stored: it is counted in
+    /// [`InspectorStats::not_recorded_unowned`](crate::InspectorStats::not_recorded_unowned)
+    /// and passed through untouched (I6: unauthenticated requests are counted, not stored).
+    /// Default `false`.
+    pub fn require_owner(mut self, require: bool) -> Self {
+        self.require_owner = require;
+        self
+    }
+
+    /// Whether a query parameter's value is redacted in recorded queries (I6).
+    pub fn is_redacted_query_param(&self, name: &str) -> bool {
+        let name = name.to_ascii_lowercase();
+        self.redact_query.contains(&name)
+            || REDACTED_NAME_WORDS.iter().any(|word| name.contains(word))
     }
 
     /// The polling prefixes.
@@ -274,6 +351,30 @@ mod tests {
                 !config.is_redacted(&HeaderName::from_static(name)),
                 "{name}"
             );
+        }
+    }
+
+    // covers I6: credential query parameters are redacted by name and by pattern.
+    #[test]
+    fn credential_query_parameters_are_redacted() {
+        let config = InspectorConfig::new().redact_query_param("X-Ticket");
+        for name in [
+            "sig",
+            "SIG",
+            "se",
+            "sp",
+            "code",
+            "access_token",
+            "client_secret",
+            "api_key",
+            "X-Amz-Signature",
+            "X-Amz-Credential",
+            "x-ticket",
+        ] {
+            assert!(config.is_redacted_query_param(name), "{name}");
+        }
+        for name in ["limit", "cluster", "method", "status", "continue"] {
+            assert!(!config.is_redacted_query_param(name), "{name}");
         }
     }
 

@@ -19,8 +19,14 @@ pub struct Entry {
     pub request_id: String,
     /// The request method.
     pub method: String,
-    /// The request path, without the query (queries often carry tokens).
+    /// The request path, without the query.
     pub path: String,
+    /// The query string with every credential parameter's value replaced by [`REDACTED`]
+    /// (see [`REDACTED_QUERY_PARAMS`](crate::REDACTED_QUERY_PARAMS)), cut at the header limit;
+    /// `None` when the request had no query.
+    pub query: Option<String>,
+    /// Who sent it, as the configured [`OwnerFn`](crate::OwnerFn) said; `None` without one.
+    pub owner: Option<String>,
     /// The response status; `None` if the inner service failed or was cancelled first.
     pub status: Option<u16>,
     /// When the request reached the layer, in milliseconds since the Unix epoch (display only).
@@ -55,6 +61,8 @@ impl Entry {
             + self.response_body.captured_bytes()
             + headers
             + self.path.len()
+            + self.query.as_ref().map_or(0, String::len)
+            + self.owner.as_ref().map_or(0, String::len)
             + self.method.len()
             + self.request_id.len()
     }
@@ -120,6 +128,38 @@ pub(crate) fn record_headers(headers: &HeaderMap, config: &InspectorConfig) -> V
         });
     }
     kept
+}
+
+/// Record `query` with the values of credential parameters replaced by [`REDACTED`] (I6), cut
+/// at the configured header limit (on a character boundary). Parameters are split on `&`; a
+/// parameter's name is its text before `=`, percent-decoding is not attempted (an encoded
+/// name such as `%73ig` is kept as written and so is not recognised — see docs).
+pub(crate) fn record_query(query: &str, config: &InspectorConfig) -> String {
+    let mut out = String::with_capacity(query.len().min(config.header_limit_bytes()));
+    for (i, pair) in query.split('&').enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        match pair.split_once('=') {
+            Some((name, _)) if config.is_redacted_query_param(name) => {
+                out.push_str(name);
+                out.push('=');
+                out.push_str(REDACTED);
+            }
+            _ => out.push_str(pair),
+        }
+        if out.len() > config.header_limit_bytes() {
+            break;
+        }
+    }
+    if out.len() > config.header_limit_bytes() {
+        let mut cut = config.header_limit_bytes();
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
+    }
+    out
 }
 
 /// Up to the body limit of one body, with what was seen of the whole.
@@ -193,5 +233,29 @@ impl Serialize for CapturedBody {
             complete: self.complete,
         }
         .serialize(serializer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // covers I6: a SAS URL and an OAuth callback keep their shape, not their secrets.
+    #[test]
+    fn recorded_queries_lose_their_credentials() {
+        let config = InspectorConfig::new();
+        assert_eq!(
+            record_query(
+                "sv=2024-08-04&se=2030-01-01&sp=r&sig=abc%2Fdef&limit=20",
+                &config
+            ),
+            "sv=[redacted]&se=[redacted]&sp=[redacted]&sig=[redacted]&limit=20"
+        );
+        assert_eq!(
+            record_query("code=xyz&access_token=t&cluster=aks-1&flag", &config),
+            "code=[redacted]&access_token=[redacted]&cluster=aks-1&flag"
+        );
+        let small = InspectorConfig::new().header_limit(8);
+        assert_eq!(record_query("cluster=aks-eastus", &small), "cluster=");
     }
 }

@@ -98,6 +98,7 @@ impl Inspector {
 pub struct EntryFilter {
     method: Option<Method>,
     status: Option<StatusFilter>,
+    owner: Option<String>,
     limit: Option<usize>,
 }
 
@@ -144,6 +145,14 @@ impl EntryFilter {
         self
     }
 
+    /// Keep only entries recorded with this owner (see
+    /// [`InspectorConfig::owner_from`](crate::InspectorConfig::owner_from)): serve each caller
+    /// only its own requests.
+    pub fn owner(mut self, owner: impl Into<String>) -> Self {
+        self.owner = Some(owner.into());
+        self
+    }
+
     /// Return at most `n` entries (the newest).
     pub fn limit(mut self, n: usize) -> Self {
         self.limit = Some(n);
@@ -161,7 +170,11 @@ impl EntryFilter {
             Some(StatusFilter::Code(code)) => entry.status == Some(code),
             Some(StatusFilter::Class(class)) => entry.status.is_some_and(|s| s / 100 == class),
         };
-        method_ok && status_ok
+        let owner_ok = self
+            .owner
+            .as_ref()
+            .is_none_or(|o| entry.owner.as_deref() == Some(o.as_str()));
+        method_ok && status_ok && owner_ok
     }
 }
 

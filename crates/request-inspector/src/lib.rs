@@ -19,8 +19,13 @@
 //!   `body_limit` bytes are copied aside and a cut is flagged `truncated`; `authorization`,
 //!   `proxy-authorization`, `cookie`, `set-cookie`, `x-api-key` (and any header you add) are
 //!   redacted (I5), and so is any header whose name mentions a token, secret, key, signature or
-//!   SAS ([`REDACTED_NAME_WORDS`], [`REDACTED_NAME_SEGMENTS`]); the query string is never
-//!   recorded, and recorded headers are cut at [`HEADER_LIMIT`] bytes per list (I6);
+//!   SAS ([`REDACTED_NAME_WORDS`], [`REDACTED_NAME_SEGMENTS`]); the query string is recorded
+//!   with credential parameters' values redacted ([`REDACTED_QUERY_PARAMS`]), and recorded
+//!   headers are cut at [`HEADER_LIMIT`] bytes per list (I6);
+//! - placed inside an authentication layer with [`InspectorConfig::owner_from`] and
+//!   [`InspectorConfig::require_owner`], each entry names its owner, a request without one is
+//!   counted, never stored, and [`EntryFilter::owner`] serves each caller only its own entries
+//!   (I6);
 //! - the ring has a fixed capacity, newest first; its lock is held only to push an entry or to
 //!   clone the entries out, never across an `.await`; [`InspectorStats`] counts the bytes the
 //!   layer holds, so "how much memory does the inspector cost" is a number, not a guess.
@@ -90,7 +95,7 @@ mod service;
 pub use body::InspectBody;
 pub use config::{
     BODY_LIMIT, CAPACITY, DEFAULT_REDACTED_HEADERS, HEADER_LIMIT, HEADERS_CUT, InspectorConfig,
-    REDACTED, REDACTED_NAME_SEGMENTS, REDACTED_NAME_WORDS,
+    OwnerFn, REDACTED, REDACTED_NAME_SEGMENTS, REDACTED_NAME_WORDS, REDACTED_QUERY_PARAMS,
 };
 pub use entry::{CapturedBody, Entry, Header, Outcome};
 pub use error::{ConfigError, FilterError, RequestIdError};

@@ -72,6 +72,7 @@ impl Ring {
 pub(crate) struct Counters {
     pub(crate) captured: AtomicU64,
     pub(crate) passed_through: AtomicU64,
+    pub(crate) unowned: AtomicU64,
     pub(crate) evicted: AtomicU64,
     pub(crate) truncated_bodies: AtomicU64,
     pub(crate) next_id: AtomicU64,
@@ -108,6 +109,7 @@ impl Counters {
         InspectorStats {
             captured: self.captured.load(Ordering::Relaxed),
             passed_through: self.passed_through.load(Ordering::Relaxed),
+            not_recorded_unowned: self.unowned.load(Ordering::Relaxed),
             evicted: self.evicted.load(Ordering::Relaxed),
             truncated_bodies: self.truncated_bodies.load(Ordering::Relaxed),
             ring_len,
@@ -127,6 +129,10 @@ pub struct InspectorStats {
     pub captured: u64,
     /// Polling GETs passed through untouched (not buffered, not recorded).
     pub passed_through: u64,
+    /// Requests not recorded because their owner was unknown (with
+    /// [`InspectorConfig::require_owner`](crate::InspectorConfig::require_owner)): counted, not
+    /// stored.
+    pub not_recorded_unowned: u64,
     /// Entries pushed out of the ring by newer ones.
     pub evicted: u64,
     /// Bodies cut at the body limit.

@@ -17,7 +17,7 @@ use tracing::Span;
 
 use crate::body::Tap;
 use crate::capture::{CaptureBuf, Finisher};
-use crate::entry::record_headers;
+use crate::entry::{record_headers, record_query};
 use crate::inspector::Shared;
 use crate::{InspectBody, Outcome, REQUEST_ID_HEADER, RequestId};
 
@@ -81,11 +81,17 @@ where
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let (id, rejected) = RequestId::from_headers_or_generate(request.headers());
         let path = request.uri().path();
-        let capture = self
-            .shared
-            .config
-            .polling
-            .should_capture(path, Some(request.method()));
+        let config = &self.shared.config;
+        let polling = !config.polling.should_capture(path, Some(request.method()));
+        // The owner is derived only for requests that would be captured: a polling GET costs
+        // nothing more than before.
+        let owner = if polling {
+            None
+        } else {
+            config.owner.and_then(|owner| owner(request.extensions()))
+        };
+        let unowned = !polling && config.require_owner && owner.is_none();
+        let capture = !polling && !unowned;
         let span = tracing::info_span!(
             "request",
             request_id = %id,
@@ -106,12 +112,18 @@ where
         let (request, finisher) = if capture {
             let shared = &self.shared;
             let headers = record_headers(request.headers(), &shared.config);
+            let query = request
+                .uri()
+                .query()
+                .map(|q| record_query(q, &shared.config));
             let buf = Arc::new(Mutex::new(CaptureBuf::new(shared.config.body_limit)));
             let finisher = Finisher::new(
                 Arc::clone(shared),
                 id.to_string(),
                 request.method().to_string(),
                 request.uri().path().to_string(),
+                query,
+                owner,
                 headers,
                 Arc::clone(&buf),
             );
@@ -126,10 +138,12 @@ where
             });
             (request, Some(Box::new(finisher)))
         } else {
-            self.shared
-                .counters
-                .passed_through
-                .fetch_add(1, Ordering::Relaxed);
+            let counter = if unowned {
+                &self.shared.counters.unowned
+            } else {
+                &self.shared.counters.passed_through
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
             (request.map(|body| InspectBody::new(body, Tap::None)), None)
         };
 
