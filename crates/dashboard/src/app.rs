@@ -4,9 +4,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use apikey_cache::{ApiKeyCache, ApiKeyLayer, CacheConfig, FileStore};
+use apikey_cache::{ApiKeyCache, ApiKeyLayer, CacheConfig, FileStore, Identity};
 use axum::Router;
-use axum::middleware::from_fn_with_state;
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::DefaultBodyLimit;
+use axum::middleware::{from_fn, from_fn_with_state};
+use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use azure_core::credentials::TokenCredential;
 use request_inspector::{Inspector, InspectorConfig};
@@ -22,6 +25,7 @@ use crate::credential::Credentials;
 use crate::error::{ApiError, StartError};
 use crate::keystore::AnyKeyStore;
 use crate::routes;
+use crate::serve::{ConnLimits, ConnStats};
 use crate::storage::{Storage, StorageStats};
 use crate::upstream::{Upstream, UpstreamStats};
 
@@ -52,6 +56,32 @@ pub(crate) struct Inner {
     pub(crate) inspector: Inspector,
     pub(crate) buffered: Arc<Buffered>,
     pub(crate) jobs_submitted: AtomicU64,
+    /// SHA-256 of the admin token (compared digest to digest, fixed length).
+    pub(crate) admin_digest: Option<[u8; 32]>,
+    /// `/api/*` requests answered 401 by the API-key layer (never in the inspector's ring).
+    pub(crate) rejected: Arc<AtomicU64>,
+    pub(crate) connections: Arc<ConnStats>,
+}
+
+/// The inspector's owner of a request: the account the API-key layer authenticated.
+fn account_of(extensions: &http::Extensions) -> Option<String> {
+    extensions
+        .get::<Identity>()
+        .map(|identity| identity.account.as_str().to_string())
+}
+
+/// Count the `/api/*` requests the API-key layer turned away (outside it: the inspector, inside
+/// it, never sees them).
+async fn count_rejections(
+    axum::extract::State(rejected): axum::extract::State<Arc<AtomicU64>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let response = next.run(request).await;
+    if response.status() == http::StatusCode::UNAUTHORIZED {
+        rejected.fetch_add(1, Ordering::Relaxed);
+    }
+    response
 }
 
 /// The dashboard service: every crate composed. Cloning is cheap.
@@ -97,6 +127,14 @@ pub struct DashboardStats {
     pub middleware_buffered_bytes: u64,
     /// Jobs submitted through `POST /api/blast/jobs`.
     pub jobs_submitted: u64,
+    /// `/api/*` requests refused by the API-key layer (401): counted, not stored.
+    pub rejected_unauthenticated: u64,
+    /// HTTP connections open now.
+    pub connections_open: u64,
+    /// HTTP connections accepted since the start.
+    pub connections_accepted: u64,
+    /// The most HTTP connections open at once.
+    pub connections_peak: u64,
 }
 
 impl Dashboard {
@@ -106,6 +144,7 @@ impl Dashboard {
         config: DashboardConfig,
         credential: Arc<dyn TokenCredential>,
     ) -> Result<Self, StartError> {
+        let config = config.validate()?;
         crate::http::ensure_crypto_provider();
         let credentials = Credentials::new(credential);
         let clusters = Clusters::new(&config.clusters, &credentials, config.mode)?;
@@ -130,8 +169,16 @@ impl Dashboard {
                     name: "polling prefixes",
                     reason: "each prefix must start with `/`",
                 })?
-                .capacity(config.inspector_capacity),
+                .capacity(config.inspector_capacity)
+                // Inside the API-key layer: each entry names its account, and a request
+                // without one is counted, never stored (I6).
+                .owner_from(account_of)
+                .require_owner(true),
         );
+        let admin_digest = config.admin_token.as_ref().map(|token| {
+            use sha2::Digest;
+            sha2::Sha256::digest(token.expose().as_bytes()).into()
+        });
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
@@ -143,6 +190,9 @@ impl Dashboard {
                 inspector,
                 buffered: Arc::default(),
                 jobs_submitted: AtomicU64::new(0),
+                admin_digest,
+                rejected: Arc::default(),
+                connections: Arc::default(),
             }),
         })
     }
@@ -180,11 +230,16 @@ impl Dashboard {
             inspector_passed_through: inspector.passed_through,
             middleware_buffered_bytes: inner.buffered.bytes.load(Ordering::Relaxed),
             jobs_submitted: inner.jobs_submitted.load(Ordering::Relaxed),
+            rejected_unauthenticated: inner.rejected.load(Ordering::Relaxed),
+            connections_open: inner.connections.open.load(Ordering::Relaxed),
+            connections_accepted: inner.connections.accepted.load(Ordering::Relaxed),
+            connections_peak: inner.connections.peak.load(Ordering::Relaxed),
         }
     }
 
     /// The axum router: `/` (the page), `/api/admin/accounts` (admin token), and the `/api/*`
-    /// routes behind the API-key layer and the inspector.
+    /// routes behind the API-key layer, with the inspector inside it. Outermost: the request
+    /// timeout, the body limit and the security headers.
     pub fn router(&self) -> Router {
         let inner = &self.inner;
         let api = Router::new()
@@ -200,9 +255,8 @@ impl Dashboard {
                 "/api/blast/jobs",
                 get(routes::list_jobs).post(routes::submit_job),
             )
-            .with_state(self.clone())
-            .nest("/api/inspector", inner.inspector.router())
-            .layer(ApiKeyLayer::new(inner.keys.clone()));
+            .route("/api/inspector", get(routes::inspector))
+            .with_state(self.clone());
         let api = match inner.config.mode {
             Mode::Pooled => api,
             Mode::Naive => api.layer(from_fn_with_state(
@@ -210,18 +264,40 @@ impl Dashboard {
                 buffer_every_body,
             )),
         };
+        // Order, outside in: count 401s, authenticate, then the inspector — so a request
+        // without a valid key never reaches the ring (issue #24 finding 3).
+        let api = api
+            .layer(inner.inspector.layer())
+            .layer(ApiKeyLayer::new(inner.keys.clone()))
+            .layer(from_fn_with_state(inner.rejected.clone(), count_rejections));
         // Admin answers carry a new key's plaintext: they stay outside the inspector's ring.
+        // The token is checked before the body is read.
+        let admin = Router::new()
+            .route("/api/admin/accounts", post(routes::create_account))
+            .route_layer(from_fn_with_state(self.clone(), routes::require_admin))
+            .with_state(self.clone());
+        let timeout = inner.config.request_timeout();
         Router::new()
             .route("/", get(routes::index))
             .route("/healthz", get(|| async { "ok" }))
-            .route("/api/admin/accounts", post(routes::create_account))
-            .with_state(self.clone())
-            .merge(api.layer(inner.inspector.layer()))
+            .merge(admin)
+            .merge(api)
+            .layer(DefaultBodyLimit::max(inner.config.body_limit_bytes))
+            .layer(
+                tower::ServiceBuilder::new()
+                    .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
+                        ApiError::Timeout.into_response()
+                    }))
+                    .timeout(timeout),
+            )
+            .layer(from_fn(routes::security_headers))
     }
 
-    /// Bind the configured address and serve until the returned handle is stopped or dropped.
+    /// Bind the configured address and serve until the returned handle is stopped or dropped,
+    /// with the configured header-read timeout, header size and connection cap.
     pub async fn serve(&self) -> Result<Running, StartError> {
-        let addr = self.inner.config.listen;
+        let config = &self.inner.config;
+        let addr = config.listen;
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| StartError::Bind { addr, source })?;
@@ -229,14 +305,18 @@ impl Dashboard {
             .local_addr()
             .map_err(|source| StartError::Bind { addr, source })?;
         let (stop, stopped) = oneshot::channel::<()>();
-        let router = self.router();
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.await;
-                })
-                .await;
-        });
+        let limits = ConnLimits {
+            header_read_timeout: config.header_read_timeout(),
+            max_header_bytes: config.max_header_bytes,
+            max_connections: config.max_connections,
+        };
+        let task = tokio::spawn(crate::serve::run(
+            listener,
+            self.router(),
+            limits,
+            Arc::clone(&self.inner.connections),
+            stopped,
+        ));
         Ok(Running {
             addr: local,
             stop: Some(stop),

@@ -23,6 +23,28 @@ pub const UPSTREAM_ACQUIRE_TIMEOUT_MS: Knob<u64> =
 /// `DASHBOARD_UPSTREAM_MAX_ATTEMPTS`: attempts per upstream call (first try included).
 pub const UPSTREAM_MAX_ATTEMPTS: Knob<u32> = Knob::new("DASHBOARD_UPSTREAM_MAX_ATTEMPTS", 5, 1, 20);
 
+/// `DASHBOARD_HEADER_READ_TIMEOUT_MS`: how long a client may take to send a request's headers
+/// (also how long an idle keep-alive connection stays open); then hyper closes the connection.
+pub const HEADER_READ_TIMEOUT_MS: Knob<u64> =
+    Knob::new("DASHBOARD_HEADER_READ_TIMEOUT_MS", 10_000, 10, 300_000);
+/// `DASHBOARD_REQUEST_TIMEOUT_MS`: the longest a request may take from its headers to its
+/// response head (reading the body included); then it is answered 503 `request_timeout`.
+pub const REQUEST_TIMEOUT_MS: Knob<u64> =
+    Knob::new("DASHBOARD_REQUEST_TIMEOUT_MS", 30_000, 10, 600_000);
+/// `DASHBOARD_MAX_CONNECTIONS`: connections open at once; past it, new ones wait in the
+/// listen backlog until one closes.
+pub const MAX_CONNECTIONS: Knob<usize> = Knob::new("DASHBOARD_MAX_CONNECTIONS", 1024, 1, 65_536);
+/// `DASHBOARD_BODY_LIMIT_BYTES`: the largest request body a handler reads (413 beyond).
+pub const BODY_LIMIT_BYTES: Knob<usize> =
+    Knob::new("DASHBOARD_BODY_LIMIT_BYTES", 64 * 1024, 1, 16 * 1024 * 1024);
+/// `DASHBOARD_MAX_HEADER_BYTES`: the largest request head (request line and headers) hyper
+/// reads; beyond it the answer is 431 and the connection is closed.
+pub const MAX_HEADER_BYTES: Knob<usize> =
+    Knob::new("DASHBOARD_MAX_HEADER_BYTES", 16 * 1024, 1024, 1024 * 1024);
+/// The shortest admin token accepted (bytes, after trimming); shorter ones, and empty ones,
+/// are a start-up error ([`ConfigError::AdminToken`]).
+pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
+
 /// Which behaviours the dashboard runs with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -256,8 +278,40 @@ pub struct DashboardConfig {
     #[serde(default = "default_inspector_capacity")]
     pub inspector_capacity: usize,
     /// Token for `POST /api/admin/accounts` (`DASHBOARD_ADMIN_TOKEN`); `None` disables it.
+    /// At least [`MIN_ADMIN_TOKEN_LEN`] bytes: an empty or shorter one is refused at start-up.
     #[serde(default)]
     pub admin_token: Option<AdminToken>,
+    /// Header-read timeout in ms (`DASHBOARD_HEADER_READ_TIMEOUT_MS`, default 10 000).
+    #[serde(default = "default_header_read_timeout_ms")]
+    pub header_read_timeout_ms: u64,
+    /// Request timeout in ms (`DASHBOARD_REQUEST_TIMEOUT_MS`, default 30 000).
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Connections open at once (`DASHBOARD_MAX_CONNECTIONS`, default 1024).
+    #[serde(default = "default_max_connections_in")]
+    pub max_connections: usize,
+    /// Largest request body in bytes (`DASHBOARD_BODY_LIMIT_BYTES`, default 64 KiB).
+    #[serde(default = "default_body_limit_bytes")]
+    pub body_limit_bytes: usize,
+    /// Largest request head in bytes (`DASHBOARD_MAX_HEADER_BYTES`, default 16 KiB).
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+}
+
+fn default_header_read_timeout_ms() -> u64 {
+    HEADER_READ_TIMEOUT_MS.default_value()
+}
+fn default_request_timeout_ms() -> u64 {
+    REQUEST_TIMEOUT_MS.default_value()
+}
+fn default_max_connections_in() -> usize {
+    MAX_CONNECTIONS.default_value()
+}
+fn default_body_limit_bytes() -> usize {
+    BODY_LIMIT_BYTES.default_value()
+}
+fn default_max_header_bytes() -> usize {
+    MAX_HEADER_BYTES.default_value()
 }
 
 fn default_listen() -> SocketAddr {
@@ -283,12 +337,58 @@ impl DashboardConfig {
             keys: KeyStoreConfig::default(),
             inspector_capacity: default_inspector_capacity(),
             admin_token: None,
+            header_read_timeout_ms: default_header_read_timeout_ms(),
+            request_timeout_ms: default_request_timeout_ms(),
+            max_connections: default_max_connections_in(),
+            body_limit_bytes: default_body_limit_bytes(),
+            max_header_bytes: default_max_header_bytes(),
         }
+    }
+
+    /// Check what a configuration from any source (file, environment, code) must satisfy:
+    /// an admin token, when there is one, is at least [`MIN_ADMIN_TOKEN_LEN`] bytes (an empty
+    /// one would let an empty `x-admin-token` in); the limits are clamped to their ranges.
+    /// [`Dashboard::new`](crate::Dashboard::new) calls it too.
+    pub fn validate(mut self) -> Result<Self, ConfigError> {
+        if let Some(token) = &self.admin_token {
+            let len = token.expose().trim().len();
+            if len < MIN_ADMIN_TOKEN_LEN || len != token.expose().len() {
+                return Err(ConfigError::AdminToken {
+                    min: MIN_ADMIN_TOKEN_LEN,
+                });
+            }
+        }
+        let clamp_u64 = |knob: Knob<u64>, v: u64| {
+            let (min, max) = knob.range();
+            v.clamp(min, max)
+        };
+        let clamp_usize = |knob: Knob<usize>, v: usize| {
+            let (min, max) = knob.range();
+            v.clamp(min, max)
+        };
+        self.header_read_timeout_ms =
+            clamp_u64(HEADER_READ_TIMEOUT_MS, self.header_read_timeout_ms);
+        self.request_timeout_ms = clamp_u64(REQUEST_TIMEOUT_MS, self.request_timeout_ms);
+        self.max_connections = clamp_usize(MAX_CONNECTIONS, self.max_connections);
+        self.body_limit_bytes = clamp_usize(BODY_LIMIT_BYTES, self.body_limit_bytes);
+        self.max_header_bytes = clamp_usize(MAX_HEADER_BYTES, self.max_header_bytes);
+        Ok(self)
+    }
+
+    /// The header-read timeout.
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
+    }
+
+    /// The request timeout.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
     }
 
     /// Parse a JSON document (fields as in docs/dashboard.md; omitted ones take defaults).
     pub fn from_json(text: &str) -> Result<Self, ConfigError> {
-        serde_json::from_str(text).map_err(ConfigError::Parse)
+        let config: Self = serde_json::from_str(text).map_err(ConfigError::Parse)?;
+        config.validate()
     }
 
     /// Read and parse a JSON file.
@@ -331,7 +431,8 @@ impl DashboardConfig {
                 }
             };
         }
-        if let Some(token) = set("DASHBOARD_ADMIN_TOKEN") {
+        // Set but empty is a mistake, not "unset": it is refused like a short token.
+        if let Some(token) = lookup("DASHBOARD_ADMIN_TOKEN") {
             self.admin_token = Some(AdminToken::new(token.trim()));
         }
         if set(INSPECTOR_CAPACITY.name()).is_some() {
@@ -346,7 +447,22 @@ impl DashboardConfig {
         if set(UPSTREAM_MAX_ATTEMPTS.name()).is_some() {
             self.upstream.max_attempts = UPSTREAM_MAX_ATTEMPTS.read_with(&lookup);
         }
-        Ok(self)
+        if set(HEADER_READ_TIMEOUT_MS.name()).is_some() {
+            self.header_read_timeout_ms = HEADER_READ_TIMEOUT_MS.read_with(&lookup);
+        }
+        if set(REQUEST_TIMEOUT_MS.name()).is_some() {
+            self.request_timeout_ms = REQUEST_TIMEOUT_MS.read_with(&lookup);
+        }
+        if set(MAX_CONNECTIONS.name()).is_some() {
+            self.max_connections = MAX_CONNECTIONS.read_with(&lookup);
+        }
+        if set(BODY_LIMIT_BYTES.name()).is_some() {
+            self.body_limit_bytes = BODY_LIMIT_BYTES.read_with(&lookup);
+        }
+        if set(MAX_HEADER_BYTES.name()).is_some() {
+            self.max_header_bytes = MAX_HEADER_BYTES.read_with(&lookup);
+        }
+        self.validate()
     }
 }
 
@@ -393,14 +509,17 @@ mod tests {
                 ("DASHBOARD_MODE", "naive"),
                 ("DASHBOARD_INSPECTOR_CAPACITY", "999999"),
                 ("DASHBOARD_UPSTREAM_MAX_ATTEMPTS", "many"),
-                ("DASHBOARD_ADMIN_TOKEN", "s3cret"),
+                ("DASHBOARD_ADMIN_TOKEN", "s3cret-s3cret-s3cret"),
             ]))
             .unwrap();
         assert_eq!(config.listen.port(), 0);
         assert_eq!(config.mode, Mode::Naive);
         assert_eq!(config.inspector_capacity, 10_000, "clamped");
         assert_eq!(config.upstream.max_attempts, 5, "garbage keeps the default");
-        assert_eq!(config.admin_token.as_ref().unwrap().expose(), "s3cret");
+        assert_eq!(
+            config.admin_token.as_ref().unwrap().expose(),
+            "s3cret-s3cret-s3cret"
+        );
         assert!(
             !format!("{config:?}").contains("s3cret"),
             "the admin token is redacted"
@@ -411,6 +530,54 @@ mod tests {
             .with_lookup(env(&[("DASHBOARD_MODE", "fast")]))
             .unwrap_err();
         assert!(err.to_string().contains("DASHBOARD_MODE"), "{err}");
+    }
+
+    // Issue #24 finding 1: `"admin_token": ""` became `Some("")`, and an empty `x-admin-token`
+    // then passed the compare. Empty, blank and short tokens are refused wherever they come
+    // from. Failed before the fix (the file and the code path accepted them).
+    #[test]
+    fn empty_or_short_admin_tokens_are_refused_at_start() {
+        for token in ["", "   ", "short", "fifteen-bytes!!", " padded-token-16b "] {
+            let text = MINIMAL.replacen('{', &format!("{{\"admin_token\": {token:?},"), 1);
+            assert!(
+                matches!(
+                    DashboardConfig::from_json(&text),
+                    Err(ConfigError::AdminToken { min: 16 })
+                ),
+                "{token:?} from the file"
+            );
+            let env = |name: &str| (name == "DASHBOARD_ADMIN_TOKEN").then(|| token.to_string());
+            let mut config = DashboardConfig::from_json(MINIMAL).unwrap();
+            // The environment's value is trimmed first (the padded one is then fine there).
+            let from_env = config.clone().with_lookup(env);
+            assert_eq!(
+                matches!(from_env, Err(ConfigError::AdminToken { .. })),
+                token.trim().len() < MIN_ADMIN_TOKEN_LEN,
+                "{token:?} from the environment"
+            );
+            config.admin_token = Some(AdminToken::new(token));
+            assert!(config.validate().is_err(), "{token:?} from code");
+        }
+        let text = MINIMAL.replacen('{', r#"{"admin_token": "sixteen-bytes-ok","#, 1);
+        assert!(DashboardConfig::from_json(&text).is_ok());
+    }
+
+    #[test]
+    fn server_limits_have_documented_defaults_and_clamp() {
+        let config = DashboardConfig::from_json(MINIMAL).unwrap();
+        assert_eq!(config.header_read_timeout(), Duration::from_secs(10));
+        assert_eq!(config.request_timeout(), Duration::from_secs(30));
+        assert_eq!(config.max_connections, 1024);
+        assert_eq!(config.body_limit_bytes, 64 * 1024);
+        assert_eq!(config.max_header_bytes, 16 * 1024);
+        let text = MINIMAL.replacen(
+            '{',
+            r#"{"header_read_timeout_ms": 18446744073709551615, "max_connections": 0,"#,
+            1,
+        );
+        let config = DashboardConfig::from_json(&text).unwrap();
+        assert_eq!(config.header_read_timeout(), Duration::from_secs(300));
+        assert_eq!(config.max_connections, 1);
     }
 
     #[test]

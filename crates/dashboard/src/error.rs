@@ -23,6 +23,15 @@ pub enum ConfigError {
     /// The configuration is not valid JSON of the documented shape.
     #[error("the dashboard configuration does not parse (see docs/dashboard.md for its fields)")]
     Parse(#[source] serde_json::Error),
+    /// The admin token is empty or too short (an empty token would match an empty header).
+    #[error(
+        "admin_token / DASHBOARD_ADMIN_TOKEN must be at least {min} bytes without surrounding \
+         spaces (e.g. `openssl rand -hex 32`), or absent to disable the admin route"
+    )]
+    AdminToken {
+        /// The shortest token accepted.
+        min: usize,
+    },
     /// A setting has a value the dashboard cannot use.
     #[error("{name}: {reason}")]
     Invalid {
@@ -102,6 +111,9 @@ pub enum ApiError {
         /// What it said (never a secret).
         message: String,
     },
+    /// The request took longer than the configured request timeout.
+    #[error("the request took longer than the server's request timeout")]
+    Timeout,
     /// The upstream's connection pool had no free slot in time.
     #[error("upstream busy: no connection slot within the acquire timeout")]
     UpstreamBusy,
@@ -127,6 +139,7 @@ impl ApiError {
             Self::Forbidden => ("forbidden", StatusCode::FORBIDDEN),
             Self::Backend { .. } => ("backend_failed", StatusCode::BAD_GATEWAY),
             Self::UpstreamBusy => ("upstream_busy", StatusCode::SERVICE_UNAVAILABLE),
+            Self::Timeout => ("request_timeout", StatusCode::SERVICE_UNAVAILABLE),
         }
     }
 }

@@ -14,8 +14,8 @@
 //! | `GET /api/monitor/storage`, `GET /api/blast/jobs` | blob-pool (one client per credential and account) |
 //! | `POST /api/blast/jobs` | blob-pool (write the job) + retry-transport (the 429-prone upstream) |
 //! | `GET /api/me`, every `/api/*` | apikey-cache (`x-api-key`; its Blob store over the same blob pool, or a file) |
-//! | `POST /api/admin/accounts` | apikey-cache writes (guarded by `x-admin-token`) |
-//! | `GET /api/inspector` | request-inspector (polling GETs streamed, one-shot calls captured) |
+//! | `POST /api/admin/accounts` | apikey-cache writes (guarded by `x-admin-token`, checked before the body) |
+//! | `GET /api/inspector` | request-inspector (polling GETs streamed, one-shot calls captured; each account sees its own) |
 //! | every Azure token (ARM, storage) | token-refresh (`CachingCredential`) |
 //! | `GET /` | the page: cards, per-node warmup chips, the inspector panel |
 //!
@@ -52,20 +52,22 @@ mod http;
 mod keystore;
 pub mod local;
 mod routes;
+mod serve;
 mod storage;
 mod upstream;
 
 pub use app::{Dashboard, DashboardStats, POLLING_PREFIXES, Running};
 pub use clusters::{AksCard, AksDetail, ClusterJobs, ClusterStats, JobRow, NodeRow, WarningRow};
 pub use config::{
-    AdminToken, ClusterConfig, DashboardConfig, INSPECTOR_CAPACITY, KeyStoreConfig, Mode,
-    StorageConfig, UPSTREAM_ACQUIRE_TIMEOUT_MS, UPSTREAM_MAX_ATTEMPTS, UPSTREAM_MAX_CONNECTIONS,
-    UpstreamConfig,
+    AdminToken, BODY_LIMIT_BYTES, ClusterConfig, DashboardConfig, HEADER_READ_TIMEOUT_MS,
+    INSPECTOR_CAPACITY, KeyStoreConfig, MAX_CONNECTIONS, MAX_HEADER_BYTES, MIN_ADMIN_TOKEN_LEN,
+    Mode, REQUEST_TIMEOUT_MS, StorageConfig, UPSTREAM_ACQUIRE_TIMEOUT_MS, UPSTREAM_MAX_ATTEMPTS,
+    UPSTREAM_MAX_CONNECTIONS, UpstreamConfig,
 };
 pub use credential::{CountingCredential, Credentials};
 pub use error::{ApiError, ConfigError, StartError};
 pub use http::ensure_crypto_provider;
 pub use keystore::AnyKeyStore;
 pub use routes::ADMIN_TOKEN_HEADER;
-pub use storage::{StorageCard, StorageStats, StoredJob};
+pub use storage::{CARD_COUNT_MAX, JOBS_PAGE, JOBS_PAGE_MAX, StorageCard, StorageStats, StoredJob};
 pub use upstream::{Submitted, UpstreamStats};

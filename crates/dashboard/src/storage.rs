@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use apikey_cache::BlobStore;
 use azure_core::credentials::TokenCredential;
 use azure_core::http::{ClientOptions, RequestContent, StatusCode, Transport};
+use azure_storage_blob::models::BlobContainerClientListBlobsOptions;
 use azure_storage_blob::{BlobServiceClient, BlobServiceClientOptions};
 use blob_pool::{BlobPool, Endpoint, PooledBlobClient, storage_transport};
 use futures::TryStreamExt;
@@ -48,7 +49,16 @@ pub struct StorageCard {
     pub blobs: usize,
     /// Their total size.
     pub bytes: u64,
+    /// The container holds more than [`CARD_COUNT_MAX`] blobs; the counts stop there.
+    pub capped: bool,
 }
+
+/// Jobs `GET /api/blast/jobs` returns by default (`?limit=` changes it).
+pub const JOBS_PAGE: usize = 50;
+/// The most jobs one `GET /api/blast/jobs` returns.
+pub const JOBS_PAGE_MAX: usize = 500;
+/// The most blobs the storage card counts (one listing call).
+pub const CARD_COUNT_MAX: usize = 1000;
 
 /// A service client for one operation: a pooled handle or a throwaway client.
 pub(crate) enum ServiceClient {
@@ -217,11 +227,17 @@ impl Storage {
     }
 
     /// Every stored job.
-    pub(crate) async fn list_jobs(&self) -> Result<Vec<StoredJob>, ApiError> {
+    /// The newest `limit` jobs (job names sort newest first) and whether there are more: one
+    /// listing call of at most `limit` items, however many jobs the container holds.
+    pub(crate) async fn list_jobs(&self, limit: usize) -> Result<(Vec<StoredJob>, bool), ApiError> {
         let client = self.client().await?;
         let container = client.blob_container_client(&self.config.jobs_container);
+        let options = BlobContainerClientListBlobsOptions {
+            maxresults: Some(i32::try_from(limit.saturating_add(1)).unwrap_or(i32::MAX)),
+            ..Default::default()
+        };
         let mut pager = container
-            .list_blobs(None)
+            .list_blobs(Some(options))
             .map_err(|e| ApiError::backend("blob storage", &e))?;
         let mut jobs = Vec::new();
         while let Some(item) = pager
@@ -229,6 +245,9 @@ impl Storage {
             .await
             .map_err(|e| ApiError::backend("blob storage", &e))?
         {
+            if jobs.len() == limit {
+                return Ok((jobs, true));
+            }
             jobs.push(StoredJob {
                 name: item.name.unwrap_or_default(),
                 bytes: item
@@ -237,17 +256,19 @@ impl Storage {
                     .unwrap_or_default(),
             });
         }
-        Ok(jobs)
+        Ok((jobs, false))
     }
 
-    /// The storage card: what the jobs container holds.
+    /// The storage card: what the jobs container holds, counted up to [`CARD_COUNT_MAX`] blobs
+    /// (`capped` says the container holds more).
     pub(crate) async fn card(&self) -> Result<StorageCard, ApiError> {
-        let jobs = self.list_jobs().await?;
+        let (jobs, capped) = self.list_jobs(CARD_COUNT_MAX).await?;
         Ok(StorageCard {
             endpoint: self.endpoint.as_str().to_string(),
             container: self.config.jobs_container.clone(),
             blobs: jobs.len(),
             bytes: jobs.iter().map(|j| j.bytes).sum(),
+            capped,
         })
     }
 }
