@@ -48,6 +48,16 @@ impl TokenSource for CredentialSource {
         let token = self.credential.get_token(&scopes, None).await?;
         Ok(Fetched::from(token))
     }
+
+    /// A 400, 401 or 403 from the identity endpoint (a bad client secret, `invalid_client`, an
+    /// unknown tenant) cannot be cured by retrying: it is non-recoverable (T10). Everything
+    /// else — timeouts, connection errors, 5xx, 429, errors without a status — is recoverable.
+    fn is_recoverable(&self, error: &azure_core::Error) -> bool {
+        !matches!(
+            error.kind(),
+            ErrorKind::HttpResponse { status, .. } if matches!(u16::from(*status), 400 | 401 | 403)
+        )
+    }
 }
 
 type Factory<S> = Box<dyn Fn(&[String]) -> S + Send + Sync>;
@@ -127,6 +137,15 @@ impl<S: TokenSource<Token = AccessToken>> CachingCredential<S> {
         scopes: &[T],
     ) -> Result<AccessToken, RefreshError> {
         self.cache_for(scopes).token().await
+    }
+
+    /// A server rejected `rejected` (a 401/403 for a request made with it): if it is still the
+    /// cached token for `scopes`, that scope set's next call takes the mandatory path (T11);
+    /// see [`TokenCache::invalidate_if`]. Returns whether it matched.
+    pub fn invalidate<T: AsRef<str>>(&self, scopes: &[T], rejected: &AccessToken) -> bool {
+        let rejected = rejected.token.secret();
+        self.cache_for(scopes)
+            .invalidate_if(|cached| cached.token.secret() == rejected)
     }
 
     /// How many scope sets have a cache.

@@ -212,3 +212,46 @@ async fn debug_output_never_contains_the_token() {
     let bearer = crate::BearerToken::new("secret-0");
     assert!(!format!("{bearer:?} {bearer}").contains("secret-0"));
 }
+
+// covers T11: a token a server rejected is invalidated by identity through the adapter; a
+// rejected token that was already replaced changes nothing.
+#[tokio::test(start_paused = true)]
+async fn invalidating_a_rejected_token_refreshes_once() {
+    let fake = FakeCredential::new();
+    let credential = wrap(&fake);
+    let scopes = ["https://storage.azure.com/.default"];
+    let first = credential.access_token(&scopes).await.expect("token");
+    assert!(credential.invalidate(&scopes, &first));
+    let second = credential.access_token(&scopes).await.expect("token");
+    assert_ne!(second.token.secret(), first.token.secret());
+    assert!(!credential.invalidate(&scopes, &first), "already replaced");
+    credential.access_token(&scopes).await.expect("token");
+    assert_eq!(fake.calls(), 2, "one refresh for the rejection");
+}
+
+// covers T10: the adapter calls a 400/401/403 from the identity endpoint non-recoverable, and
+// anything else recoverable.
+#[test]
+fn identity_endpoint_rejections_are_non_recoverable() {
+    use azure_core::http::StatusCode;
+    let source = CredentialSource::new(FakeCredential::new(), &[]);
+    let status = |code: StatusCode| {
+        azure_core::Error::new(
+            ErrorKind::HttpResponse {
+                status: code,
+                error_code: Some("invalid_client".into()),
+                raw_response: None,
+            },
+            "token request failed",
+        )
+    };
+    assert!(!source.is_recoverable(&status(StatusCode::BadRequest)));
+    assert!(!source.is_recoverable(&status(StatusCode::Unauthorized)));
+    assert!(!source.is_recoverable(&status(StatusCode::Forbidden)));
+    assert!(source.is_recoverable(&status(StatusCode::TooManyRequests)));
+    assert!(source.is_recoverable(&status(StatusCode::ServiceUnavailable)));
+    assert!(source.is_recoverable(&azure_core::Error::with_message(
+        ErrorKind::Io,
+        "connection reset"
+    )));
+}
