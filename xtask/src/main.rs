@@ -9,6 +9,7 @@ mod it;
 mod kind;
 mod setup;
 mod shell;
+mod soak;
 mod test;
 
 use anyhow::{Result, bail};
@@ -25,6 +26,10 @@ commands:
                      the integration suites against live local backends
   demo [--naive|--pooled] [--ticks N] [--serve]
                      run the dashboard against local backends and print what it cost
+  soak [--minutes N] [--debug] [--max-drift-percent P]
+                     run `demo --serve` under the page's polling for N minutes (default 10,
+                     release build) and report RSS, fds, connections and latency per minute;
+                     fails if RSS drifts more than P % (default 10) after the warm-up
   bench [scenario..] run benchmarks (all, or the named scenarios); rewrites docs/benchmarks.md
   kind up|down       create or delete a kind cluster for `it --k8s kind` (needs Docker)
   fuzz <target> [--secs N] [--cmin]
@@ -55,6 +60,7 @@ fn run(args: &[String]) -> Result<()> {
         "it" => it::run(rest),
         "demo" => demo::run(rest),
         "bench" => bench::run(rest),
+        "soak" => soak::run(rest),
         "kind" => kind::run(rest),
         "fuzz" => fuzz::run(rest),
         "help" | "-h" | "--help" => {

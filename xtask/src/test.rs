@@ -1,5 +1,6 @@
 //! `cargo xtask test`: everything CI checks, in order, stopping at the first failure: fmt,
-//! clippy, docs, every test and backend suite, then a short fuzz run of every target.
+//! clippy, docs, every test and backend suite, a 2-minute soak of the dashboard, then a short
+//! fuzz run of every target.
 
 use std::time::Instant;
 
@@ -37,6 +38,15 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
             .env("RUSTDOCFLAGS", "-D warnings"),
     )?;
     crate::it::run_suites("local")?;
+    // Issue #24: flat under the page's polling. 2 minutes on the debug `demo` binary the
+    // suites just built (no extra compile), failing on any failed request or if RSS drifts more
+    // than 10 % after the warm-up.
+    crate::soak::run_soak(&crate::soak::Soak {
+        minutes: 2.0,
+        release: false,
+        max_drift: 0.10,
+        build: false,
+    })?;
     crate::fuzz::run_smoke(crate::fuzz::SMOKE_SECS)?;
     println!(
         "==> cargo xtask test: all steps passed in {:.1}s",
