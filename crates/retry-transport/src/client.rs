@@ -5,16 +5,17 @@ use std::time::SystemTime;
 
 use http::{HeaderValue, StatusCode};
 use reqwest::{Method, Request, RequestBuilder, Response, Url};
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
+use crate::budget::{Budgets, RetryBudget};
 use crate::config::{Builder, ClientConfig, Limits};
 use crate::error::Error;
 use crate::hooks::{Credential, Sleeper};
-use crate::permit::{Limiter, Released, attach, release};
+use crate::permit::{Limiter, Released, Slot, attach, release};
 use crate::policy::{Attempt, Decision, RetryPolicy};
 use crate::stats::{Counters, GiveUpReason, RetryCause, TransportStats, bump};
+use crate::throttle::Throttles;
 
 /// What every clone and policy view of one client shares.
 #[derive(Debug)]
@@ -26,6 +27,10 @@ struct Shared {
     counters: Counters,
     credential: Option<Arc<dyn Credential>>,
     sleeper: Arc<dyn Sleeper>,
+    /// R9: one retry budget per partition.
+    budgets: Budgets,
+    /// R10: adaptive throttling, when turned on.
+    throttles: Option<Throttles>,
 }
 
 /// An HTTP client over reqwest that never hangs its pool (seed 002).
@@ -36,6 +41,8 @@ struct Shared {
 pub struct RetryClient {
     shared: Arc<Shared>,
     policy: Arc<RetryPolicy>,
+    /// A caller-named partition for the budget and throttling; `None`: the URL's host:port.
+    partition: Option<Arc<str>>,
 }
 
 impl RetryClient {
@@ -53,7 +60,16 @@ impl RetryClient {
         let client = builder.config.build()?;
         Ok(Self {
             shared: Arc::new(Shared {
-                limiter: Limiter::new(builder.config.limits.max_in_use),
+                limiter: Limiter::new(
+                    builder.config.limits.max_in_use,
+                    builder
+                        .config
+                        .limits
+                        .max_in_use_per_host
+                        .min(builder.config.limits.max_in_use),
+                ),
+                budgets: Budgets::new(builder.retry_budget),
+                throttles: builder.adaptive_throttle.map(Throttles::new),
                 config: builder.config,
                 current: RwLock::new(client),
                 counters: Counters::default(),
@@ -61,6 +77,7 @@ impl RetryClient {
                 sleeper: builder.sleeper,
             }),
             policy: Arc::new(builder.policy),
+            partition: None,
         })
     }
 
@@ -71,7 +88,58 @@ impl RetryClient {
         Self {
             shared: Arc::clone(&self.shared),
             policy: Arc::new(policy),
+            partition: self.partition.clone(),
         }
+    }
+
+    /// A view of this client whose requests count against the partition `name` for the
+    /// retry budget (R9) and adaptive throttling (R10), instead of their URL's host and port
+    /// — e.g. one partition per upstream service behind several hosts, or per tenant. Like
+    /// [`with_policy`](RetryClient::with_policy) it shares the pool, the limits, the stats
+    /// and every partition's state with this client. Connection slots stay per host (R11).
+    pub fn with_partition(&self, name: impl Into<String>) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+            policy: Arc::clone(&self.policy),
+            partition: Some(Arc::from(name.into())),
+        }
+    }
+
+    /// The partition a request to `url` counts against through this view: the view's name
+    /// (see [`with_partition`](RetryClient::with_partition)), else `host:port`.
+    pub fn partition_for(&self, url: &Url) -> String {
+        match &self.partition {
+            Some(name) => name.to_string(),
+            None => authority(url),
+        }
+    }
+
+    /// The retry budget's configuration, as clamped.
+    pub fn retry_budget(&self) -> &RetryBudget {
+        self.shared.budgets.config()
+    }
+
+    /// Retries `partition`'s budget allows now (R9); `None` if the budget is disabled or the
+    /// partition has sent nothing yet (a fresh partition has the whole floor).
+    pub fn retry_budget_balance(&self, partition: &str) -> Option<f64> {
+        self.shared.budgets.balance(partition)
+    }
+
+    /// The probability that adaptive throttling rejects `partition`'s next request (R10);
+    /// `None` when throttling is off.
+    pub fn throttle_probability(&self, partition: &str) -> Option<f64> {
+        self.shared
+            .throttles
+            .as_ref()
+            .map(|t| t.probability(partition))
+    }
+
+    /// Connection slots held now for `host` (`host:port`, as [`partition_for`] gives for a
+    /// view without a partition name), R11.
+    ///
+    /// [`partition_for`]: RetryClient::partition_for
+    pub fn permits_in_use_for(&self, host: &str) -> usize {
+        self.shared.limiter.in_use_for(host)
     }
 
     /// The retry policy of this view.
@@ -87,9 +155,11 @@ impl RetryClient {
     /// The counters now.
     pub fn stats(&self) -> TransportStats {
         let limiter = &self.shared.limiter;
-        self.shared
-            .counters
-            .snapshot(limiter.in_use(), limiter.max_in_use())
+        self.shared.counters.snapshot(
+            limiter.in_use(),
+            limiter.max_in_use(),
+            limiter.max_in_use_per_host(),
+        )
     }
 
     /// Rebuild the underlying reqwest client — a fresh connection pool — with the same
@@ -143,6 +213,8 @@ impl RetryClient {
         bump(&counters.requests);
         let started = Instant::now();
         let method = request.method().clone();
+        let partition = self.partition_for(request.url());
+        let host = authority(request.url());
         let mut schedule = self.policy.schedule();
         // R7: one refresh per send. `refreshed` remembers that it happened (a second 401 is
         // returned); `refresh_next` asks for it on the next attempt only, so later retries of
@@ -164,8 +236,21 @@ impl RetryClient {
                 path = current.url().path(),
                 status = tracing::field::Empty,
             );
+            // R10: a first attempt the throttle rejects is not sent: no credential, no slot,
+            // no connection. (Retries are admitted below, when they are decided.)
+            if number == 1
+                && let Some(throttles) = &self.shared.throttles
+                && let Err(probability) = throttles.admit(&partition)
+            {
+                bump(&counters.locally_rejected);
+                tracing::debug!(parent: &span, partition, probability, "rejected locally by adaptive throttling");
+                return Err(Error::Throttled {
+                    partition,
+                    probability,
+                });
+            }
             let (result, permit) = match self
-                .attempt(current, std::mem::take(&mut refresh_next))
+                .attempt(current, &host, std::mem::take(&mut refresh_next))
                 .instrument(span.clone())
                 .await
             {
@@ -177,6 +262,10 @@ impl RetryClient {
                     return Err(error);
                 }
             };
+            if number == 1 {
+                // R9: every first attempt sent earns the partition's budget its ratio.
+                self.shared.budgets.deposit(&partition);
+            }
             let ctx = Attempt {
                 method: &method,
                 number,
@@ -187,6 +276,14 @@ impl RetryClient {
                 Ok(response) => {
                     let status = response.status();
                     span.record("status", status.as_u16());
+                    if let Some(throttles) = &self.shared.throttles
+                        && !matches!(
+                            status,
+                            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+                        )
+                    {
+                        throttles.accepted(&partition);
+                    }
                     let decision = if status == StatusCode::UNAUTHORIZED
                         && self.shared.credential.is_some()
                         && !refreshed
@@ -202,7 +299,11 @@ impl RetryClient {
                         self.policy
                             .on_status(&ctx, status, response.headers(), &mut schedule)
                     };
-                    match (self.settle(decision), next) {
+                    let retry = self.settle(decision);
+                    let retry = retry.filter(|(_, cause)| {
+                        next.is_none() || self.admit_retry(&partition, *cause, &span)
+                    });
+                    match (retry, next) {
                         (Some((delay, cause)), Some(next)) => {
                             // R1: nothing is held while sleeping: the body is drained (or the
                             // connection dropped) and the slot released first.
@@ -230,7 +331,11 @@ impl RetryClient {
                     let decision =
                         self.policy
                             .on_transport_error(&ctx, error.is_connect(), &mut schedule);
-                    match (self.settle(decision), next) {
+                    let retry = self.settle(decision);
+                    let retry = retry.filter(|(_, cause)| {
+                        next.is_none() || self.admit_retry(&partition, *cause, &span)
+                    });
+                    match (retry, next) {
                         (Some((delay, cause)), Some(next)) => {
                             counters.retry(cause);
                             tracing::debug!(parent: &span, ?delay, error = %error, "retrying after a transport error");
@@ -266,8 +371,9 @@ impl RetryClient {
     async fn attempt(
         &self,
         mut request: Request,
+        host: &str,
         refresh: bool,
-    ) -> Result<(reqwest::Result<Response>, OwnedSemaphorePermit), Error> {
+    ) -> Result<(reqwest::Result<Response>, Slot), Error> {
         let limits = &self.shared.config.limits;
         if let Some(credential) = &self.shared.credential {
             let waited = limits.credential_timeout;
@@ -281,7 +387,11 @@ impl RetryClient {
                 .headers_mut()
                 .insert(http::header::AUTHORIZATION, value);
         }
-        let permit = self.shared.limiter.acquire(limits.acquire_timeout).await?;
+        let permit = self
+            .shared
+            .limiter
+            .acquire(host, limits.acquire_timeout)
+            .await?;
         bump(&self.shared.counters.attempts);
         // The query may hold a SAS token: keep it out of errors (and so out of logs).
         let result = self.current().execute(request).await.map_err(|mut error| {
@@ -306,11 +416,51 @@ impl RetryClient {
         }
     }
 
+    /// R9, R10: may a retry the policy wants be sent? Adaptive throttling (if on) draws
+    /// first, then the partition's budget is asked for one retry. A refusal is counted as its
+    /// own give-up reason and the retryable outcome goes back to the caller at once. The 401
+    /// refresh retry (R7) is a credential repair, not load: neither applies to it.
+    fn admit_retry(&self, partition: &str, cause: RetryCause, span: &tracing::Span) -> bool {
+        if cause == RetryCause::Unauthorized {
+            return true;
+        }
+        if let Some(throttles) = &self.shared.throttles
+            && let Err(probability) = throttles.admit(partition)
+        {
+            self.shared.counters.gave_up(GiveUpReason::Throttled);
+            tracing::debug!(parent: span, partition, probability, "retry rejected locally by adaptive throttling");
+            return false;
+        }
+        if !self.shared.budgets.withdraw(partition) {
+            self.shared
+                .counters
+                .gave_up(GiveUpReason::RetryBudgetExhausted);
+            tracing::debug!(
+                parent: span,
+                partition,
+                balance = self.shared.budgets.balance(partition),
+                "retry budget exhausted; returning the retryable outcome"
+            );
+            return false;
+        }
+        true
+    }
+
     async fn release(&self, response: Response) {
         let limits = &self.shared.config.limits;
         match release(response, limits.drain_limit, limits.drain_timeout).await {
             Released::Drained => bump(&self.shared.counters.drained),
             Released::Discarded => bump(&self.shared.counters.discarded),
         }
+    }
+}
+
+/// `host:port` of `url` (the default port of its scheme when none is given): the default
+/// partition (R9, R10) and the key of the per-host slot limit (R11).
+fn authority(url: &Url) -> String {
+    let host = url.host_str().unwrap_or("");
+    match url.port_or_known_default() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_string(),
     }
 }

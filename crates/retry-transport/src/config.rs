@@ -7,12 +7,19 @@ use std::time::Duration;
 use http::HeaderMap;
 use pool_core::Knob;
 
+use crate::budget::RetryBudget;
 use crate::error::Error;
 use crate::hooks::{Credential, Sleeper, TokioSleep};
 use crate::policy::RetryPolicy;
+use crate::throttle::AdaptiveThrottle;
 
 /// `RETRY_TRANSPORT_MAX_CONNECTIONS`: connection slots in use at once.
 pub const MAX_CONNECTIONS: Knob<usize> = Knob::new("RETRY_TRANSPORT_MAX_CONNECTIONS", 50, 1, 4096);
+/// `RETRY_TRANSPORT_MAX_CONNECTIONS_PER_HOST`: connection slots in use at once for one host
+/// (host and port) — R11. The default, 4096, is clamped to `max_in_use` at build: no
+/// per-host cap below the total until you set one.
+pub const MAX_CONNECTIONS_PER_HOST: Knob<usize> =
+    Knob::new("RETRY_TRANSPORT_MAX_CONNECTIONS_PER_HOST", 4096, 1, 4096);
 /// `RETRY_TRANSPORT_MAX_IDLE_PER_HOST`: idle keep-alive connections kept per host.
 pub const MAX_IDLE_PER_HOST: Knob<usize> =
     Knob::new("RETRY_TRANSPORT_MAX_IDLE_PER_HOST", 10, 0, 4096);
@@ -50,6 +57,11 @@ pub struct Limits {
     /// Connection slots in use at once: requests in progress plus response bodies not yet read
     /// to the end or dropped. Default 50.
     pub max_in_use: usize,
+    /// Connection slots in use at once for one host (host and port), R11: one slow or
+    /// throttling host cannot take every slot. Same permit lifetime and acquire timeout as
+    /// `max_in_use`. Default 4096, i.e. no cap below `max_in_use` (the limiter uses the smaller
+    /// of the two; `stats().max_in_use_per_host` shows it); at least 1, at most 4096.
+    pub max_in_use_per_host: usize,
     /// Idle keep-alive connections kept per host. Default 10.
     pub max_idle_per_host: usize,
     /// Idle connections are closed after this long: default 30 s, below the 60–75 s after
@@ -90,6 +102,7 @@ impl Limits {
     pub fn from_env_with(lookup: impl Fn(&str) -> Option<String>) -> Self {
         Self {
             max_in_use: MAX_CONNECTIONS.read_with(&lookup),
+            max_in_use_per_host: MAX_CONNECTIONS_PER_HOST.read_with(&lookup),
             max_idle_per_host: MAX_IDLE_PER_HOST.read_with(&lookup),
             idle_timeout: Duration::from_secs(IDLE_TIMEOUT_SECONDS.read_with(&lookup)),
             acquire_timeout: Duration::from_secs(ACQUIRE_TIMEOUT_SECONDS.read_with(&lookup)),
@@ -103,6 +116,12 @@ impl Limits {
     /// Set `max_in_use`.
     pub fn max_in_use(mut self, max: usize) -> Self {
         self.max_in_use = max;
+        self
+    }
+
+    /// Set `max_in_use_per_host` (R11).
+    pub fn max_in_use_per_host(mut self, max: usize) -> Self {
+        self.max_in_use_per_host = max;
         self
     }
 
@@ -157,6 +176,14 @@ impl Limits {
             return Err(Error::Config("max_in_use must be at least 1"));
         }
         self.max_in_use = self.max_in_use.min(MAX_CONNECTIONS.range().1);
+        if self.max_in_use_per_host == 0 {
+            return Err(Error::Config("max_in_use_per_host must be at least 1"));
+        }
+        // Kept as given up to 4096 (so `client.limits()` shows the default as is); the limiter
+        // uses min(max_in_use_per_host, max_in_use).
+        self.max_in_use_per_host = self
+            .max_in_use_per_host
+            .min(MAX_CONNECTIONS_PER_HOST.range().1);
         self.acquire_timeout = positive(self.acquire_timeout, "acquire_timeout must be positive")?;
         self.idle_timeout = positive(self.idle_timeout, "idle_timeout must be positive")?;
         self.read_timeout = positive(self.read_timeout, "read_timeout must be positive")?;
@@ -253,6 +280,8 @@ pub struct Builder {
     pub(crate) policy: RetryPolicy,
     pub(crate) credential: Option<Arc<dyn Credential>>,
     pub(crate) sleeper: Arc<dyn Sleeper>,
+    pub(crate) retry_budget: RetryBudget,
+    pub(crate) adaptive_throttle: Option<AdaptiveThrottle>,
 }
 
 impl Default for Builder {
@@ -278,6 +307,8 @@ impl Builder {
             policy: RetryPolicy::default(),
             credential: None,
             sleeper: Arc::new(TokioSleep),
+            retry_budget: RetryBudget::from_env(),
+            adaptive_throttle: None,
         }
     }
 
@@ -367,6 +398,20 @@ impl Builder {
     /// How to wait between attempts (default [`TokioSleep`]).
     pub fn sleeper(mut self, sleeper: Arc<dyn Sleeper>) -> Self {
         self.sleeper = sleeper;
+        self
+    }
+
+    /// The retry budget (R9; default on: 20 % of recent first attempts + 10/s over 10 s, per
+    /// partition, from the `RETRY_TRANSPORT_BUDGET_*` environment variables).
+    /// [`RetryBudget::disabled`] turns it off.
+    pub fn retry_budget(mut self, budget: RetryBudget) -> Self {
+        self.retry_budget = budget;
+        self
+    }
+
+    /// Turn on adaptive client-side throttling (R10; off by default).
+    pub fn adaptive_throttle(mut self, throttle: AdaptiveThrottle) -> Self {
+        self.adaptive_throttle = Some(throttle);
         self
     }
 

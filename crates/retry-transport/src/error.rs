@@ -45,6 +45,19 @@ pub enum Error {
         #[source]
         source: reqwest::Error,
     },
+    /// Adaptive client-side throttling (R10, opt-in) rejected the request locally: the
+    /// backend has been refusing most recent requests (429/503), so this one was not sent —
+    /// no connection, no slot, no credential asked. Back off, or shed the work; the
+    /// probability falls as the backend accepts requests again.
+    #[error(
+        "rejected locally by adaptive throttling (probability {probability:.2}) for {partition}"
+    )]
+    Throttled {
+        /// The partition (by default the host and port) being throttled.
+        partition: String,
+        /// The rejection probability the request was drawn against.
+        probability: f64,
+    },
     /// The credential hook failed to produce an `Authorization` value.
     #[error("the credential hook failed")]
     Credential(#[source] BoxError),
@@ -72,6 +85,11 @@ impl Error {
     /// True for [`Error::PoolTimeout`].
     pub fn is_pool_timeout(&self) -> bool {
         matches!(self, Error::PoolTimeout { .. })
+    }
+
+    /// True for [`Error::Throttled`]: rejected locally, nothing was sent.
+    pub fn is_throttled(&self) -> bool {
+        matches!(self, Error::Throttled { .. })
     }
 
     /// True for [`Error::Timeout`]: the peer did not answer in time.

@@ -65,6 +65,7 @@
 
 #[cfg(feature = "azure")]
 mod azure;
+mod budget;
 mod client;
 mod config;
 mod error;
@@ -73,16 +74,22 @@ mod permit;
 mod policy;
 mod retry_after;
 mod stats;
+mod throttle;
 
 #[cfg(feature = "azure")]
 pub use azure::AzureTransport;
+pub use budget::{
+    BUDGET_FLOOR_PER_SECOND, BUDGET_PERCENT, BUDGET_WINDOW_SECONDS, MAX_PARTITIONS, RetryBudget,
+};
 pub use client::RetryClient;
 pub use config::{
     ACQUIRE_TIMEOUT_SECONDS, Builder, CREDENTIAL_TIMEOUT_SECONDS, Customize, IDLE_TIMEOUT_SECONDS,
-    Limits, MAX_CONNECTIONS, MAX_IDLE_PER_HOST, MAX_TIMEOUT, READ_TIMEOUT_SECONDS,
+    Limits, MAX_CONNECTIONS, MAX_CONNECTIONS_PER_HOST, MAX_IDLE_PER_HOST, MAX_TIMEOUT,
+    READ_TIMEOUT_SECONDS,
 };
 pub use error::{BoxError, Error};
 pub use hooks::{Credential, Sleeper, TokioSleep};
 pub use policy::{MAX_POLICY_WAIT, Methods, RetryPolicy};
 pub use retry_after::parse_retry_after;
 pub use stats::{GiveUpReason, GiveUps, RetriesByCause, RetryCause, TransportStats};
+pub use throttle::AdaptiveThrottle;

@@ -1,37 +1,96 @@
 //! Connection slots: a semaphore permit per request that lives exactly as long as its response body.
 
+use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http_body::{Body, Frame, SizeHint};
 use reqwest::ResponseBuilderExt as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
 use crate::error::Error;
 
-/// The connection-slot limit (R4): `max_in_use` permits, acquired with a timeout.
+/// More hosts than this: idle per-host counters are dropped (the map stays bounded).
+const PRUNE_HOSTS_ABOVE: usize = 1024;
+
+/// A connection slot: a permit of the total limit and one of its host's limit (R4, R11).
+/// Dropping it releases both.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    _host: OwnedSemaphorePermit,
+    _total: OwnedSemaphorePermit,
+}
+
+/// The connection-slot limits: `max_in_use` permits in all (R4) and `max_in_use_per_host`
+/// per host (R11), acquired within one acquire timeout.
 #[derive(Debug)]
 pub(crate) struct Limiter {
     semaphore: Arc<Semaphore>,
     max_in_use: usize,
+    max_in_use_per_host: usize,
+    hosts: Mutex<HashMap<String, Arc<Semaphore>>>,
 }
 
 impl Limiter {
-    pub(crate) fn new(max_in_use: usize) -> Self {
+    pub(crate) fn new(max_in_use: usize, max_in_use_per_host: usize) -> Self {
         Self {
             semaphore: Arc::new(Semaphore::new(max_in_use)),
             max_in_use,
+            max_in_use_per_host,
+            hosts: Mutex::new(HashMap::new()),
         }
     }
 
-    /// A slot, or [`Error::PoolTimeout`] after `timeout` (tokio time).
-    pub(crate) async fn acquire(&self, timeout: Duration) -> Result<OwnedSemaphorePermit, Error> {
-        let acquire = Arc::clone(&self.semaphore).acquire_owned();
-        match tokio::time::timeout(timeout, acquire).await {
-            Ok(Ok(permit)) => Ok(permit),
+    fn host(&self, host: &str) -> Arc<Semaphore> {
+        let mut hosts = self
+            .hosts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(semaphore) = hosts.get(host) {
+            return Arc::clone(semaphore);
+        }
+        if hosts.len() >= PRUNE_HOSTS_ABOVE {
+            // Only counters nobody holds or waits on (the map's Arc is the only one) go.
+            hosts.retain(|_, semaphore| Arc::strong_count(semaphore) > 1);
+        }
+        Arc::clone(
+            hosts
+                .entry(host.to_string())
+                .or_insert_with(|| Arc::new(Semaphore::new(self.max_in_use_per_host))),
+        )
+    }
+
+    /// A slot for `host` — its host's permit first, then the total one, so a request queued
+    /// behind a busy host holds nothing of the total — or [`Error::PoolTimeout`] once
+    /// `timeout` (tokio time) has passed in all. The error's `max_in_use` is the limit that
+    /// was full.
+    pub(crate) async fn acquire(&self, host: &str, timeout: Duration) -> Result<Slot, Error> {
+        let deadline = Instant::now() + timeout;
+        let per_host = self.host(host);
+        let host_permit = match tokio::time::timeout_at(deadline, per_host.acquire_owned()).await {
+            Ok(Ok(permit)) => permit,
             // The semaphore is never closed; treat a closed one like a timeout rather than panic.
+            Ok(Err(_)) | Err(_) => {
+                tracing::debug!(
+                    host,
+                    max_in_use_per_host = self.max_in_use_per_host,
+                    "retry-transport: no slot free for this host"
+                );
+                return Err(Error::PoolTimeout {
+                    waited: timeout,
+                    max_in_use: self.max_in_use_per_host,
+                });
+            }
+        };
+        let acquire = Arc::clone(&self.semaphore).acquire_owned();
+        match tokio::time::timeout_at(deadline, acquire).await {
+            Ok(Ok(permit)) => Ok(Slot {
+                _host: host_permit,
+                _total: permit,
+            }),
             Ok(Err(_)) | Err(_) => Err(Error::PoolTimeout {
                 waited: timeout,
                 max_in_use: self.max_in_use,
@@ -44,8 +103,24 @@ impl Limiter {
             .saturating_sub(self.semaphore.available_permits())
     }
 
+    /// Slots held now for `host`.
+    pub(crate) fn in_use_for(&self, host: &str) -> usize {
+        let hosts = self
+            .hosts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        hosts.get(host).map_or(0, |semaphore| {
+            self.max_in_use_per_host
+                .saturating_sub(semaphore.available_permits())
+        })
+    }
+
     pub(crate) fn max_in_use(&self) -> usize {
         self.max_in_use
+    }
+
+    pub(crate) fn max_in_use_per_host(&self) -> usize {
+        self.max_in_use_per_host
     }
 }
 
@@ -56,7 +131,7 @@ pin_project_lite::pin_project! {
     pub(crate) struct PermitBody<B> {
         #[pin]
         inner: B,
-        permit: Option<OwnedSemaphorePermit>,
+        permit: Option<Slot>,
     }
 }
 
@@ -88,10 +163,7 @@ impl<B: Body> Body for PermitBody<B> {
 }
 
 /// Move `permit` into `response`'s body, so the slot is released with the body (R4).
-pub(crate) fn attach(
-    response: reqwest::Response,
-    permit: OwnedSemaphorePermit,
-) -> reqwest::Response {
+pub(crate) fn attach(response: reqwest::Response, permit: Slot) -> reqwest::Response {
     let url = response.url().clone();
     let (mut parts, body) = http::Response::<reqwest::Body>::from(response).into_parts();
     // An empty body (204, HEAD, Content-Length: 0) frees its slot now.

@@ -1,4 +1,4 @@
-//! Counters: attempts, retries by cause, give-ups, pool timeouts, permits in use.
+//! Counters: attempts, retries by cause, give-ups (budget and throttling included), pool timeouts, permits in use.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -28,6 +28,10 @@ pub enum GiveUpReason {
     RetryAfterOverCap,
     /// The request body is a stream that cannot be sent twice (R8).
     BodyNotCloneable,
+    /// The partition's retry budget (R9) had no retry left.
+    RetryBudgetExhausted,
+    /// Adaptive throttling (R10) rejected the retry locally.
+    Throttled,
 }
 
 /// Retries, by cause.
@@ -56,6 +60,10 @@ pub struct GiveUps {
     pub retry_after_over_cap: u64,
     /// A body that cannot be cloned.
     pub body_not_cloneable: u64,
+    /// The retry budget (R9) was exhausted: the retryable response or error went back at once.
+    pub retry_budget_exhausted: u64,
+    /// Adaptive throttling (R10) rejected the retry locally.
+    pub throttled: u64,
 }
 
 /// A snapshot of a [`RetryClient`](crate::RetryClient)'s counters (shared by every clone and
@@ -81,12 +89,17 @@ pub struct TransportStats {
     /// Retryable responses dropped unread before the sleep (body over the drain limit or too
     /// slow), closing their connection.
     pub discarded: u64,
+    /// First attempts rejected locally by adaptive throttling (R10) with
+    /// [`Error::Throttled`](crate::Error::Throttled): nothing was sent.
+    pub throttled: u64,
     /// Client rebuilds by `reset()`.
     pub resets: u64,
     /// Connection slots held right now (by requests in progress and unread response bodies).
     pub permits_in_use: usize,
     /// The connection-slot limit.
     pub max_in_use: usize,
+    /// The per-host connection-slot limit (R11), as clamped (at most `max_in_use`).
+    pub max_in_use_per_host: usize,
 }
 
 #[derive(Debug, Default)]
@@ -101,6 +114,9 @@ pub(crate) struct Counters {
     budget_exhausted: AtomicU64,
     retry_after_over_cap: AtomicU64,
     body_not_cloneable: AtomicU64,
+    retry_budget_exhausted: AtomicU64,
+    throttled_retries: AtomicU64,
+    pub(crate) locally_rejected: AtomicU64,
     pub(crate) pool_timeouts: AtomicU64,
     pub(crate) timeouts: AtomicU64,
     pub(crate) drained: AtomicU64,
@@ -128,10 +144,17 @@ impl Counters {
             GiveUpReason::BudgetExhausted => &self.budget_exhausted,
             GiveUpReason::RetryAfterOverCap => &self.retry_after_over_cap,
             GiveUpReason::BodyNotCloneable => &self.body_not_cloneable,
+            GiveUpReason::RetryBudgetExhausted => &self.retry_budget_exhausted,
+            GiveUpReason::Throttled => &self.throttled_retries,
         });
     }
 
-    pub(crate) fn snapshot(&self, permits_in_use: usize, max_in_use: usize) -> TransportStats {
+    pub(crate) fn snapshot(
+        &self,
+        permits_in_use: usize,
+        max_in_use: usize,
+        max_in_use_per_host: usize,
+    ) -> TransportStats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         TransportStats {
             requests: get(&self.requests),
@@ -147,14 +170,18 @@ impl Counters {
                 budget_exhausted: get(&self.budget_exhausted),
                 retry_after_over_cap: get(&self.retry_after_over_cap),
                 body_not_cloneable: get(&self.body_not_cloneable),
+                retry_budget_exhausted: get(&self.retry_budget_exhausted),
+                throttled: get(&self.throttled_retries),
             },
             pool_timeouts: get(&self.pool_timeouts),
             timeouts: get(&self.timeouts),
             drained: get(&self.drained),
             discarded: get(&self.discarded),
+            throttled: get(&self.locally_rejected),
             resets: get(&self.resets),
             permits_in_use,
             max_in_use,
+            max_in_use_per_host,
         }
     }
 }

@@ -443,6 +443,9 @@ async fn slots_bound_concurrency() {
         }));
     }
     eventually("3 slots held", || client.stats().permits_in_use == 3).await;
+    // A slot is taken before the request reaches the server: wait for the 3 to arrive (on a
+    // loaded machine they may not have yet), then check no fourth got through.
+    eventually("3 requests seen", || server.stats().requests_seen >= 3).await;
     assert_eq!(server.stats().requests_seen, 3);
     release.send_replace(true);
     for t in tasks {
@@ -2691,12 +2694,20 @@ async fn mixed_storm_on_few_slots() {
         Answer::reset(),
     ]);
     server.set_default(Answer::ok(256));
-    let (client, _s) = recording_client(
+    // 60 requests × 3 retries at once is 180 retries within a second: far past the default
+    // retry budget (R9, issue #17: 10/s × 10 s + 20 % of 60 = 112), which is right for a
+    // storm. This test is about slots under a storm, so it turns the budget off;
+    // `tests/budget.rs` covers the same storm with the budget on.
+    let client = builder(
         Limits::default()
             .max_in_use(3)
             .acquire_timeout(Duration::from_secs(20)),
-        RetryPolicy::default(),
-    );
+    )
+    .policy(RetryPolicy::default())
+    .sleeper(Arc::new(RecordingSleeper::default()))
+    .retry_budget(retry_transport::RetryBudget::disabled())
+    .build()
+    .expect("build");
     let mut tasks = Vec::new();
     for i in 0..60 {
         let c = client.clone();
