@@ -64,6 +64,7 @@ mod error;
 mod handle;
 mod identity;
 mod pool;
+mod rejection;
 mod stats;
 
 pub use config::{BlobPoolConfig, IDLE_TTL_SECONDS, MAX_ENTRIES, SWEEP_SECONDS};

@@ -18,6 +18,7 @@ use crate::endpoint::Endpoint;
 use crate::error::BlobPoolError;
 use crate::handle::{Entry, Key, PooledBlobClient};
 use crate::identity::{Registration, Registry};
+use crate::rejection::RejectedTokenPolicy;
 use crate::stats::{BlobPoolStats, SweepReport};
 
 /// The scope the Blob SDK asks tokens for.
@@ -40,6 +41,8 @@ pub(crate) struct Inner {
     config: BlobPoolConfig,
     retired: Arc<AtomicU64>,
     credentials_dropped: AtomicU64,
+    /// Tokens storage rejected (401, or 403 `AuthenticationFailed`) that were still cached.
+    pub(crate) tokens_rejected: AtomicU64,
     sweeper_started: AtomicBool,
 }
 
@@ -95,6 +98,7 @@ impl BlobPoolBuilder {
                 config: self.config,
                 retired: Arc::default(),
                 credentials_dropped: AtomicU64::new(0),
+                tokens_rejected: AtomicU64::new(0),
                 sweeper_started: AtomicBool::new(false),
             }),
         })
@@ -175,6 +179,15 @@ impl BlobPool {
         if let Some(version) = &inner.config.api_version {
             options.version = version.clone();
         }
+        // T11: runs after the SDK's bearer policy, so it sees the token the request carried.
+        options
+            .client_options
+            .per_try_policies
+            .push(Arc::new(RejectedTokenPolicy {
+                credential: registration.credential.clone(),
+                id: registration.id,
+                pool: Arc::downgrade(&self.inner),
+            }));
         let credential: Arc<dyn TokenCredential> = registration.credential.clone();
         let client =
             BlobServiceClient::new(endpoint.url().clone(), Some(credential), Some(options))?;
@@ -293,6 +306,7 @@ impl BlobPool {
             credentials: inner.registry.len(),
             registrations: inner.registry.issued(),
             credentials_dropped: inner.credentials_dropped.load(Ordering::Relaxed),
+            tokens_rejected: inner.tokens_rejected.load(Ordering::Relaxed),
             clients_retired: inner.retired.load(Ordering::Relaxed),
             transport: inner.transport.client().stats(),
         }

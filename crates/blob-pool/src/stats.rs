@@ -18,6 +18,10 @@ pub struct BlobPoolStats {
     pub credentials_dropped: u64,
     /// Clients whose retire ran.
     pub clients_retired: u64,
+    /// Tokens Azure Storage rejected (401, or 403 `AuthenticationFailed`) while they were still
+    /// cached: each was invalidated in its credential's token cache (T11), and on a 403 the
+    /// credential's clients were evicted so the next ones ask for a new token.
+    pub tokens_rejected: u64,
     /// The shared retry-transport client: requests, attempts, retries, pool timeouts, slots.
     pub transport: TransportStats,
 }
