@@ -8,6 +8,10 @@
 //! counting instead of timing.
 //!
 //! Which answer a request gets, in order:
+//! 0. in capacity mode ([`RateLimitServer::set_capacity`]: a token bucket of C requests a
+//!    second, changeable while running), a request over capacity gets the capacity's reject
+//!    answer (`429` + `Retry-After`, or `503`) and is counted per second
+//!    ([`RateLimitServer::capacity_timeline`]);
 //! 1. the next answer queued for its path with [`RateLimitServer::script`], if any;
 //! 2. else, if this is the *n*-th request on its path and the prelude set with
 //!    [`RateLimitServer::every_path_starts_with`] has an *n*-th answer, that one;
@@ -35,6 +39,7 @@
 
 mod answer;
 mod body;
+mod capacity;
 #[cfg(test)]
 mod tests;
 
@@ -56,6 +61,8 @@ use tokio::sync::watch;
 use answer::Kind;
 pub use answer::{Answer, RetryAfter};
 use body::{InFlight, ScriptedBody};
+use capacity::CapacityState;
+pub use capacity::{Capacity, CapacityCounts};
 
 /// Counters read from a running [`RateLimitServer`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -119,6 +126,7 @@ impl Script {
 #[derive(Debug)]
 pub(crate) struct Shared {
     script: Mutex<Script>,
+    capacity: Mutex<CapacityState>,
     log: Mutex<Vec<SeenRequest>>,
     connections_opened: AtomicU64,
     connections_open: AtomicU64,
@@ -183,6 +191,7 @@ impl RateLimitServer {
                 queued: HashMap::new(),
                 seen_per_path: HashMap::new(),
             }),
+            capacity: Mutex::new(CapacityState::new()),
             log: Mutex::new(Vec::new()),
             connections_opened: AtomicU64::new(0),
             connections_open: AtomicU64::new(0),
@@ -224,6 +233,48 @@ impl RateLimitServer {
             .entry(path.to_string())
             .or_default()
             .extend(answers);
+    }
+
+    /// Capacity mode: serve at most `capacity.per_second` requests a second (a token bucket)
+    /// and answer the excess with its reject answer; `None` turns it off. Callable while the
+    /// server runs — raise or lower the capacity for an outage or a recovery; the bucket
+    /// keeps its tokens (capped by the new burst) and the counters keep counting.
+    ///
+    /// ```
+    /// use testkit::ratelimit::{Answer, Capacity, RateLimitServer};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// let server = RateLimitServer::start().await?;
+    /// server.set_capacity(Some(Capacity::per_second(1000.0))); // excess: 429 + Retry-After: 1
+    /// server.set_capacity(Some(Capacity::per_second(3000.0).reject_with(Answer::status(503))));
+    /// assert_eq!(server.capacity_counts().seen, 0);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn set_capacity(&self, capacity: Option<Capacity>) {
+        lock(&self.shared.capacity).set(capacity);
+    }
+
+    /// Requests seen, served and rejected in capacity mode since the counters were last reset.
+    pub fn capacity_counts(&self) -> CapacityCounts {
+        lock(&self.shared.capacity).totals()
+    }
+
+    /// The same counts per second (entry `i`: second `i` after the last reset, tokio time),
+    /// up to the last second a request arrived in.
+    pub fn capacity_timeline(&self) -> Vec<CapacityCounts> {
+        lock(&self.shared.capacity).timeline()
+    }
+
+    /// Zero the capacity counters and restart the timeline now (the bucket is unchanged).
+    pub fn reset_capacity_counts(&self) {
+        lock(&self.shared.capacity).reset_counters();
+    }
+
+    /// Time since the capacity counters were last reset (tokio time).
+    pub fn capacity_elapsed(&self) -> std::time::Duration {
+        lock(&self.shared.capacity).since_origin()
     }
 
     /// The counters now.
@@ -324,7 +375,11 @@ async fn handle(
             Some(Err(_)) | None => break,
         }
     }
-    let answer = lock(&shared.script).next(&path);
+    let over_capacity = lock(&shared.capacity).admit();
+    let answer = match over_capacity {
+        Some(reject) => reject,
+        None => lock(&shared.script).next(&path),
+    };
     lock(&shared.log).push(SeenRequest {
         method: parts.method.to_string(),
         path,

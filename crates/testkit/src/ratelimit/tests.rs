@@ -257,3 +257,75 @@ async fn hang_never_answers_and_reset_closes_the_connection() {
     drop(server);
     assert!(hang.head().await.is_none());
 }
+
+// Capacity mode: a token bucket (paused tokio time, so refills are exact), excess answered
+// 429 + Retry-After (or 503), counted in all and per second, changeable while running.
+#[tokio::test(start_paused = true)]
+async fn capacity_mode_serves_the_bucket_and_rejects_the_excess() {
+    use super::{Capacity, CapacityCounts};
+    let server = RateLimitServer::start().await.unwrap();
+    server.set_default(Answer::ok(2));
+    let mut raw = Raw::connect(&server).await;
+    assert_eq!(raw.get("/off").await.0.status, 200);
+    assert_eq!(
+        server.capacity_counts(),
+        CapacityCounts::default(),
+        "off: not counted"
+    );
+
+    server.set_capacity(Some(Capacity::per_second(10.0).burst(2.0)));
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let (head, _) = raw.get("/x").await;
+        if head.status == 429 {
+            assert_eq!(head.header("retry-after"), Some("1"));
+        }
+        statuses.push(head.status);
+    }
+    assert_eq!(
+        statuses,
+        [200, 200, 429, 429, 429],
+        "a burst of 2, then empty"
+    );
+
+    // 0.25 s at 10/s: 2.5 tokens, capped at the burst of 2.
+    tokio::time::advance(Duration::from_millis(250)).await;
+    let statuses: Vec<u16> = {
+        let mut v = Vec::new();
+        for _ in 0..3 {
+            v.push(raw.get("/x").await.0.status);
+        }
+        v
+    };
+    assert_eq!(statuses, [200, 200, 429]);
+
+    // Raised while running, excess answered 503 now.
+    server.set_capacity(Some(
+        Capacity::per_second(100.0).reject_with(Answer::status(503)),
+    ));
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let mut served = 0;
+    for _ in 0..12 {
+        match raw.get("/y").await.0.status {
+            200 => served += 1,
+            status => assert_eq!(status, 503),
+        }
+    }
+    assert_eq!(served, 10, "burst of 10 (a tenth of 100/s)");
+
+    let totals = server.capacity_counts();
+    assert_eq!((totals.seen, totals.served, totals.rejected), (20, 14, 6));
+    let timeline = server.capacity_timeline();
+    assert_eq!(timeline.len(), 2);
+    assert_eq!((timeline[0].seen, timeline[0].served), (8, 4));
+    assert_eq!(
+        (timeline[1].seen, timeline[1].served, timeline[1].rejected),
+        (12, 10, 2)
+    );
+    server.reset_capacity_counts();
+    assert!(server.capacity_timeline().is_empty());
+
+    server.set_capacity(None);
+    assert_eq!(raw.get("/z").await.0.status, 200);
+    assert_eq!(server.capacity_counts().seen, 0);
+}
