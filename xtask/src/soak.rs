@@ -70,7 +70,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
             ),
         }
     }
-    if !(soak.minutes > 0.0) {
+    if soak.minutes.is_nan() || soak.minutes <= 0.0 {
         bail!("--minutes must be positive");
     }
     crate::setup::ensure_installed()?;
@@ -94,15 +94,17 @@ struct Window {
 }
 
 pub(crate) fn run_soak(soak: &Soak) -> Result<()> {
-    let mut build = cargo();
-    build.args(["build", "--locked", "-p", "dashboard", "--bin", "demo"]);
-    if soak.release {
-        build.arg("--release");
+    if soak.build {
+        let mut build = cargo();
+        build.args(["build", "--locked", "-p", "dashboard", "--bin", "demo"]);
+        if soak.release {
+            build.arg("--release");
+        }
+        step(
+            "cargo build -p dashboard --bin demo (for the soak)",
+            &mut build,
+        )?;
     }
-    step(
-        "cargo build -p dashboard --bin demo (for the soak)",
-        &mut build,
-    )?;
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("target"));
@@ -203,7 +205,7 @@ fn drive(soak: &Soak, child: &mut Child) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let window = Arc::new(Mutex::new(Window::default()));
     let mut workers = Vec::new();
-    for path in paths.iter().cloned() {
+    for path in paths.clone() {
         let (stop, window, host, key) = (stop.clone(), window.clone(), host.clone(), key.clone());
         workers.push(thread::spawn(move || {
             let mut client = Client::new(&host, &key);

@@ -110,6 +110,10 @@ fn header_bytes(headers: &[Header]) -> usize {
 }
 
 impl Finisher {
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one private constructor taking each recorded field once"
+    )]
     pub(crate) fn new(
         shared: Arc<Shared>,
         request_id: String,
