@@ -2,7 +2,8 @@
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -117,5 +118,67 @@ pub(crate) fn retire_detached<V: Retire>(
             );
             counters.retire_failures.add(values.len() as u64);
         }
+    }
+}
+
+/// Background retire for victims evicted on callers' paths (expiry found by a lookup, capacity).
+///
+/// Victims queue up; one task is spawned per *batch*, not per victim: the first push after a
+/// task has started spawns the next, and that task takes everything queued by the time it runs.
+/// A busy caller evicting on every insert therefore pays a queue push, not a task spawn, per
+/// eviction. Within a batch retires run concurrently, each bounded by the timeout, so a hanging
+/// retire delays no other.
+pub(crate) struct RetireQueue<V> {
+    pending: Mutex<Vec<Arc<Slot<V>>>>,
+    scheduled: AtomicBool,
+    timeout: Duration,
+    counters: Arc<Counters>,
+}
+
+impl<V: Retire> RetireQueue<V> {
+    pub(crate) fn new(timeout: Duration, counters: Arc<Counters>) -> Self {
+        Self {
+            pending: Mutex::new(Vec::new()),
+            scheduled: AtomicBool::new(false),
+            timeout,
+            counters,
+        }
+    }
+
+    /// Queue `values` for retire. Must be called with no pool lock held.
+    pub(crate) fn push(self: &Arc<Self>, values: Vec<Arc<Slot<V>>>) {
+        if values.is_empty() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(
+                count = values.len(),
+                "no tokio runtime to retire evicted values on; dropping them without retire"
+            );
+            self.counters.retire_failures.add(values.len() as u64);
+            return;
+        };
+        self.lock().extend(values);
+        if !self.scheduled.swap(true, Ordering::AcqRel) {
+            let queue = self.clone();
+            runtime.spawn(async move {
+                // Cleared before taking the batch: a push after this point schedules a new task.
+                queue.scheduled.store(false, Ordering::Release);
+                let batch = std::mem::take(&mut *queue.lock());
+                let results = futures::future::join_all(
+                    batch
+                        .iter()
+                        .map(|slot| retire_one(&slot.value, queue.timeout)),
+                )
+                .await;
+                let failed = results.iter().filter(|ok| !**ok).count();
+                queue.counters.retire_failures.add(failed as u64);
+            });
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Slot<V>>>> {
+        // Nothing panics while holding it: a poisoned lock breaks nothing.
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }

@@ -6,7 +6,7 @@
 //! the slot's last-used time and hit flag, and the index catches up lazily when an entry reaches
 //! the front of the order (see [`Index::victim`]).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -98,8 +98,8 @@ impl<K: Clone, V> Index<K, V> {
 
     /// Whether `hash` was capacity-evicted recently (the key came straight back: the pool is
     /// thrashing). Forgets the ghost.
-    pub(crate) fn returned(&mut self, hash: u64) -> bool {
-        self.ghosts.take(hash)
+    pub(crate) fn returned(&mut self, hash: u64, capacity: usize) -> bool {
+        self.ghosts.take(hash, capacity)
     }
 
     /// Whether a thrashing warning is due (at most one a minute); records it if so.
@@ -147,12 +147,23 @@ impl<K: Clone, V> Index<K, V> {
         } else {
             None
         };
-        let rank = match chosen {
-            Some(rank) => rank,
-            None => self.soonest()?,
+        let (rank, entry) = match chosen {
+            Some(rank) => (rank, self.order.remove(&rank)?),
+            // The front of the order: one descent of the tree, not a search and a removal.
+            None => {
+                self.soonest()?;
+                self.order.pop_first()?
+            }
         };
-        let entry = self.order.remove(&rank)?;
-        self.probation.remove(&rank.id);
+        if self
+            .probation
+            .first_key_value()
+            .is_some_and(|(&id, _)| id == rank.id)
+        {
+            self.probation.pop_first();
+        } else {
+            self.probation.remove(&rank.id);
+        }
         self.ghosts.push(entry.hash, ghost_capacity);
         Some(Victim {
             key: entry.key,
@@ -219,34 +230,59 @@ impl<K: Clone, V> Index<K, V> {
     }
 }
 
-/// Hashes of recently capacity-evicted keys, oldest forgotten first, at most a capacity's worth.
+/// Hashes of recently capacity-evicted keys: a table of 4-way buckets (one per entry of
+/// capacity, rounded up to a power of two, at most [`MAX_GHOSTS`] slots), a full bucket
+/// forgetting its oldest-written way. One cache line per push or lookup; a lost ghost only hides
+/// one thrashing signal, and two keys are confused only if they share a whole 64-bit hash.
 #[derive(Default)]
 struct Ghosts {
-    live: HashMap<u64, u64>,
-    fifo: VecDeque<(u64, u64)>,
-    seq: u64,
+    buckets: Vec<Bucket>,
+    turn: usize,
 }
 
+#[derive(Clone, Copy, Default)]
+#[repr(align(32))]
+struct Bucket([u64; 4]);
+
+/// The most ghost slots kept (512 KiB): in pools above 16 384 entries, thrashing is noticed for
+/// keys that come back within tens of thousands of capacity evictions, not a whole capacity's.
+const MAX_GHOSTS: usize = 1 << 16;
+
 impl Ghosts {
+    fn bucket(&mut self, hash: u64, capacity: usize) -> &mut Bucket {
+        let size = capacity.clamp(1, MAX_GHOSTS / 4).next_power_of_two();
+        if self.buckets.len() != size {
+            self.buckets = vec![Bucket::default(); size];
+        }
+        // The hash's low bits pick the shard; mix so ghosts of one shard spread over the table.
+        let mixed = hash.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+        &mut self.buckets[(mixed as usize) & (size - 1)]
+    }
+
     fn push(&mut self, hash: u64, capacity: usize) {
-        self.seq += 1;
-        self.live.insert(hash, self.seq);
-        self.fifo.push_back((hash, self.seq));
-        while self.fifo.len() > capacity {
-            if let Some((old, seq)) = self.fifo.pop_front()
-                && self.live.get(&old) == Some(&seq)
-            {
-                self.live.remove(&old);
+        // 0 marks an empty way; a key hashing to 0 is simply never remembered.
+        self.turn = self.turn.wrapping_add(1);
+        let turn = self.turn;
+        let bucket = self.bucket(hash, capacity);
+        if bucket.0.contains(&hash) {
+            return;
+        }
+        let way = bucket.0.iter().position(|&h| h == 0).unwrap_or(turn % 4);
+        bucket.0[way] = hash;
+    }
+
+    fn take(&mut self, hash: u64, capacity: usize) -> bool {
+        let bucket = self.bucket(hash, capacity);
+        match bucket.0.iter().position(|&h| h == hash && hash != 0) {
+            Some(way) => {
+                bucket.0[way] = 0;
+                true
             }
+            None => false,
         }
     }
 
-    fn take(&mut self, hash: u64) -> bool {
-        self.live.remove(&hash).is_some()
-    }
-
     fn clear(&mut self) {
-        self.live.clear();
-        self.fifo.clear();
+        self.buckets.fill(Bucket::default());
     }
 }
