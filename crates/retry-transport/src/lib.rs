@@ -31,6 +31,19 @@
 //! - **Same limits on every path (R5, R6).** [`RetryClient::with_policy`] shares the pool and
 //!   the limit; [`RetryClient::reset`] rebuilds the reqwest client from the same configuration
 //!   while requests in flight finish on the old one.
+//! - **A retry budget, on by default (R9).** Retries may add at most 20 % of recent first
+//!   attempts plus 10 retries/s over a 10 s window ([`RetryBudget`], `RETRY_TRANSPORT_BUDGET_*`),
+//!   counted per partition — the host and port, or a name given with
+//!   [`RetryClient::with_partition`] — and shared by every clone and view. Past it, the
+//!   retryable response (or error) goes back at once, counted as
+//!   [`GiveUpReason::RetryBudgetExhausted`]: a fleet of clients cannot multiply the load on an
+//!   upstream that is already overloaded. The accounting is tower's `TpsBudget`.
+//! - **Adaptive client-side throttling, opt-in (R10).** [`AdaptiveThrottle`]: Google SRE's
+//!   rule, reject locally with probability max(0, (requests − K·accepts) / (requests + 1)),
+//!   K = 2 over a 2-minute window, per partition; a rejected request fails with
+//!   [`Error::Throttled`] before it asks the credential, takes a slot or opens a connection.
+//! - **A per-host cap (R11).** [`Limits::max_in_use_per_host`] beside `max_in_use`: the same
+//!   body-lifetime permit and acquire timeout, so one slow host cannot take every slot.
 //! - **Azure.** [`AzureTransport`] (feature `azure`, on by default) is an `azure_core`
 //!   `HttpClient` over this client, with the SDK's own retries turned off.
 //!
@@ -40,7 +53,11 @@
 //!
 //! Every attempt runs in a `tracing` span `http_attempt` (attempt number, method, host, path —
 //! never the query, which may carry a SAS token — and status). [`RetryClient::stats`] counts
-//! attempts, retries by cause, give-ups, pool timeouts and slots in use.
+//! attempts, retries by cause, give-ups (the budget and throttling included), local
+//! rejections, pool timeouts and slots in use; [`RetryClient::retry_budget_balance`],
+//! [`RetryClient::throttle_probability`] and [`RetryClient::permits_in_use_for`] look into one
+//! partition or host. Budget exhaustion and local rejections are `debug` events with the
+//! partition and the balance or probability.
 //!
 //! # Example
 //!
