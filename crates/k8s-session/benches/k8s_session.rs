@@ -4,10 +4,16 @@
 //! handshake each time), both against testkit's in-process HTTPS Kubernetes API server with
 //! mTLS, in the same run.
 //!
+//! A second part (issue #23) drives a round-robin over one cluster more than the capacity (33
+//! keys, capacity 32, every key served by the same test server) and reports the hit rate and the
+//! time per call, against the same loop with the thrashing protection off (an expiry margin as
+//! long as the TTL: soonest-deadline eviction alone, the policy before #23, which rebuilds a
+//! session on every call) and against a round-robin within the capacity (32 clusters).
+//!
 //! Run with `cargo xtask bench k8s_session`. Prints a human summary and one JSON line per
 //! comparison (the format `cargo xtask bench` collects into docs/benchmarks.md).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_session::{KubeconfigSource, SessionKey, SessionPool};
@@ -18,6 +24,8 @@ use testkit::k8s::{K8sServer, SAMPLE_NAMESPACE, kube_client};
 const CALLS_PER_ROUND: usize = 50;
 const ROUNDS: usize = 10;
 const WARMUP_CALLS: usize = 20;
+const CAPACITY: usize = 32;
+const CYCLE_ROUNDS: usize = 8;
 
 async fn list(client: &kube::Client) {
     let pods: Api<Pod> = Api::namespaced(client.clone(), SAMPLE_NAMESPACE);
@@ -76,7 +84,7 @@ async fn run() {
     let baseline_connections = server.tls_connections() - connections_before - ours_connections;
     let stats = pool.stats();
 
-    let comparisons = [
+    let mut comparisons = vec![
         Comparison {
             scenario: "k8s_session",
             baseline_name: "kube::Client built per call".into(),
@@ -105,6 +113,7 @@ async fn run() {
             lower_is_better: true,
         },
     ];
+    comparisons.extend(round_robin(&server, &kubeconfig).await);
     println!(
         "k8s_session: {} calls per variant over mTLS on loopback; pool: {} build(s), {} hits",
         ROUNDS * CALLS_PER_ROUND,
@@ -122,4 +131,87 @@ async fn run() {
         );
     }
     emit(&comparisons);
+}
+
+/// Round-robin over `clusters` keys through a pool of [`CAPACITY`] sessions: (hit rate in %,
+/// ms per call) over [`CYCLE_ROUNDS`] rounds after one warm-up round.
+async fn cycle(
+    kubeconfig: &kube::config::Kubeconfig,
+    clusters: usize,
+    margin: Duration,
+) -> (f64, f64) {
+    let pool = SessionPool::builder(KubeconfigSource::from_kubeconfig(kubeconfig.clone()))
+        .knobs_from(|_| None)
+        .max_entries(CAPACITY)
+        .expiry_margin(margin)
+        .build();
+    let keys: Vec<SessionKey> = (0..clusters)
+        .map(|i| SessionKey::new("bench-subscription", "bench-rg", format!("cluster-{i}")))
+        .collect();
+    for key in &keys {
+        list(&pool.session(key).await.expect("session")).await;
+    }
+    let before = pool.stats();
+    let start = Instant::now();
+    for _ in 0..CYCLE_ROUNDS {
+        for key in &keys {
+            list(&pool.session(key).await.expect("session")).await;
+        }
+    }
+    let elapsed = start.elapsed();
+    let calls = (CYCLE_ROUNDS * clusters) as f64;
+    let after = pool.stats();
+    let hits = (after.hits - before.hits) as f64;
+    println!(
+        "  round-robin over {clusters} clusters (capacity {CAPACITY}, margin {margin:?}): \
+         {:.1} % hits, {:.3} ms/call, thrashing {}",
+        100.0 * hits / calls,
+        elapsed.as_secs_f64() * 1e3 / calls,
+        after.thrashing
+    );
+    (100.0 * hits / calls, elapsed.as_secs_f64() * 1e3 / calls)
+}
+
+async fn round_robin(server: &K8sServer, kubeconfig: &kube::config::Kubeconfig) -> Vec<Comparison> {
+    let connections = server.tls_connections();
+    let over = CAPACITY + 1;
+    let (hit_rate, ms) = cycle(kubeconfig, over, Duration::from_secs(60)).await;
+    // Soonest-deadline alone: a margin as long as the pool TTL makes every session "about to
+    // expire", which is what capacity eviction did before #23.
+    let (fifo_rate, fifo_ms) = cycle(kubeconfig, over, Duration::from_secs(86_400)).await;
+    let (_, within_ms) = cycle(kubeconfig, CAPACITY, Duration::from_secs(60)).await;
+    println!(
+        "  TLS connections opened by the round-robin runs: {}",
+        server.tls_connections() - connections
+    );
+    let fifo = "soonest-deadline eviction alone (the pre-#23 policy)";
+    vec![
+        Comparison {
+            scenario: "k8s_session",
+            baseline_name: fifo.into(),
+            metric: "round-robin over capacity+1 (33) clusters: hit rate",
+            unit: "%",
+            ours: hit_rate,
+            baseline: fifo_rate,
+            lower_is_better: false,
+        },
+        Comparison {
+            scenario: "k8s_session",
+            baseline_name: fifo.into(),
+            metric: "round-robin over capacity+1 (33) clusters: time per call",
+            unit: "ms/call",
+            ours: ms,
+            baseline: fifo_ms,
+            lower_is_better: true,
+        },
+        Comparison {
+            scenario: "k8s_session",
+            baseline_name: "ours, round-robin within capacity (32 clusters)".into(),
+            metric: "round-robin over capacity+1 (33) clusters: time per call",
+            unit: "ms/call",
+            ours: ms,
+            baseline: within_ms,
+            lower_is_better: true,
+        },
+    ]
 }

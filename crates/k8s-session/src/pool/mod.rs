@@ -43,6 +43,10 @@ const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(295);
 /// The range explicit connect and read timeouts are clamped into.
 const TIMEOUT_RANGE: (Duration, Duration) = (Duration::from_millis(1), Duration::from_secs(86_400));
 
+/// The default expiry margin: the 60 s safety margin bearer sessions already keep before their
+/// token's expiry (K3).
+const DEFAULT_EXPIRY_MARGIN: Duration = Duration::from_secs(60);
+
 /// The longest sweep interval kept (the longest pool TTL: sweeping less often is pointless).
 const MAX_SWEEP_INTERVAL: Duration = Duration::from_secs(86_400);
 
@@ -65,7 +69,13 @@ fn clamp_ttl(ttl: Duration) -> Duration {
 ///   certificate's `notAfter`, the material's expiry and the bearer token's expiry minus 60 s
 ///   (K3). When that collapses to zero the caller gets a one-shot session, never pooled (K4).
 /// - Beyond [`max_entries`](SessionPoolBuilder::max_entries) the soonest-expiring session is
-///   evicted (K5). Evicted sessions are retired after the pool's locks are released (K7).
+///   evicted (K5), except while the pool thrashes (evicted clusters come straight back): then
+///   sessions used since they were built stay and the newest unused one goes, so a round-robin
+///   over one cluster more than the capacity still hits on almost every call; a session within
+///   its [`expiry_margin`](SessionPoolBuilder::expiry_margin) still goes first. Thrashing is
+///   counted in [`PoolStats::thrashing`] and logged once a minute, naming
+///   `K8S_SESSION_POOL_MAX_ENTRIES`. Evicted sessions are retired after the pool's locks are
+///   released (K7).
 /// - Each session lets at most
 ///   [`max_in_flight_per_session`](SessionPoolBuilder::max_in_flight_per_session) requests be in
 ///   flight at once; more wait for a slot.
@@ -97,6 +107,7 @@ pub struct SessionPoolBuilder {
     max_entries: Option<usize>,
     max_in_flight: Option<usize>,
     sweep_interval: Option<Duration>,
+    expiry_margin: Duration,
     options: ClientOptions,
     observer: Option<RetireObserver>,
 }
@@ -117,6 +128,7 @@ impl SessionPool {
             max_entries: None,
             max_in_flight: None,
             sweep_interval: None,
+            expiry_margin: DEFAULT_EXPIRY_MARGIN,
             options: ClientOptions {
                 kube_retry: false,
                 connect_timeout: Some(DEFAULT_CONNECT_TIMEOUT),
@@ -308,6 +320,17 @@ impl SessionPoolBuilder {
         self
     }
 
+    /// Sessions whose deadline is at most this far away go first when capacity forces an
+    /// eviction, even while the pool thrashes (default 60 s, the bearer safety margin of K3;
+    /// clamped to [0, 86 400] s). A margin at least the TTL turns the thrashing protection off:
+    /// plain soonest-deadline eviction, which misses on every call of a round-robin over more
+    /// clusters than the capacity.
+    #[must_use]
+    pub fn expiry_margin(mut self, margin: Duration) -> Self {
+        self.expiry_margin = margin.min(MAX_SWEEP_INTERVAL);
+        self
+    }
+
     /// Whether kube's own retry of 429/503/504 is on (default: off, so a caller's deadline and
     /// retry policy are the only ones in force).
     #[must_use]
@@ -362,7 +385,11 @@ impl SessionPoolBuilder {
             .max_in_flight
             .unwrap_or_else(|| MAX_IN_FLIGHT_KNOB.read());
         let max_entries = self.max_entries.unwrap_or_else(|| MAX_ENTRIES_KNOB.read());
-        let mut config = PoolConfig::default().ttl(ttl).max_entries(max_entries);
+        let mut config = PoolConfig::default()
+            .ttl(ttl)
+            .max_entries(max_entries)
+            .expiry_margin(self.expiry_margin)
+            .capacity_knob(MAX_ENTRIES_KNOB.name());
         if let Some(every) = self.sweep_interval {
             config = config.sweep_interval(every);
         }

@@ -216,6 +216,49 @@ async fn capacity_evicts_the_soonest_expiring_session() {
     assert_eq!(pool.stats().evictions.capacity, 1);
 }
 
+// covers K5, X4: a round-robin over one cluster more than the capacity keeps hitting (≥ 90 %
+// of calls after the first rounds), and thrashing is counted. The same loop with the thrashing
+// protection off (an expiry margin as long as the TTL: soonest-deadline eviction alone, the
+// policy before #23) misses on every call: that is the cliff this test guards against.
+#[tokio::test(start_paused = true)]
+async fn round_robin_one_cluster_past_capacity_keeps_hitting() {
+    let clusters: Vec<String> = (0..33).map(|i| format!("c{i}")).collect();
+    let source = clusters.iter().fold(MapSource::default(), |source, c| {
+        source.with(&key(c), cert_in(3600))
+    });
+    let source = Arc::new(source);
+    let run = |margin: Duration| {
+        let source = source.clone();
+        let clusters = clusters.clone();
+        async move {
+            let pool = SessionPool::builder_arc(source.clone())
+                .clock(Arc::new(FixedClock::new(wall_now())))
+                .knobs_from(|_| None)
+                .expiry_margin(margin)
+                .build();
+            assert_eq!(pool.max_entries(), 32);
+            for cluster in &clusters {
+                pool.session(&key(cluster)).await.unwrap();
+            }
+            let (before, total) = (calls(&source), clusters.len() * 10);
+            for _ in 0..10 {
+                for cluster in &clusters {
+                    tokio::time::advance(Duration::from_millis(10)).await;
+                    pool.session(&key(cluster)).await.unwrap();
+                }
+            }
+            let builds = calls(&source) - before;
+            (1.0 - builds as f64 / total as f64, pool.stats())
+        }
+    };
+    let (hit_rate, stats) = run(DEFAULT_EXPIRY_MARGIN).await;
+    assert!(hit_rate >= 0.9, "hit rate {hit_rate:.3}");
+    assert!(stats.thrashing > 0);
+    assert_eq!(stats.entries, 32);
+    let (fifo_rate, _) = run(secs(86_400)).await;
+    assert_eq!(fifo_rate, 0.0, "soonest-deadline alone thrashes");
+}
+
 // covers K5 (P8): the env knobs are read with their defaults and clamp ranges.
 #[tokio::test(start_paused = true)]
 async fn knobs_default_and_clamp() {
