@@ -25,6 +25,19 @@ pub const LOAD_TIMEOUT_MS: Knob<u64> =
 pub const WRITE_TIMEOUT_MS: Knob<u64> =
     Knob::new("APIKEY_CACHE_WRITE_TIMEOUT_MS", 10_000, 10, 600_000);
 
+/// `APIKEY_CACHE_POLL_MS`: keyed layout — how often the change feed is tailed (A11); a
+/// revocation reaches every instance within one poll.
+pub const POLL_MS: Knob<u64> = Knob::new("APIKEY_CACHE_POLL_MS", 2_000, 10, 600_000);
+/// `APIKEY_CACHE_KEY_CAPACITY`: keyed layout — most verified keys held per instance (A12).
+pub const KEY_CAPACITY: Knob<u64> = Knob::new("APIKEY_CACHE_KEY_CAPACITY", 100_000, 1, 100_000_000);
+/// `APIKEY_CACHE_KEY_IDLE_SECONDS`: keyed layout — a cached key unused this long is dropped
+/// (A12).
+pub const KEY_IDLE_SECONDS: Knob<u64> = Knob::new("APIKEY_CACHE_KEY_IDLE_SECONDS", 600, 1, 86_400);
+/// `APIKEY_CACHE_POINT_READS_PER_SECOND`: keyed layout — sustained point reads for keys not
+/// cached at all, process-wide (A5 with point lookups; bursts of the same size are allowed).
+pub const POINT_READS_PER_SECOND: Knob<u64> =
+    Knob::new("APIKEY_CACHE_POINT_READS_PER_SECOND", 1_000, 1, 1_000_000);
+
 const MS: Duration = Duration::from_millis(1);
 /// Upper bound of the TTL, the negative-cache TTL and the watcher interval.
 pub(crate) const MAX_TTL: Duration = Duration::from_secs(3600);
@@ -46,6 +59,10 @@ pub struct CacheConfig {
     pub(crate) write_attempts: u32,
     pub(crate) load_timeout: Duration,
     pub(crate) write_timeout: Duration,
+    pub(crate) poll: Duration,
+    pub(crate) key_capacity: u64,
+    pub(crate) key_idle: Duration,
+    pub(crate) point_reads_per_second: u32,
 }
 
 impl Default for CacheConfig {
@@ -73,6 +90,11 @@ impl CacheConfig {
             write_attempts: 5,
             load_timeout: Duration::from_millis(LOAD_TIMEOUT_MS.read_with(&lookup)),
             write_timeout: Duration::from_millis(WRITE_TIMEOUT_MS.read_with(&lookup)),
+            poll: Duration::from_millis(POLL_MS.read_with(&lookup)),
+            key_capacity: KEY_CAPACITY.read_with(&lookup),
+            key_idle: KEY_IDLE_SECONDS.read_secs_with(&lookup),
+            point_reads_per_second: u32::try_from(POINT_READS_PER_SECOND.read_with(&lookup))
+                .unwrap_or(u32::MAX),
         }
     }
 
@@ -140,6 +162,37 @@ impl CacheConfig {
     /// outcome in the store is unknown). Writes never hold a lock that authentication needs.
     pub fn write_timeout(mut self, timeout: Duration) -> Self {
         self.write_timeout = timeout.clamp(MS, MAX_INTERVAL);
+        self
+    }
+}
+
+impl CacheConfig {
+    /// Keyed layout: how often the change feed is tailed (default 2 s; clamped to
+    /// 1 ms – 1 h). A revocation or a new key written on any instance is seen here within
+    /// one `poll` (A11).
+    pub fn poll(mut self, poll: Duration) -> Self {
+        self.poll = poll.clamp(MS, MAX_TTL);
+        self
+    }
+
+    /// Keyed layout: most verified keys (valid or revoked) held at once (default 100 000,
+    /// ~0.4 KiB each; clamped to 1 – 10^8). Least recently used keys go first (A12).
+    pub fn key_capacity(mut self, capacity: u64) -> Self {
+        self.key_capacity = capacity.clamp(1, 100_000_000);
+        self
+    }
+
+    /// Keyed layout: a cached key unused this long is dropped (default 10 min; clamped to
+    /// 1 ms – 24 h).
+    pub fn key_idle(mut self, idle: Duration) -> Self {
+        self.key_idle = idle.clamp(MS, Duration::from_secs(86_400));
+        self
+    }
+
+    /// Keyed layout: point reads per second for keys not cached at all (default 1 000, also
+    /// the burst; clamped to 1 – 10^6). Beyond it an unknown key is rejected without a read.
+    pub fn point_reads_per_second(mut self, rate: u32) -> Self {
+        self.point_reads_per_second = rate.clamp(1, 1_000_000);
         self
     }
 }

@@ -39,6 +39,13 @@ pub enum StoreError {
         /// The timeout that expired.
         after: std::time::Duration,
     },
+    /// The store does not implement this operation for its [`Layout`](crate::Layout) (e.g.
+    /// `load` on a keyed store, `get_record` on a single-document one).
+    #[error("the key store does not support `{operation}` in its layout")]
+    Unsupported {
+        /// The operation asked for.
+        operation: &'static str,
+    },
     /// The backend could not be reached or answered with an error.
     #[error("the key store is unavailable")]
     Unavailable {

@@ -61,6 +61,7 @@ mod config;
 mod document;
 mod error;
 mod key;
+mod keyed;
 mod layer;
 mod snapshot;
 mod store;
@@ -69,8 +70,8 @@ pub mod testing;
 
 pub use cache::{ApiKeyCache, CacheStats, Watcher};
 pub use config::{
-    CacheConfig, LOAD_TIMEOUT_MS, MISS_RELOAD_INTERVAL_MS, NEGATIVE_CAPACITY, NEGATIVE_TTL, TTL,
-    WRITE_TIMEOUT_MS,
+    CacheConfig, KEY_CAPACITY, KEY_IDLE_SECONDS, LOAD_TIMEOUT_MS, MISS_RELOAD_INTERVAL_MS,
+    NEGATIVE_CAPACITY, NEGATIVE_TTL, POINT_READS_PER_SECOND, POLL_MS, TTL, WRITE_TIMEOUT_MS,
 };
 pub use document::{AccountRecord, DOCUMENT_FORMAT, KeyDocument, KeyRecord};
 pub use error::{AuthError, BoxError, StoreError, WriteError};
@@ -80,4 +81,7 @@ pub use key::{
 pub use layer::{API_KEY_HEADER, ApiKeyLayer, ApiKeyService, rejection_response};
 #[cfg(feature = "azure")]
 pub use store::BlobStore;
-pub use store::{FileStore, KeyStore, Loaded, MemoryStore, MemoryStoreCounts, Version};
+pub use store::{
+    Condition, FeedBatch, FeedCursor, FileStore, KeyStore, Layout, Loaded, MemoryStore,
+    MemoryStoreCounts, Record, Version,
+};

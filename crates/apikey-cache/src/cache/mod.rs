@@ -11,11 +11,12 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
+pub(crate) use reload::chain;
 pub use stats::CacheStats;
+pub(crate) use stats::Counters;
 pub use watcher::Watcher;
 
 use self::reload::Inner;
-use self::stats::Counters;
 use crate::config::CacheConfig;
 use crate::error::{AuthError, StoreError};
 use crate::key::{Identity, KeyHash, well_formed};
@@ -33,7 +34,7 @@ use crate::store::KeyStore;
 /// - A reload builds the new table on the side and swaps it in; a failed reload keeps the
 ///   previous one and says so in [`stats`](Self::stats) and a `warn` log (A9).
 pub struct ApiKeyCache<S> {
-    inner: Arc<Inner<S>>,
+    pub(crate) inner: Arc<Inner<S>>,
 }
 
 impl<S> Clone for ApiKeyCache<S> {
@@ -81,6 +82,9 @@ impl<S: KeyStore> ApiKeyCache<S> {
             return Err(AuthError::Malformed);
         }
         let hash = KeyHash::of(presented);
+        if inner.keyed.is_some() {
+            return self.authenticate_keyed(hash).await;
+        }
         let now = Instant::now();
         let mut snapshot = inner.current();
         let mut fresh = false;
@@ -160,6 +164,9 @@ impl<S: KeyStore> ApiKeyCache<S> {
     /// Reload now (a load that starts after this call; conditional on the current version).
     /// Use it to warm the cache at start-up. On failure the previous snapshot stays.
     pub async fn refresh(&self) -> Result<(), Arc<StoreError>> {
+        if self.inner.keyed.is_some() {
+            return self.poll_feed_now().await;
+        }
         self.inner.reload_fresh().await.map(drop)
     }
 
@@ -179,6 +186,11 @@ impl<S: KeyStore> ApiKeyCache<S> {
         stats.skipped_records = snapshot.table.skipped as u64;
         stats.last_reload_error = inner.last_error();
         stats.serving_previous_snapshot = stats.last_reload_error.is_some();
+        if let Some(keyed) = &inner.keyed {
+            keyed.keys.run_pending_tasks();
+            stats.keys = keyed.keys.entry_count();
+            stats.skipped_records = stats::get(&inner.counters.corrupt_records);
+        }
         stats
     }
 }

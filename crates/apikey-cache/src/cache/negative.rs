@@ -55,6 +55,18 @@ impl NegativeCache {
         self.order.push_back((hash, until));
     }
 
+    /// Forget `hash` (a key issued since it was found unknown). Its queue slot expires on its
+    /// own.
+    pub(crate) fn remove(&mut self, hash: &KeyHash) {
+        self.expiries.remove(hash);
+    }
+
+    /// Forget everything (a gap in the change feed).
+    pub(crate) fn clear(&mut self) {
+        self.expiries.clear();
+        self.order.clear();
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.expiries.len()
     }

@@ -42,6 +42,8 @@ pub(crate) struct Inner<S> {
     pub(crate) negative: Mutex<NegativeCache>,
     pub(crate) counters: Counters,
     last_error: Mutex<Option<String>>,
+    /// The keyed layout's state (A10–A12); `None` for a single-document store.
+    pub(crate) keyed: Option<crate::keyed::KeyedState>,
 }
 
 #[derive(Debug, Default)]
@@ -105,7 +107,10 @@ pub(crate) fn chain(error: &dyn std::error::Error) -> String {
 impl<S: KeyStore> Inner<S> {
     pub(crate) fn new(store: S, config: CacheConfig) -> Self {
         let negative = NegativeCache::new(config.negative_ttl, config.negative_capacity);
+        let keyed = (store.layout() == crate::store::Layout::Keyed)
+            .then(|| crate::keyed::KeyedState::new(&config));
         Self {
+            keyed,
             store,
             config,
             current: RwLock::new(Arc::new(Snapshot::unloaded())),

@@ -20,6 +20,12 @@ pub(crate) struct Counters {
     pub(crate) store_timeouts: AtomicU64,
     pub(crate) writes: AtomicU64,
     pub(crate) write_conflicts: AtomicU64,
+    pub(crate) point_reads: AtomicU64,
+    pub(crate) corrupt_records: AtomicU64,
+    pub(crate) feed_polls: AtomicU64,
+    pub(crate) feed_entries: AtomicU64,
+    pub(crate) feed_gaps: AtomicU64,
+    pub(crate) feed_append_failures: AtomicU64,
 }
 
 impl Counters {
@@ -28,7 +34,7 @@ impl Counters {
     }
 }
 
-fn get(counter: &AtomicU64) -> u64 {
+pub(crate) fn get(counter: &AtomicU64) -> u64 {
     counter.load(Ordering::Relaxed)
 }
 
@@ -80,6 +86,16 @@ pub struct CacheStats {
     pub serving_previous_snapshot: bool,
     /// The latest reload failure (its error chain), cleared by the next successful reload.
     pub last_reload_error: Option<String>,
+    /// Keyed layout: point reads of one key record (misses and revalidations).
+    pub point_reads: u64,
+    /// Keyed layout: change-feed reads.
+    pub feed_polls: u64,
+    /// Keyed layout: change-feed entries applied.
+    pub feed_entries: u64,
+    /// Keyed layout: gaps met in the change feed (each dropped every cached key).
+    pub feed_gaps: u64,
+    /// Keyed layout: local writes whose feed append failed (others see them within one TTL).
+    pub feed_append_failures: u64,
 }
 
 impl Counters {
@@ -98,5 +114,10 @@ impl Counters {
         stats.store_timeouts = get(&self.store_timeouts);
         stats.writes = get(&self.writes);
         stats.write_conflicts = get(&self.write_conflicts);
+        stats.point_reads = get(&self.point_reads);
+        stats.feed_polls = get(&self.feed_polls);
+        stats.feed_entries = get(&self.feed_entries);
+        stats.feed_gaps = get(&self.feed_gaps);
+        stats.feed_append_failures = get(&self.feed_append_failures);
     }
 }

@@ -32,6 +32,9 @@ impl Drop for Watcher {
 }
 
 impl<S: KeyStore> ApiKeyCache<S> {
+    /// Keyed layout: the task tails the change feed every `interval` instead (use the
+    /// configured `poll`), so a request rarely waits for a feed read.
+    ///
     /// Start a task that, every `interval`, reloads the snapshot if the store has not confirmed
     /// it for `interval` or longer — a conditional load (ETag: a 304 when nothing changed). With
     /// `interval` below the TTL, requests almost never wait for a refresh. `interval` is
@@ -46,6 +49,12 @@ impl<S: KeyStore> ApiKeyCache<S> {
             loop {
                 ticks.tick().await;
                 let Some(inner) = weak.upgrade() else { return };
+                if inner.keyed.is_some() {
+                    // Keyed layout: tail the change feed (requests then rarely wait for it).
+                    let cache = ApiKeyCache { inner };
+                    let _ = cache.poll_feed_now().await;
+                    continue;
+                }
                 let due = inner
                     .current()
                     .checked_at

@@ -27,6 +27,9 @@ impl<S: KeyStore> ApiKeyCache<S> {
         if !valid_account_id(id) {
             return Err(WriteError::InvalidAccountId);
         }
+        if self.inner.keyed.is_some() {
+            return self.create_account_keyed(id, name).await;
+        }
         self.write(|doc| {
             if doc.accounts.contains_key(id) {
                 return Err(WriteError::AccountExists);
@@ -46,6 +49,9 @@ impl<S: KeyStore> ApiKeyCache<S> {
     /// Issue a new key for `account`. The returned [`IssuedKey`] holds the only copy of the
     /// plaintext; the store receives its SHA-256.
     pub async fn issue_key(&self, account: &AccountId) -> Result<IssuedKey, WriteError> {
+        if self.inner.keyed.is_some() {
+            return self.issue_key_keyed(account).await;
+        }
         self.write(|doc| {
             if !doc.accounts.contains_key(account.as_str()) {
                 return Err(WriteError::NoSuchAccount);
@@ -78,6 +84,9 @@ impl<S: KeyStore> ApiKeyCache<S> {
 
     /// Revoke a key (idempotent). Rejected here at once; on other instances within one TTL.
     pub async fn revoke_key(&self, key: &KeyId) -> Result<(), WriteError> {
+        if self.inner.keyed.is_some() {
+            return self.revoke_key_keyed(key).await;
+        }
         self.write(|doc| {
             let record = doc
                 .keys

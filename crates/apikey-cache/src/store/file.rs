@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha2::{Digest, Sha256};
 
-use super::{KeyStore, Loaded, Version};
+use super::file_records::{self, FEED_SEGMENT_BYTES};
+use super::{Condition, FeedBatch, FeedCursor, KeyStore, Layout, Loaded, Record, Version};
 use crate::document::KeyDocument;
 use crate::error::StoreError;
 
@@ -22,16 +23,58 @@ use crate::error::StoreError;
 ///   or the new file, never a torn one; concurrent writers (threads, processes, or several
 ///   `FileStore`s on one path) are serialised and the loser gets [`StoreError::Conflict`].
 /// - File I/O runs on tokio's blocking pool.
+///
+/// [`FileStore::keyed`] makes one in the keyed layout (A10/A11) under a directory: a file per
+/// record (`keys/<2 hex>/<sha256>.json`, `ids/<key id>.json`, `accounts/<id>.json`), written
+/// under an exclusive lock on `<dir>/.lock` (create-only or compare-the-content-hash, then
+/// temp + rename), and the change feed as append-only files `feed/<segment>.log`, rotated at
+/// 4 MiB (the current and the previous segment are kept).
 #[derive(Debug, Clone)]
 pub struct FileStore {
     path: PathBuf,
+    layout: Layout,
+    segment_bytes: u64,
 }
 
 impl FileStore {
     /// A store at `path`. The file need not exist yet (it then reads as an empty document);
     /// its directory must.
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self { path: path.into() }
+        Self {
+            path: path.into(),
+            layout: Layout::Document,
+            segment_bytes: FEED_SEGMENT_BYTES,
+        }
+    }
+
+    /// A keyed store (A10) in directory `dir` (created on the first write).
+    pub fn keyed(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            path: dir.into(),
+            layout: Layout::Keyed,
+            segment_bytes: FEED_SEGMENT_BYTES,
+        }
+    }
+
+    /// Keyed layout: rotate the feed after a segment reaches `bytes` (default 4 MiB; at least
+    /// 1 byte).
+    pub fn feed_segment_bytes(mut self, bytes: u64) -> Self {
+        self.segment_bytes = bytes.max(1);
+        self
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        work: impl FnOnce(&Path) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        if self.layout != Layout::Keyed {
+            return Err(StoreError::Unsupported { operation: what });
+        }
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || work(&path))
+            .await
+            .map_err(|e| StoreError::unavailable(format!("file {what} task failed: {e}")))?
     }
 
     /// The document's path.
@@ -141,6 +184,9 @@ fn store_blocking(
 
 impl KeyStore for FileStore {
     async fn load(&self, if_none_match: Option<&Version>) -> Result<Loaded, StoreError> {
+        if self.layout == Layout::Keyed {
+            return Err(StoreError::Unsupported { operation: "load" });
+        }
         let path = self.path.clone();
         let if_none_match = if_none_match.cloned();
         tokio::task::spawn_blocking(move || load_blocking(&path, if_none_match.as_ref()))
@@ -153,6 +199,9 @@ impl KeyStore for FileStore {
         document: &KeyDocument,
         if_match: Option<&Version>,
     ) -> Result<Version, StoreError> {
+        if self.layout == Layout::Keyed {
+            return Err(StoreError::Unsupported { operation: "store" });
+        }
         let path = self.path.clone();
         let bytes = document.to_json();
         let if_match = if_match.cloned();
@@ -162,7 +211,59 @@ impl KeyStore for FileStore {
     }
 
     fn describe(&self) -> String {
-        format!("file:{}", self.path.display())
+        match self.layout {
+            Layout::Keyed => format!("file-keyed:{}", self.path.display()),
+            _ => format!("file:{}", self.path.display()),
+        }
+    }
+
+    fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    async fn get_record(&self, name: &str) -> Result<Option<Record>, StoreError> {
+        let name = name.to_string();
+        self.blocking("get_record", move |dir| {
+            file_records::get_blocking(dir, &name)
+        })
+        .await
+    }
+
+    async fn put_record(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        condition: Condition<'_>,
+    ) -> Result<Version, StoreError> {
+        let (name, bytes) = (name.to_string(), bytes.to_vec());
+        let expected = match condition {
+            Condition::IfMatch(version) => Some(version.clone()),
+            _ => None,
+        };
+        self.blocking("put_record", move |dir| {
+            let condition = match &expected {
+                Some(version) => Condition::IfMatch(version),
+                None => Condition::IfNoneMatch,
+            };
+            file_records::put_blocking(dir, &name, &bytes, condition)
+        })
+        .await
+    }
+
+    async fn append_feed(&self, entry: &[u8]) -> Result<(), StoreError> {
+        let (entry, segment_bytes) = (entry.to_vec(), self.segment_bytes);
+        self.blocking("append_feed", move |dir| {
+            file_records::append_blocking(dir, &entry, segment_bytes)
+        })
+        .await
+    }
+
+    async fn read_feed(&self, from: Option<&FeedCursor>) -> Result<FeedBatch, StoreError> {
+        let from = from.copied();
+        self.blocking("read_feed", move |dir| {
+            file_records::read_feed_blocking(dir, from.as_ref())
+        })
+        .await
     }
 }
 
@@ -239,6 +340,60 @@ mod tests {
             unreachable!("unconditional load")
         };
         assert_eq!(document.accounts.len(), 8, "no lost update");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    // covers A10 + A11: the keyed file store meets the keyed contract; records are sharded
+    // files, no temporary file is left behind.
+    #[tokio::test]
+    async fn keyed_file_store_meets_the_keyed_contract() {
+        let dir = scratch("keyed");
+        let store = FileStore::keyed(dir.join("keys"));
+        crate::testing::check_keyed_store_contract(&store).await;
+        assert!(
+            dir.join(
+                "keys/keys/00/00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff.json"
+            )
+            .is_file()
+        );
+        assert!(dir.join("keys/accounts/acme.json").is_file());
+        let shard: Vec<_> = fs::read_dir(dir.join("keys/keys/00"))
+            .expect("shard")
+            .collect();
+        assert_eq!(shard.len(), 1, "no temporary file left");
+        assert!(matches!(
+            store.load(None).await,
+            Err(StoreError::Unsupported { .. })
+        ));
+        assert!(matches!(
+            store
+                .put_record("../escape", b"x", Condition::IfNoneMatch)
+                .await,
+            Err(StoreError::Unavailable { .. })
+        ));
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    // covers A11: the file feed rotates by size (two segments kept); a reader behind them
+    // sees a gap, a reader across one rotation loses nothing.
+    #[tokio::test]
+    async fn keyed_file_feed_rotates_and_reports_gaps() {
+        let dir = scratch("feed");
+        let store = FileStore::keyed(&dir).feed_segment_bytes(8);
+        let start = store.read_feed(None).await.expect("end").next;
+        store.append_feed(b"0123456789").await.expect("append");
+        store.append_feed(b"abc").await.expect("append");
+        let batch = store.read_feed(Some(&start)).await.expect("read");
+        assert_eq!(batch.entries, vec![b"0123456789".to_vec(), b"abc".to_vec()]);
+        assert!(!batch.gap);
+        for n in 0..3 {
+            store
+                .append_feed(format!("0123456789-{n}").as_bytes())
+                .await
+                .expect("append");
+        }
+        let behind = store.read_feed(Some(&batch.next)).await.expect("read");
+        assert!(behind.gap, "the segment under the cursor was rotated away");
         let _ = fs::remove_dir_all(&dir);
     }
 

@@ -1,0 +1,136 @@
+//! Tailing the change feed (A11): every `poll`, a ranged read from the last cursor; named
+//! keys are updated or dropped, a gap drops every cached key (each is re-read on next use).
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::time::Instant;
+
+use super::records::{FeedEntry, from_json};
+use super::{Cached, bounded};
+use crate::cache::{ApiKeyCache, Counters};
+use crate::key::KeyHash;
+use crate::store::{FeedCursor, KeyStore};
+
+/// Where this instance is in the feed.
+#[derive(Debug, Default)]
+pub(crate) struct FeedState {
+    /// When the feed was last read (successfully or not); `None`: never.
+    polled_at: Mutex<Option<Instant>>,
+    /// One poll at a time; holds the cursor (`None` until the first read found the end).
+    cursor: tokio::sync::Mutex<Option<FeedCursor>>,
+}
+
+impl FeedState {
+    fn polled_at(&self) -> Option<Instant> {
+        *self
+            .polled_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn set_polled_at(&self, at: Instant) {
+        *self
+            .polled_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(at);
+    }
+}
+
+impl<S: KeyStore> ApiKeyCache<S> {
+    /// Tail the feed if the last read is `poll` old or older (the request path: a request
+    /// never acts on a view of the feed older than one `poll`).
+    pub(crate) async fn poll_feed_if_due(&self, now: Instant) {
+        let feed = &self.keyed().feed;
+        let poll = self.inner.config.poll;
+        let due =
+            |at: Option<Instant>| at.is_none_or(|at| now.saturating_duration_since(at) >= poll);
+        if !due(feed.polled_at()) {
+            return;
+        }
+        let mut cursor = feed.cursor.lock().await;
+        if !due(feed.polled_at()) {
+            return; // another caller polled while this one waited
+        }
+        // Logged and counted inside; the cursor stays for the next poll.
+        let _ = self.poll_feed_locked(&mut cursor).await;
+    }
+
+    /// Tail the feed now (explicit refresh, watcher). Errors are logged and counted; the
+    /// cursor stays, so nothing is skipped when the store answers again.
+    pub(crate) async fn poll_feed_now(&self) -> Result<(), Arc<crate::StoreError>> {
+        let mut cursor = self.keyed().feed.cursor.lock().await;
+        self.poll_feed_locked(&mut cursor).await
+    }
+
+    async fn poll_feed_locked(
+        &self,
+        cursor: &mut Option<FeedCursor>,
+    ) -> Result<(), Arc<crate::StoreError>> {
+        let inner = &*self.inner;
+        let state = self.keyed();
+        Counters::bump(&inner.counters.feed_polls);
+        let read = bounded(
+            &inner.counters,
+            inner.config.load_timeout,
+            inner.store.read_feed(cursor.as_ref()),
+        )
+        .await;
+        state.feed.set_polled_at(Instant::now());
+        let batch = match read {
+            Ok(batch) => batch,
+            Err(error) => {
+                Counters::bump(&inner.counters.reload_failures);
+                let text = crate::cache::chain(&error);
+                tracing::warn!(store = %inner.store.describe(), error = %text, "API key change feed read failed; cached keys are revalidated after the TTL");
+                return Err(Arc::new(error));
+            }
+        };
+        let mut gap = batch.gap && cursor.is_some();
+        for line in &batch.entries {
+            Counters::bump(&inner.counters.feed_entries);
+            match from_json::<FeedEntry>(line) {
+                Ok(FeedEntry::Revoke { sha256 }) => match KeyHash::from_hex(&sha256) {
+                    Some(hash) => self.feed_revoke(hash),
+                    None => gap = true,
+                },
+                Ok(FeedEntry::Issue { sha256 }) => match KeyHash::from_hex(&sha256) {
+                    Some(hash) => {
+                        state.invalidations.fetch_add(1, Ordering::SeqCst);
+                        inner.negative().remove(&hash);
+                    }
+                    None => gap = true,
+                },
+                Ok(FeedEntry::Account { .. }) => {}
+                // An entry this version cannot read: revalidate rather than guess.
+                Err(_) => gap = true,
+            }
+        }
+        if gap {
+            Counters::bump(&inner.counters.feed_gaps);
+            tracing::info!(store = %inner.store.describe(), "gap in the API key change feed; revalidating every cached key");
+            state.invalidations.fetch_add(1, Ordering::SeqCst);
+            state.keys.invalidate_all();
+            inner.negative().clear();
+        }
+        *cursor = Some(batch.next);
+        Ok(())
+    }
+
+    /// A revocation from the feed: a cached entry becomes revoked at once (no read needed);
+    /// an uncached key is simply read on its next use.
+    fn feed_revoke(&self, hash: KeyHash) {
+        let state = self.keyed();
+        state.invalidations.fetch_add(1, Ordering::SeqCst);
+        if let Some(entry) = state.keys.get(&hash) {
+            state.keys.insert(
+                hash,
+                Arc::new(Cached {
+                    identity: entry.identity.clone(),
+                    revoked: true,
+                    checked_at: Instant::now(),
+                }),
+            );
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! The keyed layout's engine (A10–A12): point reads into a bounded cache of verified keys,
+//! conditional O(1) writes, and a change feed tailed every `poll`.
+
+mod feed;
+mod records;
+mod write;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use pool_core::SingleFlight;
+use tokio::time::Instant;
+
+pub(crate) use self::feed::FeedState;
+pub(crate) use self::records::{
+    FeedEntry, IdEntry, KeyEntry, RECORD_FORMAT, account_name, id_name, key_name,
+};
+use crate::cache::{ApiKeyCache, Counters};
+use crate::config::CacheConfig;
+use crate::error::{AuthError, StoreError};
+use crate::key::{AccountId, Identity, KeyHash, KeyId};
+use crate::store::KeyStore;
+
+/// A verified key as cached: who it is, whether it is revoked, when the store confirmed it.
+#[derive(Debug)]
+pub(crate) struct Cached {
+    pub(crate) identity: Identity,
+    pub(crate) revoked: bool,
+    pub(crate) checked_at: Instant,
+}
+
+type PointRead = Result<Option<Arc<Cached>>, Arc<StoreError>>;
+
+/// The keyed engine's state inside one cache.
+pub(crate) struct KeyedState {
+    /// Verified keys, bounded by `key_capacity` and `key_idle` (A12).
+    pub(crate) keys: moka::sync::Cache<KeyHash, Arc<Cached>>,
+    reads: SingleFlight<KeyHash, PointRead>,
+    /// Bumped whenever the feed invalidates something: a point read that overlapped it is
+    /// answered but not cached (it may predate the change).
+    pub(crate) invalidations: AtomicU64,
+    /// Point-read limiter (GCRA): theoretical arrival time of the next read.
+    tat: Mutex<Option<Instant>>,
+    pub(crate) feed: FeedState,
+}
+
+impl std::fmt::Debug for KeyedState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyedState")
+            .field("cached_keys", &self.keys.entry_count())
+            .field("feed", &self.feed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeyedState {
+    pub(crate) fn new(config: &CacheConfig) -> Self {
+        Self {
+            keys: moka::sync::Cache::builder()
+                .max_capacity(config.key_capacity)
+                .time_to_idle(config.key_idle)
+                .build(),
+            reads: SingleFlight::new(),
+            invalidations: AtomicU64::new(0),
+            tat: Mutex::new(None),
+            feed: FeedState::default(),
+        }
+    }
+
+    /// One token of a bucket of `rate` refilled at `rate` per second.
+    fn take_read_token(&self, now: Instant, rate: u32) -> bool {
+        let interval = Duration::from_secs(1) / rate.max(1);
+        let allowance = interval.saturating_mul(rate.saturating_sub(1));
+        let mut tat = self.tat.lock().unwrap_or_else(PoisonError::into_inner);
+        let at = tat.unwrap_or(now).max(now);
+        if at.saturating_duration_since(now) > allowance {
+            return false;
+        }
+        let Some(next) = at.checked_add(interval) else {
+            return false;
+        };
+        *tat = Some(next);
+        true
+    }
+}
+
+/// A store call bounded by `timeout` (A9).
+pub(crate) async fn bounded<T>(
+    counters: &Counters,
+    timeout: Duration,
+    call: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(timeout, call)
+        .await
+        .unwrap_or_else(|_| {
+            Counters::bump(&counters.store_timeouts);
+            Err(StoreError::TimedOut { after: timeout })
+        })
+}
+
+impl<S: KeyStore> ApiKeyCache<S> {
+    pub(crate) fn keyed(&self) -> &KeyedState {
+        self.inner
+            .keyed
+            .as_ref()
+            .expect("called only for a keyed store")
+    }
+
+    /// `authenticate` for the keyed layout: feed tail if due → bounded cache → negative
+    /// cache → one point read (single-flight per hash, rate-limited) → cache the answer.
+    pub(crate) async fn authenticate_keyed(&self, hash: KeyHash) -> Result<Identity, AuthError> {
+        let inner = &*self.inner;
+        let state = self.keyed();
+        let now = Instant::now();
+        self.poll_feed_if_due(now).await;
+        let cached = state.keys.get(&hash);
+        if let Some(entry) = &cached
+            && now.saturating_duration_since(entry.checked_at) < inner.config.ttl
+        {
+            return self.keyed_answer(entry);
+        }
+        if cached.is_none() {
+            if inner.negative().contains(&hash, now) {
+                Counters::bump(&inner.counters.negative_hits);
+                Counters::bump(&inner.counters.rejected_unknown);
+                return Err(AuthError::Unknown);
+            }
+            if !state.take_read_token(now, inner.config.point_reads_per_second) {
+                Counters::bump(&inner.counters.miss_reloads_limited);
+                Counters::bump(&inner.counters.rejected_unknown);
+                return Err(AuthError::Unknown);
+            }
+            Counters::bump(&inner.counters.miss_reloads);
+        }
+        match state.reads.run(hash, self.point_read(hash)).await {
+            Ok(Some(entry)) => self.keyed_answer(&entry),
+            Ok(None) => {
+                inner.negative().insert(hash, Instant::now());
+                Counters::bump(&inner.counters.rejected_unknown);
+                Err(AuthError::Unknown)
+            }
+            Err(source) => match cached {
+                // The store failed: a key this instance verified before is answered from it.
+                Some(entry) => {
+                    Counters::bump(&inner.counters.stale_served);
+                    self.keyed_answer(&entry)
+                }
+                None => Err(AuthError::Unavailable { source }),
+            },
+        }
+    }
+
+    fn keyed_answer(&self, entry: &Cached) -> Result<Identity, AuthError> {
+        let counters = &self.inner.counters;
+        if entry.revoked {
+            Counters::bump(&counters.rejected_revoked);
+            Err(AuthError::Revoked)
+        } else {
+            Counters::bump(&counters.hits);
+            Ok(entry.identity.clone())
+        }
+    }
+
+    /// One point read of `keys/<hash>`; the answer is cached unless the feed invalidated
+    /// something while it ran.
+    async fn point_read(&self, hash: KeyHash) -> PointRead {
+        let inner = &*self.inner;
+        let state = self.keyed();
+        let before = state.invalidations.load(Ordering::SeqCst);
+        Counters::bump(&inner.counters.point_reads);
+        let read = bounded(
+            &inner.counters,
+            inner.config.load_timeout,
+            inner.store.get_record(&key_name(&hash)),
+        )
+        .await;
+        let record = match read {
+            Ok(record) => record,
+            Err(error) => {
+                Counters::bump(&inner.counters.reload_failures);
+                tracing::warn!(store = %inner.store.describe(), error = %crate::cache::chain(&error), "API key point read failed");
+                return Err(Arc::new(error));
+            }
+        };
+        let Some(record) = record else {
+            state.keys.invalidate(&hash);
+            return Ok(None);
+        };
+        let entry: KeyEntry = match records::from_json(&record.bytes) {
+            Ok(entry) => entry,
+            Err(error) => {
+                Counters::bump(&inner.counters.corrupt_records);
+                tracing::warn!(store = %inner.store.describe(), "skipping a malformed key record");
+                return Err(Arc::new(error));
+            }
+        };
+        let cached = Arc::new(Cached {
+            identity: Identity {
+                account: AccountId::new(entry.account),
+                key: KeyId::new(entry.key_id),
+            },
+            revoked: entry.revoked_unix.is_some(),
+            checked_at: Instant::now(),
+        });
+        if state.invalidations.load(Ordering::SeqCst) == before {
+            state.keys.insert(hash, cached.clone());
+        }
+        Ok(Some(cached))
+    }
+}

@@ -1,0 +1,277 @@
+//! The keyed layout (A10) and its change feed (A11) through the public API, over the keyed
+//! memory and file stores: point reads, O(1) conditional writes, several instances over one
+//! store, revocation within one poll, gaps and a writer dying between record and feed.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use apikey_cache::{
+    ApiKeyCache, AuthError, CacheConfig, FileStore, KeyStore, MemoryStore, WriteError,
+};
+
+const POLL: Duration = Duration::from_secs(2);
+const TTL: Duration = Duration::from_secs(30);
+
+fn instances<S: KeyStore + Clone>(store: &S, n: usize) -> Vec<ApiKeyCache<S>> {
+    (0..n)
+        .map(|_| ApiKeyCache::new(store.clone(), CacheConfig::default()))
+        .collect()
+}
+
+fn scratch_dir() -> PathBuf {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "apikey-cache-keyed-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+async fn created_on_a_authenticates_on_b_first_try<S: KeyStore + Clone>(store: S) {
+    let [a, b] = <[_; 2]>::try_from(instances(&store, 2)).expect("two");
+    b.refresh().await.expect("b starts tailing the feed");
+    let account = a.create_account("acme", "Acme").await.expect("create");
+    let issued = a.issue_key(&account).await.expect("issue");
+    let identity = b
+        .authenticate(issued.secret.expose())
+        .await
+        .expect("B knows it on the first try");
+    assert_eq!(identity, issued.identity);
+    assert_eq!(b.stats().point_reads, 1, "one point read, no table load");
+    assert_eq!(b.stats().store_loads, 0);
+    // Accounts and keys created on A are found by writes on B, and B's writes by A.
+    let on_b = b
+        .issue_key(&account)
+        .await
+        .expect("B issues for A's account");
+    assert_eq!(
+        a.authenticate(on_b.secret.expose())
+            .await
+            .expect("A knows it"),
+        on_b.identity
+    );
+    b.revoke_key(&issued.identity.key)
+        .await
+        .expect("B revokes A's key");
+    assert!(matches!(
+        b.issue_key(&apikey_cache::AccountId::new("nobody")).await,
+        Err(WriteError::NoSuchAccount)
+    ));
+    assert!(matches!(
+        b.revoke_key(&apikey_cache::KeyId::new("key_nobody")).await,
+        Err(WriteError::NoSuchKey)
+    ));
+    assert!(matches!(
+        a.create_account("acme", "again").await,
+        Err(WriteError::AccountExists)
+    ));
+}
+
+async fn revoked_on_a_rejected_on_all_within_one_poll<S: KeyStore + Clone>(store: S) {
+    let caches = instances(&store, 3);
+    let account = caches[0]
+        .create_account("acme", "Acme")
+        .await
+        .expect("create");
+    let issued = caches[0].issue_key(&account).await.expect("issue");
+    for cache in &caches {
+        assert!(cache.authenticate(issued.secret.expose()).await.is_ok());
+    }
+    let reads_before: Vec<u64> = caches.iter().map(|c| c.stats().point_reads).collect();
+    caches[0]
+        .revoke_key(&issued.identity.key)
+        .await
+        .expect("revoke");
+    assert!(matches!(
+        caches[0].authenticate(issued.secret.expose()).await,
+        Err(AuthError::Revoked)
+    ));
+    tokio::time::advance(POLL).await;
+    for (cache, before) in caches.iter().zip(reads_before) {
+        assert!(
+            matches!(
+                cache.authenticate(issued.secret.expose()).await,
+                Err(AuthError::Revoked)
+            ),
+            "rejected within one poll, not one TTL"
+        );
+        assert_eq!(
+            cache.stats().point_reads,
+            before,
+            "the feed entry itself revoked the cached key: no point read"
+        );
+    }
+}
+
+// covers A10 + A1 + A3 (memory): first try on B with one point read; writes cross instances.
+#[tokio::test(start_paused = true)]
+async fn keyed_memory_created_on_a_authenticates_on_b_first_try() {
+    created_on_a_authenticates_on_b_first_try(MemoryStore::keyed()).await;
+}
+
+// covers A10 + A1 + A3 (file store).
+#[tokio::test(start_paused = true)]
+async fn keyed_file_created_on_a_authenticates_on_b_first_try() {
+    let dir = scratch_dir();
+    created_on_a_authenticates_on_b_first_try(FileStore::keyed(&dir)).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+// covers A11 (memory): a revocation reaches three instances within one poll.
+#[tokio::test(start_paused = true)]
+async fn keyed_memory_revocation_reaches_three_instances_within_one_poll() {
+    revoked_on_a_rejected_on_all_within_one_poll(MemoryStore::keyed()).await;
+}
+
+// covers A11 (file store): the same over the append-only feed files.
+#[tokio::test(start_paused = true)]
+async fn keyed_file_revocation_reaches_three_instances_within_one_poll() {
+    let dir = scratch_dir();
+    revoked_on_a_rejected_on_all_within_one_poll(FileStore::keyed(&dir)).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+// covers A10 + A5: an unknown key costs one point read, then the negative cache answers.
+#[tokio::test(start_paused = true)]
+async fn keyed_unknown_key_costs_one_point_read_then_negative_cache() {
+    let store = MemoryStore::keyed();
+    let cache = ApiKeyCache::new(store.clone(), CacheConfig::default());
+    let junk = "ak_ThisKeyWasNeverIssuedByAnyoneAtAll0123456789";
+    for _ in 0..10 {
+        assert!(matches!(
+            cache.authenticate(junk).await,
+            Err(AuthError::Unknown)
+        ));
+    }
+    let counts = store.counts();
+    assert_eq!(counts.record_reads, 1, "one point read for ten attempts");
+    assert_eq!(counts.loads, 0, "never a table load");
+    assert_eq!(cache.stats().negative_hits, 9);
+}
+
+// covers A10: a write touches O(1) records and bytes, whatever the table size.
+#[tokio::test(start_paused = true)]
+async fn keyed_issue_and_revoke_write_constant_bytes() {
+    let store = MemoryStore::keyed();
+    let cache = ApiKeyCache::new(store.clone(), CacheConfig::default());
+    let account = cache.create_account("acme", "Acme").await.expect("create");
+    let mut costs = Vec::new();
+    for round in 0..3 {
+        for _ in 0..(if round == 0 { 1 } else { 200 }) {
+            cache.issue_key(&account).await.expect("issue");
+        }
+        let before = store.counts();
+        let issued = cache.issue_key(&account).await.expect("issue");
+        cache
+            .revoke_key(&issued.identity.key)
+            .await
+            .expect("revoke");
+        let after = store.counts();
+        costs.push((
+            after.record_writes - before.record_writes,
+            after.bytes_written - before.bytes_written,
+        ));
+    }
+    assert!(
+        costs.iter().all(|&(writes, _)| writes == 3),
+        "{costs:?}: id + key + revoke"
+    );
+    assert!(costs.iter().all(|&(_, bytes)| bytes < 1024), "{costs:?}");
+    assert_eq!(costs[0], costs[2], "the cost does not grow with the table");
+}
+
+// covers A11: a writer that dies between its record write and its feed append: the others
+// see the revocation when they revalidate the key, within one TTL (the documented worst case).
+#[tokio::test(start_paused = true)]
+async fn keyed_writer_dying_before_the_feed_append_is_caught_by_revalidation() {
+    let store = MemoryStore::keyed();
+    let [a, b] = <[_; 2]>::try_from(instances(&store, 2)).expect("two");
+    let account = a.create_account("acme", "Acme").await.expect("create");
+    let issued = a.issue_key(&account).await.expect("issue");
+    assert!(b.authenticate(issued.secret.expose()).await.is_ok());
+    store.fail_feed_appends(true);
+    a.revoke_key(&issued.identity.key)
+        .await
+        .expect("the record write is the truth");
+    assert_eq!(a.stats().feed_append_failures, 1);
+    tokio::time::advance(POLL).await;
+    assert!(
+        b.authenticate(issued.secret.expose()).await.is_ok(),
+        "no feed entry: B still trusts its cached copy"
+    );
+    tokio::time::advance(TTL - POLL).await;
+    assert!(matches!(
+        b.authenticate(issued.secret.expose()).await,
+        Err(AuthError::Revoked)
+    ));
+}
+
+// covers A11: a gap (the segment under B's cursor rotated away) drops B's cached keys, so a
+// revocation carried only by the lost segment is still seen, at the cost of one point read.
+#[tokio::test(start_paused = true)]
+async fn keyed_feed_gap_falls_back_to_revalidation() {
+    let store = MemoryStore::keyed();
+    let [a, b] = <[_; 2]>::try_from(instances(&store, 2)).expect("two");
+    let account = a.create_account("acme", "Acme").await.expect("create");
+    let issued = a.issue_key(&account).await.expect("issue");
+    assert!(b.authenticate(issued.secret.expose()).await.is_ok());
+    a.revoke_key(&issued.identity.key).await.expect("revoke");
+    store.drop_feed_segments(); // B never sees the revoke entry
+    tokio::time::advance(POLL).await;
+    let reads = b.stats().point_reads;
+    assert!(matches!(
+        b.authenticate(issued.secret.expose()).await,
+        Err(AuthError::Revoked)
+    ));
+    assert_eq!(b.stats().feed_gaps, 1);
+    assert_eq!(
+        b.stats().point_reads,
+        reads + 1,
+        "revalidated by one point read"
+    );
+}
+
+// covers A11 across a rotation: a reader one segment behind loses nothing (no gap).
+#[tokio::test(start_paused = true)]
+async fn keyed_feed_rotation_loses_nothing_for_a_reader_one_segment_behind() {
+    let store = MemoryStore::keyed();
+    store.set_feed_segment_entries(2);
+    let [a, b] = <[_; 2]>::try_from(instances(&store, 2)).expect("two");
+    let account = a.create_account("acme", "Acme").await.expect("create");
+    let issued = a.issue_key(&account).await.expect("issue");
+    assert!(b.authenticate(issued.secret.expose()).await.is_ok());
+    a.revoke_key(&issued.identity.key).await.expect("revoke"); // rotates the feed
+    tokio::time::advance(POLL).await;
+    assert!(matches!(
+        b.authenticate(issued.secret.expose()).await,
+        Err(AuthError::Revoked)
+    ));
+    assert_eq!(b.stats().feed_gaps, 0);
+}
+
+// covers A11: with the watcher tailing the feed, the request path does not read the feed.
+#[tokio::test(start_paused = true)]
+async fn keyed_watcher_tails_the_feed_in_the_background() {
+    let store = MemoryStore::keyed();
+    let [a, b] = <[_; 2]>::try_from(instances(&store, 2)).expect("two");
+    let account = a.create_account("acme", "Acme").await.expect("create");
+    let issued = a.issue_key(&account).await.expect("issue");
+    assert!(b.authenticate(issued.secret.expose()).await.is_ok());
+    let _watcher = b.spawn_watcher(POLL);
+    a.revoke_key(&issued.identity.key).await.expect("revoke");
+    tokio::time::sleep(POLL + Duration::from_millis(1)).await;
+    let polls = b.stats().feed_polls;
+    assert!(polls >= 2, "the watcher polled");
+    assert!(matches!(
+        b.authenticate(issued.secret.expose()).await,
+        Err(AuthError::Revoked)
+    ));
+    assert_eq!(
+        b.stats().feed_polls,
+        polls,
+        "no feed read on the request path"
+    );
+}
