@@ -430,3 +430,35 @@ async fn each_account_sees_only_its_own_inspector_entries() {
     assert!(seen_by_alice.contains("alice-was-here"), "{seen_by_alice}");
     assert!(!seen_by_alice.contains("bob-was-here"), "{seen_by_alice}");
 }
+
+// The header-read timeout also bounds an idle keep-alive connection: once a response is sent,
+// the next head must start arriving within the timeout.
+#[tokio::test]
+async fn idle_keep_alive_connections_close_after_the_header_timeout() {
+    let h = Harness::start(|c| c.header_read_timeout_ms = 200, (0, 0)).await;
+    let mut socket = TcpStream::connect(h.running.addr()).await.unwrap();
+    socket
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut seen = Vec::new();
+    let mut buf = [0_u8; 1024];
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match socket.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the idle connection stayed open");
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(150),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -33,6 +33,9 @@ pub const CLUSTER_NAMES: &[&str] = &[
     "aks-5",
 ];
 
+/// Request records each simulated cluster's test server keeps (its counts stay exact).
+pub const DEMO_REQUEST_LOG_CAPACITY: usize = 1_000;
+
 /// A local backend failed to start.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -167,6 +170,9 @@ impl Simulation {
                 .await
                 .map_err(LocalError::K8s)?;
             fixtures::inject_latency(&server, index, &fixtures, options.latency_ms);
+            // The demo runs for hours under polling: keep each log's window small (the counts
+            // the summary reads stay exact).
+            server.set_request_log_capacity(DEMO_REQUEST_LOG_CAPACITY);
             let arm = Url::parse(server.url()).map_err(LocalError::Url)?;
             let config = ClusterConfig::new(*name, SUBSCRIPTION, RESOURCE_GROUP)
                 .namespace(NAMESPACE)
