@@ -11,7 +11,9 @@
 //!   awaits while holding it; concurrent misses for one key share one factory call; misses for
 //!   different keys never wait on each other. Each entry has a deadline (the pool TTL clamped by
 //!   the deadline its factory reports), an idle time, and a capacity-eviction order (soonest
-//!   deadline first).
+//!   deadline first, kept in an index beside the shards so an eviction is O(log n); while
+//!   evicted keys keep coming straight back, entries in use stay resident instead, so a cycle
+//!   one key longer than the capacity does not miss on every lookup).
 //! - [`Retire`]: how a value is torn down. The pool calls it only after every lock is
 //!   released, bounds it with a timeout, and isolates failures and panics.
 //! - [`SingleFlight`]: deduplicates concurrent async loads by key; a cancelled leader hands
