@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use apikey_cache::{ApiKeyCache, AuthError, BlobStore, CacheConfig};
+use apikey_cache::{ApiKeyCache, AuthError, BlobStore, CacheConfig, KeyStore};
 use azure_core::credentials::TokenCredential;
 use blob_pool::{BlobPool, BlobPoolConfig, Endpoint, storage_transport};
 use testkit::azurite::{Azurite, TestCredential};
@@ -24,6 +24,17 @@ async fn azurite() -> Azurite {
 
 /// A Blob store on its own pool (one "instance"), for `container/keys.json`.
 fn store(azurite: &Azurite, container: &str) -> BlobStore {
+    let (pool, credential, endpoint) = parts(azurite);
+    BlobStore::new(pool, credential, endpoint, container, "keys.json")
+}
+
+/// A keyed Blob store (A10) on its own pool, under `container/apikeys/`.
+fn keyed(azurite: &Azurite, container: &str) -> BlobStore {
+    let (pool, credential, endpoint) = parts(azurite);
+    BlobStore::keyed(pool, credential, endpoint, container, "apikeys/")
+}
+
+fn parts(azurite: &Azurite) -> (BlobPool, Arc<dyn TokenCredential>, Endpoint) {
     let cert = reqwest::Certificate::from_der(&azurite.ca().cert_der()).expect("CA");
     let transport = storage_transport()
         .tls_certs_only([cert])
@@ -36,7 +47,7 @@ fn store(azurite: &Azurite, container: &str) -> BlobStore {
         .expect("pool");
     let credential: Arc<dyn TokenCredential> = Arc::new(TestCredential::new());
     let endpoint = Endpoint::parse(azurite.endpoint().as_str()).expect("endpoint");
-    BlobStore::new(pool, credential, endpoint, container, "keys.json")
+    (pool, credential, endpoint)
 }
 
 /// Move the cache clock past one TTL without waiting and without leaving time paused while
@@ -175,5 +186,97 @@ async fn blob_writes_on_b_see_accounts_and_keys_created_on_a() {
     assert!(matches!(
         b.revoke_key(&apikey_cache::KeyId::new("key_nobody")).await,
         Err(apikey_cache::WriteError::NoSuchKey)
+    ));
+}
+
+// covers A10 + A11: the keyed contract over Azure Blob — a blob per record (404 → None),
+// create with If-None-Match: * (409/412 → Conflict), replace with If-Match (412 → Conflict),
+// and the feed as an append blob read with ranged GETs.
+#[tokio::test]
+#[ignore = "needs Azurite: cargo xtask it"]
+async fn keyed_blob_store_meets_the_keyed_contract() {
+    let azurite = azurite().await;
+    apikey_cache::testing::check_keyed_store_contract(&keyed(&azurite, "keyed-contract")).await;
+}
+
+// covers A11: the append blob rotates at its size limit; a reader one segment behind reads
+// across the rotation, a reader whose segment was deleted sees a gap.
+#[tokio::test]
+#[ignore = "needs Azurite: cargo xtask it"]
+async fn keyed_blob_feed_rotates_and_reports_gaps() {
+    let azurite = azurite().await;
+    let store = keyed(&azurite, "keyed-rotate").feed_segment_bytes(2048);
+    let start = store.read_feed(None).await.expect("end").next;
+    let entry = vec![b'x'; 700];
+    for _ in 0..4 {
+        store.append_feed(&entry).await.expect("append");
+    }
+    let batch = store.read_feed(Some(&start)).await.expect("read");
+    assert_eq!(
+        batch.entries.len(),
+        4,
+        "across one rotation nothing is lost"
+    );
+    assert!(!batch.gap);
+    assert!(batch.next.segment >= 1, "rotated: {:?}", batch.next);
+    for _ in 0..8 {
+        store.append_feed(&entry).await.expect("append");
+    }
+    let behind = store.read_feed(Some(&start)).await.expect("read");
+    assert!(behind.gap, "segment 0 was deleted: {behind:?}");
+}
+
+// covers A10 + A11 over Blob with three instances: B's first try costs one point read; a
+// revocation on A is rejected on B and C after one poll (feed), not one TTL.
+#[tokio::test]
+#[ignore = "needs Azurite: cargo xtask it"]
+async fn keyed_blob_revocation_reaches_three_instances_within_one_poll() {
+    let azurite = azurite().await;
+    let caches: Vec<_> = (0..3)
+        .map(|_| ApiKeyCache::new(keyed(&azurite, "keyed-revoke"), CacheConfig::default()))
+        .collect();
+    let account = caches[0]
+        .create_account("acme", "Acme")
+        .await
+        .expect("create");
+    let issued = caches[0].issue_key(&account).await.expect("issue");
+    for cache in &caches[1..] {
+        assert_eq!(
+            cache
+                .authenticate(issued.secret.expose())
+                .await
+                .expect("first try"),
+            issued.identity
+        );
+        assert_eq!(cache.stats().point_reads, 1);
+    }
+    caches[0]
+        .revoke_key(&issued.identity.key)
+        .await
+        .expect("revoke");
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_secs(2)).await;
+    tokio::time::resume();
+    for cache in &caches {
+        assert!(matches!(
+            cache.authenticate(issued.secret.expose()).await,
+            Err(AuthError::Revoked)
+        ));
+    }
+    for cache in &caches[1..] {
+        assert_eq!(
+            cache.stats().point_reads,
+            1,
+            "the feed carried it, no re-read"
+        );
+    }
+    let junk = "ak_NeverIssuedNeverIssuedNeverIssued0123456789";
+    assert!(matches!(
+        caches[1].authenticate(junk).await,
+        Err(AuthError::Unknown)
+    ));
+    assert!(matches!(
+        caches[1].create_account("acme", "again").await,
+        Err(apikey_cache::WriteError::AccountExists)
     ));
 }

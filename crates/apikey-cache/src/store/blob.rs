@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use azure_core::credentials::TokenCredential;
 use azure_core::error::ErrorKind;
@@ -10,7 +11,8 @@ use azure_storage_blob::BlobClient;
 use azure_storage_blob::models::{BlobClientDownloadOptions, BlobClientUploadOptions};
 use blob_pool::{BlobPool, Endpoint};
 
-use super::{KeyStore, Loaded, Version};
+use super::blob_records::{BLOB_SEGMENT_BYTES, UNKNOWN};
+use super::{Condition, FeedBatch, FeedCursor, KeyStore, Layout, Loaded, Record, Version};
 use crate::document::KeyDocument;
 use crate::error::StoreError;
 
@@ -23,6 +25,12 @@ use crate::error::StoreError;
 ///   yet; `412` / `409` → [`StoreError::Conflict`] (the cache then re-loads, re-applies and
 ///   re-writes). A missing container is created on the first write.
 /// - Any other failure → [`StoreError::Unavailable`] with the SDK error as its source.
+///
+/// [`BlobStore::keyed`] makes one in the keyed layout (A10/A11), the layout to use for Blob
+/// beyond ~10k keys: a blob per record (`<prefix>keys/<sha256>`, `<prefix>ids/<key id>`,
+/// `<prefix>accounts/<id>`), created with `If-None-Match: *` and replaced with `If-Match`, and
+/// the change feed as append blobs `<prefix>feed/<segment>.log` rotated at 4 MiB (the
+/// current and the previous kept), tailed with ranged GETs.
 #[derive(Clone)]
 pub struct BlobStore {
     pool: BlobPool,
@@ -30,6 +38,10 @@ pub struct BlobStore {
     endpoint: Endpoint,
     container: String,
     blob: String,
+    layout: Layout,
+    segment_bytes: u64,
+    /// Keyed layout: the feed segment this store appends to (`UNKNOWN` until probed).
+    feed_segment: Arc<AtomicU64>,
 }
 
 impl fmt::Debug for BlobStore {
@@ -41,14 +53,14 @@ impl fmt::Debug for BlobStore {
     }
 }
 
-fn status(error: &azure_core::Error) -> Option<StatusCode> {
+pub(crate) fn status(error: &azure_core::Error) -> Option<StatusCode> {
     match error.kind() {
         ErrorKind::HttpResponse { status, .. } => Some(*status),
         _ => None,
     }
 }
 
-fn unavailable(error: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+pub(crate) fn unavailable(error: impl std::error::Error + Send + Sync + 'static) -> StoreError {
     StoreError::Unavailable {
         source: Box::new(error),
     }
@@ -70,6 +82,60 @@ impl BlobStore {
             endpoint,
             container: container.into(),
             blob: blob.into(),
+            layout: Layout::Document,
+            segment_bytes: BLOB_SEGMENT_BYTES,
+            feed_segment: Arc::new(AtomicU64::new(UNKNOWN)),
+        }
+    }
+
+    /// The keyed layout (A10) under `prefix` (e.g. `"apikeys/"`, or `""`) in `container`.
+    pub fn keyed(
+        pool: BlobPool,
+        credential: Arc<dyn TokenCredential>,
+        endpoint: Endpoint,
+        container: impl Into<String>,
+        prefix: impl Into<String>,
+    ) -> Self {
+        let mut store = Self::new(pool, credential, endpoint, container, prefix);
+        store.layout = Layout::Keyed;
+        store
+    }
+
+    /// Keyed layout: rotate the feed's append blob at `bytes` (default 4 MiB; clamped to
+    /// 2 KiB – 190 GiB).
+    pub fn feed_segment_bytes(mut self, bytes: u64) -> Self {
+        self.segment_bytes = bytes.clamp(2048, 190 << 30);
+        self
+    }
+
+    pub(crate) fn container(&self) -> &str {
+        &self.container
+    }
+
+    /// Keyed layout: the record-name prefix (the `blob` argument of [`BlobStore::keyed`]).
+    pub(crate) fn prefix(&self) -> &str {
+        &self.blob
+    }
+
+    pub(crate) fn segment_bytes(&self) -> u64 {
+        self.segment_bytes
+    }
+
+    pub(crate) fn feed_segment(&self) -> &AtomicU64 {
+        &self.feed_segment
+    }
+
+    pub(crate) async fn service(&self) -> Result<blob_pool::PooledBlobClient, StoreError> {
+        self.pool
+            .client(&self.credential, &self.endpoint)
+            .await
+            .map_err(unavailable)
+    }
+
+    fn keyed_only(&self, operation: &'static str) -> Result<(), StoreError> {
+        match self.layout {
+            Layout::Keyed => Ok(()),
+            _ => Err(StoreError::Unsupported { operation }),
         }
     }
 
@@ -110,6 +176,9 @@ impl BlobStore {
 
 impl KeyStore for BlobStore {
     async fn load(&self, if_none_match: Option<&Version>) -> Result<Loaded, StoreError> {
+        if self.layout == Layout::Keyed {
+            return Err(StoreError::Unsupported { operation: "load" });
+        }
         let (_service, blob) = self.blob_client().await?;
         let options = BlobClientDownloadOptions {
             if_none_match: if_none_match.map(|v| Etag::from(v.as_str())),
@@ -144,6 +213,9 @@ impl KeyStore for BlobStore {
         document: &KeyDocument,
         if_match: Option<&Version>,
     ) -> Result<Version, StoreError> {
+        if self.layout == Layout::Keyed {
+            return Err(StoreError::Unsupported { operation: "store" });
+        }
         let (service, blob) = self.blob_client().await?;
         let bytes = document.to_json();
         let mut result = self.put(&blob, &bytes, if_match).await;
@@ -181,6 +253,38 @@ impl KeyStore for BlobStore {
     }
 
     fn describe(&self) -> String {
-        format!("blob:{}/{}", self.container, self.blob)
+        match self.layout {
+            Layout::Keyed => format!("blob-keyed:{}/{}", self.container, self.blob),
+            _ => format!("blob:{}/{}", self.container, self.blob),
+        }
+    }
+
+    fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    async fn get_record(&self, name: &str) -> Result<Option<Record>, StoreError> {
+        self.keyed_only("get_record")?;
+        self.get_record_keyed(name).await
+    }
+
+    async fn put_record(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        condition: Condition<'_>,
+    ) -> Result<Version, StoreError> {
+        self.keyed_only("put_record")?;
+        self.put_record_keyed(name, bytes, condition).await
+    }
+
+    async fn append_feed(&self, entry: &[u8]) -> Result<(), StoreError> {
+        self.keyed_only("append_feed")?;
+        self.append_feed_keyed(entry).await
+    }
+
+    async fn read_feed(&self, from: Option<&FeedCursor>) -> Result<FeedBatch, StoreError> {
+        self.keyed_only("read_feed")?;
+        self.read_feed_keyed(from).await
     }
 }

@@ -2,6 +2,8 @@
 
 #[cfg(feature = "azure")]
 mod blob;
+#[cfg(feature = "azure")]
+mod blob_records;
 mod file;
 mod file_records;
 mod memory;
