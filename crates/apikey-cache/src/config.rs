@@ -63,6 +63,7 @@ pub struct CacheConfig {
     pub(crate) key_capacity: u64,
     pub(crate) key_idle: Duration,
     pub(crate) point_reads_per_second: u32,
+    pub(crate) legacy_keys: bool,
 }
 
 impl Default for CacheConfig {
@@ -95,6 +96,7 @@ impl CacheConfig {
             key_idle: KEY_IDLE_SECONDS.read_secs_with(&lookup),
             point_reads_per_second: u32::try_from(POINT_READS_PER_SECOND.read_with(&lookup))
                 .unwrap_or(u32::MAX),
+            legacy_keys: false,
         }
     }
 
@@ -193,6 +195,16 @@ impl CacheConfig {
     /// the burst; clamped to 1 – 10^6). Beyond it an unknown key is rejected without a read.
     pub fn point_reads_per_second(mut self, rate: u32) -> Self {
         self.point_reads_per_second = rate.clamp(1, 1_000_000);
+        self
+    }
+
+    /// Keyed layout: also look up keys without a valid checksum (keys issued before
+    /// checksums, e.g. migrated from a v1 document). Default `false`: such input is
+    /// [`AuthError::Malformed`](crate::AuthError::Malformed) with zero store reads (A12).
+    /// With `true`, unknown legacy-shaped keys cost a point read each, still bounded by the
+    /// negative cache and [`Self::point_reads_per_second`] (A5).
+    pub fn legacy_keys(mut self, accept: bool) -> Self {
+        self.legacy_keys = accept;
         self
     }
 }

@@ -96,10 +96,14 @@ fn nibble(c: u8) -> Option<u8> {
 pub struct ApiKeySecret(String);
 
 impl ApiKeySecret {
-    /// `ak_` + 32 bytes from the OS-seeded CSPRNG, base64url (46 characters).
+    /// `ak_` + base64url(32 bytes from the OS-seeded CSPRNG ‖ their CRC-32, little endian):
+    /// [`CHECKED_KEY_LEN`] characters. The checksum lets [`has_valid_checksum`] reject typos
+    /// and random junk offline, before any store read (A12); it is not a secret.
     pub(crate) fn generate() -> Self {
-        let mut bytes = [0u8; 32];
-        rand::rng().fill_bytes(&mut bytes);
+        let mut bytes = [0u8; 36];
+        rand::rng().fill_bytes(&mut bytes[..32]);
+        let crc = crc32(&bytes[..32]).to_le_bytes();
+        bytes[32..].copy_from_slice(&crc);
         Self(format!("{KEY_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes)))
     }
 
@@ -188,6 +192,57 @@ pub struct IssuedKey {
     pub secret: ApiKeySecret,
 }
 
+/// Length of a key issued with a checksum: `ak_` + 48 base64url characters (36 bytes).
+pub const CHECKED_KEY_LEN: usize = 51;
+
+/// Whether `key` has the shape of a key this crate issues *and* its CRC-32 matches (A12):
+/// an offline check, no allocation, no store read. Random or mistyped input fails it with
+/// probability 1 − 2⁻³². Keys issued before checksums existed (`ak_` + 43 characters) fail it
+/// too: see [`CacheConfig::legacy_keys`](crate::CacheConfig::legacy_keys).
+pub fn has_valid_checksum(key: &str) -> bool {
+    let Some(body) = key.strip_prefix(KEY_PREFIX) else {
+        return false;
+    };
+    if key.len() != CHECKED_KEY_LEN {
+        return false;
+    }
+    let mut bytes = [0u8; 36];
+    match URL_SAFE_NO_PAD.decode_slice(body, &mut bytes) {
+        Ok(36) => {}
+        _ => return false,
+    }
+    let (random, crc) = bytes.split_at(32);
+    crc == crc32(random).to_le_bytes()
+}
+
+/// CRC-32 (IEEE 802.3, the one zlib and PNG use), table-driven.
+fn crc32(bytes: &[u8]) -> u32 {
+    const TABLE: [u32; 256] = {
+        let mut table = [0u32; 256];
+        let mut i = 0;
+        while i < 256 {
+            let mut c = i as u32;
+            let mut k = 0;
+            while k < 8 {
+                c = if c & 1 == 1 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+                k += 1;
+            }
+            table[i] = c;
+            i += 1;
+        }
+        table
+    };
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc = TABLE[usize::from((crc as u8) ^ b)] ^ (crc >> 8);
+    }
+    !crc
+}
+
 /// Shape check before hashing: non-empty, at most [`MAX_KEY_LEN`] bytes, visible ASCII only.
 pub(crate) fn well_formed(key: &str) -> bool {
     !key.is_empty() && key.len() <= MAX_KEY_LEN && key.bytes().all(|b| b.is_ascii_graphic())
@@ -215,13 +270,53 @@ mod tests {
     fn secrets_and_hashes_are_redacted_in_debug() {
         let secret = ApiKeySecret::generate();
         assert!(secret.expose().starts_with(KEY_PREFIX));
-        assert_eq!(secret.expose().len(), 46);
+        assert_eq!(secret.expose().len(), CHECKED_KEY_LEN);
+        assert!(has_valid_checksum(secret.expose()));
         assert!(well_formed(secret.expose()));
         let shown = format!("{secret:?}");
         assert!(!shown.contains(&secret.expose()[3..]), "{shown}");
         let hash = secret.hash();
         assert!(!format!("{hash:?}").contains(&hash.to_hex()));
         assert_ne!(ApiKeySecret::generate(), secret, "keys are random");
+    }
+
+    // covers A12: the checksum accepts issued keys and rejects junk, typos and legacy keys.
+    #[test]
+    fn checksum_accepts_issued_keys_and_rejects_junk() {
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926, "the standard check value");
+        for _ in 0..100 {
+            let key = ApiKeySecret::generate();
+            assert!(has_valid_checksum(key.expose()));
+            // One character changed anywhere after the prefix breaks it.
+            let mut typo = key.expose().to_string().into_bytes();
+            typo[10] = if typo[10] == b'A' { b'B' } else { b'A' };
+            assert!(!has_valid_checksum(
+                &String::from_utf8(typo).expect("ascii")
+            ));
+        }
+        let legacy = format!("{KEY_PREFIX}{}", URL_SAFE_NO_PAD.encode([7u8; 32]));
+        assert!(!has_valid_checksum(&legacy));
+        assert!(!has_valid_checksum(""));
+        assert!(!has_valid_checksum(&"ak_".repeat(17)));
+        assert!(!has_valid_checksum(&format!(
+            "xx_{}",
+            &ApiKeySecret::generate().expose()[3..]
+        )));
+        let mut junk = 0;
+        for i in 0..10_000u32 {
+            let candidate = format!(
+                "{KEY_PREFIX}{}",
+                URL_SAFE_NO_PAD.encode(
+                    Sha256::digest(i.to_le_bytes())
+                        .iter()
+                        .chain(&[1, 2, 3, 4])
+                        .copied()
+                        .collect::<Vec<u8>>()
+                )
+            );
+            junk += usize::from(has_valid_checksum(&candidate));
+        }
+        assert_eq!(junk, 0, "random 36-byte keys essentially never pass");
     }
 
     #[test]

@@ -76,7 +76,8 @@ pub use config::{
 pub use document::{AccountRecord, DOCUMENT_FORMAT, KeyDocument, KeyRecord};
 pub use error::{AuthError, BoxError, StoreError, WriteError};
 pub use key::{
-    AccountId, ApiKeySecret, Identity, IssuedKey, KEY_PREFIX, KeyHash, KeyId, MAX_KEY_LEN,
+    AccountId, ApiKeySecret, CHECKED_KEY_LEN, Identity, IssuedKey, KEY_PREFIX, KeyHash, KeyId,
+    MAX_KEY_LEN, has_valid_checksum,
 };
 pub use layer::{API_KEY_HEADER, ApiKeyLayer, ApiKeyService, rejection_response};
 #[cfg(feature = "azure")]

@@ -270,11 +270,12 @@ async fn keyed_blob_revocation_reaches_three_instances_within_one_poll() {
             "the feed carried it, no re-read"
         );
     }
-    let junk = "ak_NeverIssuedNeverIssuedNeverIssued0123456789";
+    let junk = "ak_NeverIssuedNeverIssuedNeverIssued0123456789abcde";
     assert!(matches!(
         caches[1].authenticate(junk).await,
-        Err(AuthError::Unknown)
+        Err(AuthError::Malformed)
     ));
+    assert_eq!(caches[1].stats().point_reads, 1, "junk: no read (checksum)");
     assert!(matches!(
         caches[1].create_account("acme", "again").await,
         Err(apikey_cache::WriteError::AccountExists)

@@ -139,7 +139,11 @@ async fn keyed_file_revocation_reaches_three_instances_within_one_poll() {
 async fn keyed_unknown_key_costs_one_point_read_then_negative_cache() {
     let store = MemoryStore::keyed();
     let cache = ApiKeyCache::new(store.clone(), CacheConfig::default());
-    let junk = "ak_ThisKeyWasNeverIssuedByAnyoneAtAll0123456789";
+    // A well-formed key (valid checksum) that this store never saw: issued elsewhere.
+    let elsewhere = ApiKeyCache::new(MemoryStore::keyed(), CacheConfig::default());
+    let account = elsewhere.create_account("x", "X").await.expect("create");
+    let stranger = elsewhere.issue_key(&account).await.expect("issue");
+    let junk = stranger.secret.expose();
     for _ in 0..10 {
         assert!(matches!(
             cache.authenticate(junk).await,
@@ -274,4 +278,84 @@ async fn keyed_watcher_tails_the_feed_in_the_background() {
         polls,
         "no feed read on the request path"
     );
+}
+
+fn random_junk(i: u64) -> String {
+    // Visible ASCII of an issued key's length and prefix, but no valid checksum.
+    let mut s = format!("ak_{i:016x}");
+    while s.len() < apikey_cache::CHECKED_KEY_LEN {
+        s.push(char::from(b'a' + (i % 26) as u8));
+    }
+    s
+}
+
+// covers A12 + A5: 10 000 distinct random bad keys cost zero store reads (checksum), and the
+// key issued in between still answers.
+#[tokio::test(start_paused = true)]
+async fn keyed_checksum_rejects_ten_thousand_junk_keys_with_zero_reads() {
+    let store = MemoryStore::keyed();
+    let cache = ApiKeyCache::new(store.clone(), CacheConfig::default());
+    let account = cache.create_account("acme", "Acme").await.expect("create");
+    let issued = cache.issue_key(&account).await.expect("issue");
+    let before = store.counts();
+    for i in 0..10_000 {
+        assert!(matches!(
+            cache.authenticate(&random_junk(i)).await,
+            Err(AuthError::Malformed)
+        ));
+    }
+    let after = store.counts();
+    assert_eq!(
+        after.record_reads - before.record_reads,
+        0,
+        "zero point reads"
+    );
+    assert_eq!(after.feed_reads - before.feed_reads, 0, "zero feed reads");
+    assert_eq!(cache.stats().rejected_malformed, 10_000);
+    assert!(cache.authenticate(issued.secret.expose()).await.is_ok());
+}
+
+// covers A12 (the knob) + A5: with legacy (unchecked) keys accepted, the same flood is held
+// to the point-read rate limit instead: what the checksum saves.
+#[tokio::test(start_paused = true)]
+async fn keyed_legacy_keys_fall_back_to_the_point_read_limit() {
+    let store = MemoryStore::keyed();
+    let config = CacheConfig::default()
+        .legacy_keys(true)
+        .point_reads_per_second(50);
+    let cache = ApiKeyCache::new(store.clone(), config);
+    for i in 0..10_000 {
+        assert!(matches!(
+            cache.authenticate(&random_junk(i)).await,
+            Err(AuthError::Unknown)
+        ));
+    }
+    let reads = store.counts().record_reads;
+    assert!((1..=50).contains(&reads), "{reads} point reads");
+}
+
+// covers A12: memory follows the active keys, not the table, and is bounded by key_capacity.
+#[tokio::test(start_paused = true)]
+async fn keyed_memory_follows_active_keys_and_is_bounded() {
+    let store = MemoryStore::keyed();
+    let writer = ApiKeyCache::new(store.clone(), CacheConfig::default());
+    let account = writer.create_account("acme", "Acme").await.expect("create");
+    let mut keys = Vec::new();
+    for _ in 0..500 {
+        keys.push(writer.issue_key(&account).await.expect("issue"));
+    }
+    let reader = ApiKeyCache::new(store.clone(), CacheConfig::default().key_capacity(100));
+    for key in &keys[..10] {
+        assert!(reader.authenticate(key.secret.expose()).await.is_ok());
+    }
+    assert_eq!(
+        reader.stats().keys,
+        10,
+        "ten active keys of 500 in the table"
+    );
+    for key in &keys {
+        assert!(reader.authenticate(key.secret.expose()).await.is_ok());
+    }
+    let held = reader.stats().keys;
+    assert!(held <= 100, "bounded by key_capacity: {held}");
 }

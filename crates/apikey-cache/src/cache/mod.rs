@@ -19,7 +19,7 @@ pub use watcher::Watcher;
 use self::reload::Inner;
 use crate::config::CacheConfig;
 use crate::error::{AuthError, StoreError};
-use crate::key::{Identity, KeyHash, well_formed};
+use crate::key::{Identity, KeyHash, has_valid_checksum, well_formed};
 use crate::snapshot::{Lookup, Snapshot};
 use crate::store::KeyStore;
 
@@ -78,6 +78,11 @@ impl<S: KeyStore> ApiKeyCache<S> {
     pub async fn authenticate(&self, presented: &str) -> Result<Identity, AuthError> {
         let inner = &*self.inner;
         if !well_formed(presented) {
+            Counters::bump(&inner.counters.rejected_malformed);
+            return Err(AuthError::Malformed);
+        }
+        if inner.keyed.is_some() && !inner.config.legacy_keys && !has_valid_checksum(presented) {
+            // A12: junk and typos never reach the store (nor the hash).
             Counters::bump(&inner.counters.rejected_malformed);
             return Err(AuthError::Malformed);
         }
