@@ -1,18 +1,22 @@
 //! The retry budget (R9): retries add at most a ratio of recent first attempts plus a floor, per partition.
 //!
-//! The accounting is tower's [`TpsBudget`] (the one reqwest's own `retry` module and
-//! Finagle/Linkerd use): every first attempt deposits, every retry withdraws, and deposits
-//! and withdrawals expire after the window (ten slots of a tenth of the window each). It fits
-//! the loop as it is — the loop asks `withdraw()` once it has decided to retry, before it
-//! releases the response — so nothing here re-implements it; this module adds the knobs, the
-//! clamps tower asserts on (X5), and one budget per partition.
+//! The accounting is tower's `TpsBudget` (the one reqwest's own `retry` module uses, after
+//! Finagle/Linkerd): every first attempt deposits, every retry withdraws, a reserve of
+//! floor × window is always there, and deposits and withdrawals expire after the window (ten
+//! slots of a tenth of it). tower's type itself is not used: its slot rotation clears one slot
+//! too many whenever more than one slot width has passed since the last call — which, in real
+//! time, is every rotation — so its 10 s window is really 5–10 s and the floor comes back up
+//! to twice as often (the test `towers_tps_budget_refills_early_in_real_time` shows 1 200
+//! retries over 20 s where the window allows 1 000; ours gives 1 000). Here the same
+//! accounting rotates slots on fixed boundaries, in integer milli-units so any ratio is
+//! exact, under one mutex (no check-then-act race between threads).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pool_core::Knob;
-use tower::retry::budget::{Budget as _, TpsBudget};
+use tokio::time::Instant;
 
 /// `RETRY_TRANSPORT_BUDGET_PERCENT`: retries may add this percentage of recent first attempts.
 pub const BUDGET_PERCENT: Knob<u32> = Knob::new("RETRY_TRANSPORT_BUDGET_PERCENT", 20, 0, 1000);
@@ -47,9 +51,7 @@ const OVERFLOW: &str = "(overflow)";
 pub struct RetryBudget {
     /// Whether retries are budgeted at all (default true).
     pub enabled: bool,
-    /// Retries allowed per first attempt: default 0.2. tower charges a retry a whole number of
-    /// deposits, so ratios of the form 1/n (0.5, 0.25, 0.2, 0.1) are exact and others round
-    /// up to the next 1/n (0.3 → 1/3). Clamped to [0, 10].
+    /// Retries allowed per first attempt: default 0.2 (exact to 1/1000). Clamped to [0, 10].
     pub ratio: f32,
     /// Retries allowed per second of the window regardless of traffic: default 10. At most
     /// 100 000.
@@ -111,8 +113,8 @@ impl RetryBudget {
         self
     }
 
-    /// The values as used: NaN or negative ratio → 0, over 10 → 10; window into [1 s, 60 s]
-    /// (tower asserts on anything else); floor ≤ 100 000. Never a panic (X5).
+    /// The values as used: NaN or negative ratio → 0, over 10 → 10; window into whole
+    /// seconds in [1 s, 60 s]; floor ≤ 100 000. Never a panic (X5).
     pub(crate) fn checked(mut self) -> Self {
         self.ratio = if self.ratio.is_nan() {
             0.0
@@ -120,14 +122,100 @@ impl RetryBudget {
             self.ratio.clamp(0.0, 10.0)
         };
         self.floor_per_second = self.floor_per_second.min(BUDGET_FLOOR_PER_SECOND.range().1);
-        // Whole seconds: tower computes its reserve from `ttl.as_secs()`.
         let secs = self.window.as_secs().clamp(1, 60);
         self.window = Duration::from_secs(secs);
         self
     }
 
-    fn tower(&self) -> TpsBudget {
-        TpsBudget::new(self.window, self.floor_per_second, self.ratio)
+    fn budget(&self) -> WindowBudget {
+        WindowBudget::new(self)
+    }
+}
+
+/// Slots the window is cut into (as tower's).
+const SLOTS: usize = 10;
+/// One retry, in the budget's integer units (a deposit is `ratio` × this).
+const UNIT: i64 = 1000;
+
+/// One partition's budget: tower's `TpsBudget` accounting, slots rotated on fixed boundaries.
+#[derive(Debug)]
+pub(crate) struct WindowBudget {
+    deposit: i64,
+    reserve: i64,
+    width: Duration,
+    state: Mutex<Slots>,
+}
+
+#[derive(Debug)]
+struct Slots {
+    /// Deposits minus withdrawals per slot; `head` is the slot being written.
+    amounts: [i64; SLOTS],
+    head: usize,
+    head_start: Instant,
+}
+
+impl WindowBudget {
+    fn new(config: &RetryBudget) -> Self {
+        Self {
+            deposit: (f64::from(config.ratio) * UNIT as f64).round() as i64,
+            reserve: i64::from(config.floor_per_second) * config.window.as_secs() as i64 * UNIT,
+            width: config.window / SLOTS as u32,
+            state: Mutex::new(Slots {
+                amounts: [0; SLOTS],
+                head: 0,
+                head_start: Instant::now(),
+            }),
+        }
+    }
+
+    /// The slots, rotated to now: each slot width passed since the head started moves the
+    /// head one slot (clearing it) and its start by exactly one width.
+    fn slots(&self) -> std::sync::MutexGuard<'_, Slots> {
+        let mut slots = self
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let now = Instant::now();
+        let passed = now.saturating_duration_since(slots.head_start);
+        let steps = passed.as_nanos() / self.width.as_nanos().max(1);
+        if steps >= SLOTS as u128 {
+            slots.amounts = [0; SLOTS];
+            slots.head_start = now;
+        } else {
+            for _ in 0..steps {
+                slots.head = (slots.head + 1) % SLOTS;
+                let head = slots.head;
+                slots.amounts[head] = 0;
+            }
+            slots.head_start += self.width * steps as u32;
+        }
+        slots
+    }
+
+    fn balance_units(&self, slots: &Slots) -> i64 {
+        self.reserve + slots.amounts.iter().sum::<i64>()
+    }
+
+    fn deposit(&self) {
+        let mut slots = self.slots();
+        let head = slots.head;
+        slots.amounts[head] += self.deposit;
+    }
+
+    fn withdraw(&self) -> bool {
+        let mut slots = self.slots();
+        if self.balance_units(&slots) < UNIT {
+            return false;
+        }
+        let head = slots.head;
+        slots.amounts[head] -= UNIT;
+        true
+    }
+
+    /// Retries allowed now.
+    fn balance(&self) -> f64 {
+        let slots = self.slots();
+        (self.balance_units(&slots) as f64 / UNIT as f64).max(0.0)
     }
 }
 
@@ -135,7 +223,7 @@ impl RetryBudget {
 #[derive(Debug)]
 pub(crate) struct Budgets {
     config: RetryBudget,
-    partitions: Mutex<HashMap<String, Arc<TpsBudget>>>,
+    partitions: Mutex<HashMap<String, Arc<WindowBudget>>>,
 }
 
 impl Budgets {
@@ -150,7 +238,7 @@ impl Budgets {
         &self.config
     }
 
-    fn get(&self, partition: &str) -> Option<Arc<TpsBudget>> {
+    fn get(&self, partition: &str) -> Option<Arc<WindowBudget>> {
         if !self.config.enabled {
             return None;
         }
@@ -168,7 +256,7 @@ impl Budgets {
         };
         Some(Arc::clone(
             map.entry(key.to_string())
-                .or_insert_with(|| Arc::new(self.config.tower())),
+                .or_insert_with(|| Arc::new(self.config.budget())),
         ))
     }
 
@@ -189,30 +277,14 @@ impl Budgets {
         if !self.config.enabled {
             return None;
         }
-        let map = self
+        let budget = self
             .partitions
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        map.get(partition)
-            .and_then(|budget| balance_of(&format!("{budget:?}")))
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(partition)
+            .cloned();
+        budget.map(|budget| budget.balance())
     }
-}
-
-/// tower exposes the balance only through `Debug` (`Budget { deposit: d, withdraw: w,
-/// balance: b }`, in deposit units): retries available = b / w. The unit test
-/// `balance_reads_towers_debug_output` fails if tower changes that format.
-fn balance_of(debug: &str) -> Option<f64> {
-    let field = |name: &str| -> Option<f64> {
-        let start = debug.find(name)? + name.len();
-        let rest = &debug[start..];
-        let end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '-'))
-            .unwrap_or(rest.len());
-        rest[..end].parse().ok()
-    };
-    let withdraw = field("withdraw: ")?;
-    let balance = field("balance: ")?;
-    (withdraw > 0.0).then(|| (balance / withdraw).max(0.0))
 }
 
 #[cfg(test)]
@@ -275,7 +347,7 @@ mod tests {
     }
 
     #[test]
-    fn balance_reads_towers_debug_output() {
+    fn balance_counts_retries_allowed_now() {
         let b = budgets(0.2, 10, 10);
         b.deposit("h");
         assert_eq!(b.balance("h"), Some(100.2));
@@ -324,5 +396,69 @@ mod tests {
             b.deposit(&format!("p{i}"));
         }
         assert_eq!(b.partitions.lock().unwrap().len(), MAX_PARTITIONS + 1);
+    }
+}
+
+#[cfg(test)]
+mod bound {
+    use super::*;
+
+    /// Greedy retries of a client sending 200 first attempts a second for 20 s, the clock
+    /// moving `step` between first attempts; retries per second.
+    async fn greedy(
+        step: Duration,
+        mut withdraw: impl FnMut() -> bool,
+        mut deposit: impl FnMut(),
+    ) -> [u32; 20] {
+        let mut per_second = [0u32; 20];
+        for i in 0..4000 {
+            deposit();
+            while withdraw() {
+                per_second[i / 200] += 1;
+            }
+            tokio::time::advance(step).await;
+        }
+        per_second
+    }
+
+    // covers R9: the bound. A client sending 200 first attempts a second for 20 s
+    // and retrying whenever the default budget allows gets exactly 1 000 retries:
+    // 1 + 0.2 + 10/200 = 1.25 × its load (the floor's 100 comes back once the first 100 have
+    // left the window) — whether the clock ticks exactly on slot boundaries or just past them.
+    #[tokio::test(start_paused = true)]
+    async fn the_default_budget_bounds_amplification_at_1_25() {
+        for step in [Duration::from_millis(5), Duration::from_micros(5001)] {
+            let b = Budgets::new(RetryBudget::default());
+            let per_second = greedy(step, || b.withdraw("h"), || b.deposit("h")).await;
+            assert_eq!(
+                per_second.iter().sum::<u32>(),
+                1000,
+                "{step:?}: {per_second:?}"
+            );
+            assert_eq!((per_second[0], per_second[1]), (140, 40));
+        }
+    }
+
+    // Why tower's TpsBudget is not used: in real time (calls just past each slot boundary)
+    // it rotates two slots per slot width, and the same client gets 1 200 retries.
+    #[tokio::test(start_paused = true)]
+    async fn towers_tps_budget_refills_early_in_real_time() {
+        use tower::retry::budget::{Budget as _, TpsBudget};
+        let exact = TpsBudget::default();
+        let on_boundaries = greedy(
+            Duration::from_millis(5),
+            || exact.withdraw(),
+            || exact.deposit(),
+        )
+        .await;
+        assert_eq!(on_boundaries.iter().sum::<u32>(), 1000);
+        let late = TpsBudget::default();
+        let past = greedy(
+            Duration::from_micros(5001),
+            || late.withdraw(),
+            || late.deposit(),
+        )
+        .await;
+        assert_eq!(past.iter().sum::<u32>(), 1200, "{past:?}");
     }
 }

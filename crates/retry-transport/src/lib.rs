@@ -37,7 +37,8 @@
 //!   [`RetryClient::with_partition`] — and shared by every clone and view. Past it, the
 //!   retryable response (or error) goes back at once, counted as
 //!   [`GiveUpReason::RetryBudgetExhausted`]: a fleet of clients cannot multiply the load on an
-//!   upstream that is already overloaded. The accounting is tower's `TpsBudget`.
+//!   upstream that is already overloaded. The accounting is tower's `TpsBudget`, with its
+//!   slot rotation fixed (see docs/retry-transport.md).
 //! - **Adaptive client-side throttling, opt-in (R10).** [`AdaptiveThrottle`]: Google SRE's
 //!   rule, reject locally with probability max(0, (requests − K·accepts) / (requests + 1)),
 //!   K = 2 over a 2-minute window, per partition; a rejected request fails with
