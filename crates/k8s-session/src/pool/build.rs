@@ -10,6 +10,7 @@ use kube::config::{AuthInfo, ExecConfig, KubeConfigOptions};
 use secrecy::{ExposeSecret, SecretString};
 
 use super::in_flight::InFlightLayer;
+use super::rejection::{OnRejected, RejectionLayer};
 use crate::ttl::system_time_from_unix;
 use crate::{AKS_SERVER_SCOPE, BuildError, ClusterMaterial, Expiries};
 
@@ -47,10 +48,14 @@ pub(crate) struct Built {
 }
 
 /// Build a client from `material`. No file is written; TLS material goes to kube as bytes.
+///
+/// `on_rejected` makes what a 401 from the API server runs, given the AAD token (scope,
+/// secret) the session was built with, if any (T11).
 pub(crate) async fn build(
     material: ClusterMaterial,
     aad: Option<&Arc<dyn TokenCredential>>,
     options: &ClientOptions,
+    on_rejected: impl FnOnce(Option<(String, SecretString)>) -> OnRejected,
 ) -> Result<Built, BuildError> {
     let (kubeconfig, context, material_expiry) = material.into_parts();
     let select = KubeConfigOptions {
@@ -80,6 +85,7 @@ pub(crate) async fn build(
     };
     expiries.cert_not_after = certificate_not_after(&config.auth_info).await?;
     let user = &mut config.auth_info;
+    let mut aad_token = None;
     let auth = if user.token.is_some() || user.token_file.is_some() {
         // kube prefers an inline token (then a token file) over an exec plugin: so do we.
         expiries.token_expires_on = user
@@ -100,6 +106,7 @@ pub(crate) async fn build(
             .await
             .map_err(BuildError::AadToken)?;
         user.token = Some(SecretString::from(token.token.secret().to_string()));
+        aad_token = Some((scope, SecretString::from(token.token.secret().to_string())));
         // Through whole seconds and checked arithmetic: an `expires_on` in year 9999 or before
         // 1970 must not overflow (`SystemTime::from` adds with a plain `+`).
         expiries.token_expires_on = system_time_from_unix(token.expires_on.unix_timestamp());
@@ -118,6 +125,7 @@ pub(crate) async fn build(
     let client = kube::client::ClientBuilder::try_from(config)
         .map_err(BuildError::Client)?
         .with_layer(&InFlightLayer::new(options.max_in_flight))
+        .with_layer(&RejectionLayer::new(on_rejected(aad_token)))
         .build();
     Ok(Built {
         client,

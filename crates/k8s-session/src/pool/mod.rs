@@ -2,16 +2,22 @@
 
 mod build;
 mod in_flight;
+mod rejection;
 mod session;
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use azure_core::credentials::AccessToken;
 use azure_core::credentials::TokenCredential;
 use pool_core::{
-    Created, KeyedPool, Knob, PoolConfig, PoolError, PoolStats, RetireReport, ShutdownReport,
+    Created, EvictionCause, KeyedPool, Knob, PoolConfig, PoolError, PoolStats, RetireReport,
+    ShutdownReport,
 };
+use secrecy::{ExposeSecret, SecretString};
+use token_refresh::{CachingCredential, TokenSource};
 use tokio::time::Instant;
 
 use crate::{
@@ -87,10 +93,18 @@ pub struct SessionPool {
     shared: Arc<Shared>,
 }
 
+/// Called with (scope, secret) of an AAD token the API server rejected (T11).
+type TokenRejected = Arc<dyn Fn(&str, &str) + Send + Sync>;
+
 struct Shared {
     pool: KeyedPool<SessionKey, Entry>,
     source: Arc<dyn ClusterCredentials>,
     aad: Option<Arc<dyn TokenCredential>>,
+    token_rejected: Option<TokenRejected>,
+    /// Builds started: each session knows its build, so a rejection evicts only that one.
+    builds: AtomicU64,
+    /// 401s from API servers that retired a session (T11).
+    rejections: AtomicU64,
     clock: Arc<dyn WallClock>,
     ttl: Duration,
     options: ClientOptions,
@@ -102,6 +116,7 @@ struct Shared {
 pub struct SessionPoolBuilder {
     source: Arc<dyn ClusterCredentials>,
     aad: Option<Arc<dyn TokenCredential>>,
+    token_rejected: Option<TokenRejected>,
     clock: Arc<dyn WallClock>,
     ttl: Option<Duration>,
     max_entries: Option<usize>,
@@ -123,6 +138,7 @@ impl SessionPool {
         SessionPoolBuilder {
             source,
             aad: None,
+            token_rejected: None,
             clock: Arc::new(SystemClock),
             ttl: None,
             max_entries: None,
@@ -144,15 +160,21 @@ impl SessionPool {
     /// The session for `key`: the pooled one if it is still valid, else a new one (K1, K3, K4).
     pub async fn session(&self, key: &SessionKey) -> Result<Session, SessionError> {
         let shared = &*self.shared;
+        let weak = Arc::downgrade(&self.shared);
         let result = shared
             .pool
             .get_or_create(key, || async move {
                 let material = shared.source.credentials(key).await?;
-                let built = build::build(material, shared.aad.as_ref(), &shared.options).await?;
+                let build_id = shared.builds.fetch_add(1, Ordering::Relaxed);
+                let on_rejected = rejection_hook(weak, key.clone(), build_id);
+                let built =
+                    build::build(material, shared.aad.as_ref(), &shared.options, on_rejected)
+                        .await?;
                 // The one wall-clock read: every expiry becomes a duration from here.
                 let ttl = effective_ttl(shared.ttl, shared.clock.now(), &built.expiries);
                 let entry = Entry {
                     client: built.client,
+                    build_id,
                     key: key.clone(),
                     auth: built.auth,
                     ttl,
@@ -177,6 +199,13 @@ impl SessionPool {
             }),
             Err(_) => Err(SessionError::ShutDown),
         }
+    }
+
+    /// Sessions retired because their API server answered 401 (T11); each also invalidated its
+    /// AAD token when the pool has a token cache ([`SessionPoolBuilder::aad_caching_credential`]
+    /// or [`SessionPoolBuilder::on_token_rejected`]).
+    pub fn rejections(&self) -> u64 {
+        self.shared.rejections.load(Ordering::Relaxed)
     }
 
     /// Counters: hits, misses, creations, one-shots, evictions by cause, retire failures.
@@ -256,6 +285,36 @@ impl SessionPoolBuilder {
     #[must_use]
     pub fn aad_credential(mut self, credential: Arc<dyn TokenCredential>) -> Self {
         self.aad = Some(credential);
+        self
+    }
+
+    /// [`aad_credential`](Self::aad_credential) with token-refresh's caching credential, wired
+    /// for rejections (T11): when an API server answers 401 to a session built with an AAD
+    /// token, that token is invalidated in the credential's cache (if it is still the cached
+    /// one), so the session rebuilt for the caller's retry carries a new token — one refresh
+    /// per rejected token, however many requests saw the 401.
+    #[must_use]
+    pub fn aad_caching_credential<S>(mut self, credential: Arc<CachingCredential<S>>) -> Self
+    where
+        S: TokenSource<Token = AccessToken>,
+    {
+        let cache = Arc::clone(&credential);
+        self.aad = Some(credential);
+        self.token_rejected = Some(Arc::new(move |scope: &str, secret: &str| {
+            cache
+                .cache_for(&[scope])
+                .invalidate_if(|cached| cached.token.secret() == secret);
+        }));
+        self
+    }
+
+    /// Called with (scope, token) when an API server rejects (401) a session built with an AAD
+    /// token — to invalidate it in whatever cache serves [`aad_credential`](Self::aad_credential)
+    /// (T11). Never log the token. [`aad_caching_credential`](Self::aad_caching_credential)
+    /// sets this for token-refresh's `CachingCredential`.
+    #[must_use]
+    pub fn on_token_rejected(mut self, hook: impl Fn(&str, &str) + Send + Sync + 'static) -> Self {
+        self.token_rejected = Some(Arc::new(hook));
         self
     }
 
@@ -398,6 +457,9 @@ impl SessionPoolBuilder {
                 pool: KeyedPool::new(config),
                 source: self.source,
                 aad: self.aad,
+                token_rejected: self.token_rejected,
+                builds: AtomicU64::new(0),
+                rejections: AtomicU64::new(0),
                 clock: self.clock,
                 ttl,
                 options: self.options,
@@ -432,6 +494,38 @@ impl fmt::Debug for SessionPoolBuilder {
             .field("max_in_flight", &self.max_in_flight)
             .field("options", &self.options)
             .finish_non_exhaustive()
+    }
+}
+
+/// What a 401 from the API server does for the session of `key` built as `build_id` (T11):
+/// invalidate its AAD token in the pool's token cache, if it has one, and retire the session
+/// (only that build: a session already rebuilt with a new token stays).
+fn rejection_hook(
+    shared: Weak<Shared>,
+    key: SessionKey,
+    build_id: u64,
+) -> impl FnOnce(Option<(String, SecretString)>) -> rejection::OnRejected {
+    move |aad_token| {
+        let aad_token = aad_token.map(Arc::new);
+        Arc::new(move || {
+            let (shared, key, aad_token) = (shared.clone(), key.clone(), aad_token.clone());
+            Box::pin(async move {
+                let Some(shared) = shared.upgrade() else {
+                    return;
+                };
+                shared.rejections.fetch_add(1, Ordering::Relaxed);
+                if let (Some(hook), Some(token)) = (&shared.token_rejected, aad_token.as_deref()) {
+                    hook(&token.0, token.1.expose_secret());
+                }
+                tracing::info!(%key, "the API server rejected the session's credentials (401): retiring it");
+                shared
+                    .pool
+                    .evict_where(EvictionCause::Invalidated, |k, entry| {
+                        k == &key && entry.build_id == build_id
+                    })
+                    .await;
+            })
+        })
     }
 }
 

@@ -16,6 +16,8 @@ pub(crate) type RetireObserver = Arc<dyn Fn(&SessionKey) + Send + Sync>;
 /// One pooled session: the client and what the pool knows about it.
 pub(crate) struct Entry {
     pub(crate) client: kube::Client,
+    /// Which build made it: a rejection evicts this build only, never a newer one.
+    pub(crate) build_id: u64,
     pub(crate) key: SessionKey,
     pub(crate) auth: AuthKind,
     pub(crate) ttl: EffectiveTtl,

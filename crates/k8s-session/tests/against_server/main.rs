@@ -10,6 +10,7 @@
 mod aks;
 mod in_flight;
 mod pool;
+mod rejection;
 mod support;
 
 use std::collections::BTreeSet;
@@ -42,6 +43,7 @@ fn main() -> ExitCode {
         in_flight::a_dropped_unread_body_frees_its_slot,
         aks::aks_source_end_to_end,
         aks::aks_errors_are_typed,
+        rejection::a_401_retires_the_session_and_its_aad_token,
     ];
     support::record_open_temp_baseline();
     let temp = std::env::temp_dir();

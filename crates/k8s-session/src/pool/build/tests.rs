@@ -10,6 +10,11 @@ use crate::testutil::{
     FakeCredential, cert_kubeconfig, cert_until, exec_kubeconfig, jwt, token_kubeconfig, wall_now,
 };
 
+/// A rejection hook that does nothing (T11 is tested through the pool).
+fn no_hook(_: Option<(String, SecretString)>) -> OnRejected {
+    Arc::new(|| Box::pin(async {}))
+}
+
 fn options() -> ClientOptions {
     ClientOptions {
         kube_retry: false,
@@ -24,7 +29,7 @@ async fn build_from(
     kubeconfig: Kubeconfig,
     aad: Option<&Arc<dyn TokenCredential>>,
 ) -> Result<Built, BuildError> {
-    build(ClusterMaterial::new(kubeconfig), aad, &options()).await
+    build(ClusterMaterial::new(kubeconfig), aad, &options(), no_hook).await
 }
 
 fn secs(s: u64) -> Duration {
@@ -165,7 +170,7 @@ async fn unresolvable_kubeconfigs_are_typed_errors() {
 
     let wrong_context = ClusterMaterial::new(cert_kubeconfig(wall_now())).with_context("nope");
     assert!(matches!(
-        build(wrong_context, None, &options()).await,
+        build(wrong_context, None, &options(), no_hook).await,
         Err(BuildError::Kubeconfig(_))
     ));
 
@@ -195,7 +200,7 @@ async fn unresolvable_kubeconfigs_are_typed_errors() {
 async fn material_expiry_is_carried_through() {
     let at: SystemTime = wall_now() + secs(30);
     let material = ClusterMaterial::new(token_kubeconfig("opaque")).with_expiry(at);
-    let built = build(material, None, &options()).await.unwrap();
+    let built = build(material, None, &options(), no_hook).await.unwrap();
     assert_eq!(built.expiries.material_expires_at, Some(at));
     assert_eq!(built.expiries.token_expires_on, None);
 }
@@ -246,6 +251,7 @@ async fn insecure_skip_tls_verify_is_refused_unless_opted_in() {
         ClusterMaterial::new(kubelogin),
         Some(&credential),
         &opted_in,
+        no_hook,
     )
     .await
     .expect("the explicit opt-in honours the flag");
