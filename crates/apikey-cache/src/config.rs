@@ -33,8 +33,9 @@ pub const KEY_CAPACITY: Knob<u64> = Knob::new("APIKEY_CACHE_KEY_CAPACITY", 100_0
 /// `APIKEY_CACHE_KEY_IDLE_SECONDS`: keyed layout — a cached key unused this long is dropped
 /// (A12).
 pub const KEY_IDLE_SECONDS: Knob<u64> = Knob::new("APIKEY_CACHE_KEY_IDLE_SECONDS", 600, 1, 86_400);
-/// `APIKEY_CACHE_POINT_READS_PER_SECOND`: keyed layout — sustained point reads for keys not
-/// cached at all, process-wide (A5 with point lookups; bursts of the same size are allowed).
+/// `APIKEY_CACHE_POINT_READS_PER_SECOND`: keyed layout — sustained point reads that find no
+/// key, process-wide (A5 with point lookups; bursts of the same size are allowed). Reads that
+/// find a key are not limited.
 pub const POINT_READS_PER_SECOND: Knob<u64> =
     Knob::new("APIKEY_CACHE_POINT_READS_PER_SECOND", 1_000, 1, 1_000_000);
 
@@ -191,8 +192,10 @@ impl CacheConfig {
         self
     }
 
-    /// Keyed layout: point reads per second for keys not cached at all (default 1 000, also
-    /// the burst; clamped to 1 – 10^6). Beyond it an unknown key is rejected without a read.
+    /// Keyed layout: point reads per second that find no key (default 1 000, also the burst;
+    /// clamped to 1 – 10^6). Once spent, a key not cached is rejected as unknown without a
+    /// read until the budget refills; reads that find a key spend nothing, so a cold instance
+    /// is never limited by its real traffic.
     pub fn point_reads_per_second(mut self, rate: u32) -> Self {
         self.point_reads_per_second = rate.clamp(1, 1_000_000);
         self

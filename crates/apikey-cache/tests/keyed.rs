@@ -359,3 +359,26 @@ async fn keyed_memory_follows_active_keys_and_is_bounded() {
     let held = reader.stats().keys;
     assert!(held <= 100, "bounded by key_capacity: {held}");
 }
+
+// covers A5 with point lookups: only reads that find nothing spend the miss budget, so a
+// cold instance meeting far more real keys than the budget in one burst answers them all.
+#[tokio::test(start_paused = true)]
+async fn keyed_cold_instance_is_not_limited_by_real_keys() {
+    let store = MemoryStore::keyed();
+    let writer = ApiKeyCache::new(store.clone(), CacheConfig::default());
+    let account = writer.create_account("acme", "Acme").await.expect("create");
+    let mut keys = Vec::new();
+    for _ in 0..200 {
+        keys.push(writer.issue_key(&account).await.expect("issue"));
+    }
+    let cold = ApiKeyCache::new(store, CacheConfig::default().point_reads_per_second(20));
+    for key in &keys {
+        assert_eq!(
+            cold.authenticate(key.secret.expose())
+                .await
+                .expect("real key"),
+            key.identity
+        );
+    }
+    assert_eq!(cold.stats().miss_reloads_limited, 0);
+}

@@ -68,20 +68,30 @@ impl KeyedState {
         }
     }
 
-    /// One token of a bucket of `rate` refilled at `rate` per second.
-    fn take_read_token(&self, now: Instant, rate: u32) -> bool {
-        let interval = Duration::from_secs(1) / rate.max(1);
-        let allowance = interval.saturating_mul(rate.saturating_sub(1));
+    /// Whether the miss budget (a bucket of `rate` refilled at `rate` per second) has a
+    /// token left. Only reads that find nothing spend one ([`Self::charge_miss`]): a cold
+    /// instance reading thousands of real keys is never limited, a flood of well-formed
+    /// unknown keys is held to `rate` point reads per second (A5).
+    fn miss_budget_left(&self, now: Instant, rate: u32) -> bool {
+        let (interval, allowance) = Self::bucket(rate);
+        let tat = self.tat.lock().unwrap_or_else(PoisonError::into_inner);
+        let at = tat.unwrap_or(now).max(now);
+        at.saturating_duration_since(now) <= allowance && at.checked_add(interval).is_some()
+    }
+
+    /// Spend one token of the miss budget (a point read found no such key).
+    fn charge_miss(&self, now: Instant, rate: u32) {
+        let (interval, _) = Self::bucket(rate);
         let mut tat = self.tat.lock().unwrap_or_else(PoisonError::into_inner);
         let at = tat.unwrap_or(now).max(now);
-        if at.saturating_duration_since(now) > allowance {
-            return false;
+        if let Some(next) = at.checked_add(interval) {
+            *tat = Some(next);
         }
-        let Some(next) = at.checked_add(interval) else {
-            return false;
-        };
-        *tat = Some(next);
-        true
+    }
+
+    fn bucket(rate: u32) -> (Duration, Duration) {
+        let interval = Duration::from_secs(1) / rate.max(1);
+        (interval, interval.saturating_mul(rate.saturating_sub(1)))
     }
 }
 
@@ -126,7 +136,7 @@ impl<S: KeyStore> ApiKeyCache<S> {
                 Counters::bump(&inner.counters.rejected_unknown);
                 return Err(AuthError::Unknown);
             }
-            if !state.take_read_token(now, inner.config.point_reads_per_second) {
+            if !state.miss_budget_left(now, inner.config.point_reads_per_second) {
                 Counters::bump(&inner.counters.miss_reloads_limited);
                 Counters::bump(&inner.counters.rejected_unknown);
                 return Err(AuthError::Unknown);
@@ -136,7 +146,9 @@ impl<S: KeyStore> ApiKeyCache<S> {
         match state.reads.run(hash, self.point_read(hash)).await {
             Ok(Some(entry)) => self.keyed_answer(&entry),
             Ok(None) => {
-                inner.negative().insert(hash, Instant::now());
+                let now = Instant::now();
+                state.charge_miss(now, inner.config.point_reads_per_second);
+                inner.negative().insert(hash, now);
                 Counters::bump(&inner.counters.rejected_unknown);
                 Err(AuthError::Unknown)
             }

@@ -34,6 +34,7 @@ pub struct FileStore {
     path: PathBuf,
     layout: Layout,
     segment_bytes: u64,
+    durable: bool,
 }
 
 impl FileStore {
@@ -44,6 +45,7 @@ impl FileStore {
             path: path.into(),
             layout: Layout::Document,
             segment_bytes: FEED_SEGMENT_BYTES,
+            durable: true,
         }
     }
 
@@ -53,6 +55,7 @@ impl FileStore {
             path: dir.into(),
             layout: Layout::Keyed,
             segment_bytes: FEED_SEGMENT_BYTES,
+            durable: true,
         }
     }
 
@@ -60,6 +63,13 @@ impl FileStore {
     /// 1 byte).
     pub fn feed_segment_bytes(mut self, bytes: u64) -> Self {
         self.segment_bytes = bytes.max(1);
+        self
+    }
+
+    /// Keyed layout: `false` skips the `fsync`s of record writes and feed appends (for a
+    /// tmpfs, tests, or bulk loading; a crash may then lose the latest writes). Default `true`.
+    pub fn durable(mut self, durable: bool) -> Self {
+        self.durable = durable;
         self
     }
 
@@ -240,20 +250,21 @@ impl KeyStore for FileStore {
             Condition::IfMatch(version) => Some(version.clone()),
             _ => None,
         };
+        let durable = self.durable;
         self.blocking("put_record", move |dir| {
             let condition = match &expected {
                 Some(version) => Condition::IfMatch(version),
                 None => Condition::IfNoneMatch,
             };
-            file_records::put_blocking(dir, &name, &bytes, condition)
+            file_records::put_blocking(dir, &name, &bytes, condition, durable)
         })
         .await
     }
 
     async fn append_feed(&self, entry: &[u8]) -> Result<(), StoreError> {
-        let (entry, segment_bytes) = (entry.to_vec(), self.segment_bytes);
+        let (entry, segment_bytes, durable) = (entry.to_vec(), self.segment_bytes, self.durable);
         self.blocking("append_feed", move |dir| {
-            file_records::append_blocking(dir, &entry, segment_bytes)
+            file_records::append_blocking(dir, &entry, segment_bytes, durable)
         })
         .await
     }

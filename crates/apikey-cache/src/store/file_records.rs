@@ -79,6 +79,7 @@ pub(crate) fn put_blocking(
     name: &str,
     bytes: &[u8],
     condition: Condition<'_>,
+    durable: bool,
 ) -> Result<Version, StoreError> {
     static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
     let path = record_path(dir, name)?;
@@ -108,14 +109,16 @@ pub(crate) fn put_blocking(
             .create_new(true)
             .open(&temp)?;
         file.write_all(bytes)?;
-        file.sync_data()?;
+        if durable {
+            file.sync_data()?;
+        }
         fs::rename(&temp, &path)
     })();
     if let Err(e) = written {
         let _ = fs::remove_file(&temp);
         return Err(io_error(&path)(e));
     }
-    if let Ok(parent) = File::open(&parent) {
+    if durable && let Ok(parent) = File::open(&parent) {
         let _ = parent.sync_all();
     }
     Ok(version_of(bytes))
@@ -165,6 +168,7 @@ pub(crate) fn append_blocking(
     dir: &Path,
     entry: &[u8],
     segment_bytes: u64,
+    durable: bool,
 ) -> Result<(), StoreError> {
     let _lock = lock(dir)?;
     let feed = feed_dir(dir);
@@ -188,7 +192,10 @@ pub(crate) fn append_blocking(
         .open(&path)
         .map_err(io_error(&path))?;
     file.write_all(&line).map_err(io_error(&path))?;
-    file.sync_data().map_err(io_error(&path))
+    if durable {
+        file.sync_data().map_err(io_error(&path))?;
+    }
+    Ok(())
 }
 
 pub(crate) fn read_feed_blocking(

@@ -1,0 +1,494 @@
+//! Scenario `apikey_scale`: the keyed layout (A10–A12) against the single-document layout
+//! (v1) in the same run, at 1k, 100k and 1M keys (`APIKEY_SCALE_SIZES` overrides the list),
+//! over the in-memory store and the file store.
+//!
+//! Measured per size: cold start until the first `authenticate` answers, `issue_key` latency
+//! and bytes written per key, heap after 10k distinct active keys (in a child process, RSS
+//! growth over a file store), hit latency (and against one SHA-256 of the key), store reads
+//! caused by 10 000 distinct random bad keys; at the largest size, the time from `revoke_key`
+//! on one of three instances over one file store to rejection on the other two. Run with
+//! `cargo xtask bench apikey_scale`; ends with one JSON line per comparison.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use apikey_cache::{
+    AccountRecord, ApiKeyCache, AuthError, CacheConfig, FileStore, KeyDocument, KeyHash, KeyRecord,
+    KeyStore, MemoryStore,
+};
+use testkit::bench::{Comparison, emit, median};
+
+const SCENARIO: &str = "apikey_scale";
+const ACTIVE: usize = 10_000;
+const BASELINE: &str = "single-document layout (v1)";
+
+fn sizes() -> Vec<usize> {
+    std::env::var("APIKEY_SCALE_SIZES")
+        .ok()
+        .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1_000, 100_000, 1_000_000])
+}
+
+fn label(n: usize) -> String {
+    match n {
+        n if n >= 1_000_000 && n % 1_000_000 == 0 => format!("{}M", n / 1_000_000),
+        n if n >= 1_000 && n % 1_000 == 0 => format!("{}k", n / 1_000),
+        n => n.to_string(),
+    }
+}
+
+fn leak(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
+}
+
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("apikey-scale-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+/// A document-layout key (no checksum needed there).
+fn doc_key(i: usize) -> String {
+    format!("ak_doc_{i:010}_0123456789abcdefghijklmnopqrstuvwx")
+}
+
+fn document(n: usize) -> KeyDocument {
+    let mut doc = KeyDocument::empty();
+    doc.accounts.insert(
+        "acme".into(),
+        AccountRecord {
+            name: "Acme".into(),
+            created_unix: 0,
+        },
+    );
+    for i in 0..n {
+        doc.keys.insert(
+            format!("key_{i:016x}"),
+            KeyRecord {
+                account: "acme".into(),
+                sha256: KeyHash::of(&doc_key(i)).to_hex(),
+                created_unix: 0,
+                revoked_unix: None,
+            },
+        );
+    }
+    doc
+}
+
+/// Issue `n` keys through the API (4 writers at once); returns the first `ACTIVE` secrets
+/// and the id of the first key.
+async fn populate_keyed<S: KeyStore + Clone>(
+    store: &S,
+    n: usize,
+) -> (Vec<String>, apikey_cache::KeyId) {
+    let cache = ApiKeyCache::new(store.clone(), CacheConfig::default().key_capacity(1));
+    let account = cache.create_account("acme", "Acme").await.expect("account");
+    let started = Instant::now();
+    let writers = 4;
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let (cache, account) = (cache.clone(), account.clone());
+        let count = n / writers + usize::from(w < n % writers);
+        tasks.push(tokio::spawn(async move {
+            let mut kept = Vec::new();
+            for _ in 0..count {
+                let issued = cache.issue_key(&account).await.expect("issue");
+                if kept.len() < ACTIVE / writers + 1 {
+                    kept.push((issued.secret.expose().to_string(), issued.identity.key));
+                }
+            }
+            kept
+        }));
+    }
+    let mut kept = Vec::new();
+    for task in tasks {
+        kept.extend(task.await.expect("writer"));
+    }
+    kept.truncate(ACTIVE.min(n));
+    eprintln!(
+        "apikey_scale: issued {} keyed keys in {:.1} s",
+        label(n),
+        started.elapsed().as_secs_f64()
+    );
+    let first = kept[0].1.clone();
+    (kept.into_iter().map(|(s, _)| s).collect(), first)
+}
+
+/// Copy every record of a keyed memory store into a keyed file store's directory
+/// (`keys/<2 hex>/<sha256>.json`, `<kind>/<id>.json`), without fsync.
+async fn copy_records(from: &MemoryStore, dir: &Path) {
+    let started = Instant::now();
+    let mut files = Vec::new();
+    for name in from.record_names() {
+        let record = from
+            .get_record(&name)
+            .await
+            .expect("read")
+            .expect("present");
+        let (kind, id) = name.split_once('/').expect("kind/id");
+        let path = match kind {
+            "keys" => dir.join(kind).join(&id[..2]).join(format!("{id}.json")),
+            _ => dir.join(kind).join(format!("{id}.json")),
+        };
+        files.push((path, record.bytes));
+    }
+    let mut dirs: Vec<PathBuf> = files
+        .iter()
+        .filter_map(|(p, _)| p.parent().map(Path::to_path_buf))
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    for d in &dirs {
+        std::fs::create_dir_all(d).expect("dir");
+    }
+    let chunk = files.len().div_ceil(4).max(1);
+    std::thread::scope(|scope| {
+        for part in files.chunks(chunk) {
+            scope.spawn(move || {
+                for (path, bytes) in part {
+                    std::fs::write(path, bytes).expect("write record");
+                }
+            });
+        }
+    });
+    eprintln!(
+        "apikey_scale: copied {} records to the file store in {:.1} s",
+        files.len(),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+async fn cold_start<S: KeyStore + Clone>(store: &S, key: &str) -> f64 {
+    let mut samples = Vec::new();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let cache = ApiKeyCache::new(store.clone(), CacheConfig::default());
+        cache.authenticate(key).await.expect("known key");
+        samples.push(started.elapsed().as_secs_f64() * 1e3);
+    }
+    median(&mut samples)
+}
+
+async fn issue_latency<S: KeyStore + Clone>(store: &S, rounds: usize) -> f64 {
+    let cache = ApiKeyCache::new(store.clone(), CacheConfig::default());
+    cache.refresh().await.ok();
+    let account = apikey_cache::AccountId::new("acme");
+    cache.issue_key(&account).await.expect("warm-up issue");
+    let mut samples = Vec::new();
+    for _ in 0..rounds {
+        let started = Instant::now();
+        cache.issue_key(&account).await.expect("issue");
+        samples.push(started.elapsed().as_secs_f64() * 1e3);
+    }
+    median(&mut samples)
+}
+
+/// Nanoseconds per `authenticate` of keys already cached (cycling over 1 000 of them).
+async fn hit_ns<S: KeyStore + Clone>(store: &S, keys: &[String]) -> f64 {
+    let cache = ApiKeyCache::new(store.clone(), CacheConfig::default());
+    let keys = &keys[..keys.len().min(1_000)];
+    for key in keys {
+        cache.authenticate(key).await.expect("warm");
+    }
+    let mut samples = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        for _ in 0..50 {
+            for key in keys {
+                std::hint::black_box(cache.authenticate(key).await.is_ok());
+            }
+        }
+        samples.push(started.elapsed().as_secs_f64() * 1e9 / (50 * keys.len()) as f64);
+    }
+    median(&mut samples)
+}
+
+fn sha_ns(keys: &[String]) -> f64 {
+    let keys = &keys[..keys.len().min(1_000)];
+    let mut samples = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        for _ in 0..50 {
+            for key in keys {
+                std::hint::black_box(KeyHash::of(std::hint::black_box(key)));
+            }
+        }
+        samples.push(started.elapsed().as_secs_f64() * 1e9 / (50 * keys.len()) as f64);
+    }
+    median(&mut samples)
+}
+
+fn junk(i: usize) -> String {
+    let mut s = format!("ak_{:016x}", (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    while s.len() < apikey_cache::CHECKED_KEY_LEN {
+        s.push(char::from(b'a' + (i % 26) as u8));
+    }
+    s
+}
+
+/// Store reads (point reads + feed reads, or document loads) caused by 10 000 distinct
+/// random bad keys against a warm cache.
+async fn bad_key_reads(store: &MemoryStore, valid: &str) -> f64 {
+    let cache = ApiKeyCache::new(store.clone(), CacheConfig::default());
+    cache.authenticate(valid).await.expect("warm");
+    let reads = |c: apikey_cache::MemoryStoreCounts| c.loads + c.record_reads + c.feed_reads;
+    let before = reads(store.counts());
+    for i in 0..10_000 {
+        let _ = cache.authenticate(&junk(i)).await;
+    }
+    (reads(store.counts()) - before) as f64
+}
+
+/// Seconds from `revoke_key` on one of three instances until the other two reject the key
+/// (requests every 20 ms on each, default config).
+async fn revocation_s<S: KeyStore + Clone>(store: &S, key: &str, id: &apikey_cache::KeyId) -> f64 {
+    let caches: Vec<_> = (0..3)
+        .map(|_| ApiKeyCache::new(store.clone(), CacheConfig::default()))
+        .collect();
+    for cache in &caches {
+        cache.authenticate(key).await.expect("valid before");
+    }
+    let started = Instant::now();
+    caches[0].revoke_key(id).await.expect("revoke");
+    loop {
+        let mut all = true;
+        for cache in &caches[1..] {
+            all &= matches!(cache.authenticate(key).await, Err(AuthError::Revoked));
+        }
+        if all || started.elapsed() > Duration::from_secs(120) {
+            return started.elapsed().as_secs_f64();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Heap after 10k active keys: RSS growth of a child process that opens the file store,
+/// and authenticates every key in `keys_file`.
+fn heap_mib(layout: &str, path: &Path, keys_file: &Path) -> f64 {
+    let output = std::process::Command::new(std::env::current_exe().expect("exe"))
+        .args(["--heap-probe", layout])
+        .arg(path)
+        .arg(keys_file)
+        .output()
+        .expect("heap probe");
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("HEAP "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "heap probe failed: {text} {}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        })
+        / (1024.0 * 1024.0)
+}
+
+fn heap_probe(layout: &str, path: &Path, keys_file: &Path) {
+    let keys: Vec<String> = std::fs::read_to_string(keys_file)
+        .expect("keys")
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let before = rss_bytes();
+    let grown = runtime.block_on(async {
+        let run = |store: FileStore| async move {
+            let cache = ApiKeyCache::new(store, CacheConfig::default());
+            for key in &keys {
+                cache.authenticate(key).await.expect("known key");
+            }
+            let grown = rss_bytes().saturating_sub(before);
+            drop(cache);
+            grown
+        };
+        match layout {
+            "keyed" => run(FileStore::keyed(path)).await,
+            _ => run(FileStore::new(path)).await,
+        }
+    });
+    println!("HEAP {grown}");
+}
+
+struct Row {
+    metric: String,
+    unit: &'static str,
+    ours: f64,
+    baseline: f64,
+    baseline_name: &'static str,
+}
+
+fn row(metric: String, unit: &'static str, ours: f64, baseline: f64) -> Row {
+    Row {
+        metric,
+        unit,
+        ours,
+        baseline,
+        baseline_name: BASELINE,
+    }
+}
+
+async fn run_size(n: usize, largest: bool, rows: &mut Vec<Row>) {
+    let l = label(n);
+    let doc = document(n);
+    let doc_bytes = doc.to_json().len() as f64;
+    let doc_rounds = if n >= 1_000_000 {
+        3
+    } else if n >= 100_000 {
+        10
+    } else {
+        20
+    };
+
+    // --- memory store ---
+    let keyed_mem = MemoryStore::keyed();
+    let (keyed_keys, first_id) = populate_keyed(&keyed_mem, n).await;
+    let doc_mem = MemoryStore::with_document(doc.clone());
+    let doc_keys: Vec<String> = (0..ACTIVE.min(n)).map(doc_key).collect();
+    rows.push(row(
+        format!("cold start to first answer, {l} keys, memory"),
+        "ms",
+        cold_start(&keyed_mem, &keyed_keys[0]).await,
+        cold_start(&doc_mem, &doc_keys[0]).await,
+    ));
+    let before = keyed_mem.counts().bytes_written;
+    let keyed_issue = issue_latency(&keyed_mem, 50).await;
+    let keyed_bytes = (keyed_mem.counts().bytes_written - before) as f64 / 51.0;
+    rows.push(row(
+        format!("issue_key latency, {l} keys, memory"),
+        "ms",
+        keyed_issue,
+        issue_latency(&doc_mem, doc_rounds).await,
+    ));
+    rows.push(row(
+        format!("bytes written per issue_key, {l} keys"),
+        "B",
+        keyed_bytes,
+        doc_bytes,
+    ));
+    let keyed_hit = hit_ns(&keyed_mem, &keyed_keys).await;
+    rows.push(row(
+        format!("hit latency, {l} keys, memory"),
+        "ns",
+        keyed_hit,
+        hit_ns(&doc_mem, &doc_keys).await,
+    ));
+    rows.push(Row {
+        metric: format!("hit latency vs one SHA-256 of the key, {l} keys"),
+        unit: "ns",
+        ours: keyed_hit,
+        baseline: sha_ns(&keyed_keys),
+        baseline_name: "one SHA-256 of the key",
+    });
+    rows.push(row(
+        format!("store reads for 10 000 random bad keys, {l} keys"),
+        "reads",
+        bad_key_reads(&keyed_mem, &keyed_keys[0]).await,
+        bad_key_reads(&doc_mem, &doc_keys[0]).await,
+    ));
+    drop(doc_mem);
+
+    // --- file store: the same records, copied into FileStore::keyed's documented layout
+    // (issuing a million keys through a durable file store only measures fsync) ---
+    let dir = scratch(&l);
+    let keyed_dir = dir.join("keyed");
+    copy_records(&keyed_mem, &keyed_dir).await;
+    drop(keyed_mem);
+    let keyed_file = FileStore::keyed(&keyed_dir);
+    let doc_file = FileStore::new(dir.join("keys.json"));
+    doc_file.store(&doc, None).await.expect("write document");
+    drop(doc);
+    rows.push(row(
+        format!("cold start to first answer, {l} keys, file"),
+        "ms",
+        cold_start(&keyed_file, &keyed_keys[0]).await,
+        cold_start(&doc_file, &doc_keys[0]).await,
+    ));
+    rows.push(row(
+        format!("issue_key latency, {l} keys, file"),
+        "ms",
+        issue_latency(&keyed_file, 50).await,
+        issue_latency(&doc_file, doc_rounds).await,
+    ));
+    let keyed_list = dir.join("keyed-keys.txt");
+    let doc_list = dir.join("doc-keys.txt");
+    std::fs::write(&keyed_list, keyed_keys.join("\n")).expect("key list");
+    std::fs::write(&doc_list, doc_keys.join("\n")).expect("key list");
+    rows.push(row(
+        format!("heap after {} active keys, {l} keys", label(ACTIVE.min(n))),
+        "MiB",
+        heap_mib("keyed", &keyed_dir, &keyed_list),
+        heap_mib("document", &dir.join("keys.json"), &doc_list),
+    ));
+    if largest {
+        // The document's key 0 is revoked through the API like the keyed one.
+        let doc_id = apikey_cache::KeyId::new(format!("key_{:016x}", 0));
+        rows.push(row(
+            format!("revocation seen by all of 3 instances, {l} keys, file"),
+            "s",
+            revocation_s(&keyed_file, &keyed_keys[0], &first_id).await,
+            revocation_s(&doc_file, &doc_keys[0], &doc_id).await,
+        ));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(at) = args.iter().position(|a| a == "--heap-probe") {
+        heap_probe(
+            &args[at + 1],
+            Path::new(&args[at + 2]),
+            Path::new(&args[at + 3]),
+        );
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let sizes = sizes();
+    let mut rows = Vec::new();
+    for (i, &n) in sizes.iter().enumerate() {
+        let started = Instant::now();
+        runtime.block_on(run_size(n, i + 1 == sizes.len(), &mut rows));
+        eprintln!(
+            "apikey_scale: {} keys done in {:.1} s",
+            label(n),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    for r in &rows {
+        println!(
+            "apikey_scale {}: keyed {:.3} {} vs {} {:.3} {}",
+            r.metric, r.ours, r.unit, r.baseline_name, r.baseline, r.unit
+        );
+    }
+    let results: Vec<Comparison> = rows
+        .into_iter()
+        .map(|r| Comparison {
+            scenario: SCENARIO,
+            baseline_name: r.baseline_name.to_string(),
+            metric: leak(r.metric),
+            unit: r.unit,
+            ours: r.ours,
+            baseline: r.baseline,
+            lower_is_better: true,
+        })
+        .collect();
+    emit(&results);
+}
