@@ -476,3 +476,49 @@ async fn the_per_host_cap_holds_with_a_larger_total_cap() {
     let zero = Builder::with_limits(Limits::default().max_in_use_per_host(0)).build();
     assert!(matches!(zero, Err(Error::Config(_))));
 }
+
+// covers R10: a request rejected locally does not wait for a slot. With the only slot held by
+// an unread response, admitted requests wait out the acquire timeout (PoolTimeout, in paused
+// time) while rejected ones fail at once with Error::Throttled, having taken nothing.
+#[tokio::test(start_paused = true)]
+async fn a_throttled_request_takes_no_slot_and_does_not_wait_for_one() {
+    let server = throttled_server().await;
+    let client = builder(
+        Limits::default()
+            .max_in_use(1)
+            .acquire_timeout(Duration::from_secs(5)),
+        RetryBudget::disabled(),
+        &Sleeps::default(),
+    )
+    .policy(RetryPolicy::never())
+    .adaptive_throttle(AdaptiveThrottle::default().seed(3))
+    .build()
+    .unwrap();
+    let send = |path: &str| client.send(client.get(server.url(path).parse().unwrap()));
+    // Hold the only slot with a 429 whose body is not read.
+    let held = send("/held").await.unwrap();
+    assert_eq!(client.stats().permits_in_use, 1);
+    let (mut rejected, mut timed_out) = (0, 0);
+    for i in 0..20 {
+        let started = tokio::time::Instant::now();
+        match send(&format!("/t/{i}")).await {
+            Err(Error::Throttled { .. }) => {
+                rejected += 1;
+                assert_eq!(started.elapsed(), Duration::ZERO, "no wait for a slot");
+            }
+            Err(Error::PoolTimeout { .. }) => {
+                timed_out += 1;
+                assert_eq!(started.elapsed(), Duration::from_secs(5));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(client.stats().permits_in_use, 1, "only the held response");
+    }
+    assert!(
+        rejected > 0 && timed_out > 0,
+        "{rejected} rejected, {timed_out} timed out"
+    );
+    assert_eq!(server.stats().requests_seen, 1, "nothing else was sent");
+    assert_eq!(server.stats().connections_opened, 1);
+    drop(held);
+}
