@@ -702,3 +702,5 @@ fn token_cache_background_three_callers_random() {
         || token_background_model(3, 4, 6, true),
     );
 }
+
+mod invalidation;

@@ -239,20 +239,20 @@ impl<S: TokenSource> Inner<S> {
         if state.current.as_ref().is_some_and(|c| c.invalidated) {
             bump(&self.counters.invalidated_refreshes);
         }
-        let fetched_as = state.begin_fetch();
-        bump(&self.counters.blocking_fetches);
+        state.flights += 1;
+        let id = state.flights;
         tracing::debug!(kind = "blocking", "token refresh started");
         let flight = blocking_fetch(
             Arc::downgrade(self),
             self.source.clone(),
             self.config.load_timeout,
-            fetched_as,
+            id,
         )
         .boxed()
         .shared();
         state.blocking = Some(Blocking {
             flight: flight.clone(),
-            fetched_as,
+            id,
             abandoned_after: now.checked_add(self.config.load_timeout).unwrap_or(now),
         });
         Entered::Flight(flight)
@@ -297,13 +297,17 @@ impl<S: TokenSource> Inner<S> {
             return;
         };
         let generation = state.generation;
-        let fetched_as = state.begin_fetch();
         bump(&self.counters.background_started);
         tracing::debug!(generation, kind = "background", "token refresh started");
         let cache = Arc::downgrade(self);
         let source = self.source.clone();
         let timeout = self.config.load_timeout;
         let task = runtime.spawn(async move {
+            // Numbered as the source is called, not as the task is spawned (it may first run
+            // after a blocking fetch started): the numbers must follow the source's order.
+            let Some(fetched_as) = cache.upgrade().map(|cache| cache.lock().begin_fetch()) else {
+                return;
+            };
             let result = fetch(&*source, timeout).await;
             if let Some(cache) = cache.upgrade() {
                 cache.finish_background(generation, fetched_as, result);
@@ -419,20 +423,48 @@ impl<S: TokenSource> Inner<S> {
     }
 
     /// Install (or not) the result of blocking fetch `fetched_as` and say what its waiters get.
+    ///
+    /// `Refetch`: the cached token came from a *later* fetch and a server rejected it (T11), so
+    /// this result — fetched before it — is no better: the same flight fetches again (at most
+    /// [`MAX_REFETCHES`] times), instead of installing an older token.
     fn finish_blocking(
         &self,
+        flight: u64,
         fetched_as: u64,
         result: Result<Fetched<S::Token>, RefreshError>,
-    ) -> Outcome<S::Token> {
+        refetches: usize,
+    ) -> Finished<S::Token> {
         let now = Instant::now();
         let mut state = self.lock();
-        if state
-            .blocking
+        let ours = state.blocking.as_ref().is_some_and(|b| b.id == flight);
+        let rejected_newer = state
+            .current
             .as_ref()
-            .is_some_and(|b| b.fetched_as == fetched_as)
-        {
+            .is_some_and(|c| c.invalidated && c.fetched_as > fetched_as);
+        if result.is_ok() && rejected_newer && ours && refetches < MAX_REFETCHES {
+            if let Some(blocking) = state.blocking.as_mut() {
+                blocking.abandoned_after = now.checked_add(self.config.load_timeout).unwrap_or(now);
+            }
+            tracing::debug!(
+                kind = "blocking",
+                "token refresh result older than a rejected token: fetching again"
+            );
+            return Finished::Refetch;
+        }
+        if ours {
             state.blocking = None;
         }
+        Finished::Done(self.settle_blocking(&mut state, fetched_as, result, now))
+    }
+
+    /// What the waiters of blocking fetch `fetched_as` get, installing its token if it is one.
+    fn settle_blocking(
+        &self,
+        state: &mut State<S::Token>,
+        fetched_as: u64,
+        result: Result<Fetched<S::Token>, RefreshError>,
+        now: Instant,
+    ) -> Outcome<S::Token> {
         match result {
             Ok(fetched) => {
                 if let Some(newer) = state.newer_than(fetched_as, now) {
@@ -450,7 +482,7 @@ impl<S: TokenSource> Inner<S> {
                     // T9: a token already inside the mandatory window is a failed refresh.
                     bump(&self.counters.blocking_failures);
                     bump(&self.counters.unusable_refreshes);
-                    self.start_backoff(&mut state, now);
+                    self.start_backoff(state, now);
                     tracing::warn!(
                         kind = "blocking",
                         "refreshed token is already inside the mandatory window; serving the \
@@ -473,10 +505,10 @@ impl<S: TokenSource> Inner<S> {
                 }
                 if error.is_non_recoverable() {
                     // T10: at once to every waiter, no back-off, repeated for 1–5 s.
-                    self.cache_error(&mut state, &error, now);
+                    self.cache_error(state, &error, now);
                 } else if self.config.static_stability && state.current.is_some() {
                     // T9: the request decides whether the cached token still works.
-                    let retry_at = self.start_backoff(&mut state, now);
+                    let retry_at = self.start_backoff(state, now);
                     tracing::warn!(
                         error = &error as &dyn std::error::Error,
                         retry_in = ?retry_at.saturating_duration_since(now),
@@ -524,20 +556,46 @@ async fn blocking_fetch<S: TokenSource>(
     cache: Weak<Inner<S>>,
     source: Arc<S>,
     timeout: Duration,
-    fetched_as: u64,
+    flight: u64,
 ) -> Outcome<S::Token> {
-    let result = AssertUnwindSafe(fetch(&*source, timeout))
-        .catch_unwind()
-        .await
-        .unwrap_or_else(|_| {
-            tracing::warn!(kind = "blocking", "token source panicked while fetching");
-            Err(RefreshError::SourcePanicked)
-        });
-    match cache.upgrade() {
-        Some(cache) => cache.finish_blocking(fetched_as, result),
-        // Unreachable in practice: a waiter polling this flight borrows the cache.
-        None => Err(result.err().unwrap_or(RefreshError::SourcePanicked)),
+    for refetches in 0.. {
+        // Numbered as the source is called (see `start_background`); the `Arc` is dropped
+        // before the await: the cache keeps this flight, so holding it would be a cycle.
+        let Some(fetched_as) = cache.upgrade().map(|cache| {
+            bump(&cache.counters.blocking_fetches);
+            cache.lock().begin_fetch()
+        }) else {
+            return Err(RefreshError::SourcePanicked);
+        };
+        let result = AssertUnwindSafe(fetch(&*source, timeout))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| {
+                tracing::warn!(kind = "blocking", "token source panicked while fetching");
+                Err(RefreshError::SourcePanicked)
+            });
+        let Some(cache) = cache.upgrade() else {
+            // Unreachable in practice: a waiter polling this flight borrows the cache.
+            return Err(result.err().unwrap_or(RefreshError::SourcePanicked));
+        };
+        match cache.finish_blocking(flight, fetched_as, result, refetches) {
+            Finished::Done(outcome) => return outcome,
+            Finished::Refetch => {}
+        }
     }
+    unreachable!("the loop returns once refetches reach MAX_REFETCHES")
+}
+
+/// How many times one blocking flight fetches again because its result was older than a
+/// rejected token (T11); past it, the result is installed anyway.
+const MAX_REFETCHES: usize = 2;
+
+/// How a blocking fetch ends.
+enum Finished<T> {
+    /// What its waiters get.
+    Done(Outcome<T>),
+    /// Fetch again.
+    Refetch,
 }
 
 impl<S: TokenSource> Drop for Inner<S> {

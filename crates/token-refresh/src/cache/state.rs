@@ -74,8 +74,8 @@ pub(crate) type Outcome<T> = Result<(T, Option<Instant>), RefreshError>;
 /// from when the fetch started, not from each take-over.
 pub(crate) struct Blocking<T> {
     pub(crate) flight: Shared<BoxFuture<'static, Outcome<T>>>,
-    /// The fetch's number (see [`State::begin_fetch`]).
-    pub(crate) fetched_as: u64,
+    /// Which flight this is (its result clears it only if it is still the one in flight).
+    pub(crate) id: u64,
     /// Past its load timeout: a flight still here then was abandoned by every waiter before it
     /// ended, and a new caller starts a fresh one instead of inheriting an expired deadline.
     pub(crate) abandoned_after: Instant,
@@ -93,6 +93,8 @@ pub(crate) struct State<T> {
     /// Fetches started so far: each fetch is numbered in the order it started, so a result can
     /// tell whether the installed token came from a later fetch (and is newer than it).
     pub(crate) fetches_started: u64,
+    /// Blocking flights started so far (their ids).
+    pub(crate) flights: u64,
     /// Until then the source is not contacted: a refresh failed (T4, T8).
     pub(crate) backoff_until: Option<Instant>,
     /// A non-recoverable error repeated to callers until the instant (T10).
@@ -107,6 +109,7 @@ impl<T> Default for State<T> {
             background: None,
             blocking: None,
             fetches_started: 0,
+            flights: 0,
             backoff_until: None,
             cached_error: None,
         }
