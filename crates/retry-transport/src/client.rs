@@ -249,7 +249,7 @@ impl RetryClient {
                     probability,
                 });
             }
-            let (result, permit) = match self
+            let (result, permit, authorization) = match self
                 .attempt(current, &host, std::mem::take(&mut refresh_next))
                 .instrument(span.clone())
                 .await
@@ -288,7 +288,14 @@ impl RetryClient {
                         && self.shared.credential.is_some()
                         && !refreshed
                     {
-                        // R7: refresh the credential and retry once, at once.
+                        // R7: refresh the credential and retry once, at once. T11: first tell
+                        // it which value the server rejected, so a cache drops that token by
+                        // identity (and keeps a newer one another request already fetched).
+                        if let (Some(credential), Some(value)) =
+                            (&self.shared.credential, &authorization)
+                        {
+                            credential.rejected(value);
+                        }
                         refreshed = true;
                         refresh_next = true;
                         Decision::Retry {
@@ -373,8 +380,9 @@ impl RetryClient {
         mut request: Request,
         host: &str,
         refresh: bool,
-    ) -> Result<(reqwest::Result<Response>, Slot), Error> {
+    ) -> Result<(reqwest::Result<Response>, Slot, Option<HeaderValue>), Error> {
         let limits = &self.shared.config.limits;
+        let mut authorization = None;
         if let Some(credential) = &self.shared.credential {
             let waited = limits.credential_timeout;
             let mut value: HeaderValue =
@@ -383,6 +391,7 @@ impl RetryClient {
                     .map_err(|_| Error::CredentialTimeout { waited })?
                     .map_err(Error::Credential)?;
             value.set_sensitive(true);
+            authorization = Some(value.clone());
             request
                 .headers_mut()
                 .insert(http::header::AUTHORIZATION, value);
@@ -401,7 +410,7 @@ impl RetryClient {
             }
             error
         });
-        Ok((result, permit))
+        Ok((result, permit, authorization))
     }
 
     /// Turn a decision into "sleep this long for this cause", counting give-ups.

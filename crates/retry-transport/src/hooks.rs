@@ -17,6 +17,16 @@ use crate::error::BoxError;
 pub trait Credential: Send + Sync + fmt::Debug {
     /// The header value for the next attempt.
     fn authorization(&self, refresh: bool) -> BoxFuture<'_, Result<HeaderValue, BoxError>>;
+
+    /// The server answered `401` to a request sent with `value` (T11). Called once per send,
+    /// just before `authorization(true)`: a caching source drops that token *if it is still
+    /// the cached one* — matching by identity, so a token another request already refreshed is
+    /// kept and a burst of 401s for one token costs one refresh. The default does nothing.
+    /// [`TokenCacheCredential`](crate::TokenCacheCredential) (feature `token-refresh`) wires a
+    /// token-refresh cache.
+    fn rejected(&self, value: &HeaderValue) {
+        let _ = value;
+    }
 }
 
 /// How the client waits between attempts. The default is [`TokioSleep`]; tests may plug in a

@@ -93,6 +93,8 @@ mod policy;
 mod retry_after;
 mod stats;
 mod throttle;
+#[cfg(feature = "token-refresh")]
+mod token;
 
 #[cfg(feature = "azure")]
 pub use azure::AzureTransport;
@@ -111,3 +113,5 @@ pub use policy::{MAX_POLICY_WAIT, Methods, RetryPolicy};
 pub use retry_after::parse_retry_after;
 pub use stats::{GiveUpReason, GiveUps, RetriesByCause, RetryCause, TransportStats};
 pub use throttle::AdaptiveThrottle;
+#[cfg(feature = "token-refresh")]
+pub use token::TokenCacheCredential;

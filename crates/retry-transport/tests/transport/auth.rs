@@ -277,3 +277,70 @@ async fn a_credential_that_never_answers_times_out_with_the_default_bound() {
     assert_eq!(server.requests().len(), 0);
     assert_eq!(client.stats().permits_in_use, 0);
 }
+
+/// Token `n` for the `n`-th fetch; counts fetches.
+#[derive(Debug, Default)]
+struct Numbered {
+    fetches: AtomicU32,
+}
+
+impl token_refresh::TokenSource for Numbered {
+    type Token = token_refresh::BearerToken;
+    type Error = std::io::Error;
+
+    async fn fetch(
+        &self,
+    ) -> Result<token_refresh::Fetched<token_refresh::BearerToken>, std::io::Error> {
+        let n = self.fetches.fetch_add(1, Ordering::SeqCst);
+        Ok(token_refresh::Fetched::new(
+            token_refresh::BearerToken::new(format!("t{n}")),
+            token_refresh::Expiry::In(std::time::Duration::from_secs(3600)),
+        ))
+    }
+}
+
+// covers R7 with T11: a token-refresh cache as the credential hook. A 401 reports the token the
+// request carried; the cache drops it (it is still the cached one), so the one retry carries a
+// new token; later sends use the new token without refetching; a late report of the old token
+// (another request's 401 for it) changes nothing.
+#[tokio::test]
+async fn a_401_invalidates_the_rejected_token_in_a_token_cache() {
+    let server = RateLimitServer::start().await.unwrap();
+    server.set_default(Answer::ok(3));
+    server.script("/me", [Answer::status(401).body_len(20)]);
+    let cache = token_refresh::TokenCache::new(
+        Numbered::default(),
+        token_refresh::RefreshConfig::default(),
+    );
+    let credential = Arc::new(retry_transport::TokenCacheCredential::new(cache.clone()));
+    let client = RetryClient::builder()
+        .limits(limits(2))
+        .sleeper(Arc::new(RecordingSleeper::default()))
+        .credential(credential.clone())
+        .connect_timeout(None)
+        .build()
+        .unwrap();
+    let response = client.send(client.get(url(&server, "/me"))).await.unwrap();
+    assert_eq!(response.status(), 200);
+    client
+        .send(client.get(url(&server, "/other")))
+        .await
+        .unwrap();
+    assert_eq!(
+        authorizations(&server),
+        ["Bearer t0", "Bearer t1", "Bearer t1"],
+        "the retry and later sends carry the new token"
+    );
+    assert_eq!(cache.source().fetches.load(Ordering::SeqCst), 2);
+    credential.rejected(&HeaderValue::from_static("Bearer t0"));
+    client
+        .send(client.get(url(&server, "/again")))
+        .await
+        .unwrap();
+    assert_eq!(
+        cache.source().fetches.load(Ordering::SeqCst),
+        2,
+        "a stale rejection does not refetch"
+    );
+    assert_eq!(cache.stats().invalidations, 1);
+}
