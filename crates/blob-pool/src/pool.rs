@@ -88,7 +88,11 @@ impl BlobPoolBuilder {
         // The transport's options turn the SDK's own retry policy off (it holds the response
         // while it sleeps); retries happen in retry-transport, which releases it first.
         let client_options = transport.client_options();
-        let pool = KeyedPool::new(PoolConfig::default().max_entries(self.config.max_entries));
+        let pool = KeyedPool::new(
+            PoolConfig::default()
+                .max_entries(self.config.max_entries)
+                .capacity_knob(crate::config::MAX_ENTRIES.name()),
+        );
         Ok(BlobPool {
             inner: Arc::new(Inner {
                 pool,
