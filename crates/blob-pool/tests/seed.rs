@@ -19,8 +19,7 @@ use azure_core::time::{Duration as AzDuration, OffsetDateTime};
 use blob_pool::{BlobPool, BlobPoolConfig, Endpoint, IDLE_TTL_SECONDS, storage_transport};
 use retry_transport::RetryPolicy;
 use testkit::ratelimit::{Answer, RateLimitServer};
-use testkit::tls::{ClientAuth, TestCa};
-use tokio::net::TcpListener;
+use testkit::tls::TestCa;
 
 /// A credential whose tokens carry its serial; counts its calls.
 #[derive(Debug)]
@@ -241,30 +240,6 @@ fn b8_the_pools_transport_has_a_finite_read_timeout_by_default() {
     );
 }
 
-/// TLS in front of `upstream` (the SDK sends bearer tokens over HTTPS only).
-async fn tls_front(ca: &TestCa, upstream: std::net::SocketAddr) -> std::net::SocketAddr {
-    let leaf = ca.server_leaf().unwrap();
-    let acceptor =
-        tokio_rustls::TlsAcceptor::from(ca.server_config(&leaf, ClientAuth::None).unwrap());
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((socket, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(socket).await else {
-                    return;
-                };
-                let Ok(mut plain) = tokio::net::TcpStream::connect(upstream).await else {
-                    return;
-                };
-                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
-            });
-        }
-    });
-    addr
-}
-
 // covers B8 + issue #16, seed 002 through the pool: a Blob call to a peer that accepts the
 // request and never answers ends with an error (retry-transport's typed timeout as its source)
 // after the transport's read timeout (200 ms here, real IO), and the connection slot is free.
@@ -274,7 +249,7 @@ async fn b8_a_blob_call_to_a_black_hole_times_out_and_frees_its_slot() {
     let hole = RateLimitServer::start().await.unwrap();
     hole.set_default(Answer::hang());
     let ca = TestCa::new("blob-pool-seed").unwrap();
-    let front = tls_front(&ca, hole.addr()).await;
+    let front = ca.front(hole.addr()).await.unwrap();
     let cert = reqwest::Certificate::from_der(&ca.cert_der()).unwrap();
     let transport = storage_transport()
         .tls_certs_only([cert])

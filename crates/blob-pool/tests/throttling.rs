@@ -16,8 +16,7 @@ use futures_gate::Gate;
 use retry_transport::{Limits, RetryPolicy};
 use testkit::azurite::TestCredential;
 use testkit::ratelimit::{Answer, RateLimitServer, RetryAfter};
-use testkit::tls::{ClientAuth, TestCa};
-use tokio::net::TcpListener;
+use testkit::tls::TestCa;
 
 mod futures_gate {
     //! A `Sleeper` that parks every back-off until the test opens the gate, counting sleepers.
@@ -80,30 +79,6 @@ mod futures_gate {
     }
 }
 
-/// TLS in front of `upstream`: one upstream connection per client connection, bytes copied.
-async fn tls_terminator(ca: &TestCa, upstream: std::net::SocketAddr) -> std::net::SocketAddr {
-    let leaf = ca.server_leaf().unwrap();
-    let acceptor =
-        tokio_rustls::TlsAcceptor::from(ca.server_config(&leaf, ClientAuth::None).unwrap());
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((socket, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(socket).await else {
-                    return;
-                };
-                let Ok(mut plain) = tokio::net::TcpStream::connect(upstream).await else {
-                    return;
-                };
-                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
-            });
-        }
-    });
-    addr
-}
-
 // covers B8 (and R1, R4 through the pool): 8 pooled-client calls share 2 connection slots; every
 // first attempt is answered 429 or 503 with Retry-After; all 8 are then asleep at once, which
 // is only possible because none of them holds a slot (or a server request) while it waits.
@@ -113,7 +88,7 @@ async fn throttled_calls_hold_no_connection_while_they_wait() {
     let server = RateLimitServer::start().await.unwrap();
     server.set_default(Answer::status(201));
     let ca = TestCa::new("blob-pool-throttling").unwrap();
-    let front = tls_terminator(&ca, server.addr()).await;
+    let front = ca.front(server.addr()).await.unwrap();
 
     let gate = Gate::new();
     let cert = reqwest::Certificate::from_der(&ca.cert_der()).unwrap();
@@ -262,7 +237,7 @@ async fn a_rejected_token_is_replaced_on_the_next_request() {
         let server = RateLimitServer::start().await.unwrap();
         server.set_default(Answer::status(201));
         let ca = TestCa::new("blob-pool-rejection").unwrap();
-        let front = tls_terminator(&ca, server.addr()).await;
+        let front = ca.front(server.addr()).await.unwrap();
         let pool = pool_behind(&ca);
         let endpoint = Endpoint::parse(&format!(
             "https://127.0.0.1:{}/devstoreaccount1",

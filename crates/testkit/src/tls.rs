@@ -259,6 +259,38 @@ impl TestCa {
         Ok(Arc::new(config))
     }
 
+    /// A TLS terminator on loopback in front of the plain-TCP `upstream` (e.g. testkit's
+    /// rate-limiting server), serving a leaf of this CA: each client connection gets its own
+    /// upstream connection, bytes copied both ways. For clients that only speak HTTPS, like the
+    /// Azure SDK sending bearer tokens. Runs until the runtime stops.
+    pub async fn front(
+        &self,
+        upstream: std::net::SocketAddr,
+    ) -> std::io::Result<std::net::SocketAddr> {
+        let config = self
+            .server_leaf()
+            .and_then(|leaf| self.server_config(&leaf, ClientAuth::None))
+            .map_err(std::io::Error::other)?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(socket).await else {
+                        return;
+                    };
+                    let Ok(mut plain) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                });
+            }
+        });
+        Ok(addr)
+    }
+
     /// A rustls client config trusting only this CA, presenting `identity` if given.
     pub fn client_config(&self, identity: Option<&Leaf>) -> Result<Arc<ClientConfig>, TlsError> {
         let builder = ClientConfig::builder_with_provider(ring())
