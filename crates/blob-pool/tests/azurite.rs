@@ -116,8 +116,9 @@ async fn many_tasks_share_clients_and_one_token_per_credential() {
     assert_eq!(names.len(), TASKS);
 }
 
-// covers B7: a credential handing out expired tokens gets a clear 403 AuthenticationFailed; the
-// same pooled client works again as soon as the credential does (no rebuild, no reset).
+// covers B7, T11: a credential handing out expired tokens gets a clear 403 AuthenticationFailed;
+// the rejection evicts the credential's clients and drops the token from its cache, so the next
+// client works as soon as the credential does (no reset, no invalidate_credential).
 #[tokio::test]
 #[ignore = "needs Azurite: cargo xtask it"]
 async fn expired_tokens_get_403_and_the_pool_recovers_with_the_credential() {
@@ -139,9 +140,10 @@ async fn expired_tokens_get_403_and_the_pool_recovers_with_the_credential() {
     client.get_properties(None).await.unwrap();
     let stats = pool.stats();
     assert_eq!(
-        stats.pool.creations, 1,
-        "recovered on the same pooled client"
+        stats.pool.creations, 2,
+        "the 403 evicted the client; one rebuilt client served both calls"
     );
+    assert_eq!(stats.tokens_rejected, 1);
     assert_eq!(
         source.calls(),
         2,
@@ -149,9 +151,12 @@ async fn expired_tokens_get_403_and_the_pool_recovers_with_the_credential() {
     );
 }
 
-// covers B7: a token the server rejects while the credential still calls it valid (revoked,
-// clock skew) keeps failing — the SDK re-fetches only after 401 — until the credential is
-// invalidated in the pool; then a fresh client and token work.
+// covers B7, T11: a token the server rejects (403 AuthenticationFailed) while the credential
+// still calls it valid (revoked, clock skew): the SDK re-fetches only after a 401, so before T11
+// the client kept failing until `invalidate_credential`. Now the rejection drops the token from
+// the credential's cache and evicts its clients, so the next `client()` works with a new token;
+// a handle taken before keeps the SDK's copy until dropped; `invalidate_credential` still
+// retires a credential's clients outright.
 #[tokio::test]
 #[ignore = "needs Azurite: cargo xtask it"]
 async fn a_rejected_token_recovers_after_invalidate_credential() {
@@ -167,14 +172,27 @@ async fn a_rejected_token_recovers_after_invalidate_credential() {
     assert!(is_authentication_failed(&error), "{error:?}");
     source.set_mode(TokenMode::Valid);
     let error = client.get_properties(None).await.unwrap_err();
-    assert!(is_authentication_failed(&error), "still the cached token");
+    assert!(
+        is_authentication_failed(&error),
+        "the old handle keeps the SDK's copy of the token"
+    );
     assert_eq!(source.calls(), 1);
+    assert_eq!(pool.stats().pool.entries, 0, "the rejection evicted it");
+
+    let fresh = pool.client(&credential, &endpoint).await.unwrap();
+    fresh.get_properties(None).await.unwrap();
+    assert_eq!(
+        source.calls(),
+        2,
+        "the rebuilt client asked for a new token"
+    );
+    drop(client);
 
     assert_eq!(pool.invalidate_credential(&credential).await.retired, 1);
-    let fresh = pool.client(&credential, &endpoint).await.unwrap();
-    assert_ne!(fresh.credential_id(), client.credential_id());
-    fresh.get_properties(None).await.unwrap();
-    assert_eq!(source.calls(), 2);
+    let again = pool.client(&credential, &endpoint).await.unwrap();
+    assert_ne!(again.credential_id(), fresh.credential_id());
+    again.get_properties(None).await.unwrap();
+    assert_eq!(source.calls(), 3);
 }
 
 // covers B2, B4 end to end: a dropped credential's client is evicted, and the next credential
