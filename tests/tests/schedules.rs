@@ -2,7 +2,7 @@
 //! state machines run under many seeded schedules on a paused tokio runtime, with invariants
 //! checked on every run (SPEC P1, P2, P5, P10, T1, T3, T5).
 //!
-//! This complements the shuttle models (`models.rs`), which enumerate interleavings but move
+//! This complements the shuttle models (`models/`), which enumerate interleavings but move
 //! time only once and run no tokio timers. Here tokio itself schedules (a current-thread
 //! runtime: deterministic, FIFO run queue, virtual clock) and a seed chooses everything that
 //! decides an interleaving *and* the timing: task spawn order, how many times each task yields

@@ -117,7 +117,7 @@ async fn late_background_failure_does_not_back_off_newer_token() {
 
 // covers T5 (the other direction): a slow blocking refresh does not overwrite a newer token
 // that a background refresh, started after it, installed meanwhile; its waiters get the newer
-// token. Found by the shuttle model in tests/tests/models.rs.
+// token. Found by the shuttle model in tests/tests/models/.
 #[tokio::test(start_paused = true)]
 async fn slow_blocking_refresh_does_not_overwrite_a_newer_background_token() {
     let fake = Fake::new()
