@@ -130,7 +130,7 @@ impl<S: KeyStore> KeyStore for Wrap<S> {
 
 fn temp_file(tag: &str) -> PathBuf {
     static N: AtomicU64 = AtomicU64::new(0);
-    let dir = std::env::temp_dir().join(format!(
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
         "apikey-adv-{}-{}-{}",
         std::process::id(),
         tag,
@@ -1877,7 +1877,7 @@ async fn a5_negative_cache_bounded_by_capacity() {
 
 #[tokio::test(start_paused = true)]
 async fn a7_file_store_missing_directory_is_a_clean_error() {
-    let path = std::env::temp_dir()
+    let path = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("apikey-adv-missing-{}", std::process::id()))
         .join("no/such/dir/keys.json");
     let c = ApiKeyCache::new(FileStore::new(&path), CacheConfig::default());

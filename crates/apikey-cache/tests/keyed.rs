@@ -21,7 +21,7 @@ fn instances<S: KeyStore + Clone>(store: &S, n: usize) -> Vec<ApiKeyCache<S>> {
 
 fn scratch_dir() -> PathBuf {
     static N: AtomicU64 = AtomicU64::new(0);
-    let dir = std::env::temp_dir().join(format!(
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
         "apikey-cache-keyed-{}-{}",
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)

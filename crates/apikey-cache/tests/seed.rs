@@ -50,7 +50,7 @@ fn unknown_key(i: usize) -> String {
 
 fn scratch_file() -> (PathBuf, FileStore) {
     static N: AtomicU64 = AtomicU64::new(0);
-    let dir = std::env::temp_dir().join(format!(
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
         "apikey-cache-seed-{}-{}",
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)

@@ -53,7 +53,7 @@ impl Harness {
         let sim = Simulation::start(&SimulationOptions::default().latency_ms(latency_ms))
             .await
             .expect("simulation");
-        let dir = std::env::temp_dir().join(format!(
+        let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
             "dashboard-hardening-{}-{:x}",
             std::process::id(),
             rand::random::<u64>()
