@@ -93,14 +93,16 @@ impl FileStore {
     }
 }
 
-fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+/// Wrap an I/O error with the path it happened on (both file layouts).
+pub(super) fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
     move |source| StoreError::Io {
         path: path.to_path_buf(),
         source,
     }
 }
 
-fn version_of(bytes: &[u8]) -> Version {
+/// A content version: the first 16 bytes of the SHA-256, hex (both file layouts).
+pub(super) fn version_of(bytes: &[u8]) -> Version {
     let digest = Sha256::digest(bytes);
     let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
     Version::new(hex)

@@ -6,26 +6,12 @@ use std::io::{ErrorKind, Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use sha2::{Digest, Sha256};
-
+use super::file::{io_error, version_of};
 use super::{Condition, FeedBatch, FeedCursor, Record, Version};
 use crate::error::StoreError;
 
 /// Feed segments are rotated once they reach this size; the current and the previous are kept.
 pub(crate) const FEED_SEGMENT_BYTES: u64 = 4 * 1024 * 1024;
-
-fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
-fn version_of(bytes: &[u8]) -> Version {
-    let digest = Sha256::digest(bytes);
-    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    Version::new(hex)
-}
 
 /// `keys/<hex>` → `<dir>/keys/<hex[..2]>/<hex>.json` (256 shards); `<kind>/<id>` →
 /// `<dir>/<kind>/<id>.json`. Names are `<kind>/<id>` with `[A-Za-z0-9._-]` ids only.
