@@ -5,18 +5,17 @@
 //! non-GET, polling vs non-polling GETs), through the public API only. In-process (tower
 //! `oneshot`), virtual time.
 
+mod common;
+
 use std::convert::Infallible;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
 use bytes::Bytes;
 use futures::StreamExt;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
-use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
 use request_inspector::{
     Entry, InspectBody, Inspector, InspectorConfig, Outcome, PollingPrefixes, REDACTED,
@@ -63,38 +62,6 @@ enum Answer {
 
 const CHUNK: usize = 64 * 1024;
 
-/// A lazily produced body that counts the chunks it has made.
-struct Lazy {
-    left: usize,
-    made: Arc<AtomicUsize>,
-    chunk: Bytes,
-}
-
-impl http_body::Body for Lazy {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        if self.left == 0 {
-            return Poll::Ready(None);
-        }
-        self.left -= 1;
-        self.made.fetch_add(1, Ordering::SeqCst);
-        Poll::Ready(Some(Ok(Frame::data(self.chunk.clone()))))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.left == 0
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact((self.left * self.chunk.len()) as u64)
-    }
-}
-
 /// Send one request through the inspector's layer over a tower service answering `answer`.
 /// Returns the response with its body still unread, and the counter of a `Huge` body.
 async fn send(
@@ -131,11 +98,9 @@ async fn send(
                         })
                         .chain(futures::stream::pending::<Result<Bytes, Infallible>>()),
                     ),
-                    Answer::Huge(chunks) => Body::new(Lazy {
-                        left: chunks,
-                        made,
-                        chunk: Bytes::from(vec![b'x'; CHUNK]),
-                    }),
+                    Answer::Huge(chunks) => {
+                        Body::new(common::CountingBody::counting_into(chunks, CHUNK, made))
+                    }
                     Answer::Ignore => Body::from("ok"),
                 };
                 let mut response = Response::new(body);

@@ -34,12 +34,23 @@ impl CountingBody {
     /// `chunks` chunks of `chunk_size` bytes; the counter says how many were produced so far.
     pub(crate) fn new(chunks: usize, chunk_size: usize) -> (Self, Arc<AtomicUsize>) {
         let produced = Arc::new(AtomicUsize::new(0));
-        let body = Self {
+        (
+            Self::counting_into(chunks, chunk_size, Arc::clone(&produced)),
+            produced,
+        )
+    }
+
+    /// Like [`CountingBody::new`], counting into a counter the test already holds.
+    pub(crate) fn counting_into(
+        chunks: usize,
+        chunk_size: usize,
+        produced: Arc<AtomicUsize>,
+    ) -> Self {
+        Self {
             chunk: Bytes::from(vec![b'x'; chunk_size]),
             remaining: chunks,
-            produced: Arc::clone(&produced),
-        };
-        (body, produced)
+            produced,
+        }
     }
 }
 
