@@ -142,27 +142,16 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
     path.with_file_name(format!(".{name}.{suffix}"))
 }
 
-fn store_blocking(
+/// Replace `path` with `bytes` atomically: a uniquely named temp file beside it, written (and
+/// synced when `durable`), renamed over `path`, then the directory synced, best effort (not
+/// every platform can open a directory). The temp file is removed if anything fails. Both file
+/// layouts write through this.
+pub(super) fn replace_atomically(
     path: &Path,
     bytes: &[u8],
-    if_match: Option<&Version>,
-) -> Result<Version, StoreError> {
+    durable: bool,
+) -> Result<(), StoreError> {
     static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-    let lock_path = sibling(path, "lock");
-    let lock = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(&lock_path)
-        .map_err(io_error(&lock_path))?;
-    lock.lock().map_err(io_error(&lock_path))?;
-
-    let current = read(path)?.map(|b| version_of(&b));
-    if current.as_ref() != if_match {
-        return Err(StoreError::Conflict);
-    }
     let temp = sibling(
         path,
         &format!(
@@ -177,19 +166,44 @@ fn store_blocking(
             .create_new(true)
             .open(&temp)?;
         file.write_all(bytes)?;
-        file.sync_all()?;
+        if durable {
+            file.sync_all()?;
+        }
         fs::rename(&temp, path)
     })();
     if let Err(e) = written {
         let _ = fs::remove_file(&temp);
         return Err(io_error(path)(e));
     }
-    // Make the rename durable too; best effort (not every platform can open a directory).
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+    if durable
+        && let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
         && let Ok(dir) = File::open(dir)
     {
         let _ = dir.sync_all();
     }
+    Ok(())
+}
+
+fn store_blocking(
+    path: &Path,
+    bytes: &[u8],
+    if_match: Option<&Version>,
+) -> Result<Version, StoreError> {
+    let lock_path = sibling(path, "lock");
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io_error(&lock_path))?;
+    lock.lock().map_err(io_error(&lock_path))?;
+
+    let current = read(path)?.map(|b| version_of(&b));
+    if current.as_ref() != if_match {
+        return Err(StoreError::Conflict);
+    }
+    replace_atomically(path, bytes, true)?;
     drop(lock);
     Ok(version_of(bytes))
 }

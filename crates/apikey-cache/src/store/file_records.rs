@@ -4,9 +4,8 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::file::{io_error, version_of};
+use super::file::{io_error, replace_atomically, version_of};
 use super::{Condition, FeedBatch, FeedCursor, Record, Version};
 use crate::error::StoreError;
 
@@ -67,7 +66,6 @@ pub(crate) fn put_blocking(
     condition: Condition<'_>,
     durable: bool,
 ) -> Result<Version, StoreError> {
-    static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
     let path = record_path(dir, name)?;
     let parent = path.parent().unwrap_or(dir).to_path_buf();
     let _lock = lock(dir)?;
@@ -84,29 +82,7 @@ pub(crate) fn put_blocking(
         return Err(StoreError::Conflict);
     }
     fs::create_dir_all(&parent).map_err(io_error(&parent))?;
-    let temp = parent.join(format!(
-        ".{}.{}.tmp",
-        std::process::id(),
-        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let written = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&temp)?;
-        file.write_all(bytes)?;
-        if durable {
-            file.sync_data()?;
-        }
-        fs::rename(&temp, &path)
-    })();
-    if let Err(e) = written {
-        let _ = fs::remove_file(&temp);
-        return Err(io_error(&path)(e));
-    }
-    if durable && let Ok(parent) = File::open(&parent) {
-        let _ = parent.sync_all();
-    }
+    replace_atomically(&path, bytes, durable)?;
     Ok(version_of(bytes))
 }
 
