@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use shuttle::future::{self, block_on, yield_now};
 use token_refresh::{RefreshConfig, TokenCache};
 
-use super::{LIFETIME, Stepped, drain, exhaustive, paused_runtime, random};
+use super::{LIFETIME, Stepped, drain, exhaustive, paused_runtime, random, spawn_driver};
 
 /// Runs in which an invalidation matched the cached token.
 static MATCHED: AtomicUsize = AtomicUsize::new(0);
@@ -69,17 +69,7 @@ fn token_invalidation_model(callers: usize, calls: usize, steps: usize) {
             }
         })
     };
-    let driver = {
-        let runtime = runtime.clone();
-        future::spawn(async move {
-            for step in 0..steps {
-                if step > 0 {
-                    yield_now().await;
-                }
-                runtime.block_on(tokio::task::yield_now());
-            }
-        })
-    };
+    let driver = spawn_driver(&runtime, steps);
     for task in tasks {
         block_on(task).expect("caller finished");
     }

@@ -561,6 +561,21 @@ impl TokenSource for Stepped {
     }
 }
 
+/// A shuttle task that steps the tokio `runtime` `steps` times (each step polls the spawned
+/// background refresh once), yielding to the scheduler between steps, so the scheduler decides
+/// where a background fetch starts and where it finishes.
+fn spawn_driver(runtime: &Arc<tokio::runtime::Runtime>, steps: usize) -> JoinHandle<()> {
+    let runtime = runtime.clone();
+    future::spawn(async move {
+        for step in 0..steps {
+            if step > 0 {
+                yield_now().await;
+            }
+            runtime.block_on(tokio::task::yield_now());
+        }
+    })
+}
+
 /// Runs in which a background result was discarded by the generation guard (T5 reached).
 static GUARD_DISCARDS: AtomicUsize = AtomicUsize::new(0);
 /// Runs in which a background refresh failed and callers kept the current token (T4 reached).
@@ -614,17 +629,7 @@ fn token_background_model(callers: usize, calls: usize, steps: usize, fail_backg
             }
         }));
     }
-    let driver = {
-        let runtime = runtime.clone();
-        future::spawn(async move {
-            for step in 0..steps {
-                if step > 0 {
-                    yield_now().await;
-                }
-                runtime.block_on(tokio::task::yield_now());
-            }
-        })
-    };
+    let driver = spawn_driver(&runtime, steps);
     let clock = {
         let runtime = runtime.clone();
         future::spawn(async move {
