@@ -12,7 +12,7 @@ use axum::middleware::{from_fn, from_fn_with_state};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use azure_core::credentials::TokenCredential;
-use request_inspector::{Inspector, InspectorConfig};
+use request_inspector::{Inspector, InspectorConfig, REQUEST_ID_HEADER, RequestId};
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -71,16 +71,26 @@ fn account_of(extensions: &http::Extensions) -> Option<String> {
 }
 
 /// Count the `/api/*` requests the API-key layer turned away (outside it: the inspector, inside
-/// it, never sees them).
+/// it, never sees them), and give every `/api/*` answer an `x-request-id`, 401s included: the
+/// id is settled here (a valid incoming one or a fresh one) and written into the request, so
+/// the inspector further in propagates the same id instead of minting its own.
 async fn count_rejections(
     axum::extract::State(rejected): axum::extract::State<Arc<AtomicU64>>,
-    request: axum::extract::Request,
+    mut request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    let response = next.run(request).await;
+    let (id, _) = RequestId::from_headers_or_generate(request.headers());
+    request
+        .headers_mut()
+        .insert(REQUEST_ID_HEADER, id.header_value().clone());
+    let mut response = next.run(request).await;
     if response.status() == http::StatusCode::UNAUTHORIZED {
         rejected.fetch_add(1, Ordering::Relaxed);
     }
+    response
+        .headers_mut()
+        .entry(REQUEST_ID_HEADER)
+        .or_insert_with(|| id.header_value().clone());
     response
 }
 

@@ -143,10 +143,20 @@ pub struct StorageConfig {
     /// A PEM CA to trust (Azurite's); default: the platform's roots.
     #[serde(default)]
     pub ca_pem: Option<String>,
+    /// The newest jobs kept in the jobs container; older ones are deleted as new ones arrive,
+    /// so the storage card and the job listing cost the same after a day as after a minute.
+    /// Default 200; clamped to 1..=1 000 (the most blobs the storage card counts), so the
+    /// card's count is always exact.
+    #[serde(default = "default_job_retention")]
+    pub job_retention: usize,
 }
 
 fn default_jobs_container() -> String {
     "blast-jobs".to_string()
+}
+
+fn default_job_retention() -> usize {
+    200
 }
 
 impl StorageConfig {
@@ -156,6 +166,7 @@ impl StorageConfig {
             endpoint: endpoint.into(),
             jobs_container: default_jobs_container(),
             ca_pem,
+            job_retention: default_job_retention(),
         }
     }
 }
@@ -372,6 +383,10 @@ impl DashboardConfig {
         self.max_connections = clamp_usize(MAX_CONNECTIONS, self.max_connections);
         self.body_limit_bytes = clamp_usize(BODY_LIMIT_BYTES, self.body_limit_bytes);
         self.max_header_bytes = clamp_usize(MAX_HEADER_BYTES, self.max_header_bytes);
+        self.storage.job_retention = self
+            .storage
+            .job_retention
+            .clamp(1, crate::storage::CARD_COUNT_MAX);
         Ok(self)
     }
 

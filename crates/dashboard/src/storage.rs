@@ -97,6 +97,8 @@ pub(crate) struct Storage {
     infra: BlobPool,
     backend: Backend,
     operations: AtomicU64,
+    /// Jobs written since start (pruning runs every [`Storage::prune_every`] of them).
+    jobs_written: AtomicU64,
 }
 
 impl std::fmt::Debug for Storage {
@@ -146,6 +148,7 @@ impl Storage {
             infra,
             backend,
             operations: AtomicU64::new(0),
+            jobs_written: AtomicU64::new(0),
         })
     }
 
@@ -223,10 +226,42 @@ impl Storage {
             .upload(RequestContent::from(document), None)
             .await
             .map_err(|e| ApiError::backend("blob storage", &e))?;
+        let written = self.jobs_written.fetch_add(1, Ordering::Relaxed) + 1;
+        if written % self.prune_every() == 0 {
+            // The job is stored; a failed prune only delays the trimming to the next one.
+            if let Err(error) = self.prune_jobs().await {
+                tracing::warn!(%error, "pruning old jobs failed; retrying at the next prune");
+            }
+        }
         Ok(())
     }
 
-    /// Every stored job.
+    /// Prune once per this many jobs written: a tenth of the retention, so the container
+    /// holds at most 110 % of it and a submission lists the container at most every tenth time.
+    fn prune_every(&self) -> u64 {
+        (self.config.job_retention as u64 / 10).max(1)
+    }
+
+    /// Delete the jobs older than the newest [`StorageConfig::job_retention`]: the container
+    /// (and so the storage card's listing and the job list) stays bounded however long the
+    /// service runs.
+    async fn prune_jobs(&self) -> Result<(), ApiError> {
+        let keep = self.config.job_retention;
+        let (jobs, _) = self
+            .list_jobs(keep.saturating_add(self.prune_every() as usize * 2))
+            .await?;
+        let client = self.client().await?;
+        let container = client.blob_container_client(&self.config.jobs_container);
+        for job in jobs.iter().skip(keep) {
+            match container.blob_client(&job.name).delete(None).await {
+                Ok(_) => {}
+                Err(e) if e.http_status() == Some(StatusCode::NotFound) => {}
+                Err(e) => return Err(ApiError::backend("blob storage", &e)),
+            }
+        }
+        Ok(())
+    }
+
     /// The newest `limit` jobs (job names sort newest first) and whether there are more: one
     /// listing call of at most `limit` items, however many jobs the container holds.
     pub(crate) async fn list_jobs(&self, limit: usize) -> Result<(Vec<StoredJob>, bool), ApiError> {

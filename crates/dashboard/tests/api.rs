@@ -17,11 +17,20 @@ struct Harness {
 
 impl Harness {
     async fn start(storage: &LocalStorage, mode: Mode) -> Self {
+        Self::start_with(storage, mode, |_| {}).await
+    }
+
+    async fn start_with(
+        storage: &LocalStorage,
+        mode: Mode,
+        configure: impl FnOnce(&mut dashboard::DashboardConfig),
+    ) -> Self {
         // No injected latency: these tests check answers and counts, not timing.
         let options = SimulationOptions::default().latency_ms((0, 0));
         let sim = Simulation::start(&options).await.expect("simulation");
         let mut config = sim.dashboard_config(storage, mode).expect("config");
         config.admin_token = Some(AdminToken::new(ADMIN));
+        configure(&mut config);
         let dashboard = Dashboard::new(config, dashboard::local::credential()).expect("dashboard");
         dashboard.prepare().await.expect("containers");
         let running = dashboard.serve().await.expect("serve");
@@ -216,6 +225,44 @@ async fn every_route_answers_through_the_pooled_crates() {
         (stats.upstream.retries, stats.upstream.pool_timeouts),
         (1, 0)
     );
+    h.running.stop().await;
+}
+
+// Issue 24 (flat for days): the jobs container keeps the newest `job_retention` jobs, so the
+// storage card and the job list cost the same after a day of submissions as after a minute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Azurite: cargo xtask it"]
+async fn old_jobs_are_pruned_to_the_retention() {
+    let storage = storage().await;
+    let h = Harness::start_with(&storage, Mode::Pooled, |config| {
+        config.storage.job_retention = 3;
+    })
+    .await;
+    let key = h.account("acme").await;
+    let mut ids = Vec::new();
+    for _ in 0..7 {
+        let (status, submitted) = h
+            .call(
+                reqwest::Method::POST,
+                "/api/blast/jobs",
+                Some(&key),
+                Some(json!({ "database": "orders" })),
+            )
+            .await;
+        assert_eq!(status, 202, "{submitted}");
+        ids.push(format!("{}.json", submitted["id"].as_str().unwrap()));
+    }
+    let card = h.get("/api/monitor/storage", &key).await;
+    assert_eq!(card["blobs"], 3, "{card}");
+    let listed = h.get("/api/blast/jobs", &key).await;
+    let names: Vec<&str> = listed["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|job| job["name"].as_str().unwrap())
+        .collect();
+    let newest: Vec<&str> = ids.iter().rev().take(3).map(String::as_str).collect();
+    assert_eq!(names, newest, "the newest three are kept");
     h.running.stop().await;
 }
 

@@ -411,6 +411,42 @@ async fn unknown_keys_get_the_uniform_401() {
     assert!(!body.to_string().contains("revoked"), "{body}");
 }
 
+// Finding 5: a 401 carries an `x-request-id` like every other answer (an operator correlating
+// a rejected call with the logs needs it): an incoming valid id is echoed, otherwise one is made.
+#[tokio::test]
+async fn rejected_requests_carry_a_request_id() {
+    let h = Harness::start(|_| {}, (0, 0)).await;
+    let echoed = h
+        .http
+        .get(h.url("/api/me"))
+        .header("x-api-key", "ak_unknown")
+        .header("x-request-id", "trace-7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(echoed.status(), 401);
+    assert_eq!(echoed.headers()["x-request-id"], "trace-7");
+    let fresh = h.http.get(h.url("/api/me")).send().await.unwrap();
+    assert_eq!(fresh.status(), 401);
+    let id = fresh.headers()["x-request-id"].to_str().unwrap();
+    assert!(
+        !id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{id}"
+    );
+    let key = h.account("acme").await;
+    let ok = h
+        .http
+        .get(h.url("/api/me"))
+        .header("x-api-key", &key)
+        .header("x-request-id", "trace-8")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let ids: Vec<_> = ok.headers().get_all("x-request-id").iter().collect();
+    assert_eq!(ids, ["trace-8"], "one id, the caller's, end to end");
+}
+
 // Each account reads only its own inspector entries.
 #[tokio::test]
 async fn each_account_sees_only_its_own_inspector_entries() {
