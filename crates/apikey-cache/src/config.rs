@@ -28,6 +28,11 @@ pub const WRITE_TIMEOUT_MS: Knob<u64> =
 /// `APIKEY_CACHE_POLL_MS`: keyed layout — how often the change feed is tailed (A11); a
 /// revocation reaches every instance within one poll.
 pub const POLL_MS: Knob<u64> = Knob::new("APIKEY_CACHE_POLL_MS", 2_000, 10, 600_000);
+/// `APIKEY_CACHE_REVALIDATE_SECONDS`: keyed layout — while the change feed is read
+/// successfully, a cached key is re-read from the store at least this often anyway (spread over
+/// the last quarter of the interval), the safety net for a write whose feed append was lost.
+pub const REVALIDATE_SECONDS: Knob<u64> =
+    Knob::new("APIKEY_CACHE_REVALIDATE_SECONDS", 300, 1, 86_400);
 /// `APIKEY_CACHE_KEY_CAPACITY`: keyed layout — most verified keys held per instance (A12).
 pub const KEY_CAPACITY: Knob<u64> = Knob::new("APIKEY_CACHE_KEY_CAPACITY", 100_000, 1, 100_000_000);
 /// `APIKEY_CACHE_KEY_IDLE_SECONDS`: keyed layout — a cached key unused this long is dropped
@@ -63,6 +68,7 @@ pub struct CacheConfig {
     pub(crate) poll: Duration,
     pub(crate) key_capacity: u64,
     pub(crate) key_idle: Duration,
+    pub(crate) revalidate: Duration,
     pub(crate) point_reads_per_second: u32,
     pub(crate) legacy_keys: bool,
 }
@@ -95,6 +101,7 @@ impl CacheConfig {
             poll: Duration::from_millis(POLL_MS.read_with(&lookup)),
             key_capacity: KEY_CAPACITY.read_with(&lookup),
             key_idle: KEY_IDLE_SECONDS.read_secs_with(&lookup),
+            revalidate: REVALIDATE_SECONDS.read_secs_with(&lookup),
             point_reads_per_second: u32::try_from(POINT_READS_PER_SECOND.read_with(&lookup))
                 .unwrap_or(u32::MAX),
             legacy_keys: false,
@@ -178,6 +185,12 @@ impl CacheConfig {
         self
     }
 
+    /// Keyed layout: the change-feed poll interval configured (see [`Self::poll`]); e.g. the
+    /// interval to give [`ApiKeyCache::spawn_watcher`](crate::ApiKeyCache::spawn_watcher).
+    pub fn poll_interval(&self) -> Duration {
+        self.poll
+    }
+
     /// Keyed layout: most verified keys (valid or revoked) held at once (default 100 000,
     /// ~0.4 KiB each; clamped to 1 – 10^8). Least recently used keys go first (A12).
     pub fn key_capacity(mut self, capacity: u64) -> Self {
@@ -189,6 +202,19 @@ impl CacheConfig {
     /// 1 ms – 24 h).
     pub fn key_idle(mut self, idle: Duration) -> Self {
         self.key_idle = idle.clamp(MS, Duration::from_secs(86_400));
+        self
+    }
+
+    /// Keyed layout: the safety revalidation (default 5 min; clamped to 1 ms – 24 h). While
+    /// the change feed is read successfully, a cached key is trusted without a store read and
+    /// re-read only this often (each key at a point spread over the last quarter of the
+    /// interval, so a cold start's keys do not all come due together): the store reads of an
+    /// instance follow the feed, not its cached keys × 1/TTL. It bounds how long a write whose
+    /// feed append was lost (a writer dying in between) stays unseen. When the feed cannot be
+    /// read for a TTL, keys fall back to per-key revalidation every TTL. Values below the TTL
+    /// act as the TTL.
+    pub fn revalidate(mut self, interval: Duration) -> Self {
+        self.revalidate = interval.clamp(MS, Duration::from_secs(86_400));
         self
     }
 

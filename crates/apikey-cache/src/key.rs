@@ -20,8 +20,47 @@ pub const MAX_KEY_LEN: usize = 256;
 /// Issued keys carry 256 random bits, so a fast hash is enough: nobody can enumerate the key
 /// space, and a slow password hash would only turn every request into a CPU cost an attacker
 /// could multiply. `Debug` shows only the first 4 bytes.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct KeyHash([u8; 32]);
+
+/// Hashes as its first 8 bytes: already a uniformly distributed SHA-256 prefix, so hashing all
+/// 32 bytes again buys nothing (equal hashes have equal prefixes, as `Hash` requires).
+impl std::hash::Hash for KeyHash {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.bucket());
+    }
+}
+
+/// A `BuildHasher` for maps keyed by [`KeyHash`] alone: passes its 8-byte prefix through
+/// instead of SipHashing it. Only for maps whose keys an attacker cannot choose (the cache
+/// of verified keys: an entry exists only for a key the store holds).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct PrefixHasher(u64);
+
+impl std::hash::Hasher for PrefixHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Not reached for KeyHash (write_u64); a fallback that stays a valid hasher.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 ^= n;
+    }
+}
+
+impl std::hash::BuildHasher for PrefixHasher {
+    type Hasher = PrefixHasher;
+
+    fn build_hasher(&self) -> PrefixHasher {
+        PrefixHasher(0)
+    }
+}
 
 impl KeyHash {
     /// Hash a presented or freshly generated key.

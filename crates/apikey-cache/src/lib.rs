@@ -71,7 +71,8 @@ pub mod testing;
 pub use cache::{ApiKeyCache, CacheStats, Watcher};
 pub use config::{
     CacheConfig, KEY_CAPACITY, KEY_IDLE_SECONDS, LOAD_TIMEOUT_MS, MISS_RELOAD_INTERVAL_MS,
-    NEGATIVE_CAPACITY, NEGATIVE_TTL, POINT_READS_PER_SECOND, POLL_MS, TTL, WRITE_TIMEOUT_MS,
+    NEGATIVE_CAPACITY, NEGATIVE_TTL, POINT_READS_PER_SECOND, POLL_MS, REVALIDATE_SECONDS, TTL,
+    WRITE_TIMEOUT_MS,
 };
 pub use document::{AccountRecord, DOCUMENT_FORMAT, KeyDocument, KeyRecord};
 pub use error::{AuthError, BoxError, StoreError, WriteError};

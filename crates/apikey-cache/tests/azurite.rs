@@ -149,7 +149,7 @@ async fn blob_concurrent_writes_from_a_and_b_both_survive() {
                 key.identity
             );
         }
-        assert_eq!(cache.stats().accounts, 3);
+        assert_eq!(cache.stats().accounts, Some(3));
     }
 }
 

@@ -187,8 +187,11 @@ async fn keyed_issue_and_revoke_write_constant_bytes() {
     assert_eq!(costs[0], costs[2], "the cost does not grow with the table");
 }
 
+const REVALIDATE: Duration = Duration::from_secs(300);
+
 // covers A11: a writer that dies between its record write and its feed append: the others
-// see the revocation when they revalidate the key, within one TTL (the documented worst case).
+// see the revocation at their safety revalidation of the key (at most `revalidate`, default
+// 5 min, after they last read it: the documented worst case), not within one poll.
 #[tokio::test(start_paused = true)]
 async fn keyed_writer_dying_before_the_feed_append_is_caught_by_revalidation() {
     let store = MemoryStore::keyed();
@@ -201,16 +204,97 @@ async fn keyed_writer_dying_before_the_feed_append_is_caught_by_revalidation() {
         .await
         .expect("the record write is the truth");
     assert_eq!(a.stats().feed_append_failures, 1);
-    tokio::time::advance(POLL).await;
-    assert!(
-        b.authenticate(issued.secret.expose()).await.is_ok(),
-        "no feed entry: B still trusts its cached copy"
-    );
-    tokio::time::advance(TTL - POLL).await;
+    store.fail_feed_appends(false);
+    // Well past one TTL, with the feed healthy: B trusts its copy (no entry says otherwise).
+    let mut waited = Duration::ZERO;
+    while waited < REVALIDATE * 3 / 4 - POLL {
+        tokio::time::advance(POLL).await;
+        waited += POLL;
+        assert!(
+            b.authenticate(issued.secret.expose()).await.is_ok(),
+            "no feed entry: B still trusts its cached copy at {waited:?}"
+        );
+    }
+    tokio::time::advance(REVALIDATE / 4 + POLL).await;
     assert!(matches!(
         b.authenticate(issued.secret.expose()).await,
         Err(AuthError::Revoked)
     ));
+}
+
+// covers A11 (#22 item 5): with a healthy feed, cached keys cost no store reads every TTL: a
+// hundred active keys used every poll for four minutes cost feed reads only, then each is
+// re-read once at its safety revalidation, spread over the last quarter of the interval.
+#[tokio::test(start_paused = true)]
+async fn keyed_revalidation_follows_the_feed_not_the_cached_keys() {
+    let store = MemoryStore::keyed();
+    let [a, b] = <[_; 2]>::try_from(instances(&store, 2)).expect("two");
+    let account = a.create_account("acme", "Acme").await.expect("create");
+    let mut keys = Vec::new();
+    for _ in 0..100 {
+        keys.push(a.issue_key(&account).await.expect("issue").secret);
+    }
+    for key in &keys {
+        assert!(b.authenticate(key.expose()).await.is_ok());
+    }
+    let reads = b.stats().point_reads;
+    assert_eq!(reads, 100, "one read per key to start");
+    let mut due_times = Vec::new();
+    let mut elapsed = Duration::ZERO;
+    while elapsed < REVALIDATE + POLL {
+        tokio::time::advance(POLL).await;
+        elapsed += POLL;
+        let before = b.stats().point_reads;
+        for key in &keys {
+            assert!(b.authenticate(key.expose()).await.is_ok());
+        }
+        for _ in before..b.stats().point_reads {
+            due_times.push(elapsed);
+        }
+    }
+    assert_eq!(
+        due_times.len(),
+        100,
+        "each key re-read exactly once in 5 min"
+    );
+    assert!(
+        due_times.iter().all(|&t| t >= REVALIDATE * 3 / 4),
+        "none before 3/4 of the interval: {due_times:?}"
+    );
+    let distinct: std::collections::BTreeSet<_> = due_times.iter().collect();
+    assert!(
+        distinct.len() > 10,
+        "spread over time, not one burst: {distinct:?}"
+    );
+    // The feed was read once per poll meanwhile: the instance's store reads follow the feed.
+    assert!(b.stats().feed_polls >= (REVALIDATE.as_secs() / POLL.as_secs()));
+}
+
+// covers A11: when the feed cannot be read, cached keys fall back to revalidation every TTL
+// (a revocation whose feed entry cannot be seen is still caught within one TTL of the
+// feed's last successful read).
+#[tokio::test(start_paused = true)]
+async fn keyed_unreadable_feed_falls_back_to_the_ttl() {
+    let store = MemoryStore::keyed();
+    let [a, b] = <[_; 2]>::try_from(instances(&store, 2)).expect("two");
+    let account = a.create_account("acme", "Acme").await.expect("create");
+    let issued = a.issue_key(&account).await.expect("issue");
+    assert!(b.authenticate(issued.secret.expose()).await.is_ok());
+    store.fail_feed_reads(true);
+    a.revoke_key(&issued.identity.key).await.expect("revoke");
+    tokio::time::advance(POLL).await;
+    assert!(
+        b.authenticate(issued.secret.expose()).await.is_ok(),
+        "within the TTL the cached copy answers"
+    );
+    tokio::time::advance(TTL).await;
+    assert!(matches!(
+        b.authenticate(issued.secret.expose()).await,
+        Err(AuthError::Revoked)
+    ));
+    assert!(b.stats().reload_failures >= 1);
+    let age = b.stats().snapshot_age.expect("read once");
+    assert!(age >= TTL, "stats say how far behind the feed is: {age:?}");
 }
 
 // covers A11: a gap (the segment under B's cursor rotated away) drops B's cached keys, so a

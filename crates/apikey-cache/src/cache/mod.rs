@@ -187,14 +187,21 @@ impl<S: KeyStore> ApiKeyCache<S> {
             .checked_at
             .map(|at| Instant::now().saturating_duration_since(at));
         stats.keys = snapshot.table.keys as u64;
-        stats.accounts = snapshot.table.document.accounts.len() as u64;
+        stats.accounts = Some(snapshot.table.document.accounts.len() as u64);
+        stats.layout = Some(inner.store.layout());
         stats.skipped_records = snapshot.table.skipped as u64;
         stats.last_reload_error = inner.last_error();
         stats.serving_previous_snapshot = stats.last_reload_error.is_some();
         if let Some(keyed) = &inner.keyed {
             keyed.keys.run_pending_tasks();
             stats.keys = keyed.keys.entry_count();
+            stats.accounts = None;
             stats.skipped_records = stats::get(&inner.counters.corrupt_records);
+            let now = Instant::now();
+            stats.snapshot_age = keyed
+                .feed
+                .ok_at()
+                .map(|at| now.saturating_duration_since(at));
         }
         stats
     }

@@ -74,12 +74,19 @@ pub struct CacheStats {
     pub negative_entries: u64,
     /// Snapshots installed so far (0: never loaded).
     pub snapshot_generation: u64,
-    /// Time since the store last confirmed the snapshot; `None` before the first load.
+    /// Time since the store last confirmed the snapshot; `None` before the first load. Keyed
+    /// layout: time since the change feed was last read successfully (how far behind the
+    /// store this instance's cached keys may be, up to one `poll` when healthy).
     pub snapshot_age: Option<Duration>,
-    /// Keys (valid or revoked) in the current snapshot.
+    /// Keys (valid or revoked) held in memory: single-document layout, every key of the
+    /// current snapshot (the whole table); keyed layout, the verified keys cached now (the
+    /// active ones; the table's size is not known without listing the store).
     pub keys: u64,
-    /// Accounts in the current snapshot.
-    pub accounts: u64,
+    /// Accounts in the current snapshot (single-document layout); `None` in the keyed layout,
+    /// where accounts are records that only a listing of the store could count.
+    pub accounts: Option<u64>,
+    /// The store's layout.
+    pub layout: Option<crate::Layout>,
     /// Malformed records skipped when the current snapshot was built.
     pub skipped_records: u64,
     /// `true` while the latest reload failed and the previous snapshot is being served.

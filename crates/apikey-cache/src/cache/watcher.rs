@@ -15,19 +15,28 @@ use crate::store::KeyStore;
 /// weak reference).
 #[derive(Debug)]
 pub struct Watcher {
-    task: JoinHandle<()>,
+    task: Option<JoinHandle<()>>,
 }
 
 impl Watcher {
     /// Whether the task has ended (the cache was dropped).
     pub fn is_finished(&self) -> bool {
-        self.task.is_finished()
+        self.task.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+
+    /// Let the task run for the cache's lifetime instead of the handle's: it ends by itself
+    /// at its next tick after every handle of the cache is dropped (it holds only a weak
+    /// reference). For an application that keeps the cache, not the watcher.
+    pub fn detach(mut self) {
+        self.task = None; // dropping a JoinHandle detaches the task
     }
 }
 
 impl Drop for Watcher {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
     }
 }
 
@@ -65,6 +74,6 @@ impl<S: KeyStore> ApiKeyCache<S> {
                 }
             }
         });
-        Watcher { task }
+        Watcher { task: Some(task) }
     }
 }

@@ -1,8 +1,9 @@
 //! Tailing the change feed (A11): every `poll`, a ranged read from the last cursor; named
 //! keys are updated or dropped, a gap drops every cached key (each is re-read on next use).
 
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -12,28 +13,58 @@ use crate::cache::{ApiKeyCache, Counters};
 use crate::key::KeyHash;
 use crate::store::{FeedCursor, KeyStore};
 
-/// Where this instance is in the feed.
-#[derive(Debug, Default)]
+/// Where this instance is in the feed. The request path reads only atomics (no lock).
+#[derive(Debug)]
 pub(crate) struct FeedState {
-    /// When the feed was last read (successfully or not); `None`: never.
-    polled_at: Mutex<Option<Instant>>,
+    /// The origin of the two clocks below.
+    base: Instant,
+    /// When the feed was last read, successfully or not: nanoseconds since `base`, plus one
+    /// (0: never).
+    polled_at: AtomicU64,
+    /// When the feed was last read successfully, the same way.
+    ok_at: AtomicU64,
     /// One poll at a time; holds the cursor (`None` until the first read found the end).
     cursor: tokio::sync::Mutex<Option<FeedCursor>>,
 }
 
+impl Default for FeedState {
+    fn default() -> Self {
+        Self {
+            base: Instant::now(),
+            polled_at: AtomicU64::new(0),
+            ok_at: AtomicU64::new(0),
+            cursor: tokio::sync::Mutex::new(None),
+        }
+    }
+}
+
 impl FeedState {
-    fn polled_at(&self) -> Option<Instant> {
-        *self
-            .polled_at
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+    fn load(&self, clock: &AtomicU64) -> Option<Instant> {
+        match clock.load(Ordering::Acquire) {
+            0 => None,
+            n => self.base.checked_add(Duration::from_nanos(n - 1)),
+        }
     }
 
-    fn set_polled_at(&self, at: Instant) {
-        *self
-            .polled_at
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(at);
+    fn store(&self, clock: &AtomicU64, at: Instant) {
+        let nanos = at.saturating_duration_since(self.base).as_nanos();
+        let nanos = u64::try_from(nanos).unwrap_or(u64::MAX - 1);
+        clock.store(nanos + 1, Ordering::Release);
+    }
+
+    fn polled_at(&self) -> Option<Instant> {
+        self.load(&self.polled_at)
+    }
+
+    /// When the feed was last read successfully (`None`: never).
+    pub(crate) fn ok_at(&self) -> Option<Instant> {
+        self.load(&self.ok_at)
+    }
+
+    /// Whether the feed was read successfully less than `within` ago.
+    pub(crate) fn healthy(&self, now: Instant, within: Duration) -> bool {
+        self.ok_at()
+            .is_some_and(|at| now.saturating_duration_since(at) < within)
     }
 }
 
@@ -76,7 +107,8 @@ impl<S: KeyStore> ApiKeyCache<S> {
             inner.store.read_feed(cursor.as_ref()),
         )
         .await;
-        state.feed.set_polled_at(Instant::now());
+        let polled = Instant::now();
+        state.feed.store(&state.feed.polled_at, polled);
         let batch = match read {
             Ok(batch) => batch,
             Err(error) => {
@@ -87,6 +119,12 @@ impl<S: KeyStore> ApiKeyCache<S> {
             }
         };
         let mut gap = batch.gap && cursor.is_some();
+        if cursor.is_none() {
+            // The first successful read only finds the feed's end: anything cached before it
+            // (while the feed could not be read) may predate a change the feed carried.
+            state.invalidations.fetch_add(1, Ordering::SeqCst);
+            state.keys.invalidate_all();
+        }
         for line in &batch.entries {
             Counters::bump(&inner.counters.feed_entries);
             match from_json::<FeedEntry>(line) {
@@ -114,6 +152,7 @@ impl<S: KeyStore> ApiKeyCache<S> {
             inner.negative().clear();
         }
         *cursor = Some(batch.next);
+        state.feed.store(&state.feed.ok_at, polled);
         Ok(())
     }
 
@@ -125,11 +164,13 @@ impl<S: KeyStore> ApiKeyCache<S> {
         if let Some(entry) = state.keys.get(&hash) {
             state.keys.insert(
                 hash,
-                Arc::new(Cached {
-                    identity: entry.identity.clone(),
-                    revoked: true,
-                    checked_at: Instant::now(),
-                }),
+                Arc::new(Cached::new(
+                    entry.identity.clone(),
+                    true,
+                    &hash,
+                    Instant::now(),
+                    self.inner.config.revalidate,
+                )),
             );
         }
     }

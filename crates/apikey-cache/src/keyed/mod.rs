@@ -19,15 +19,41 @@ pub(crate) use self::records::{
 use crate::cache::{ApiKeyCache, Counters};
 use crate::config::CacheConfig;
 use crate::error::{AuthError, StoreError};
-use crate::key::{AccountId, Identity, KeyHash, KeyId};
+use crate::key::{AccountId, Identity, KeyHash, KeyId, PrefixHasher};
 use crate::store::KeyStore;
 
-/// A verified key as cached: who it is, whether it is revoked, when the store confirmed it.
+/// A verified key as cached: who it is, whether it is revoked, when the store confirmed it
+/// and until when the change feed alone keeps it fresh.
 #[derive(Debug)]
 pub(crate) struct Cached {
     pub(crate) identity: Identity,
     pub(crate) revoked: bool,
     pub(crate) checked_at: Instant,
+    /// `checked_at` + the safety revalidation, less up to a quarter of it picked by the key's
+    /// hash: revalidations of keys cached together spread out instead of coming due at once.
+    pub(crate) trust_until: Instant,
+}
+
+impl Cached {
+    pub(crate) fn new(
+        identity: Identity,
+        revoked: bool,
+        hash: &KeyHash,
+        checked_at: Instant,
+        revalidate: Duration,
+    ) -> Self {
+        let spread = revalidate / 4;
+        let back = spread.mul_f64((hash.bucket() % 1024) as f64 / 1024.0);
+        let trust_until = checked_at
+            .checked_add(revalidate - back)
+            .unwrap_or(checked_at);
+        Self {
+            identity,
+            revoked,
+            checked_at,
+            trust_until,
+        }
+    }
 }
 
 type PointRead = Result<Option<Arc<Cached>>, Arc<StoreError>>;
@@ -35,7 +61,7 @@ type PointRead = Result<Option<Arc<Cached>>, Arc<StoreError>>;
 /// The keyed engine's state inside one cache.
 pub(crate) struct KeyedState {
     /// Verified keys, bounded by `key_capacity` and `key_idle` (A12).
-    pub(crate) keys: moka::sync::Cache<KeyHash, Arc<Cached>>,
+    pub(crate) keys: moka::sync::Cache<KeyHash, Arc<Cached>, PrefixHasher>,
     reads: SingleFlight<KeyHash, PointRead>,
     /// Bumped whenever the feed invalidates something: a point read that overlapped it is
     /// answered but not cached (it may predate the change).
@@ -60,7 +86,7 @@ impl KeyedState {
             keys: moka::sync::Cache::builder()
                 .max_capacity(config.key_capacity)
                 .time_to_idle(config.key_idle)
-                .build(),
+                .build_with_hasher(PrefixHasher::default()),
             reads: SingleFlight::new(),
             invalidations: AtomicU64::new(0),
             tat: Mutex::new(None),
@@ -126,7 +152,7 @@ impl<S: KeyStore> ApiKeyCache<S> {
         self.poll_feed_if_due(now).await;
         let cached = state.keys.get(&hash);
         if let Some(entry) = &cached
-            && now.saturating_duration_since(entry.checked_at) < inner.config.ttl
+            && self.fresh(entry, now)
         {
             return self.keyed_answer(entry);
         }
@@ -161,6 +187,16 @@ impl<S: KeyStore> ApiKeyCache<S> {
                 None => Err(AuthError::Unavailable { source }),
             },
         }
+    }
+
+    /// Whether a cached entry may answer without a store read: younger than the TTL, or,
+    /// while the feed has been read successfully within the TTL (so every change announced
+    /// since the entry was read has been applied to it), younger than its safety
+    /// revalidation.
+    fn fresh(&self, entry: &Cached, now: Instant) -> bool {
+        let ttl = self.inner.config.ttl;
+        now.saturating_duration_since(entry.checked_at) < ttl
+            || (now < entry.trust_until && self.keyed().feed.healthy(now, ttl))
     }
 
     fn keyed_answer(&self, entry: &Cached) -> Result<Identity, AuthError> {
@@ -207,14 +243,16 @@ impl<S: KeyStore> ApiKeyCache<S> {
                 return Err(Arc::new(error));
             }
         };
-        let cached = Arc::new(Cached {
-            identity: Identity {
+        let cached = Arc::new(Cached::new(
+            Identity {
                 account: AccountId::new(entry.account),
                 key: KeyId::new(entry.key_id),
             },
-            revoked: entry.revoked_unix.is_some(),
-            checked_at: Instant::now(),
-        });
+            entry.revoked_unix.is_some(),
+            &hash,
+            Instant::now(),
+            inner.config.revalidate,
+        ));
         if state.invalidations.load(Ordering::SeqCst) == before {
             state.keys.insert(hash, cached.clone());
         }

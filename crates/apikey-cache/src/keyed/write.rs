@@ -206,11 +206,13 @@ impl<S: KeyStore> ApiKeyCache<S> {
         self.inner.negative().remove(&hash);
         state.keys.insert(
             hash,
-            Arc::new(Cached {
-                identity: identity.clone(),
+            Arc::new(Cached::new(
+                identity.clone(),
                 revoked,
-                checked_at: Instant::now(),
-            }),
+                &hash,
+                Instant::now(),
+                self.inner.config.revalidate,
+            )),
         );
     }
 }

@@ -101,6 +101,14 @@ impl BlobStore {
         store
     }
 
+    /// The same store in `layout`: for [`Layout::Keyed`] the `blob` given to
+    /// [`BlobStore::new`] becomes the record-name prefix (as [`BlobStore::keyed`]'s `prefix`),
+    /// e.g. `"apikeys/"`. For code that receives a store built elsewhere.
+    pub fn with_layout(mut self, layout: Layout) -> Self {
+        self.layout = layout;
+        self
+    }
+
     /// Keyed layout: rotate the feed's append blob at `bytes` (default 4 MiB; clamped to
     /// 2 KiB – 190 GiB).
     pub fn feed_segment_bytes(mut self, bytes: u64) -> Self {

@@ -31,6 +31,7 @@ struct Shared {
     state: Mutex<State>,
     keyed: Mutex<KeyedState>,
     fail_appends: AtomicBool,
+    fail_feed_reads: AtomicBool,
     record_reads: AtomicU64,
     record_writes: AtomicU64,
     record_conflicts: AtomicU64,
@@ -168,6 +169,7 @@ impl MemoryStore {
                 layout,
                 keyed: Mutex::new(KeyedState::default()),
                 fail_appends: AtomicBool::new(false),
+                fail_feed_reads: AtomicBool::new(false),
                 record_reads: AtomicU64::new(0),
                 record_writes: AtomicU64::new(0),
                 record_conflicts: AtomicU64::new(0),
@@ -236,6 +238,12 @@ impl MemoryStore {
     /// feed append).
     pub fn fail_feed_appends(&self, fail: bool) {
         self.shared.fail_appends.store(fail, Ordering::SeqCst);
+    }
+
+    /// While `true`, change-feed reads fail with [`StoreError::Unavailable`] (point reads
+    /// still answer).
+    pub fn fail_feed_reads(&self, fail: bool) {
+        self.shared.fail_feed_reads.store(fail, Ordering::SeqCst);
     }
 
     /// Keyed layout: start a new feed segment after this many entries (default 10 000; the
@@ -471,7 +479,7 @@ impl KeyStore for MemoryStore {
         self.keyed_only("read_feed")?;
         s.feed_reads.fetch_add(1, Ordering::SeqCst);
         self.delay().await;
-        if s.fail_loads.load(Ordering::SeqCst) {
+        if s.fail_loads.load(Ordering::SeqCst) || s.fail_feed_reads.load(Ordering::SeqCst) {
             return Err(StoreError::unavailable("injected load failure"));
         }
         let keyed = self.keyed_state();
