@@ -6,8 +6,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use crate::entry::{CapturedBody, Header};
+use crate::entry::{CapturedBody, Header, headers_bytes};
 use crate::inspector::Shared;
+use crate::telemetry::Counter;
 use crate::{Entry, Outcome};
 
 /// The first `limit` bytes of one body, plus what was seen of the rest.
@@ -58,16 +59,21 @@ impl CaptureBuf {
     }
 
     /// Hand the bytes over to an entry; the in-flight count drops by what this buffer held.
-    fn close(&mut self, shared: &Shared) -> CapturedBody {
+    /// `copied` counts the bytes kept (`inspector.captured.bytes` for this body).
+    fn close(&mut self, shared: &Shared, copied: &Counter) -> CapturedBody {
         self.closed = true;
         let mut buf = std::mem::take(&mut self.buf);
+        // Allocated to size, so `Bytes::from` takes it over without a second allocation and
+        // `CapturedBody::held_bytes` is its length.
         buf.shrink_to_fit();
         shared.counters.release(std::mem::take(&mut self.held));
+        copied.add(buf.len() as u64);
         if self.truncated {
             shared
                 .counters
                 .truncated_bodies
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            shared.metrics.truncated.add(1);
         }
         CapturedBody {
             bytes: Bytes::from(buf),
@@ -105,10 +111,6 @@ pub(crate) struct Finisher {
     done: bool,
 }
 
-fn header_bytes(headers: &[Header]) -> usize {
-    headers.iter().map(|h| h.name.len() + h.value.len()).sum()
-}
-
 impl Finisher {
     #[allow(
         clippy::too_many_arguments,
@@ -124,9 +126,9 @@ impl Finisher {
         request_headers: Vec<Header>,
         request: Arc<Mutex<CaptureBuf>>,
     ) -> Self {
-        let headers_held = header_bytes(&request_headers)
-            + query.as_ref().map_or(0, String::len)
-            + owner.as_ref().map_or(0, String::len);
+        let headers_held = headers_bytes(&request_headers)
+            + query.as_ref().map_or(0, String::capacity)
+            + owner.as_ref().map_or(0, String::capacity);
         shared.counters.hold(headers_held);
         let limit = shared.config.body_limit;
         Self {
@@ -153,7 +155,7 @@ impl Finisher {
 
     /// The response head arrived.
     pub(crate) fn response(&mut self, status: u16, headers: Vec<Header>) {
-        let held = header_bytes(&headers);
+        let held = headers_bytes(&headers);
         self.shared.counters.hold(held);
         self.headers_held += held;
         self.status = Some(status);
@@ -167,8 +169,9 @@ impl Finisher {
             return;
         }
         let shared = Arc::clone(&self.shared);
-        let request_body = lock(&self.request).close(&shared);
-        let response_body = self.response.close(&shared);
+        let metrics = &shared.metrics;
+        let request_body = lock(&self.request).close(&shared, &metrics.request_bytes);
+        let response_body = self.response.close(&shared, &metrics.response_bytes);
         shared
             .counters
             .release(std::mem::take(&mut self.headers_held));
@@ -196,6 +199,7 @@ impl Finisher {
         counters
             .captured
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        metrics.captured.add(1);
         tracing::debug!(
             request_id = %entry.request_id,
             status = ?entry.status,
@@ -203,7 +207,7 @@ impl Finisher {
             "request captured"
         );
         // Evicted entries are dropped here, after the ring's lock is released.
-        let _evicted = shared.ring.push(Arc::new(entry), counters);
+        let _evicted = shared.ring.push(Arc::new(entry), counters, metrics);
         counters.note_ring_peak();
     }
 }

@@ -244,9 +244,11 @@ impl InspectorConfig {
         self
     }
 
-    /// Whether a query parameter's value is redacted in recorded queries (I6).
+    /// Whether a query parameter's value is redacted in recorded queries (I6). `name` is taken
+    /// as written in the query: it is percent-decoded first (`%73ig` is `sig`,
+    /// `access%5Ftoken` is `access_token`; `+` is a space), then compared case-insensitively.
     pub fn is_redacted_query_param(&self, name: &str) -> bool {
-        let name = name.to_ascii_lowercase();
+        let name = percent_decode(name).to_ascii_lowercase();
         self.redact_query.contains(&name)
             || REDACTED_NAME_WORDS.iter().any(|word| name.contains(word))
     }
@@ -276,6 +278,40 @@ impl InspectorConfig {
     pub fn is_redacted(&self, name: &HeaderName) -> bool {
         self.redact.contains(name) || names_a_secret(name.as_str())
     }
+}
+
+/// `raw` with each `%XX` escape decoded and `+` read as a space, the way a server reads a query
+/// parameter's name; a `%` not followed by two hex digits is kept as written, and invalid UTF-8
+/// becomes U+FFFD. Decoded once, like a server does (`%2573ig` is the name `%73ig`).
+fn percent_decode(raw: &str) -> std::borrow::Cow<'_, str> {
+    if !raw.contains(['%', '+']) {
+        return std::borrow::Cow::Borrowed(raw);
+    }
+    let hex = |b: Option<&u8>| match b {
+        Some(&b @ b'0'..=b'9') => Some(b - b'0'),
+        Some(&b @ b'a'..=b'f') => Some(b - b'a' + 10),
+        Some(&b @ b'A'..=b'F') => Some(b - b'A' + 10),
+        _ => None,
+    };
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                if let (Some(high), Some(low)) = (hex(bytes.get(i + 1)), hex(bytes.get(i + 2))) {
+                    out.push(high * 16 + low);
+                    i += 3;
+                    continue;
+                }
+                out.push(b'%');
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    std::borrow::Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
 /// Whether a lowercase header name mentions a secret (I6).
@@ -370,10 +406,23 @@ mod tests {
             "X-Amz-Signature",
             "X-Amz-Credential",
             "x-ticket",
+            // Percent-encoded names are decoded first (#24).
+            "%73ig",
+            "%73%69%67",
+            "%53ig",
+            "access%5Ftoken",
+            "access%5ftoken",
+            "client%5Fsecret",
+            "x%2Dticket",
+            "%63ode",
+            "api+key",
         ] {
             assert!(config.is_redacted_query_param(name), "{name}");
         }
-        for name in ["limit", "cluster", "method", "status", "continue"] {
+        for name in [
+            "limit", "cluster", "method", "status", "continue", "%6Cimit", "%2573ig", "%", "%7",
+            "%zz",
+        ] {
             assert!(!config.is_redacted_query_param(name), "{name}");
         }
     }

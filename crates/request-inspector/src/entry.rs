@@ -49,23 +49,34 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// Bytes this entry keeps alive: bodies, header names and values, path, method and id.
+    /// Bytes this entry keeps alive, as the allocator sees them: the entry itself (in its `Arc`),
+    /// the capacity of each of its strings and header lists, and its body copies.
+    ///
+    /// This is a size model, not an estimate: `tests/memory.rs` checks it against a counting
+    /// allocator (issue #23: counting only text lengths missed a third of an entry).
     pub fn retained_bytes(&self) -> usize {
-        let headers: usize = self
-            .request_headers
-            .iter()
-            .chain(&self.response_headers)
-            .map(|h| h.name.len() + h.value.len())
-            .sum();
-        self.request_body.captured_bytes()
-            + self.response_body.captured_bytes()
-            + headers
-            + self.path.len()
-            + self.query.as_ref().map_or(0, String::len)
-            + self.owner.as_ref().map_or(0, String::len)
-            + self.method.len()
-            + self.request_id.len()
+        // `Arc<Entry>`: the strong and weak counts, then the entry.
+        2 * size_of::<usize>()
+            + size_of::<Entry>()
+            + self.request_id.capacity()
+            + self.method.capacity()
+            + self.path.capacity()
+            + self.query.as_ref().map_or(0, String::capacity)
+            + self.owner.as_ref().map_or(0, String::capacity)
+            + headers_bytes(&self.request_headers)
+            + headers_bytes(&self.response_headers)
+            + self.request_body.held_bytes()
+            + self.response_body.held_bytes()
     }
+}
+
+/// The bytes a recorded header list holds: its buffer and each name's and value's.
+pub(crate) fn headers_bytes(headers: &Vec<Header>) -> usize {
+    headers.capacity() * size_of::<Header>()
+        + headers
+            .iter()
+            .map(|h| h.name.capacity() + h.value.capacity())
+            .sum::<usize>()
 }
 
 /// How a captured exchange ended.
@@ -100,19 +111,26 @@ pub struct Header {
 /// [`HEADERS_CUT`] pseudo-header (I6).
 pub(crate) fn record_headers(headers: &HeaderMap, config: &InspectorConfig) -> Vec<Header> {
     let limit = config.header_limit_bytes();
-    let mut kept = Vec::new();
+    let mut kept = Vec::with_capacity(headers.len());
     let (mut used, mut cut, mut cut_bytes) = (0_usize, 0_usize, 0_usize);
     for (name, value) in headers {
-        let value = if config.is_redacted(name) {
-            REDACTED.to_string()
-        } else {
-            String::from_utf8_lossy(value.as_bytes()).into_owned()
-        };
-        let size = name.as_str().len().saturating_add(value.len());
+        let size = name
+            .as_str()
+            .len()
+            .saturating_add(if config.is_redacted(name) {
+                REDACTED.len()
+            } else {
+                value.len()
+            });
         if cut == 0 && used.saturating_add(size) <= limit {
             used += size;
+            let value = if config.is_redacted(name) {
+                REDACTED.to_owned()
+            } else {
+                String::from_utf8_lossy(value.as_bytes()).into_owned()
+            };
             kept.push(Header {
-                name: name.as_str().to_string(),
+                name: name.as_str().to_owned(),
                 value,
             });
         } else {
@@ -123,7 +141,7 @@ pub(crate) fn record_headers(headers: &HeaderMap, config: &InspectorConfig) -> V
     }
     if cut > 0 {
         kept.push(Header {
-            name: HEADERS_CUT.to_string(),
+            name: HEADERS_CUT.to_owned(),
             value: format!("{cut} headers ({cut_bytes} bytes) not recorded"),
         });
     }
@@ -132,10 +150,11 @@ pub(crate) fn record_headers(headers: &HeaderMap, config: &InspectorConfig) -> V
 
 /// Record `query` with the values of credential parameters replaced by [`REDACTED`] (I6), cut
 /// at the configured header limit (on a character boundary). Parameters are split on `&`; a
-/// parameter's name is its text before `=`, percent-decoding is not attempted (an encoded
-/// name such as `%73ig` is kept as written and so is not recognised — see docs).
+/// parameter's name is its text before `=`, percent-decoded before it is matched (`%73ig` is
+/// `sig`, `access%5Ftoken` is `access_token`) and recorded as written.
 pub(crate) fn record_query(query: &str, config: &InspectorConfig) -> String {
-    let mut out = String::with_capacity(query.len().min(config.header_limit_bytes()));
+    let limit = config.header_limit_bytes();
+    let mut out = String::with_capacity(query.len().min(limit));
     for (i, pair) in query.split('&').enumerate() {
         if i > 0 {
             out.push('&');
@@ -148,17 +167,18 @@ pub(crate) fn record_query(query: &str, config: &InspectorConfig) -> String {
             }
             _ => out.push_str(pair),
         }
-        if out.len() > config.header_limit_bytes() {
+        if out.len() > limit {
             break;
         }
     }
-    if out.len() > config.header_limit_bytes() {
-        let mut cut = config.header_limit_bytes();
+    if out.len() > limit {
+        let mut cut = limit;
         while !out.is_char_boundary(cut) {
             cut -= 1;
         }
         out.truncate(cut);
     }
+    out.shrink_to_fit();
     out
 }
 
@@ -196,6 +216,11 @@ impl CapturedBody {
     /// unread when the exchange ended).
     pub fn complete(&self) -> bool {
         self.complete
+    }
+
+    /// The bytes of memory the copy holds (its buffer is allocated to size, never cloned).
+    pub(crate) fn held_bytes(&self) -> usize {
+        self.bytes.len()
     }
 
     /// The captured bytes as text (invalid UTF-8 replaced by U+FFFD).
@@ -254,6 +279,16 @@ mod tests {
         assert_eq!(
             record_query("code=xyz&access_token=t&cluster=aks-1&flag", &config),
             "code=[redacted]&access_token=[redacted]&cluster=aks-1&flag"
+        );
+        // Names are percent-decoded before matching (#24); the value stays redacted and the
+        // name is recorded as written.
+        assert_eq!(
+            record_query(
+                "%73ig=abc&access%5Ftoken=t&%53%49%47=x&cluster=aks%2D1&%=1&%7=2",
+                &config
+            ),
+            "%73ig=[redacted]&access%5Ftoken=[redacted]&%53%49%47=[redacted]&cluster=aks%2D1\
+             &%=1&%7=2"
         );
         let small = InspectorConfig::new().header_limit(8);
         assert_eq!(record_query("cluster=aks-eastus", &small), "cluster=");

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use http::Method;
 
 use crate::ring::{Counters, Ring};
+use crate::telemetry::Metrics;
 use crate::{Entry, FilterError, InspectorConfig, InspectorLayer, InspectorStats};
 
 /// State shared by the layer, its services, in-flight captures and the handle.
@@ -13,6 +14,7 @@ pub(crate) struct Shared {
     pub(crate) config: InspectorConfig,
     pub(crate) ring: Ring,
     pub(crate) counters: Counters,
+    pub(crate) metrics: Metrics,
 }
 
 /// The inspector: make its [`layer`](Self::layer), read its ring and counters.
@@ -25,6 +27,9 @@ pub struct Inspector {
 
 impl Inspector {
     /// An inspector with `config`.
+    ///
+    /// With the feature `metrics` (default), its series are registered here, with the recorder
+    /// installed at this point (none: nothing is recorded); see the guide's Metrics section.
     pub fn new(config: InspectorConfig) -> Self {
         let ring = Ring::new(config.capacity);
         Self {
@@ -32,6 +37,7 @@ impl Inspector {
                 config,
                 ring,
                 counters: Counters::default(),
+                metrics: Metrics::new(),
             }),
         }
     }
@@ -49,29 +55,36 @@ impl Inspector {
     }
 
     /// The ring's entries, newest first.
+    ///
+    /// The ring's lock is held only to copy its chunk handles (one per 64 entries); the list is
+    /// built after it is released, so a large ring does not hold up the requests being recorded.
     pub fn entries(&self) -> Vec<Arc<Entry>> {
-        self.shared.ring.snapshot()
+        self.shared.ring.entries()
     }
 
-    /// The entries `filter` keeps, newest first.
+    /// The entries `filter` keeps, newest first (built outside the ring's lock).
     pub fn entries_matching(&self, filter: &EntryFilter) -> Vec<Arc<Entry>> {
-        let mut entries = self.shared.ring.snapshot();
-        entries.retain(|e| filter.matches(e));
-        if let Some(limit) = filter.limit {
-            entries.truncate(limit);
-        }
-        entries
+        let snapshot = self.shared.ring.snapshot();
+        snapshot
+            .iter()
+            .filter(|e| filter.matches(e))
+            .take(filter.limit.unwrap_or(usize::MAX))
+            .cloned()
+            .collect()
     }
 
-    /// The counters, including the bytes the layer holds right now and at its peak.
+    /// The counters, including the bytes the layer holds right now and at its peak. Reads
+    /// atomics only: it never takes the ring's lock.
     pub fn stats(&self) -> InspectorStats {
-        let len = self.shared.ring.snapshot().len();
-        self.shared.counters.snapshot(len)
+        self.shared.counters.snapshot(self.shared.ring.len())
     }
 
     /// Empty the ring (counters other than the byte counts are kept).
     pub fn clear(&self) {
-        let _dropped = self.shared.ring.clear(&self.shared.counters);
+        let _dropped = self
+            .shared
+            .ring
+            .clear(&self.shared.counters, &self.shared.metrics);
     }
 
     /// The configuration.

@@ -91,6 +91,7 @@ mod matcher;
 mod request_id;
 mod ring;
 mod service;
+mod telemetry;
 
 pub use body::InspectBody;
 pub use config::{

@@ -132,12 +132,27 @@ fn normalise(raw: &str) -> Result<String, ConfigError> {
 }
 
 /// `.` or `..`, also percent-encoded (`%2e`, `.%2E`, …): segments some servers resolve.
+/// Runs on every request's path, so it allocates nothing (issue #23).
 fn has_dot_segment(path: &str) -> bool {
-    path.split('/').any(|segment| {
-        let lower = segment.to_ascii_lowercase();
-        let decoded = lower.replace("%2e", ".");
-        decoded == "." || decoded == ".."
-    })
+    path.split('/').any(is_dot_segment)
+}
+
+/// Whether `segment` is one or two dots, each written `.`, `%2e` or `%2E`.
+fn is_dot_segment(segment: &str) -> bool {
+    let mut rest = segment.as_bytes();
+    let mut dots = 0;
+    while !rest.is_empty() {
+        rest = match rest {
+            [b'.', tail @ ..] => tail,
+            [b'%', b'2', b'e' | b'E', tail @ ..] => tail,
+            _ => return false,
+        };
+        dots += 1;
+        if dots > 2 {
+            return false;
+        }
+    }
+    dots > 0
 }
 
 #[cfg(test)]
@@ -219,6 +234,29 @@ mod tests {
                 matches!(err, ConfigError::InvalidPrefix { ref prefix, .. } if prefix == bad),
                 "{bad:?}: {err}"
             );
+        }
+    }
+
+    #[test]
+    fn dot_segments_are_recognised_in_every_spelling() {
+        for segment in [".", "..", "%2e", "%2E", ".%2e", "%2E.", "%2e%2E"] {
+            assert!(is_dot_segment(segment), "{segment}");
+        }
+        for segment in [
+            "",
+            "...",
+            "%2e%2e%2e",
+            "a",
+            ".a",
+            "a.",
+            "%2",
+            "%2f",
+            "%2e%",
+            ".%2",
+            "%3e",
+            "..a",
+        ] {
+            assert!(!is_dot_segment(segment), "{segment}");
         }
     }
 

@@ -1,11 +1,13 @@
 //! Request ids: validate an incoming `x-request-id` or generate a fresh one.
 
+use std::cell::Cell;
 use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::RequestIdError;
@@ -33,6 +35,33 @@ pub const MAX_REQUEST_ID_LEN: usize = 128;
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct RequestId(HeaderValue);
 
+/// 1 to [`MAX_REQUEST_ID_LEN`] bytes of visible ASCII.
+fn validate(bytes: &[u8]) -> Result<(), RequestIdError> {
+    if bytes.is_empty() {
+        return Err(RequestIdError::Empty);
+    }
+    if bytes.len() > MAX_REQUEST_ID_LEN {
+        return Err(RequestIdError::TooLong {
+            len: bytes.len(),
+            max: MAX_REQUEST_ID_LEN,
+        });
+    }
+    match bytes.iter().position(|b| !(0x21..=0x7e).contains(b)) {
+        Some(position) => Err(RequestIdError::InvalidByte { position }),
+        None => Ok(()),
+    }
+}
+
+/// `value` as lowercase hex digits, most significant first, filling `out` (16 bytes).
+fn hex_into(out: &mut [u8], value: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let len = out.len();
+    for (i, byte) in out.iter_mut().enumerate() {
+        let shift = 4 * (len - 1 - i);
+        *byte = DIGITS[((value >> shift) & 0xf) as usize];
+    }
+}
+
 impl RequestId {
     /// Validate `value` as a request id.
     pub fn parse(value: &str) -> Result<Self, RequestIdError> {
@@ -40,18 +69,7 @@ impl RequestId {
     }
 
     fn from_bytes(bytes: &[u8]) -> Result<Self, RequestIdError> {
-        if bytes.is_empty() {
-            return Err(RequestIdError::Empty);
-        }
-        if bytes.len() > MAX_REQUEST_ID_LEN {
-            return Err(RequestIdError::TooLong {
-                len: bytes.len(),
-                max: MAX_REQUEST_ID_LEN,
-            });
-        }
-        if let Some(position) = bytes.iter().position(|b| !(0x21..=0x7e).contains(b)) {
-            return Err(RequestIdError::InvalidByte { position });
-        }
+        validate(bytes)?;
         HeaderValue::from_bytes(bytes)
             .map(Self)
             .map_err(|_| RequestIdError::InvalidByte { position: 0 })
@@ -59,32 +77,62 @@ impl RequestId {
 
     /// A fresh id: 32 lowercase hex digits, a random per-process prefix followed by a
     /// per-process counter, so ids never repeat within a process and rarely across processes.
+    ///
+    /// Cheap enough for every request (issue #23): the digits are written into a fixed buffer
+    /// (no formatting), which becomes the header value's only allocation, and each thread takes
+    /// its counter values in blocks, so threads do not contend on one shared counter.
     pub fn generate() -> Self {
+        const BLOCK: u64 = 1024;
         static PREFIX: OnceLock<u64> = OnceLock::new();
         static COUNTER: AtomicU64 = AtomicU64::new(0);
+        thread_local! {
+            /// The next value this thread hands out and the end of its block.
+            static BLOCK_LEFT: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
+        }
         // `RandomState` is seeded from the OS's randomness: a random u64 without a dependency.
         let prefix = *PREFIX.get_or_init(|| {
             let mut hasher = RandomState::new().build_hasher();
             hasher.write_u32(std::process::id());
             hasher.finish()
         });
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let text = format!("{prefix:016x}{n:016x}");
-        Self(HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("0")))
+        let n = BLOCK_LEFT.with(|cell| {
+            let (mut next, mut end) = cell.get();
+            if next == end {
+                next = COUNTER.fetch_add(BLOCK, Ordering::Relaxed);
+                end = next + BLOCK;
+            }
+            cell.set((next + 1, end));
+            next
+        });
+        let mut digits = [0_u8; 32];
+        hex_into(&mut digits[..16], prefix);
+        hex_into(&mut digits[16..], n);
+        // Hex digits are always a valid header value.
+        let value = HeaderValue::from_maybe_shared(Bytes::from_owner(digits))
+            .unwrap_or_else(|_| HeaderValue::from_static("0"));
+        Self(value)
     }
 
     /// The incoming id if the headers carry exactly one valid `x-request-id`, else a fresh one.
     /// The second value says whether an incoming value was present but rejected.
     pub fn from_headers_or_generate(headers: &HeaderMap) -> (Self, Option<RequestIdError>) {
+        let (id, rejected, _) = Self::from_headers(headers);
+        (id, rejected)
+    }
+
+    /// Like [`from_headers_or_generate`](Self::from_headers_or_generate); the third value says
+    /// whether the id is the incoming header value itself (then the request already carries
+    /// it). An accepted incoming value is shared, not copied.
+    pub(crate) fn from_headers(headers: &HeaderMap) -> (Self, Option<RequestIdError>, bool) {
         let mut values = headers.get_all(&REQUEST_ID_HEADER).iter();
         match (values.next(), values.next()) {
-            (None, _) => (Self::generate(), None),
-            (Some(value), None) => match Self::from_bytes(value.as_bytes()) {
-                Ok(id) => (id, None),
-                Err(err) => (Self::generate(), Some(err)),
+            (None, _) => (Self::generate(), None, false),
+            (Some(value), None) => match validate(value.as_bytes()) {
+                Ok(()) => (Self(value.clone()), None, true),
+                Err(err) => (Self::generate(), Some(err), false),
             },
             // Two ids for one request: neither can be trusted to be *the* id.
-            (Some(_), Some(_)) => (Self::generate(), Some(RequestIdError::Repeated)),
+            (Some(_), Some(_)) => (Self::generate(), Some(RequestIdError::Repeated), false),
         }
     }
 
@@ -145,6 +193,36 @@ mod tests {
             assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
             assert!(RequestId::parse(id).is_ok());
         }
+    }
+
+    #[test]
+    fn hex_digits_match_formatting() {
+        for value in [0, 1, 0xabc, u64::MAX, 0x0123_4567_89ab_cdef] {
+            let mut out = [0_u8; 16];
+            hex_into(&mut out, value);
+            assert_eq!(std::str::from_utf8(&out).unwrap(), format!("{value:016x}"));
+        }
+    }
+
+    #[test]
+    fn ids_generated_on_several_threads_never_repeat() {
+        let ids: Vec<String> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| {
+                    scope.spawn(|| {
+                        (0..3000)
+                            .map(|_| RequestId::generate().as_str().to_string())
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap())
+                .collect()
+        });
+        let unique: std::collections::HashSet<&String> = ids.iter().collect();
+        assert_eq!(unique.len(), 12_000);
     }
 
     #[test]

@@ -7,58 +7,159 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde::Serialize;
 
 use crate::Entry;
+use crate::telemetry::Metrics;
 
-/// Newest-first ring of entries. The lock is held only to push or to clone the `Arc`s out,
-/// never across an `.await`.
+/// Entries per chunk of the ring.
+const CHUNK: usize = 64;
+
+/// Oldest entries first. Shared (`Arc`) so that a reader copies a chunk handle under the lock,
+/// not every entry handle; a writer clones a chunk (at most [`CHUNK`] handles) only when a
+/// reader still holds it.
+type Chunk = Arc<Vec<Arc<Entry>>>;
+
+/// The bytes one chunk holds: its `Arc` allocation (two counts and the `Vec`) and its buffer of
+/// [`CHUNK`] entry handles. Counted in `ring_slot_bytes` while the chunk is in the ring.
+pub(crate) const CHUNK_BYTES: usize =
+    2 * size_of::<usize>() + size_of::<Vec<Arc<Entry>>>() + CHUNK * size_of::<Arc<Entry>>();
+
+/// Newest-first ring of entries, stored oldest first in chunks of [`CHUNK`] entries.
+///
+/// The lock is held only to push (and evict) one entry or to copy the chunk handles out —
+/// `capacity / 64` handles, not `capacity` — and never across an `.await`; readers build their
+/// list of entries after releasing it (issue #23: at 100 000 entries the lock was held for the
+/// whole copy).
 #[derive(Debug)]
 pub(crate) struct Ring {
-    entries: Mutex<VecDeque<Arc<Entry>>>,
+    chunks: Mutex<VecDeque<Chunk>>,
     capacity: usize,
+    /// Entries in the ring, kept under the lock and read without it ([`Inspector::stats`]).
+    ///
+    /// [`Inspector::stats`]: crate::Inspector::stats
+    len: AtomicUsize,
+}
+
+/// The chunk handles copied out under the lock; [`Snapshot::iter`] walks them newest first.
+pub(crate) struct Snapshot(Vec<Chunk>);
+
+impl Snapshot {
+    /// The entries, newest first.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Arc<Entry>> {
+        self.0.iter().rev().flat_map(|chunk| chunk.iter().rev())
+    }
+}
+
+/// `chunk`'s entries, cloned first if a reader still holds it (at most [`CHUNK`] handles; the
+/// copy keeps the full chunk capacity, so [`CHUNK_BYTES`] stays exact).
+fn writable(chunk: &mut Chunk) -> &mut Vec<Arc<Entry>> {
+    if Arc::get_mut(chunk).is_none() {
+        let mut copy = Vec::with_capacity(CHUNK);
+        copy.extend(chunk.iter().cloned());
+        *chunk = Arc::new(copy);
+    }
+    Arc::get_mut(chunk).unwrap_or_else(|| unreachable!("a chunk just made is not shared"))
 }
 
 impl Ring {
     pub(crate) fn new(capacity: usize) -> Self {
+        let capacity = capacity.max(1);
         Self {
-            entries: Mutex::new(VecDeque::with_capacity(capacity.min(1024))),
-            capacity: capacity.max(1),
+            // Room for every chunk a full ring can hold, so the deque never grows.
+            chunks: Mutex::new(VecDeque::with_capacity(capacity.div_ceil(CHUNK) + 1)),
+            capacity,
+            len: AtomicUsize::new(0),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, VecDeque<Arc<Entry>>> {
+    fn lock(&self) -> MutexGuard<'_, VecDeque<Chunk>> {
         // A panic elsewhere cannot leave the deque inconsistent: keep serving it.
-        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+        self.chunks.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Push the newest entry; the oldest ones beyond capacity are returned (dropped by the
+    /// Push the newest entry; the oldest one beyond capacity is returned (dropped by the
     /// caller, outside the lock).
-    pub(crate) fn push(&self, entry: Arc<Entry>, counters: &Counters) -> Vec<Arc<Entry>> {
+    pub(crate) fn push(
+        &self,
+        entry: Arc<Entry>,
+        counters: &Counters,
+        metrics: &Metrics,
+    ) -> Option<Arc<Entry>> {
         let added = entry.retained_bytes();
-        let mut evicted = Vec::new();
-        let mut entries = self.lock();
-        entries.push_front(entry);
-        while entries.len() > self.capacity {
-            evicted.extend(entries.pop_back());
+        let (mut removed, mut slots_added, mut slots_removed) = (0, 0, 0);
+        let mut chunks = self.lock();
+        match chunks.back_mut() {
+            Some(last) if last.len() < CHUNK => writable(last).push(entry),
+            _ => {
+                let mut chunk = Vec::with_capacity(CHUNK);
+                chunk.push(entry);
+                chunks.push_back(Arc::new(chunk));
+                slots_added = CHUNK_BYTES;
+            }
         }
-        let removed: usize = evicted.iter().map(|e| e.retained_bytes()).sum();
-        // Under the lock, so `ring_bytes` always matches the deque.
-        counters.ring_bytes.fetch_add(added, Ordering::Relaxed);
-        counters.ring_bytes.fetch_sub(removed, Ordering::Relaxed);
-        drop(entries);
-        counters
-            .evicted
-            .fetch_add(evicted.len() as u64, Ordering::Relaxed);
+        let mut len = self.len.load(Ordering::Relaxed) + 1;
+        let evicted = if len > self.capacity {
+            len -= 1;
+            let oldest = chunks.front_mut().map(|first| {
+                let first = writable(first);
+                let oldest = first.remove(0);
+                (oldest, first.is_empty())
+            });
+            oldest.map(|(oldest, emptied)| {
+                if emptied {
+                    chunks.pop_front();
+                    slots_removed = CHUNK_BYTES;
+                }
+                removed = oldest.retained_bytes();
+                oldest
+            })
+        } else {
+            None
+        };
+        // Under the lock, so `len` and the byte counts always match the chunks.
+        self.len.store(len, Ordering::Relaxed);
+        let bytes = counters.ring_bytes.load(Ordering::Relaxed) + added - removed;
+        counters.ring_bytes.store(bytes, Ordering::Relaxed);
+        let slots = counters.slot_bytes.load(Ordering::Relaxed) + slots_added - slots_removed;
+        counters.slot_bytes.store(slots, Ordering::Relaxed);
+        drop(chunks);
+        metrics.ring_entries.set(len);
+        metrics.ring_bytes.set(bytes + slots);
+        if evicted.is_some() {
+            counters.evicted.fetch_add(1, Ordering::Relaxed);
+            metrics.evictions.add(1);
+        }
         evicted
     }
 
-    /// The entries, newest first.
-    pub(crate) fn snapshot(&self) -> Vec<Arc<Entry>> {
-        self.lock().iter().cloned().collect()
+    /// The chunk handles, copied under the lock; walk them with [`Snapshot::iter`].
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        let chunks = self.lock();
+        Snapshot(chunks.iter().cloned().collect())
     }
 
-    pub(crate) fn clear(&self, counters: &Counters) -> Vec<Arc<Entry>> {
-        let mut entries = self.lock();
-        let all: Vec<_> = entries.drain(..).collect();
+    /// The entries, newest first (handles cloned outside the lock).
+    pub(crate) fn entries(&self) -> Vec<Arc<Entry>> {
+        let snapshot = self.snapshot();
+        let mut entries = Vec::with_capacity(snapshot.0.iter().map(|c| c.len()).sum());
+        entries.extend(snapshot.iter().cloned());
+        entries
+    }
+
+    /// Entries in the ring, without taking the lock.
+    pub(crate) fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed)
+    }
+
+    /// Empty the ring; the entries are returned to be dropped outside the lock.
+    pub(crate) fn clear(&self, counters: &Counters, metrics: &Metrics) -> VecDeque<Chunk> {
+        let mut chunks = self.lock();
+        let all = std::mem::replace(&mut *chunks, VecDeque::new());
+        chunks.reserve(self.capacity.div_ceil(CHUNK) + 1);
+        self.len.store(0, Ordering::Relaxed);
         counters.ring_bytes.store(0, Ordering::Relaxed);
+        counters.slot_bytes.store(0, Ordering::Relaxed);
+        drop(chunks);
+        metrics.ring_entries.set(0);
+        metrics.ring_bytes.set(0);
         all
     }
 
@@ -77,7 +178,10 @@ pub(crate) struct Counters {
     pub(crate) truncated_bodies: AtomicU64,
     pub(crate) next_id: AtomicU64,
     pub(crate) in_flight_bytes: AtomicUsize,
+    /// [`Entry::retained_bytes`] summed over the ring; written under the ring's lock.
     pub(crate) ring_bytes: AtomicUsize,
+    /// The ring's chunks ([`CHUNK_BYTES`] each); written under the ring's lock.
+    pub(crate) slot_bytes: AtomicUsize,
     pub(crate) peak_retained: AtomicUsize,
 }
 
@@ -88,7 +192,7 @@ impl Counters {
             return;
         }
         let in_flight = self.in_flight_bytes.fetch_add(n, Ordering::Relaxed) + n;
-        let total = in_flight + self.ring_bytes.load(Ordering::Relaxed);
+        let total = in_flight + self.held_by_ring();
         self.peak_retained.fetch_max(total, Ordering::Relaxed);
     }
 
@@ -98,14 +202,18 @@ impl Counters {
     }
 
     pub(crate) fn note_ring_peak(&self) {
-        let total =
-            self.in_flight_bytes.load(Ordering::Relaxed) + self.ring_bytes.load(Ordering::Relaxed);
+        let total = self.in_flight_bytes.load(Ordering::Relaxed) + self.held_by_ring();
         self.peak_retained.fetch_max(total, Ordering::Relaxed);
+    }
+
+    fn held_by_ring(&self) -> usize {
+        self.ring_bytes.load(Ordering::Relaxed) + self.slot_bytes.load(Ordering::Relaxed)
     }
 
     pub(crate) fn snapshot(&self, ring_len: usize) -> InspectorStats {
         let in_flight = self.in_flight_bytes.load(Ordering::Relaxed);
         let ring = self.ring_bytes.load(Ordering::Relaxed);
+        let slots = self.slot_bytes.load(Ordering::Relaxed);
         InspectorStats {
             captured: self.captured.load(Ordering::Relaxed),
             passed_through: self.passed_through.load(Ordering::Relaxed),
@@ -115,7 +223,8 @@ impl Counters {
             ring_len,
             in_flight_bytes: in_flight,
             ring_bytes: ring,
-            retained_bytes: in_flight + ring,
+            ring_slot_bytes: slots,
+            retained_bytes: in_flight + ring + slots,
             peak_retained_bytes: self.peak_retained.load(Ordering::Relaxed),
         }
     }
@@ -143,8 +252,98 @@ pub struct InspectorStats {
     pub in_flight_bytes: usize,
     /// Bytes held by the entries in the ring ([`Entry::retained_bytes`] summed).
     pub ring_bytes: usize,
-    /// `in_flight_bytes + ring_bytes`: the layer's own memory for captured data.
+    /// Bytes of the ring's own slots: chunks of 64 entry handles (552 bytes each on 64-bit
+    /// targets, so about 9 bytes per entry), allocated as the ring fills.
+    pub ring_slot_bytes: usize,
+    /// `in_flight_bytes + ring_bytes + ring_slot_bytes`: the layer's own memory for captured
+    /// data. `tests/memory.rs` checks it against a counting allocator.
     pub retained_bytes: usize,
     /// The highest `retained_bytes` seen since the inspector was created.
     pub peak_retained_bytes: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{CapturedBody, Outcome};
+
+    fn entry(id: u64) -> Arc<Entry> {
+        Arc::new(Entry {
+            id,
+            request_id: format!("req-{id}"),
+            method: "POST".to_owned(),
+            path: "/api/jobs".to_owned(),
+            query: None,
+            owner: None,
+            status: Some(200),
+            started_at_unix_ms: 0,
+            response_after_us: None,
+            duration_us: 0,
+            outcome: Outcome::Complete,
+            request_headers: Vec::new(),
+            response_headers: Vec::new(),
+            request_body: CapturedBody::default(),
+            response_body: CapturedBody::default(),
+        })
+    }
+
+    fn ids(entries: &[Arc<Entry>]) -> Vec<u64> {
+        entries.iter().map(|e| e.id).collect()
+    }
+
+    // Newest first across chunks, bounded, and the counts follow the chunks.
+    #[test]
+    fn ring_spans_chunks_newest_first_and_evicts_the_oldest() {
+        let (counters, metrics) = (Counters::default(), Metrics::new());
+        let ring = Ring::new(150);
+        for id in 1..=200 {
+            let evicted = ring.push(entry(id), &counters, &metrics);
+            assert_eq!(
+                evicted.map(|e| e.id),
+                id.checked_sub(150).filter(|&n| n > 0)
+            );
+        }
+        let entries = ring.entries();
+        assert_eq!(ids(&entries), (51..=200).rev().collect::<Vec<_>>());
+        assert_eq!(ring.len(), 150);
+        let stats = counters.snapshot(ring.len());
+        assert_eq!(stats.evicted, 50);
+        assert_eq!(
+            stats.ring_bytes,
+            entries.iter().map(|e| e.retained_bytes()).sum::<usize>()
+        );
+        // Entries 51..=64 are left of the first chunk, then 65..=128, 129..=192, 193..=200.
+        assert_eq!(stats.ring_slot_bytes, 4 * CHUNK_BYTES);
+        drop(ring.clear(&counters, &metrics));
+        let stats = counters.snapshot(ring.len());
+        assert_eq!(
+            (stats.ring_len, stats.ring_bytes, stats.ring_slot_bytes),
+            (0, 0, 0)
+        );
+        assert!(ring.entries().is_empty());
+    }
+
+    // Issue #23: a reader copies one handle per chunk under the lock, never one per entry; the
+    // snapshot stays intact while writers push and evict (they copy a chunk a reader holds).
+    #[test]
+    fn snapshot_copies_chunk_handles_not_entries() {
+        let (counters, metrics) = (Counters::default(), Metrics::new());
+        let ring = Ring::new(1000);
+        for id in 1..=1000 {
+            ring.push(entry(id), &counters, &metrics);
+        }
+        let snapshot = ring.snapshot();
+        assert_eq!(snapshot.0.len(), 1000_usize.div_ceil(CHUNK));
+        assert!(snapshot.iter().all(|e| Arc::strong_count(e) == 1));
+        for id in 1001..=1100 {
+            ring.push(entry(id), &counters, &metrics);
+        }
+        let held: Vec<u64> = snapshot.iter().map(|e| e.id).collect();
+        assert_eq!(held, (1..=1000).rev().collect::<Vec<_>>());
+        drop(snapshot);
+        assert_eq!(ids(&ring.entries()), (101..=1100).rev().collect::<Vec<_>>());
+        // Chunks copied on write keep their full capacity, so the slot bytes stay exact.
+        let chunks = ring.lock();
+        assert!(chunks.iter().all(|c| c.capacity() == CHUNK));
+    }
 }

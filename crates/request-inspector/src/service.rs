@@ -79,7 +79,7 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        let (id, rejected) = RequestId::from_headers_or_generate(request.headers());
+        let (id, rejected, incoming) = RequestId::from_headers(request.headers());
         let path = request.uri().path();
         let config = &self.shared.config;
         let polling = !config.polling.should_capture(path, Some(request.method()));
@@ -104,9 +104,13 @@ where
             let _enter = span.enter();
             tracing::debug!(%reason, "replaced the incoming x-request-id with a fresh one");
         }
-        request
-            .headers_mut()
-            .insert(REQUEST_ID_HEADER, id.header_value().clone());
+        if !incoming {
+            // A generated id replaces whatever the request carried; an accepted one is already
+            // its only `x-request-id`.
+            request
+                .headers_mut()
+                .insert(REQUEST_ID_HEADER, id.header_value().clone());
+        }
         request.extensions_mut().insert(id.clone());
 
         let (request, finisher) = if capture {
@@ -119,9 +123,9 @@ where
             let buf = Arc::new(Mutex::new(CaptureBuf::new(shared.config.body_limit)));
             let finisher = Finisher::new(
                 Arc::clone(shared),
-                id.to_string(),
-                request.method().to_string(),
-                request.uri().path().to_string(),
+                id.as_str().to_owned(),
+                request.method().as_str().to_owned(),
+                request.uri().path().to_owned(),
                 query,
                 owner,
                 headers,
@@ -138,12 +142,14 @@ where
             });
             (request, Some(Box::new(finisher)))
         } else {
-            let counter = if unowned {
-                &self.shared.counters.unowned
+            let shared = &self.shared;
+            let (counter, metric) = if unowned {
+                (&shared.counters.unowned, &shared.metrics.unowned)
             } else {
-                &self.shared.counters.passed_through
+                (&shared.counters.passed_through, &shared.metrics.streamed)
             };
             counter.fetch_add(1, Ordering::Relaxed);
+            metric.add(1);
             (request.map(|body| InspectBody::new(body, Tap::None)), None)
         };
 

@@ -109,8 +109,10 @@ async fn captured_post_of_50_mb_is_teed_while_streaming_and_cut_at_the_limit() {
     // Both body copies are full, plus a few hundred bytes of recorded headers.
     assert!(peak_in_flight >= 2 * LIMIT, "{peak_in_flight}");
     let stats = inspector.stats();
+    // Counted as the allocator sees it (#23): the two copies, the recorded headers, the entry
+    // itself and the ring's first chunk of slots.
     assert!(
-        stats.peak_retained_bytes < 2 * LIMIT + 1024,
+        stats.peak_retained_bytes < 2 * LIMIT + 2048,
         "{}",
         stats.peak_retained_bytes
     );
