@@ -64,6 +64,7 @@ mod error;
 mod key;
 mod pool;
 mod source;
+mod telemetry;
 #[cfg(test)]
 mod testutil;
 mod ttl;
@@ -72,8 +73,8 @@ pub use clock::{FixedClock, SystemClock, WallClock};
 pub use error::{BuildError, CredentialsError, SessionError};
 pub use key::SessionKey;
 pub use pool::{
-    AuthKind, MAX_ENTRIES_KNOB, MAX_IN_FLIGHT_KNOB, Session, SessionPool, SessionPoolBuilder,
-    TTL_KNOB,
+    AuthKind, ConnectionStats, MAX_ENTRIES_KNOB, MAX_IN_FLIGHT_KNOB, Session, SessionPool,
+    SessionPoolBuilder, TTL_KNOB,
 };
 pub use source::{
     AKS_SERVER_SCOPE, ARM_SCOPE, AksSource, AksSourceBuilder, ClusterCredentials, ClusterMaterial,

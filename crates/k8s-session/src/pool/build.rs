@@ -11,6 +11,8 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::in_flight::InFlightLayer;
 use super::rejection::{OnRejected, RejectionLayer};
+use super::transport::{ConnectionCounters, Router, StackOptions};
+use crate::telemetry::ClusterMetrics;
 use crate::ttl::system_time_from_unix;
 use crate::{AKS_SERVER_SCOPE, BuildError, ClusterMaterial, Expiries};
 
@@ -36,8 +38,14 @@ pub(crate) struct ClientOptions {
     pub(crate) read_timeout: Option<Duration>,
     /// Whether a kubeconfig's `insecure-skip-tls-verify: true` is honoured (default: refused).
     pub(crate) accept_insecure_skip_tls_verify: bool,
-    /// Requests in flight per session (per built client, shared by its clones).
+    /// Requests in flight per session over HTTP/1.1 (per built client, shared by its clones).
     pub(crate) max_in_flight: usize,
+    /// Build the session's own stack offering HTTP/2 (K8); `false`: kube's default stack.
+    pub(crate) http2: bool,
+    /// Requests in flight per session over HTTP/2 (`None`: the server's stream limit).
+    pub(crate) max_streams: Option<usize>,
+    /// HTTP/2 keep-alive PING interval and acknowledgement timeout (K10).
+    pub(crate) keep_alive: (Duration, Duration),
 }
 
 /// A built client and what is known about its credentials.
@@ -55,6 +63,8 @@ pub(crate) async fn build(
     material: ClusterMaterial,
     aad: Option<&Arc<dyn TokenCredential>>,
     options: &ClientOptions,
+    counters: &Arc<ConnectionCounters>,
+    metrics: ClusterMetrics,
     on_rejected: impl FnOnce(Option<(String, SecretString)>) -> OnRejected,
 ) -> Result<Built, BuildError> {
     let (kubeconfig, context, material_expiry) = material.into_parts();
@@ -121,17 +131,93 @@ pub(crate) async fn build(
     config.connect_timeout = options.connect_timeout;
     config.read_timeout = options.read_timeout;
     crate::ensure_crypto_provider();
-    // One semaphore per built client: the bound covers every clone of this session's client.
-    let client = kube::client::ClientBuilder::try_from(config)
-        .map_err(BuildError::Client)?
-        .with_layer(&InFlightLayer::new(options.max_in_flight))
-        .with_layer(&RejectionLayer::new(on_rejected(aad_token)))
-        .build();
+    let rejection = RejectionLayer::new(on_rejected(aad_token));
+    let client = if options.http2 && config.proxy_url.is_none() {
+        own_stack(&config, options, counters, metrics)?
+            .with_layer(&rejection)
+            .build()
+    } else {
+        // kube's default stack: HTTP/1.1 (a proxy is configured, or HTTP/2 is off). One
+        // semaphore per built client: the bound covers every clone of this session's client.
+        kube::client::ClientBuilder::try_from(config)
+            .map_err(BuildError::Client)?
+            .with_layer(&InFlightLayer::new(options.max_in_flight))
+            .with_layer(&rejection)
+            .build()
+    };
     Ok(Built {
         client,
         auth,
         expiries,
     })
+}
+
+/// K8: kube's layers (base URI, kube's retry when on, auth, extra headers) over the session's
+/// [`Router`]: a hyper-util client offering HTTP/2 over a hyper-rustls connector made from
+/// kube's own rustls configuration, and an HTTP/1.1 client for upgrades and fallbacks.
+fn own_stack(
+    config: &kube::Config,
+    options: &ClientOptions,
+    counters: &Arc<ConnectionCounters>,
+    metrics: ClusterMetrics,
+) -> Result<kube::client::ClientBuilder<impl OwnStack>, BuildError> {
+    use kube::client::ConfigExt as _;
+    let rustls = config.rustls_client_config().map_err(BuildError::Client)?;
+    let server_name = match config.tls_server_name.as_deref() {
+        Some(name) => Some(
+            rustls::pki_types::ServerName::try_from(name.to_string()).map_err(|e| {
+                BuildError::Client(kube::Error::RustlsTls(
+                    kube::client::RustlsTlsError::InvalidServerName(e),
+                ))
+            })?,
+        ),
+        None => None,
+    };
+    let stack = StackOptions {
+        connect_timeout: options.connect_timeout,
+        read_timeout: options.read_timeout,
+        keep_alive_interval: options.keep_alive.0,
+        keep_alive_timeout: options.keep_alive.1,
+        http1_in_flight: options.max_in_flight,
+        h2_in_flight: options.max_streams,
+    };
+    let router = Router::new(rustls, server_name, &stack, Arc::clone(counters), metrics);
+    let retry = config
+        .default_retry
+        .then(|| tower::retry::RetryLayer::new(kube::client::retry::RetryPolicy::server_retry()));
+    let service = tower::ServiceBuilder::new()
+        .layer(config.base_uri_layer())
+        .option_layer(retry)
+        .option_layer(config.auth_layer().map_err(BuildError::Client)?)
+        .layer(config.extra_headers_layer().map_err(BuildError::Client)?)
+        .service(router);
+    Ok(kube::client::ClientBuilder::new(
+        service,
+        config.default_namespace.clone(),
+    ))
+}
+
+/// What [`own_stack`] builds: a service kube's `ClientBuilder` accepts.
+trait OwnStack:
+    tower_service::Service<
+        http::Request<kube::client::Body>,
+        Response = http::Response<super::transport::StreamBody>,
+        Error = tower::BoxError,
+        Future: Send + 'static,
+    > + Send
+    + 'static
+{
+}
+
+impl<S> OwnStack for S where
+    S: tower_service::Service<
+            http::Request<kube::client::Body>,
+            Response = http::Response<super::transport::StreamBody>,
+            Error = tower::BoxError,
+            Future: Send + 'static,
+        > + Send
+        + 'static
+{
 }
 
 /// The `notAfter` of the user's client certificate (inline data or a file), if it has one.

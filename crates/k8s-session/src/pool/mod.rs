@@ -4,6 +4,7 @@ mod build;
 mod in_flight;
 mod rejection;
 mod session;
+mod transport;
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,6 +21,7 @@ use secrecy::{ExposeSecret, SecretString};
 use token_refresh::{CachingCredential, TokenSource};
 use tokio::time::Instant;
 
+use crate::telemetry::ClusterMetrics;
 use crate::{
     BuildError, ClusterCredentials, SessionError, SessionKey, SystemClock, WallClock, effective_ttl,
 };
@@ -27,6 +29,8 @@ pub use build::AuthKind;
 use build::ClientOptions;
 pub use session::Session;
 use session::{Entry, RetireObserver};
+pub use transport::ConnectionStats;
+use transport::{ConnectionCounters, DEFAULT_KEEP_ALIVE_INTERVAL, DEFAULT_KEEP_ALIVE_TIMEOUT};
 
 /// `K8S_SESSION_POOL_TTL_SECONDS`: the pool TTL, default 300 s, clamped to [0, 86 400]. Zero
 /// disables pooling (every session is one-shot).
@@ -35,8 +39,11 @@ pub const TTL_KNOB: Knob<u64> = Knob::new("K8S_SESSION_POOL_TTL_SECONDS", 300, 0
 /// `K8S_SESSION_POOL_MAX_ENTRIES`: the pool capacity, default 32, clamped to [1, 4096] (K5).
 pub const MAX_ENTRIES_KNOB: Knob<usize> = Knob::new("K8S_SESSION_POOL_MAX_ENTRIES", 32, 1, 4096);
 
-/// `K8S_SESSION_MAX_IN_FLIGHT`: requests in flight per session, default 32, clamped to
-/// [1, 1024]. kube speaks HTTP/1.1, so this also bounds the connections one session keeps busy.
+/// `K8S_SESSION_MAX_IN_FLIGHT`: requests in flight per session over HTTP/1.1, default 32,
+/// clamped to [1, 1024]. Over HTTP/1.1 every request in flight holds its own connection, so this
+/// bounds the connections one session keeps busy. Over HTTP/2 (the default, K8) the server's
+/// stream limit bounds requests in flight instead
+/// ([`SessionPoolBuilder::max_streams_per_session`]).
 pub const MAX_IN_FLIGHT_KNOB: Knob<usize> = Knob::new("K8S_SESSION_MAX_IN_FLIGHT", 32, 1, 1024);
 
 /// kube's connect timeout unless [`SessionPoolBuilder::connect_timeout`] says otherwise.
@@ -109,6 +116,8 @@ struct Shared {
     ttl: Duration,
     options: ClientOptions,
     observer: Option<RetireObserver>,
+    /// Connections opened by every session's own stack, by protocol (K9).
+    connections: Arc<ConnectionCounters>,
 }
 
 /// Builds a [`SessionPool`]. Knobs not set explicitly are read from the environment
@@ -152,6 +161,9 @@ impl SessionPool {
                 accept_insecure_skip_tls_verify: false,
                 // Replaced in `build` by the explicit value or the environment's.
                 max_in_flight: MAX_IN_FLIGHT_KNOB.default_value(),
+                http2: true,
+                max_streams: None,
+                keep_alive: (DEFAULT_KEEP_ALIVE_INTERVAL, DEFAULT_KEEP_ALIVE_TIMEOUT),
             },
             observer: None,
         }
@@ -167,9 +179,16 @@ impl SessionPool {
                 let material = shared.source.credentials(key).await?;
                 let build_id = shared.builds.fetch_add(1, Ordering::Relaxed);
                 let on_rejected = rejection_hook(weak, key.clone(), build_id);
-                let built =
-                    build::build(material, shared.aad.as_ref(), &shared.options, on_rejected)
-                        .await?;
+                let metrics = ClusterMetrics::new(key.cluster_name());
+                let built = build::build(
+                    material,
+                    shared.aad.as_ref(),
+                    &shared.options,
+                    &shared.connections,
+                    metrics.clone(),
+                    on_rejected,
+                )
+                .await?;
                 // The one wall-clock read: every expiry becomes a duration from here.
                 let ttl = effective_ttl(shared.ttl, shared.clock.now(), &built.expiries);
                 let entry = Entry {
@@ -179,6 +198,7 @@ impl SessionPool {
                     auth: built.auth,
                     ttl,
                     observer: shared.observer.clone(),
+                    metrics,
                 };
                 tracing::debug!(%key, ttl = ?ttl.ttl, bound = ?ttl.bound, "built Kubernetes session");
                 // The pool TTL is clamped to a day, so `now + ttl` fits; were it ever not to, the
@@ -192,7 +212,10 @@ impl SessionPool {
             })
             .await;
         match result {
-            Ok(inner) => Ok(Session { inner }),
+            Ok(inner) => Ok(Session {
+                _in_use: inner.metrics.session_in_use(),
+                inner,
+            }),
             Err(PoolError::Create(source)) => Err(SessionError::Build {
                 key: key.clone(),
                 source,
@@ -206,6 +229,22 @@ impl SessionPool {
     /// or [`SessionPoolBuilder::on_token_rejected`]).
     pub fn rejections(&self) -> u64 {
         self.shared.rejections.load(Ordering::Relaxed)
+    }
+
+    /// TLS connections the sessions opened, by protocol, and HTTP/1.1 fallbacks (K9).
+    pub fn connection_stats(&self) -> ConnectionStats {
+        self.shared.connections.snapshot()
+    }
+
+    /// Whether sessions offer HTTP/2 ([`SessionPoolBuilder::http2`]).
+    pub fn http2(&self) -> bool {
+        self.shared.options.http2
+    }
+
+    /// The per-session bound on HTTP/2 requests in flight in force (`None`: the server's
+    /// stream limit alone).
+    pub fn max_streams_per_session(&self) -> Option<usize> {
+        self.shared.options.max_streams
     }
 
     /// Counters: hits, misses, creations, one-shots, evictions by cause, retire failures.
@@ -233,7 +272,7 @@ impl SessionPool {
         self.shared.pool.config().max_entries_value()
     }
 
-    /// The per-session bound on requests in flight in force.
+    /// The per-session bound on HTTP/1.1 requests in flight in force.
     pub fn max_in_flight_per_session(&self) -> usize {
         self.shared.options.max_in_flight
     }
@@ -341,11 +380,15 @@ impl SessionPoolBuilder {
         self
     }
 
-    /// At most `max` requests in flight at once through each session (each built client and
-    /// all its clones), overriding `K8S_SESSION_MAX_IN_FLIGHT`; default 32, clamped to [1, 1024].
+    /// At most `max` requests in flight at once over HTTP/1.1 through each session (each built
+    /// client and all its clones), overriding `K8S_SESSION_MAX_IN_FLIGHT`; default 32, clamped
+    /// to [1, 1024]. Applies when the session speaks HTTP/1.1: the server did not negotiate
+    /// HTTP/2 (a fallback), [`http2(false)`](Self::http2), a proxy, and upgrade requests (exec,
+    /// attach, port-forward). Over HTTP/2, see
+    /// [`max_streams_per_session`](Self::max_streams_per_session).
     ///
-    /// kube speaks HTTP/1.1: every request in flight holds its own connection until its response
-    /// body is read. Without a bound, 1 000 concurrent calls through one session open ~1 000 TLS
+    /// Over HTTP/1.1 every request in flight holds its own connection until its response body
+    /// is read. Without a bound, 1 000 concurrent calls through one session open ~1 000 TLS
     /// connections to one API server. With it, a call beyond the bound **waits** for a slot (it
     /// does not fail; put your own timeout around the call if you need one). A slot is held from
     /// the request until its response body is read to the end, fails, or is dropped, so a
@@ -387,6 +430,42 @@ impl SessionPoolBuilder {
     #[must_use]
     pub fn expiry_margin(mut self, margin: Duration) -> Self {
         self.expiry_margin = margin.min(MAX_SWEEP_INTERVAL);
+        self
+    }
+
+    /// Whether sessions offer HTTP/2 (default `true`, K8/K9): each session builds its own stack,
+    /// offers ALPN `h2` and `http/1.1` and multiplexes every call over one TLS connection; an
+    /// API server that answers HTTP/1.1 still works (counted in
+    /// [`ConnectionStats::http1_fallbacks`]). `false`: kube's default HTTP/1.1 stack, one
+    /// connection per request in flight, bounded by
+    /// [`max_in_flight_per_session`](Self::max_in_flight_per_session). A kubeconfig naming a
+    /// proxy always gets kube's default stack (its proxy support).
+    #[must_use]
+    pub fn http2(mut self, on: bool) -> Self {
+        self.options.http2 = on;
+        self
+    }
+
+    /// At most `max` requests in flight at once over each session's HTTP/2 connection (K10);
+    /// default `None`: the server's advertised `SETTINGS_MAX_CONCURRENT_STREAMS` (100 on
+    /// kube-apiserver) alone. `Some(n)` is clamped to [1, 1024]; the server's limit still
+    /// applies when it is lower. Calls beyond the bound wait, they do not fail; a slot is held
+    /// until the response body ends, fails or is dropped.
+    #[must_use]
+    pub fn max_streams_per_session(mut self, max: Option<usize>) -> Self {
+        let (min, most) = MAX_IN_FLIGHT_KNOB.range();
+        self.options.max_streams = max.map(|n| n.clamp(min, most));
+        self
+    }
+
+    /// HTTP/2 keep-alive (K10): a PING after `interval` without a frame from the server, and
+    /// the connection is closed when the acknowledgement takes longer than `timeout` (defaults
+    /// 20 s and 10 s; each clamped to [1 ms, 86 400 s]). A stalled connection is so detected
+    /// and closed, failing only its own streams; the next call opens a new connection.
+    #[must_use]
+    pub fn http2_keep_alive(mut self, interval: Duration, timeout: Duration) -> Self {
+        let clamp = |d: Duration| d.clamp(TIMEOUT_RANGE.0, TIMEOUT_RANGE.1);
+        self.options.keep_alive = (clamp(interval), clamp(timeout));
         self
     }
 
@@ -464,6 +543,7 @@ impl SessionPoolBuilder {
                 ttl,
                 options: self.options,
                 observer: self.observer,
+                connections: Arc::default(),
             }),
         }
     }

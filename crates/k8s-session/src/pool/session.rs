@@ -8,6 +8,7 @@ use pool_core::{BoxError, Pooled, Retire};
 use tokio::time::Instant;
 
 use super::build::AuthKind;
+use crate::telemetry::{ClusterMetrics, InUse};
 use crate::{EffectiveTtl, SessionKey};
 
 /// Called with the key of every session the pool retires.
@@ -22,6 +23,8 @@ pub(crate) struct Entry {
     pub(crate) auth: AuthKind,
     pub(crate) ttl: EffectiveTtl,
     pub(crate) observer: Option<RetireObserver>,
+    /// The cluster's metric handles.
+    pub(crate) metrics: ClusterMetrics,
 }
 
 impl Retire for Entry {
@@ -44,6 +47,8 @@ impl Retire for Entry {
 /// pool it, K4) is torn down when dropped.
 pub struct Session {
     pub(crate) inner: Pooled<Entry>,
+    /// Counted in `k8s.session.sessions.in_use` while held.
+    pub(crate) _in_use: InUse,
 }
 
 impl Session {

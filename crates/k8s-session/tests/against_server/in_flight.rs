@@ -18,12 +18,24 @@ fn pods_path() -> String {
     format!("/api/v1/namespaces/{SAMPLE_NAMESPACE}/pods")
 }
 
-// 200 concurrent calls through ONE pooled session bounded to 4: the server never sees more than
-// 4 requests at once, the client never has more than 4 connections open (without the bound:
-// ~200 of each, since kube's HTTP/1.1 connector opens one connection per concurrent request),
-// and every call succeeds (calls beyond the bound wait, they do not fail).
+// 200 concurrent calls through ONE pooled session bounded to 4 over HTTP/1.1: the server never
+// sees more than 4 requests at once, the client never has more than 4 connections open (without
+// the bound: ~200 of each, since HTTP/1.1 needs one connection per concurrent request), and every
+// call succeeds (calls beyond the bound wait, they do not fail). Twice: through kube's default
+// stack (`http2(false)`), and through the session's own stack against a server that only speaks
+// HTTP/1.1 (the K9 fallback keeps the bound).
 pub(crate) async fn concurrent_calls_stay_within_the_in_flight_bound() -> anyhow::Result<()> {
+    for fallback in [false, true] {
+        calls_within_the_bound(fallback)
+            .await
+            .with_context(|| format!("fallback {fallback}"))?;
+    }
+    Ok(())
+}
+
+async fn calls_within_the_bound(fallback: bool) -> anyhow::Result<()> {
     let server = K8sServer::start().await?;
+    server.serve_http2(!fallback);
     // Real-time latency at the server, so that calls overlap there.
     server.inject(
         pods_path().as_str(),
@@ -34,6 +46,7 @@ pub(crate) async fn concurrent_calls_stay_within_the_in_flight_bound() -> anyhow
     let pool = SessionPool::builder(KubeconfigSource::from_kubeconfig(kubeconfig))
         .knobs_from(|_| None)
         .max_in_flight_per_session(BOUND)
+        .http2(fallback)
         .build();
     ensure!(pool.max_in_flight_per_session() == BOUND);
     let calls = futures::future::join_all((0..CALLS).map(|_| {
@@ -66,6 +79,8 @@ pub(crate) async fn concurrent_calls_stay_within_the_in_flight_bound() -> anyhow
     ensure!(peak >= 2, "the calls did overlap ({peak} at once)");
     ensure!(open <= BOUND as u64, "{open} connections open at once");
     ensure!(opened <= BOUND as u64, "{opened} connections opened");
+    let fallbacks = pool.connection_stats().http1_fallbacks;
+    ensure!(fallbacks == u64::from(fallback), "{fallbacks} fallbacks");
     Ok(())
 }
 
@@ -87,6 +102,7 @@ pub(crate) async fn slow_readers_hold_their_slots_until_their_bodies_are_read() 
     let pool = SessionPool::builder(KubeconfigSource::from_kubeconfig(kubeconfig))
         .knobs_from(|_| None)
         .max_in_flight_per_session(BOUND)
+        .http2(false)
         .build();
     let session = pool.session(&key("east")).await?;
     let calls = futures::future::join_all((0..CALLS / 2).map(|_| {
@@ -119,14 +135,26 @@ pub(crate) async fn slow_readers_hold_their_slots_until_their_bodies_are_read() 
 }
 
 // A response body dropped unread frees its slot: with a bound of 1, a raw request whose body is
-// never read must not block the next call.
+// never read must not block the next call. Over HTTP/1.1 (kube's stack) and over HTTP/2 (the
+// session's stack with one stream per session).
 pub(crate) async fn a_dropped_unread_body_frees_its_slot() -> anyhow::Result<()> {
+    for http2 in [false, true] {
+        dropped_body_frees_its_slot(http2)
+            .await
+            .with_context(|| format!("http2 {http2}"))?;
+    }
+    Ok(())
+}
+
+async fn dropped_body_frees_its_slot(http2: bool) -> anyhow::Result<()> {
     let server = K8sServer::start().await?;
     let kubeconfig = server.kubeconfig_token();
     remember(&kubeconfig);
     let pool = SessionPool::builder(KubeconfigSource::from_kubeconfig(kubeconfig))
         .knobs_from(|_| None)
         .max_in_flight_per_session(1)
+        .max_streams_per_session(Some(1))
+        .http2(http2)
         .build();
     let session = pool.session(&key("east")).await?;
     let request = http::Request::get(pods_path()).body(kube::client::Body::empty())?;

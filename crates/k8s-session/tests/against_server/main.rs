@@ -8,6 +8,7 @@
 //! `--include-ignored` from `cargo xtask it`) are accepted and ignored.
 
 mod aks;
+mod http2;
 mod in_flight;
 mod pool;
 mod rejection;
@@ -41,6 +42,11 @@ fn main() -> ExitCode {
         in_flight::concurrent_calls_stay_within_the_in_flight_bound,
         in_flight::slow_readers_hold_their_slots_until_their_bodies_are_read,
         in_flight::a_dropped_unread_body_frees_its_slot,
+        http2::concurrent_calls_share_one_tls_connection,
+        http2::an_http1_only_server_still_answers,
+        http2::exec_upgrades_over_http1,
+        http2::a_killed_connection_fails_only_its_streams,
+        http2::a_stalled_connection_is_replaced,
         aks::aks_source_end_to_end,
         aks::aks_errors_are_typed,
         rejection::a_401_retires_the_session_and_its_aad_token,

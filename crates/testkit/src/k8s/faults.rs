@@ -1,4 +1,5 @@
-//! Per-route fault injection (latency, status, garbage body, connection reset) and the request log.
+//! Per-route fault injection (latency, status, garbage body, connection reset, stream reset,
+//! stalled connection) and the request log.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -58,8 +59,16 @@ pub struct Fault {
     pub retry_after_secs: Option<u64>,
     /// Answer 200 with a body that is not JSON.
     pub garbage_body: bool,
-    /// Reset the TCP connection (RST) instead of answering.
+    /// Reset the TCP connection (RST) instead of answering: every request on it fails.
     pub reset: bool,
+    /// Reset only this request's stream instead of answering: over HTTP/2 an `RST_STREAM`
+    /// (the connection's other streams carry on); over HTTP/1.1, where a request is its
+    /// connection, the connection closes.
+    pub reset_stream: bool,
+    /// Stop serving the connection instead of answering: the socket stays open but nothing is
+    /// read or written on it again (no answers, no HTTP/2 PING acknowledgements), as a
+    /// half-dead peer or a black-holing middlebox would.
+    pub stall_connection: bool,
     /// Apply to this many matching requests, then stop (`None`: forever).
     pub times: Option<u32>,
 }
@@ -93,6 +102,22 @@ impl Fault {
     pub fn reset() -> Self {
         Self {
             reset: true,
+            ..Self::default()
+        }
+    }
+
+    /// Reset the stream of matching requests (HTTP/2 `RST_STREAM`; HTTP/1.1: the connection).
+    pub fn reset_stream() -> Self {
+        Self {
+            reset_stream: true,
+            ..Self::default()
+        }
+    }
+
+    /// Stall the connection of matching requests: open, never read or written again.
+    pub fn stall_connection() -> Self {
+        Self {
+            stall_connection: true,
             ..Self::default()
         }
     }
@@ -144,6 +169,8 @@ pub struct RequestRecord {
     pub status: u16,
     /// Which TLS connection carried it (1, 2, … in accept order).
     pub connection: u64,
+    /// The HTTP version it came over (`HTTP/2.0` or `HTTP/1.1`).
+    pub version: http::Version,
 }
 
 impl RequestRecord {

@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use kube::config::Kubeconfig;
@@ -77,6 +77,8 @@ impl K8sServer {
                 tls_failed: AtomicU64::new(0),
                 in_flight: Gauge::default(),
                 open_connections: Gauge::default(),
+                http1_only: AtomicBool::new(false),
+                h2_accepted: AtomicU64::new(0),
             })
         };
         let (shared, addr, task) = spawn(shared_for, TlsAcceptor::from(config))
@@ -229,6 +231,19 @@ impl K8sServer {
         self.shared.tls_accepted.load(Ordering::SeqCst)
     }
 
+    /// TLS connections that negotiated HTTP/2 (ALPN `h2`); the rest of
+    /// [`tls_connections`](Self::tls_connections) spoke HTTP/1.1.
+    pub fn h2_connections(&self) -> u64 {
+        self.shared.h2_accepted.load(Ordering::SeqCst)
+    }
+
+    /// Serve HTTP/2 on new connections (default `true`); `false`: ALPN offers `http/1.1` only
+    /// and connections speak HTTP/1.1, as an old API server or an HTTP/1.1-only proxy would.
+    /// Connections already open keep their protocol.
+    pub fn serve_http2(&self, on: bool) {
+        self.shared.http1_only.store(!on, Ordering::SeqCst);
+    }
+
     /// TLS connections open now (closed ones are no longer counted).
     pub fn open_connections(&self) -> u64 {
         self.shared.open_connections.now()
@@ -263,5 +278,36 @@ impl K8sServer {
     /// Change the fixtures while the server runs.
     pub fn update_fixtures(&self, change: impl FnOnce(&mut Fixtures)) {
         change(&mut self.shared.fixtures.write().expect("fixtures"));
+    }
+
+    /// Let the cluster evolve while the server runs: every `every` (tokio time, on the current
+    /// runtime), `change(step, fixtures)` with `step` = 1, 2, 3, … — warmup progress advancing,
+    /// a node going NotReady and back, jobs finishing. The task holds no strong reference to
+    /// the server: it ends at the first tick after the server is dropped. `every` is at least
+    /// 1 ms.
+    pub fn evolve(
+        &self,
+        every: std::time::Duration,
+        mut change: impl FnMut(u64, &mut Fixtures) + Send + 'static,
+    ) {
+        let shared = Arc::downgrade(&self.shared);
+        let every = every.max(std::time::Duration::from_millis(1));
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut step = 0u64;
+            loop {
+                ticks.tick().await;
+                let Some(shared) = shared.upgrade() else {
+                    return;
+                };
+                step += 1;
+                let mut fixtures = shared
+                    .fixtures
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                change(step, &mut fixtures);
+            }
+        });
     }
 }

@@ -94,6 +94,7 @@ mod tests {
             auth: AuthMethod::None,
             status: 200,
             connection: 1,
+            version: http::Version::HTTP_11,
         }
     }
 

@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 use kube::config::Kubeconfig;
 
 use super::*;
+use crate::telemetry::ClusterMetrics;
 use crate::testutil::{
     FakeCredential, cert_kubeconfig, cert_until, exec_kubeconfig, jwt, token_kubeconfig, wall_now,
 };
@@ -22,6 +23,9 @@ fn options() -> ClientOptions {
         read_timeout: None,
         accept_insecure_skip_tls_verify: false,
         max_in_flight: 4,
+        http2: true,
+        max_streams: None,
+        keep_alive: (Duration::from_secs(20), Duration::from_secs(10)),
     }
 }
 
@@ -29,7 +33,15 @@ async fn build_from(
     kubeconfig: Kubeconfig,
     aad: Option<&Arc<dyn TokenCredential>>,
 ) -> Result<Built, BuildError> {
-    build(ClusterMaterial::new(kubeconfig), aad, &options(), no_hook).await
+    build(
+        ClusterMaterial::new(kubeconfig),
+        aad,
+        &options(),
+        &Default::default(),
+        ClusterMetrics::new("test"),
+        no_hook,
+    )
+    .await
 }
 
 fn secs(s: u64) -> Duration {
@@ -170,7 +182,15 @@ async fn unresolvable_kubeconfigs_are_typed_errors() {
 
     let wrong_context = ClusterMaterial::new(cert_kubeconfig(wall_now())).with_context("nope");
     assert!(matches!(
-        build(wrong_context, None, &options(), no_hook).await,
+        build(
+            wrong_context,
+            None,
+            &options(),
+            &Default::default(),
+            ClusterMetrics::new("test"),
+            no_hook
+        )
+        .await,
         Err(BuildError::Kubeconfig(_))
     ));
 
@@ -200,7 +220,16 @@ async fn unresolvable_kubeconfigs_are_typed_errors() {
 async fn material_expiry_is_carried_through() {
     let at: SystemTime = wall_now() + secs(30);
     let material = ClusterMaterial::new(token_kubeconfig("opaque")).with_expiry(at);
-    let built = build(material, None, &options(), no_hook).await.unwrap();
+    let built = build(
+        material,
+        None,
+        &options(),
+        &Default::default(),
+        ClusterMetrics::new("test"),
+        no_hook,
+    )
+    .await
+    .unwrap();
     assert_eq!(built.expiries.material_expires_at, Some(at));
     assert_eq!(built.expiries.token_expires_on, None);
 }
@@ -251,6 +280,8 @@ async fn insecure_skip_tls_verify_is_refused_unless_opted_in() {
         ClusterMaterial::new(kubelogin),
         Some(&credential),
         &opted_in,
+        &Default::default(),
+        ClusterMetrics::new("test"),
         no_hook,
     )
     .await
