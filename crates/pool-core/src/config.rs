@@ -1,5 +1,6 @@
 //! Pool configuration: TTLs, capacity, sweeper and retire bounds.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 /// How a [`KeyedPool`](crate::KeyedPool) ages, bounds and sweeps its entries.
@@ -24,11 +25,12 @@ pub struct PoolConfig {
     pub(crate) retire_timeout: Duration,
     pub(crate) expiry_margin: Duration,
     pub(crate) capacity_knob: Option<&'static str>,
+    pub(crate) name: Cow<'static, str>,
 }
 
 impl Default for PoolConfig {
     /// No TTL, no idle TTL, 1024 entries, no sweeper, retire bounded by 10 s, expiry margin
-    /// 60 s.
+    /// 60 s, named [`DEFAULT_NAME`](Self::DEFAULT_NAME).
     fn default() -> Self {
         Self {
             ttl: None,
@@ -38,6 +40,7 @@ impl Default for PoolConfig {
             retire_timeout: Duration::from_secs(10),
             expiry_margin: Self::DEFAULT_EXPIRY_MARGIN,
             capacity_knob: None,
+            name: Cow::Borrowed(Self::DEFAULT_NAME),
         }
     }
 }
@@ -50,6 +53,25 @@ impl PoolConfig {
 
     /// The default [`expiry_margin`](Self::expiry_margin): 60 s.
     pub const DEFAULT_EXPIRY_MARGIN: Duration = Duration::from_secs(60);
+
+    /// The default [`name`](Self::name): `"pool"`.
+    pub const DEFAULT_NAME: &'static str = "pool";
+
+    /// The pool's name: the `pool.name` label of its metrics (feature `metrics`), so the pools
+    /// of one process are told apart (blob-pool names its pool `"blob-pool"`, k8s-session
+    /// `"k8s-session"`). Pools sharing a name add up in one series. Choose it in code, from a
+    /// small fixed set: never from a key, a tenant or anything a request controls. Default
+    /// [`DEFAULT_NAME`](Self::DEFAULT_NAME).
+    #[must_use]
+    pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The pool's name (the `pool.name` metrics label).
+    pub fn name_value(&self) -> &str {
+        &self.name
+    }
 
     /// Maximum age of an entry. The effective deadline is the sooner of `created + ttl` and the
     /// deadline the factory reports (P2). Clamped to [`MAX_DURATION`](Self::MAX_DURATION)

@@ -69,6 +69,7 @@ mod pool;
 mod retire;
 mod single_flight;
 mod stats;
+mod telemetry;
 
 pub use config::PoolConfig;
 pub use knob::Knob;

@@ -1,7 +1,11 @@
-//! Cheap counters: striped atomics on the hit path, a plain snapshot struct for readers.
+//! Cheap counters: striped atomics on the hit path, a plain snapshot struct for readers, each
+//! counter feeding its metric (see `telemetry`).
 
+use std::borrow::Cow;
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use crate::telemetry::{Counter, Gauge, Histogram, PoolMetrics, cause_index};
 
 /// Why an entry left the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -108,10 +112,12 @@ fn stripe_index() -> usize {
 }
 
 impl Striped {
-    pub(crate) fn add(&self, n: u64) {
+    /// Add `n`; returns this thread's stripe after the add.
+    pub(crate) fn add(&self, n: u64) -> u64 {
         self.stripes[stripe_index()]
             .0
-            .fetch_add(n, Ordering::Relaxed);
+            .fetch_add(n, Ordering::Relaxed)
+            .wrapping_add(n)
     }
 
     pub(crate) fn get(&self) -> u64 {
@@ -122,39 +128,128 @@ impl Striped {
     }
 }
 
-/// The live counters behind [`PoolStats`].
+/// A striped counter and the metric it feeds, added to together.
+#[derive(Debug, Default)]
+pub(crate) struct Counted {
+    striped: Striped,
+    metric: Counter,
+}
+
+impl Counted {
+    fn new(metric: Counter) -> Self {
+        Self {
+            striped: Striped::default(),
+            metric,
+        }
+    }
+
+    pub(crate) fn add(&self, n: u64) {
+        self.striped.add(n);
+        self.metric.add(n);
+    }
+
+    pub(crate) fn get(&self) -> u64 {
+        self.striped.get()
+    }
+}
+
+/// Hits between two publications of one thread's hits to the metric.
+const HIT_BATCH: u64 = 64;
+
+/// The hit counter: the hit path adds to its stripe only; the metric receives the difference
+/// since the last publication every [`HIT_BATCH`] hits of a stripe and on [`publish`]
+/// (every miss and stats read), so a hit never writes a cache line shared with other threads.
+///
+/// [`publish`]: Self::publish
+#[derive(Debug, Default)]
+pub(crate) struct Hits {
+    striped: Striped,
+    published: AtomicU64,
+    metric: Counter,
+}
+
+impl Hits {
+    pub(crate) fn add(&self, n: u64) {
+        let stripe = self.striped.add(n);
+        if cfg!(feature = "metrics") && stripe.is_multiple_of(HIT_BATCH) {
+            self.publish();
+        }
+    }
+
+    pub(crate) fn get(&self) -> u64 {
+        self.striped.get()
+    }
+
+    /// Hand the metric every hit counted since the last publication. Concurrent publications
+    /// never count a hit twice: the published total only grows, and each adds what it raised.
+    pub(crate) fn publish(&self) {
+        if !cfg!(feature = "metrics") {
+            return;
+        }
+        let total = self.striped.get();
+        let before = self.published.fetch_max(total, Ordering::Relaxed);
+        if total > before {
+            self.metric.add(total - before);
+        }
+    }
+}
+
+/// The live counters behind [`PoolStats`], each feeding its metric.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    pub(crate) hits: Striped,
-    pub(crate) misses: Striped,
-    pub(crate) coalesced: Striped,
-    pub(crate) creations: Striped,
-    pub(crate) creation_failures: Striped,
-    pub(crate) one_shots: Striped,
-    pub(crate) idle: Striped,
-    pub(crate) expired: Striped,
-    pub(crate) capacity: Striped,
-    pub(crate) owner_gone: Striped,
-    pub(crate) reset: Striped,
-    pub(crate) invalidated: Striped,
-    pub(crate) retire_failures: Striped,
-    pub(crate) thrashing: Striped,
+    pub(crate) hits: Hits,
+    pub(crate) misses: Counted,
+    pub(crate) coalesced: Counted,
+    pub(crate) creations: Counted,
+    pub(crate) creation_failures: Counted,
+    pub(crate) one_shots: Counted,
+    /// Indexed by [`cause_index`].
+    evictions: [Counted; 6],
+    pub(crate) retire_failures: Counted,
+    pub(crate) thrashing: Counted,
+    /// `pool.entries`, moved by inserts and evictions.
+    pub(crate) entries: Gauge,
+    /// `pool.create.duration` of factory calls that succeeded.
+    pub(crate) create_ok: Histogram,
+    /// `pool.create.duration` of factory calls that failed.
+    pub(crate) create_error: Histogram,
 }
 
 impl Counters {
+    /// Counters whose metrics carry this pool name.
+    pub(crate) fn new(name: Cow<'static, str>) -> Self {
+        let m = PoolMetrics::new(name);
+        Self {
+            hits: Hits {
+                metric: m.hits,
+                ..Hits::default()
+            },
+            misses: Counted::new(m.misses),
+            coalesced: Counted::new(m.coalesced),
+            creations: Counted::new(m.creations),
+            creation_failures: Counted::new(m.creation_failures),
+            one_shots: Counted::new(m.one_shots),
+            evictions: m.evictions.map(Counted::new),
+            retire_failures: Counted::new(m.retire_failures),
+            thrashing: Counted::new(m.thrashing),
+            entries: m.entries,
+            create_ok: m.create_ok,
+            create_error: m.create_error,
+        }
+    }
+
+    /// Count `n` entries leaving the pool for `cause`.
     pub(crate) fn evicted(&self, cause: EvictionCause, n: usize) {
-        let counter = match cause {
-            EvictionCause::Idle => &self.idle,
-            EvictionCause::Expired => &self.expired,
-            EvictionCause::Capacity => &self.capacity,
-            EvictionCause::OwnerGone => &self.owner_gone,
-            EvictionCause::Reset => &self.reset,
-            EvictionCause::Invalidated => &self.invalidated,
-        };
-        counter.add(n as u64);
+        self.evictions[cause_index(cause)].add(n as u64);
+        self.entries.sub(n);
+    }
+
+    fn eviction(&self, cause: EvictionCause) -> u64 {
+        self.evictions[cause_index(cause)].get()
     }
 
     pub(crate) fn snapshot(&self, entries: usize) -> PoolStats {
+        self.hits.publish();
         PoolStats {
             entries,
             hits: self.hits.get(),
@@ -164,12 +259,12 @@ impl Counters {
             creation_failures: self.creation_failures.get(),
             one_shots: self.one_shots.get(),
             evictions: Evictions {
-                idle: self.idle.get(),
-                expired: self.expired.get(),
-                capacity: self.capacity.get(),
-                owner_gone: self.owner_gone.get(),
-                reset: self.reset.get(),
-                invalidated: self.invalidated.get(),
+                idle: self.eviction(EvictionCause::Idle),
+                expired: self.eviction(EvictionCause::Expired),
+                capacity: self.eviction(EvictionCause::Capacity),
+                owner_gone: self.eviction(EvictionCause::OwnerGone),
+                reset: self.eviction(EvictionCause::Reset),
+                invalidated: self.eviction(EvictionCause::Invalidated),
             },
             thrashing: self.thrashing.get(),
             retire_failures: self.retire_failures.get(),

@@ -200,7 +200,7 @@ where
 {
     /// An empty pool.
     pub fn new(config: PoolConfig) -> Self {
-        let counters: Arc<Counters> = Arc::default();
+        let counters = Arc::new(Counters::new(config.name.clone()));
         Self {
             inner: Arc::new(Inner {
                 map: Shards::new(),
@@ -282,6 +282,7 @@ where
         }
         let inner = &*self.inner;
         inner.counters.misses.add(1);
+        inner.counters.hits.publish();
 
         let mut factory = Some(factory);
         let mut mine: Option<V> = None;
@@ -465,14 +466,23 @@ where
         Fut: Future<Output = Result<Created<V>, E>>,
     {
         let inner = &*self.inner;
+        let started = Instant::now();
         let created = match factory().await {
             Ok(created) => created,
             Err(error) => {
                 inner.counters.creation_failures.add(1);
+                inner
+                    .counters
+                    .create_error
+                    .record(started.elapsed().as_secs_f64());
                 return Err(error);
             }
         };
         let now = Instant::now();
+        inner
+            .counters
+            .create_ok
+            .record(now.saturating_duration_since(started).as_secs_f64());
         // The setters clamp the TTL to `PoolConfig::MAX_DURATION`; should `now + ttl` still not
         // fit in an `Instant`, the TTL is beyond anything representable: no TTL deadline.
         let ttl_deadline = inner.config.ttl.and_then(|ttl| now.checked_add(ttl));
@@ -493,6 +503,7 @@ where
             inner.millis(now),
         ));
         inner.counters.creations.add(1);
+        inner.counters.entries.add(1);
         inner.install(key, slot.clone(), now);
         Ok(Installed::Pooled(slot))
     }
@@ -685,6 +696,7 @@ where
     }
 
     async fn prune(&self, idle_ttl: Option<Duration>) -> RetireReport {
+        self.counters.hits.publish();
         let now = Instant::now();
         let now_ms = self.millis(now);
         // Saturating: `as u64` would wrap a huge TTL around to a short one.
@@ -715,6 +727,13 @@ where
             retired: a.retired + b.retired,
             failed: a.failed + b.failed,
         }
+    }
+}
+
+impl<K, V> Drop for Inner<K, V> {
+    fn drop(&mut self) {
+        // Entries dropped with the pool (never drained) leave the `pool.entries` gauge too.
+        self.counters.entries.sub(self.map.len());
     }
 }
 

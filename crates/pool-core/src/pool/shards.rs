@@ -30,6 +30,12 @@ pub(crate) enum TryDrain<V> {
     Contended,
 }
 
+impl<K, V> Shards<K, V> {
+    pub(crate) fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed)
+    }
+}
+
 impl<K: Hash + Eq, V> Shards<K, V> {
     pub(crate) fn new() -> Self {
         let cores = std::thread::available_parallelism().map_or(4, |n| n.get());
@@ -45,10 +51,6 @@ impl<K: Hash + Eq, V> Shards<K, V> {
 
     pub(crate) fn hash(&self, key: &K) -> u64 {
         self.hasher.hash_one(key)
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.len.load(Ordering::Relaxed)
     }
 
     fn shard(&self, hash: u64) -> &RwLock<Table<K, V>> {
