@@ -63,6 +63,7 @@ mod error;
 mod key;
 mod keyed;
 mod layer;
+mod migrate;
 mod snapshot;
 mod store;
 #[cfg(any(test, feature = "testing"))]
@@ -81,6 +82,7 @@ pub use key::{
     MAX_KEY_LEN, has_valid_checksum,
 };
 pub use layer::{API_KEY_HEADER, ApiKeyLayer, ApiKeyService, rejection_response};
+pub use migrate::{MIGRATE_CONCURRENCY, MigrateError, MigrateOptions, MigrationReport, migrate};
 #[cfg(feature = "azure")]
 pub use store::BlobStore;
 pub use store::{

@@ -14,7 +14,8 @@ use tokio::time::Instant;
 
 pub(crate) use self::feed::FeedState;
 pub(crate) use self::records::{
-    FeedEntry, IdEntry, KeyEntry, RECORD_FORMAT, account_name, id_name, key_name,
+    FeedEntry, IdEntry, KeyEntry, RECORD_FORMAT, account_name, from_json, id_name, key_name,
+    to_json,
 };
 use crate::cache::{ApiKeyCache, Counters};
 use crate::config::CacheConfig;
