@@ -10,6 +10,13 @@
 //! long as the TTL: soonest-deadline eviction alone, the policy before #23, which rebuilds a
 //! session on every call) and against a round-robin within the capacity (32 clusters).
 //!
+//! A third part (issue #25) fires 1 000 concurrent pod lists at one cluster whose server answers
+//! each in 20 ms, from a cold client: ours over HTTP/2 (the default: one TLS connection,
+//! multiplexed up to the server's 100 streams), ours over HTTP/1.1 with the 32-request bound
+//! (`http2(false)`, the stack before #25), and kube's default client (HTTP/1.1, unbounded).
+//! TLS connections opened, wall time of the burst and per-call p50/p99, median of 3 rounds each,
+//! interleaved.
+//!
 //! Run with `cargo xtask bench k8s_session`. Prints a human summary and one JSON line per
 //! comparison (the format `cargo xtask bench` collects into docs/benchmarks.md).
 
@@ -19,13 +26,16 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_session::{KubeconfigSource, SessionKey, SessionPool};
 use kube::Api;
 use testkit::bench::{Comparison, emit, median, percentile};
-use testkit::k8s::{K8sServer, SAMPLE_NAMESPACE, kube_client};
+use testkit::k8s::{Fault, K8sServer, SAMPLE_NAMESPACE, kube_client};
 
 const CALLS_PER_ROUND: usize = 50;
 const ROUNDS: usize = 10;
 const WARMUP_CALLS: usize = 20;
 const CAPACITY: usize = 32;
 const CYCLE_ROUNDS: usize = 8;
+const BURST: usize = 1_000;
+const BURST_ROUNDS: usize = 3;
+const SERVER_LATENCY: Duration = Duration::from_millis(20);
 
 async fn list(client: &kube::Client) {
     let pods: Api<Pod> = Api::namespaced(client.clone(), SAMPLE_NAMESPACE);
@@ -114,6 +124,7 @@ async fn run() {
         },
     ];
     comparisons.extend(round_robin(&server, &kubeconfig).await);
+    comparisons.extend(bursts().await);
     println!(
         "k8s_session: {} calls per variant over mTLS on loopback; pool: {} build(s), {} hits",
         ROUNDS * CALLS_PER_ROUND,
@@ -214,4 +225,118 @@ async fn round_robin(server: &K8sServer, kubeconfig: &kube::config::Kubeconfig) 
             lower_is_better: true,
         },
     ]
+}
+
+/// One variant of the burst.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Burst {
+    Http2,
+    Http1Bounded,
+    KubeDefault,
+}
+
+/// What one burst measured.
+#[derive(Default)]
+struct BurstRun {
+    connections: Vec<f64>,
+    wall_ms: Vec<f64>,
+    latencies_ms: Vec<f64>,
+}
+
+/// [`BURST`] concurrent lists from a cold client of `variant` against a server answering in
+/// [`SERVER_LATENCY`].
+async fn burst(
+    server: &K8sServer,
+    kubeconfig: &kube::config::Kubeconfig,
+    variant: Burst,
+    run: &mut BurstRun,
+) {
+    let before = server.tls_connections();
+    let client = match variant {
+        Burst::KubeDefault => kube_client(kubeconfig.clone()).await.expect("client"),
+        _ => {
+            let pool = SessionPool::builder(KubeconfigSource::from_kubeconfig(kubeconfig.clone()))
+                .knobs_from(|_| None)
+                .http2(variant == Burst::Http2)
+                .build();
+            let key = SessionKey::new("bench-subscription", "bench-rg", "bench-burst");
+            pool.session(&key).await.expect("session").client().clone()
+        }
+    };
+    let start = Instant::now();
+    let latencies = futures::future::join_all((0..BURST).map(|_| {
+        let client = client.clone();
+        async move {
+            let start = Instant::now();
+            list(&client).await;
+            start.elapsed().as_secs_f64() * 1e3
+        }
+    }))
+    .await;
+    run.wall_ms.push(start.elapsed().as_secs_f64() * 1e3);
+    run.latencies_ms.extend(latencies);
+    run.connections
+        .push((server.tls_connections() - before) as f64);
+}
+
+async fn bursts() -> Vec<Comparison> {
+    // A server of its own, so the injected latency touches only this part.
+    let server = K8sServer::start().await.expect("k8s test server");
+    let kubeconfig = server.kubeconfig_cert().expect("client certificate");
+    let pods = format!("/api/v1/namespaces/{SAMPLE_NAMESPACE}/pods");
+    server.inject(pods.as_str(), Fault::latency(SERVER_LATENCY));
+    let variants = [Burst::Http2, Burst::Http1Bounded, Burst::KubeDefault];
+    let mut runs: Vec<BurstRun> = variants.iter().map(|_| BurstRun::default()).collect();
+    for _ in 0..BURST_ROUNDS {
+        for (variant, run) in variants.iter().zip(runs.iter_mut()) {
+            burst(&server, &kubeconfig, *variant, run).await;
+        }
+    }
+    let figures: Vec<[f64; 4]> = runs
+        .iter_mut()
+        .map(|run| {
+            [
+                median(&mut run.connections),
+                median(&mut run.wall_ms),
+                median(&mut run.latencies_ms),
+                percentile(&mut run.latencies_ms, 99.0),
+            ]
+        })
+        .collect();
+    let names = [
+        "ours over HTTP/2",
+        "ours over HTTP/1.1, 32 in flight (before #25)",
+        "kube's default client (HTTP/1.1)",
+    ];
+    for (name, f) in names.iter().zip(&figures) {
+        println!(
+            "  burst of {BURST}, {SERVER_LATENCY:?} server latency, {name}: {:.0} TLS connections, \
+             wall {:.0} ms, p50 {:.1} ms, p99 {:.1} ms",
+            f[0], f[1], f[2], f[3]
+        );
+    }
+    let metrics: [(&'static str, &'static str); 4] = [
+        (
+            "1 000 concurrent lists, 20 ms latency: TLS connections",
+            "connections",
+        ),
+        ("1 000 concurrent lists, 20 ms latency: wall time", "ms"),
+        ("1 000 concurrent lists, 20 ms latency: p50", "ms/call"),
+        ("1 000 concurrent lists, 20 ms latency: p99", "ms/call"),
+    ];
+    let mut comparisons = Vec::new();
+    for baseline in 1..3 {
+        for (i, (metric, unit)) in metrics.iter().enumerate() {
+            comparisons.push(Comparison {
+                scenario: "k8s_session",
+                baseline_name: names[baseline].into(),
+                metric,
+                unit,
+                ours: figures[0][i],
+                baseline: figures[baseline][i],
+                lower_is_better: true,
+            });
+        }
+    }
+    comparisons
 }
