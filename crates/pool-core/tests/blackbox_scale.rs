@@ -884,6 +884,205 @@ async fn p9_thrashing_counts_returning_capacity_victims_only() {
     assert_eq!(pool.stats().thrashing, 0, "{:?}", pool.stats());
 }
 
+/// Captures WARN events (their fields, formatted) on the current thread.
+#[derive(Clone, Default)]
+struct WarnCapture(Arc<Mutex<Vec<String>>>);
+
+impl tracing::Subscriber for WarnCapture {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        struct Fields(String);
+        impl tracing::field::Visit for Fields {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                use std::fmt::Write;
+                let _ = write!(self.0, "{}={:?} ", field.name(), value);
+            }
+        }
+        if *event.metadata().level() == tracing::Level::WARN {
+            let mut fields = Fields(String::new());
+            event.record(&mut fields);
+            self.0.lock().unwrap().push(fields.0);
+        }
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+// Issue 23 / P9: while the pool thrashes, a warning names the setting to raise, at most once a
+// minute; 5 virtual minutes of a 5-over-4 cycle give between 1 and 6 of them, each naming the
+// configured knob. A stream of new keys (capacity evictions, no thrashing) warns nothing.
+#[tokio::test(start_paused = true)]
+async fn p9_thrashing_warns_at_most_once_a_minute_naming_the_knob() {
+    let capture = WarnCapture::default();
+    let _guard = tracing::subscriber::set_default(capture.clone());
+    let ledger = Arc::new(Ledger::default());
+    let pool = Pool::new(
+        PoolConfig::default()
+            .max_entries(4)
+            .ttl(Duration::from_secs(3600))
+            .capacity_knob("BLACKBOX_POOL_MAX_ENTRIES"),
+    );
+    for i in 0..300u64 {
+        drop(fetch(&pool, i % 5, &ledger).await);
+        advance(Duration::from_secs(1)).await;
+    }
+    settle().await;
+    assert!(pool.stats().thrashing > 0);
+    let warnings = capture.0.lock().unwrap().clone();
+    let naming: Vec<_> = warnings
+        .iter()
+        .filter(|w| w.contains("BLACKBOX_POOL_MAX_ENTRIES"))
+        .collect();
+    assert!(
+        (1..=6).contains(&naming.len()),
+        "{} warnings naming the knob in 5 minutes of thrashing: {warnings:?}",
+        naming.len()
+    );
+
+    capture.0.lock().unwrap().clear();
+    let pool = Pool::new(
+        PoolConfig::default()
+            .max_entries(4)
+            .ttl(Duration::from_secs(3600))
+            .capacity_knob("BLACKBOX_POOL_MAX_ENTRIES"),
+    );
+    for key in 0..300u64 {
+        drop(fetch(&pool, key, &ledger).await);
+        advance(Duration::from_secs(1)).await;
+    }
+    settle().await;
+    assert_eq!(pool.stats().thrashing, 0);
+    let warnings = capture.0.lock().unwrap().clone();
+    assert!(
+        warnings.is_empty(),
+        "warned without thrashing: {warnings:?}"
+    );
+}
+
+// P4 and every other removal path: after invalidate, evict_where, prune_idle, expiry found by a
+// lookup, the sweeper and reset, the freed slots are really free (the pool refills to exactly
+// max_entries without a capacity eviction) and the next insert evicts exactly one entry, the
+// one with the soonest deadline.
+#[tokio::test(start_paused = true)]
+async fn p4_every_removal_path_frees_its_slot_for_capacity() {
+    let ledger = Arc::new(Ledger::default());
+    let pool = Pool::new(
+        PoolConfig::default()
+            .max_entries(4)
+            .ttl(Duration::from_secs(100))
+            .sweep_interval(Duration::from_secs(1000)),
+    );
+    let mut next = 0u64;
+    let mut fill = async |pool: &Pool, n: usize| {
+        for _ in 0..n {
+            drop(fetch(pool, next, &ledger).await);
+            next += 1;
+            advance(Duration::from_millis(10)).await;
+        }
+    };
+    fill(&pool, 4).await; // 0 1 2 3
+    assert!(pool.invalidate(&1).await);
+    pool.evict_where(EvictionCause::OwnerGone, |k, _| *k == 2)
+        .await;
+    fill(&pool, 2).await; // 0 3 4 5
+    assert_eq!(pool.stats().evictions.capacity, 0);
+    advance(Duration::from_secs(1)).await;
+    drop(pool.get(&0).unwrap());
+    drop(pool.get(&3).unwrap());
+    assert_eq!(pool.prune_idle(Duration::from_millis(500)).await.total(), 2); // 4, 5 idle
+    fill(&pool, 2).await; // 0 3 6 7
+    assert_eq!(pool.stats().evictions.capacity, 0, "{:?}", pool.stats());
+    // Expiry found by a lookup: 0 expires first (created first).
+    advance(Duration::from_secs(99)).await;
+    assert!(pool.get(&0).is_none());
+    fill(&pool, 1).await; // 3 6 7 8
+    assert_eq!(pool.stats().evictions.capacity, 0, "{:?}", pool.stats());
+    assert_eq!(pool.len(), 4);
+    // Capacity: the soonest deadline (3) goes, and only it.
+    fill(&pool, 1).await; // 6 7 8 9
+    settle().await;
+    assert_eq!(pool.stats().evictions.capacity, 1);
+    assert!(pool.get(&3).is_none());
+    for key in [6, 7, 8, 9] {
+        assert!(pool.get(&key).is_some(), "{key}");
+    }
+    // The sweeper removes what expired (all of them, 1000 s later) and the pool refills.
+    advance(Duration::from_secs(1000)).await;
+    settle().await;
+    assert_eq!(pool.len(), 0, "{:?}", pool.stats());
+    fill(&pool, 4).await;
+    assert_eq!(pool.stats().evictions.capacity, 1, "{:?}", pool.stats());
+    pool.reset().await;
+    fill(&pool, 4).await;
+    assert_eq!(pool.stats().evictions.capacity, 1, "{:?}", pool.stats());
+    fill(&pool, 1).await;
+    assert_eq!(pool.stats().evictions.capacity, 2);
+    settle().await;
+    let stats = pool.stats();
+    assert_eq!(stats.creations, pool.len() as u64 + stats.evictions.total());
+    assert_eq!(ledger.retired() as u64, stats.evictions.total());
+}
+
+// P10/P4: a factory that panics, and a leader cancelled mid-creation, while the pool is full:
+// no slot is lost or leaked, the other callers carry on, the pool still fills to capacity.
+#[tokio::test(start_paused = true)]
+async fn p10_panicking_and_cancelled_creations_at_capacity_leave_the_pool_consistent() {
+    let ledger = Arc::new(Ledger::default());
+    let pool = Pool::new(PoolConfig::default().max_entries(3));
+    for key in 0..3 {
+        drop(fetch(&pool, key, &ledger).await);
+    }
+    let panicking = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let _ = pool
+                .get_or_create(&50, || async {
+                    tokio::task::yield_now().await;
+                    panic!("factory panicked (expected by the test)");
+                    #[allow(unreachable_code)]
+                    Ok::<Created<Val>, Boom>(unreachable!())
+                })
+                .await;
+        })
+    };
+    assert!(
+        panicking.await.is_err(),
+        "the factory's panic reaches its caller"
+    );
+    let gate = Arc::new(Notify::new());
+    let cancelled = {
+        let (pool, ledger, gate) = (pool.clone(), ledger.clone(), gate.clone());
+        tokio::spawn(async move {
+            let _ = pool
+                .get_or_create(&60, || async move {
+                    gate.notified().await;
+                    Ok::<_, Boom>(Created::new(Val::new(60, &ledger, Hook::Nothing)))
+                })
+                .await;
+        })
+    };
+    settle().await;
+    cancelled.abort();
+    let _ = cancelled.await;
+    // Both keys can be created afterwards; capacity holds; nothing leaked.
+    drop(fetch(&pool, 50, &ledger).await);
+    drop(fetch(&pool, 60, &ledger).await);
+    assert_eq!(pool.len(), 3);
+    assert_eq!(ledger.built_for(60), 1, "the cancelled factory never built");
+    settle().await;
+    let stats = pool.stats();
+    assert_eq!(stats.creations, pool.len() as u64 + stats.evictions.total());
+    assert_eq!(ledger.retired() as u64, stats.evictions.capacity);
+    assert_eq!(stats.evictions.capacity, 2);
+}
+
 // ---------------------------------------------------------------------------------------------
 // P5: retire runs outside every lock: a retire hook that re-enters the pool never deadlocks.
 // ---------------------------------------------------------------------------------------------
