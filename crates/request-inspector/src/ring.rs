@@ -152,7 +152,7 @@ impl Ring {
     /// Empty the ring; the entries are returned to be dropped outside the lock.
     pub(crate) fn clear(&self, counters: &Counters, metrics: &Metrics) -> VecDeque<Chunk> {
         let mut chunks = self.lock();
-        let all = std::mem::replace(&mut *chunks, VecDeque::new());
+        let all = std::mem::take(&mut *chunks);
         chunks.reserve(self.capacity.div_ceil(CHUNK) + 1);
         self.len.store(0, Ordering::Relaxed);
         counters.ring_bytes.store(0, Ordering::Relaxed);
