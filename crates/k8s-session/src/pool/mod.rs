@@ -524,6 +524,7 @@ impl SessionPoolBuilder {
             .unwrap_or_else(|| MAX_IN_FLIGHT_KNOB.read());
         let max_entries = self.max_entries.unwrap_or_else(|| MAX_ENTRIES_KNOB.read());
         let mut config = PoolConfig::default()
+            .name("k8s-session")
             .ttl(ttl)
             .max_entries(max_entries)
             .expiry_margin(self.expiry_margin)
