@@ -923,3 +923,407 @@ async fn a12_legacy_keys_toggle() {
         "negative cache holds a legacy unknown key"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// A5 with point reads: floods of well-formed unknown keys.
+// ---------------------------------------------------------------------------------------------
+
+// covers A5 + A12: 20 000 distinct well-formed (valid checksum) unknown keys over 4 s cost at
+// most the point-read budget (burst + rate × time); cached real keys keep answering with no
+// read; the negative cache stays within negative_capacity; each flood key answers Unknown,
+// never Unavailable or a panic.
+#[tokio::test(start_paused = true)]
+async fn a5_flood_of_well_formed_unknown_keys_is_bounded_by_the_budget() {
+    let store = MemoryStore::keyed();
+    let writer = ApiKeyCache::new(store.clone(), CacheConfig::default());
+    let account = writer.create_account("acme", "Acme").await.expect("create");
+    let real = writer.issue_key(&account).await.expect("issue");
+    let p = Probe::new(store.clone());
+    let c = cache(
+        &p,
+        CacheConfig::default()
+            .point_reads_per_second(100)
+            .negative_capacity(500),
+    );
+    assert!(auth(&c, real.secret.expose()).await.is_ok());
+    let reads0 = p.reads();
+    let mut seed = 1_000_000u64;
+    for _second in 0..4 {
+        for _ in 0..5_000 {
+            seed += 1;
+            let r = auth(&c, &forge_key(seed)).await;
+            assert!(is_unknown(&r), "{r:?}");
+        }
+        assert!(auth(&c, real.secret.expose()).await.is_ok());
+        assert!(c.stats().negative_entries <= 500, "{:?}", c.stats());
+        advance(Duration::from_secs(1)).await;
+    }
+    let reads = p.reads() - reads0;
+    // Budget: 100 (burst) + 100/s × 3 s elapsed during the flood, plus the real key's
+    // revalidations (none due in 4 s).
+    assert!(
+        reads <= 100 + 300 + 2,
+        "{reads} point reads for 20 000 unknown keys"
+    );
+    assert!(c.stats().miss_reloads_limited > 0);
+}
+
+// covers A5: one unknown key repeated costs one point read per negative_ttl; with the negative
+// cache off (negative_ttl 0) the repeats are held to the budget instead.
+#[tokio::test(start_paused = true)]
+async fn a5_repeated_unknown_key_negative_cache_and_without_it() {
+    let store = MemoryStore::keyed();
+    let p = Probe::new(store.clone());
+    let c = cache(&p, CacheConfig::default());
+    let unknown = forge_key(42);
+    for _ in 0..1_000 {
+        assert!(is_unknown(&auth(&c, &unknown).await));
+    }
+    assert_eq!(p.reads(), 1, "negative cache");
+    advance(Duration::from_secs(11)).await;
+    assert!(is_unknown(&auth(&c, &unknown).await));
+    assert_eq!(p.reads(), 2, "re-read after negative_ttl");
+
+    let p = Probe::new(store.clone());
+    let off = cache(
+        &p,
+        CacheConfig::default()
+            .negative_ttl(Duration::ZERO)
+            .point_reads_per_second(10),
+    );
+    for _ in 0..1_000 {
+        assert!(is_unknown(&auth(&off, &unknown).await));
+    }
+    assert!(
+        p.reads() <= 10,
+        "{} reads with the negative cache off",
+        p.reads()
+    );
+}
+
+// covers A5: a flood spends the budget, but a rejection while the budget is empty is not
+// negatively cached: a key issued on another instance during the flood is accepted once the
+// budget refills (≤ 1 s after the flood), and one already cached is never affected.
+#[tokio::test(start_paused = true)]
+async fn a5_flood_does_not_poison_a_key_issued_meanwhile() {
+    let store = MemoryStore::keyed();
+    let a = ApiKeyCache::new(store.clone(), CacheConfig::default());
+    let account = a.create_account("acme", "Acme").await.expect("create");
+    let cached = a.issue_key(&account).await.expect("issue");
+    let b = ApiKeyCache::new(
+        store.clone(),
+        CacheConfig::default().point_reads_per_second(5),
+    );
+    assert!(auth(&b, cached.secret.expose()).await.is_ok());
+    for i in 0..50 {
+        let _ = auth(&b, &forge_key(7_000 + i)).await;
+    }
+    let fresh = a.issue_key(&account).await.expect("issue during the flood");
+    let during = auth(&b, fresh.secret.expose()).await;
+    // "reads that find a key spend nothing": ideally accepted; a 401 here is the documented
+    // cost of a flood, but it must not stick.
+    assert!(during.is_ok() || is_unknown(&during), "{during:?}");
+    assert!(auth(&b, cached.secret.expose()).await.is_ok());
+    advance(Duration::from_secs(1)).await;
+    assert_eq!(
+        auth(&b, fresh.secret.expose())
+            .await
+            .expect("accepted once the budget refilled"),
+        fresh.identity
+    );
+}
+
+// covers A4 in the keyed layout: 500 concurrent requests for one uncached real key and 500 for
+// one unknown key cost one point read each.
+#[tokio::test(start_paused = true)]
+async fn a4_concurrent_misses_share_one_point_read() {
+    let store = MemoryStore::keyed();
+    store.set_latency(Duration::from_millis(50));
+    let writer = ApiKeyCache::new(store.clone(), CacheConfig::default());
+    let account = writer.create_account("acme", "Acme").await.expect("create");
+    let real = writer.issue_key(&account).await.expect("issue");
+    let p = Probe::new(store.clone());
+    let c = cache(&p, CacheConfig::default());
+    let unknown = forge_key(99);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..1_000 {
+        let c = c.clone();
+        let key = if i % 2 == 0 {
+            real.secret.expose().to_owned()
+        } else {
+            unknown.clone()
+        };
+        tasks.spawn(async move { (i % 2 == 0, c.authenticate(&key).await) });
+    }
+    while let Some(r) = bounded("concurrent misses", tasks.join_next()).await {
+        let (is_real, r) = r.expect("join");
+        if is_real {
+            assert_eq!(r.expect("real key"), real.identity);
+        } else {
+            assert!(is_unknown(&r), "{r:?}");
+        }
+    }
+    assert_eq!(p.reads(), 2, "one point read per distinct key");
+}
+
+// ---------------------------------------------------------------------------------------------
+// A12: bounded memory.
+// ---------------------------------------------------------------------------------------------
+
+// covers A12 + X5: key_capacity at its extremes (0 → 1, 1, u64::MAX → 10^8): the bound holds,
+// and eviction never changes an answer — an evicted key is re-read, and a key revoked while it
+// was evicted is rejected.
+#[tokio::test(start_paused = true)]
+async fn a12_key_capacity_extremes_hold_and_eviction_keeps_answers_right() {
+    let store = MemoryStore::keyed();
+    let writer = ApiKeyCache::new(store.clone(), CacheConfig::default());
+    let account = writer.create_account("acme", "Acme").await.expect("create");
+    let mut keys = Vec::new();
+    for _ in 0..30 {
+        keys.push(writer.issue_key(&account).await.expect("issue"));
+    }
+    for (capacity, bound) in [(0u64, 1u64), (1, 1), (3, 3), (u64::MAX, 30)] {
+        let c = ApiKeyCache::new(store.clone(), CacheConfig::default().key_capacity(capacity));
+        for round in 0..3 {
+            for k in &keys {
+                assert_eq!(
+                    auth(&c, k.secret.expose()).await.expect("valid"),
+                    k.identity,
+                    "capacity {capacity} round {round}"
+                );
+            }
+        }
+        let held = c.stats().keys;
+        assert!(held <= bound, "key_capacity({capacity}): {held} keys held");
+    }
+    // Revoke a key while it is evicted from a capacity-1 cache.
+    let tiny = ApiKeyCache::new(store.clone(), CacheConfig::default().key_capacity(1));
+    assert!(auth(&tiny, keys[0].secret.expose()).await.is_ok());
+    assert!(auth(&tiny, keys[1].secret.expose()).await.is_ok()); // evicts keys[0]
+    writer
+        .revoke_key(&keys[0].identity.key)
+        .await
+        .expect("revoke");
+    advance(POLL).await;
+    assert!(is_revoked(&auth(&tiny, keys[0].secret.expose()).await));
+    assert!(auth(&tiny, keys[1].secret.expose()).await.is_ok());
+}
+
+// covers A12 + SPEC §3 "Time": a cached key unused for key_idle is dropped — in virtual time
+// (tokio::time), like every expiry in this workspace. Observed through stats().keys and the
+// point read its next use costs. Found: in virtual time the key is never dropped (no point read
+// after 3 × key_idle); the same test with real time (a 200 ms thread sleep, key_idle 1 ms, run
+// once by hand) does drop it: key_idle runs on moka's wall clock, not tokio::time, so it cannot
+// be tested with start_paused and disagrees with every other expiry of the crate.
+#[tokio::test(start_paused = true)]
+#[ignore = "defect: key_idle expiry uses a wall clock (moka), not tokio::time (SPEC §3 Time)"]
+async fn a12_key_idle_follows_tokio_time() {
+    let store = MemoryStore::keyed();
+    let writer = ApiKeyCache::new(store.clone(), CacheConfig::default());
+    let account = writer.create_account("acme", "Acme").await.expect("create");
+    let k = writer.issue_key(&account).await.expect("issue");
+    let p = Probe::new(store.clone());
+    let c = cache(&p, CacheConfig::default().key_idle(Duration::from_secs(1)));
+    assert!(auth(&c, k.secret.expose()).await.is_ok());
+    assert_eq!(c.stats().keys, 1);
+    advance(Duration::from_secs(3)).await;
+    let reads = p.reads();
+    assert!(auth(&c, k.secret.expose()).await.is_ok());
+    assert_eq!(
+        p.reads(),
+        reads + 1,
+        "idle for 3 × key_idle: dropped, so its next use is a point read"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Store outage: known keys keep working, unknown → Unavailable, never a false 401.
+// ---------------------------------------------------------------------------------------------
+
+// covers A9/A11 failure table: the store is down for B for two minutes (feed reads, point reads,
+// writes all fail). Keys B had cached keep answering (stale_served counted once their
+// revalidation is due); real keys B never saw and unknown keys get Unavailable — never Unknown;
+// nothing is negatively cached meanwhile; after the outage everything answers right.
+#[tokio::test(start_paused = true)]
+async fn outage_known_keys_work_unknown_are_unavailable_never_401() {
+    let store = MemoryStore::keyed();
+    let a = ApiKeyCache::new(store.clone(), CacheConfig::default());
+    let account = a.create_account("acme", "Acme").await.expect("create");
+    let known = a.issue_key(&account).await.expect("issue");
+    let unseen = a.issue_key(&account).await.expect("issue");
+    let pb = Probe::new(store.clone());
+    let b = cache(&pb, CacheConfig::default().revalidate(TTL));
+    assert!(auth(&b, known.secret.expose()).await.is_ok());
+    pb.set(|s| &s.fail_all, true);
+    let unknown = forge_key(5);
+    for step in 0..60 {
+        let r = auth(&b, known.secret.expose()).await;
+        assert_eq!(
+            r.expect("cached key during the outage"),
+            known.identity,
+            "step {step}"
+        );
+        let r = auth(&b, unseen.secret.expose()).await;
+        assert!(is_unavailable(&r), "uncached real key during outage: {r:?}");
+        let r = auth(&b, &unknown).await;
+        assert!(is_unavailable(&r), "unknown key during outage: {r:?}");
+        advance(POLL).await;
+    }
+    assert!(b.stats().stale_served > 0, "{:?}", b.stats());
+    assert!(matches!(
+        b.issue_key(&account).await,
+        Err(WriteError::Store { .. })
+    ));
+    pb.set(|s| &s.fail_all, false);
+    assert_eq!(
+        auth(&b, unseen.secret.expose())
+            .await
+            .expect("after the outage"),
+        unseen.identity
+    );
+    assert!(is_unknown(&auth(&b, &unknown).await));
+    assert!(auth(&b, known.secret.expose()).await.is_ok());
+}
+
+// covers A11: B is partitioned from the store while A revokes a key B has cached. B keeps
+// answering from its cache meanwhile (documented fail-open), and once the partition heals the
+// revocation is seen within one poll (the feed cursor stayed: nothing skipped).
+#[tokio::test(start_paused = true)]
+async fn outage_revocation_made_during_partition_seen_within_one_poll_after() {
+    let store = MemoryStore::keyed();
+    let a = ApiKeyCache::new(store.clone(), CacheConfig::default());
+    let account = a.create_account("acme", "Acme").await.expect("create");
+    let victim = a.issue_key(&account).await.expect("issue");
+    let pb = Probe::new(store.clone());
+    let b = cache(&pb, CacheConfig::default());
+    assert!(auth(&b, victim.secret.expose()).await.is_ok());
+    pb.set(|s| &s.fail_all, true);
+    advance(POLL).await;
+    assert!(auth(&b, victim.secret.expose()).await.is_ok());
+    a.revoke_key(&victim.identity.key).await.expect("revoke");
+    for _ in 0..5 {
+        advance(POLL).await;
+        let r = auth(&b, victim.secret.expose()).await;
+        assert!(r.is_ok() || is_revoked(&r), "{r:?}");
+    }
+    pb.set(|s| &s.fail_all, false);
+    advance(POLL).await;
+    let r = auth(&b, victim.secret.expose()).await;
+    assert!(is_revoked(&r), "one poll after the partition healed: {r:?}");
+}
+
+// covers A9 (bounded store calls) in the keyed layout: a store that hangs (point reads and feed
+// reads never answer). A cached key is answered within load_timeout even when a feed read is
+// due, 100 concurrent requests for it share one feed read, and an uncached key gets
+// Unavailable within load_timeout.
+#[tokio::test(start_paused = true)]
+async fn hung_store_costs_at_most_load_timeout_and_unknown_is_unavailable() {
+    let store = MemoryStore::keyed();
+    let a = ApiKeyCache::new(store.clone(), CacheConfig::default());
+    let account = a.create_account("acme", "Acme").await.expect("create");
+    let known = a.issue_key(&account).await.expect("issue");
+    let unseen = a.issue_key(&account).await.expect("issue");
+    let pb = Probe::new(store.clone());
+    let b = cache(&pb, CacheConfig::default());
+    assert!(auth(&b, known.secret.expose()).await.is_ok());
+    pb.set(|s| &s.hang_reads, true);
+    advance(POLL).await;
+    let feed_reads = pb.feed_reads();
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..100 {
+        let b = b.clone();
+        let key = known.secret.expose().to_owned();
+        tasks.spawn(async move { b.authenticate(&key).await });
+    }
+    while let Some(r) = bounded("hits during a hung feed read", tasks.join_next()).await {
+        assert!(r.expect("join").is_ok());
+    }
+    assert!(
+        started.elapsed() <= LOAD_TIMEOUT + Duration::from_millis(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        pb.feed_reads() - feed_reads <= 1,
+        "{} feed reads for 100 concurrent hits",
+        pb.feed_reads() - feed_reads
+    );
+    let started = Instant::now();
+    let r = auth(&b, unseen.secret.expose()).await;
+    assert!(is_unavailable(&r), "{r:?}");
+    assert!(started.elapsed() <= LOAD_TIMEOUT + Duration::from_millis(10));
+    let r = auth(&b, &forge_key(3)).await;
+    assert!(is_unavailable(&r), "unknown key on a hung store: {r:?}");
+    assert!(b.stats().store_timeouts >= 1);
+}
+
+// covers A8 in the keyed layout: through the layer, store down → 503 + retry-after for an
+// uncached key (never a 401), revoked and unknown → one identical 401 body.
+#[tokio::test(start_paused = true)]
+async fn a8_layer_over_keyed_store_503_on_outage_and_one_401_body() {
+    use axum::Router;
+    use axum::body::Body;
+    use axum::extract::Extension;
+    use axum::routing::get;
+    use http::{Request, StatusCode};
+    use http_body_util::BodyExt as _;
+    use tower::ServiceExt as _;
+
+    let store = MemoryStore::keyed();
+    let a = ApiKeyCache::new(store.clone(), CacheConfig::default());
+    let account = a.create_account("acme", "Acme").await.expect("create");
+    let revoked = a.issue_key(&account).await.expect("issue");
+    let unseen = a.issue_key(&account).await.expect("issue");
+    a.revoke_key(&revoked.identity.key).await.expect("revoke");
+    let pb = Probe::new(store.clone());
+    let b = cache(&pb, CacheConfig::default());
+    let router = Router::new()
+        .route(
+            "/",
+            get(|Extension(id): Extension<Identity>| async move { id.key.as_str().to_owned() }),
+        )
+        .layer(ApiKeyLayer::new(b.clone()));
+    let send = |key: String| {
+        let router = router.clone();
+        async move {
+            let resp = router
+                .oneshot(
+                    Request::builder()
+                        .uri("/")
+                        .header("x-api-key", key)
+                        .body(Body::empty())
+                        .expect("request"),
+                )
+                .await
+                .expect("infallible");
+            let status = resp.status();
+            let retry = resp.headers().get("retry-after").cloned();
+            let body = resp.into_body().collect().await.expect("body").to_bytes();
+            (status, retry, String::from_utf8_lossy(&body).into_owned())
+        }
+    };
+    let (s1, _, body_revoked) = send(revoked.secret.expose().to_owned()).await;
+    let (s2, _, body_unknown) = send(forge_key(11)).await;
+    assert_eq!(
+        (s1, s2),
+        (StatusCode::UNAUTHORIZED, StatusCode::UNAUTHORIZED)
+    );
+    assert_eq!(
+        body_revoked, body_unknown,
+        "revoked and unknown are indistinguishable"
+    );
+    pb.set(|s| &s.fail_all, true);
+    let (s, retry, _) = send(unseen.secret.expose().to_owned()).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        retry.as_ref().map(|v| v.to_str().expect("ascii")),
+        Some("1")
+    );
+    let (s, _, _) = send(forge_key(12)).await;
+    assert_eq!(
+        s,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unknown key on a down store"
+    );
+}
