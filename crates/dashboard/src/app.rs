@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use apikey_cache::{ApiKeyCache, ApiKeyLayer, CacheConfig, FileStore, Identity};
+use apikey_cache::{ApiKeyCache, ApiKeyLayer, CacheConfig, Identity};
 use axum::Router;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 
 use crate::buffering::{Buffered, buffer_every_body};
 use crate::clusters::{ClusterStats, Clusters};
-use crate::config::{DashboardConfig, KeyStoreConfig, Mode};
+use crate::config::{DashboardConfig, Mode};
 use crate::credential::Credentials;
 use crate::error::{ApiError, StartError};
 use crate::keystore::AnyKeyStore;
@@ -160,13 +160,10 @@ impl Dashboard {
         let clusters = Clusters::new(&config.clusters, &credentials, config.mode)?;
         let storage = Arc::new(Storage::new(&config.storage, &credentials, config.mode)?);
         let upstream = Upstream::new(&config.upstream, config.mode)?;
-        let store = match &config.keys {
-            KeyStoreConfig::Blob { container, blob } => {
-                AnyKeyStore::Blob(storage.key_store(container, blob))
-            }
-            KeyStoreConfig::File { path } => AnyKeyStore::File(FileStore::new(path.clone())),
-        };
-        let keys = ApiKeyCache::new(store, CacheConfig::from_env());
+        let store = AnyKeyStore::from_config(&config.keys, &storage);
+        let key_config = CacheConfig::from_env();
+        let keys = ApiKeyCache::new(store, key_config.clone());
+        crate::keystore::watch(&keys, key_config.poll_interval());
         let prefixes: &[&str] = match config.mode {
             Mode::Pooled => POLLING_PREFIXES,
             // The seed's middleware captured every /api/* request.

@@ -176,14 +176,29 @@ impl StorageConfig {
 #[serde(tag = "kind", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum KeyStoreConfig {
-    /// A blob in the storage account (ETag-conditional reads and writes).
-    Blob {
+    /// The default: apikey-cache's keyed layout in the storage account (A10/A11): a blob per
+    /// key record under `prefix`, created and revoked with conditions, and an append-blob
+    /// change feed that carries revocations to every instance within one poll.
+    KeyedBlob {
         /// The container. Default `dashboard`.
         container: String,
-        /// The blob name. Default `apikeys.json`.
+        /// The record-name prefix. Default `apikeys/`.
+        prefix: String,
+    },
+    /// The keyed layout in a local directory (a file per record, a change-feed file).
+    KeyedFile {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// A single JSON blob in the storage account (ETag-conditional reads and writes); fine
+    /// to ~10k keys. `apikey-migrate` converts it to the keyed layout.
+    Blob {
+        /// The container.
+        container: String,
+        /// The blob name.
         blob: String,
     },
-    /// A local JSON file (one host, or a shared file system).
+    /// A single local JSON file (one host, or a shared file system).
     File {
         /// The file's path.
         path: PathBuf,
@@ -192,9 +207,9 @@ pub enum KeyStoreConfig {
 
 impl Default for KeyStoreConfig {
     fn default() -> Self {
-        Self::Blob {
+        Self::KeyedBlob {
             container: "dashboard".to_string(),
-            blob: "apikeys.json".to_string(),
+            prefix: "apikeys/".to_string(),
         }
     }
 }

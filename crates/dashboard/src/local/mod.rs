@@ -202,9 +202,9 @@ impl Simulation {
         );
         config.listen = ([127, 0, 0, 1], 0).into();
         config.mode = mode;
-        config.keys = KeyStoreConfig::Blob {
+        config.keys = KeyStoreConfig::KeyedBlob {
             container: "dashboard".to_string(),
-            blob: format!("apikeys-{}.json", mode.as_str()),
+            prefix: format!("apikeys-{}/", mode.as_str()),
         };
         Ok(config)
     }
