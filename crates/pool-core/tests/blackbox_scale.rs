@@ -539,6 +539,83 @@ async fn x4_cycle_of_twice_the_capacity_is_not_a_zero_percent_cliff() {
     assert_hit_rate("64 over 32", steady, 0.40);
 }
 
+// Uniformly random lookups over capacity + 1 keys (not a strict cycle): >= 90 % hits.
+#[tokio::test(start_paused = true)]
+async fn x4_random_lookups_over_capacity_plus_one_keep_90_percent_hits() {
+    let ledger = Arc::new(Ledger::default());
+    let pool = Pool::new(
+        PoolConfig::default()
+            .max_entries(32)
+            .ttl(Duration::from_secs(3600)),
+    );
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut before = (0, 0);
+    for i in 0..5000u64 {
+        if i == 500 {
+            before = hits_and_misses(&pool.stats());
+        }
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        drop(fetch(&pool, x % 33, &ledger).await);
+        advance(Duration::from_millis(1)).await;
+        if i % 64 == 0 {
+            settle().await;
+        }
+    }
+    let after = hits_and_misses(&pool.stats());
+    let hits = after.0 - before.0;
+    assert_hit_rate(
+        "random over 33 keys, capacity 32",
+        (hits, hits + after.1 - before.1, 0),
+        0.90,
+    );
+}
+
+// P9: thrashing means a *recent* capacity victim came back. A key evicted 1 000 capacity
+// evictions ago (250 x the capacity) is a plain miss, and it evicts the soonest deadline.
+#[tokio::test(start_paused = true)]
+async fn p9_a_victim_returning_long_after_is_not_thrashing() {
+    let ledger = Arc::new(Ledger::default());
+    let pool = Pool::new(
+        PoolConfig::default()
+            .max_entries(4)
+            .ttl(Duration::from_secs(3600)),
+    );
+    for key in 0..1005u64 {
+        drop(fetch(&pool, key, &ledger).await);
+        advance(Duration::from_millis(1)).await;
+    }
+    settle().await;
+    let retired_before = ledger.retired_keys().len();
+    drop(fetch(&pool, 0, &ledger).await);
+    settle().await;
+    assert_eq!(pool.stats().thrashing, 0, "{:?}", pool.stats());
+    assert_eq!(
+        ledger.retired_keys()[retired_before..],
+        [1001],
+        "the soonest deadline goes"
+    );
+}
+
+// docs "Handles and retire": an entry evicted while a handle is out is retired at once; the
+// handle keeps the value alive (and usable) until it is dropped, then the value is freed.
+#[tokio::test(start_paused = true)]
+async fn p5_capacity_victim_with_an_outstanding_handle_is_retired_then_freed() {
+    let ledger = Arc::new(Ledger::default());
+    let pool = Pool::new(PoolConfig::default().max_entries(1));
+    let held = fetch(&pool, 1, &ledger).await;
+    drop(fetch(&pool, 2, &ledger).await);
+    settle().await;
+    assert_eq!(ledger.retired_keys(), vec![1]);
+    assert_eq!(ledger.dropped(), 0, "the handle keeps the value alive");
+    assert_eq!(held.key, 1);
+    assert!(held.is_pooled());
+    drop(held);
+    assert_eq!(ledger.dropped(), 1);
+    assert_eq!(ledger.max_retires_of_one_value(), 1);
+}
+
 // A working set that moves on still replaces the old one: after a long thrashing cycle over
 // keys 0..33, a new set of 32 keys is fully resident after one round.
 #[tokio::test(start_paused = true)]
