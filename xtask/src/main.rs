@@ -3,6 +3,7 @@
 //! One file per subcommand; this file only parses the command line and dispatches.
 
 mod bench;
+mod browser;
 mod demo;
 mod fuzz;
 mod it;
@@ -30,6 +31,10 @@ commands:
                      run `demo --serve` under the page's polling for N minutes (default 10,
                      release build) and report RSS, fds, connections and latency per minute;
                      fails if RSS drifts more than P % (default 10) after the warm-up
+  browser [--screenshot-docs]
+                     the dashboard page in headless Chromium (Playwright) against
+                     `demo --serve`; screenshots in target/browser/ (--screenshot-docs: also
+                     docs/dashboard.png)
   bench [scenario..] run benchmarks (all, or the named scenarios); rewrites docs/benchmarks.md
   kind up|down       create or delete a kind cluster for `it --k8s kind` (needs Docker)
   fuzz <target> [--secs N] [--cmin]
@@ -60,6 +65,7 @@ fn run(args: &[String]) -> Result<()> {
         "it" => it::run(rest),
         "demo" => demo::run(rest),
         "bench" => bench::run(rest),
+        "browser" => browser::run(rest),
         "soak" => soak::run(rest),
         "kind" => kind::run(rest),
         "fuzz" => fuzz::run(rest),

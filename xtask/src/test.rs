@@ -38,6 +38,12 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
             .env("RUSTDOCFLAGS", "-D warnings"),
     )?;
     crate::it::run_suites("local")?;
+    // Issue #21: the page in headless Chromium against `demo --serve` (the debug binary the
+    // suites just built; ~40 s).
+    crate::browser::run_suite(&crate::browser::Browser {
+        build: false,
+        screenshot_docs: false,
+    })?;
     // Issue #24: flat under the page's polling. 2 minutes on the debug `demo` binary the
     // suites just built (no extra compile), failing on any failed request or if RSS drifts more
     // than 10 % after the warm-up.

@@ -1,8 +1,8 @@
 //! `Dashboard`: wires every crate together and serves the router.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use apikey_cache::{ApiKeyCache, ApiKeyLayer, CacheConfig, Identity};
 use axum::Router;
@@ -27,6 +27,7 @@ use crate::keystore::AnyKeyStore;
 use crate::routes;
 use crate::serve::{ConnLimits, ConnStats};
 use crate::storage::{Storage, StorageStats};
+use crate::telemetry::Telemetry;
 use crate::upstream::{Upstream, UpstreamStats};
 
 /// The GETs the page polls: streamed through the inspector, never captured (seed 001's
@@ -61,7 +62,16 @@ pub(crate) struct Inner {
     /// `/api/*` requests answered 401 by the API-key layer (never in the inspector's ring).
     pub(crate) rejected: Arc<AtomicU64>,
     pub(crate) connections: Arc<ConnStats>,
+    /// The dashboard's own metric handles (issue #19).
+    pub(crate) telemetry: Arc<Telemetry>,
+    /// Renders `GET /metrics`; set by the application that installed an exporter.
+    pub(crate) metrics_render: OnceLock<MetricsRender>,
 }
+
+/// Renders the process's metrics in the Prometheus text format for `GET /metrics`: the
+/// application installs the exporter (e.g. metrics-exporter-prometheus's `PrometheusHandle::render`)
+/// and hands the dashboard this closure; the library never installs a recorder.
+pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
 
 /// The inspector's owner of a request: the account the API-key layer authenticated.
 fn account_of(extensions: &http::Extensions) -> Option<String> {
@@ -75,7 +85,10 @@ fn account_of(extensions: &http::Extensions) -> Option<String> {
 /// id is settled here (a valid incoming one or a fresh one) and written into the request, so
 /// the inspector further in propagates the same id instead of minting its own.
 async fn count_rejections(
-    axum::extract::State(rejected): axum::extract::State<Arc<AtomicU64>>,
+    axum::extract::State((rejected, telemetry)): axum::extract::State<(
+        Arc<AtomicU64>,
+        Arc<Telemetry>,
+    )>,
     mut request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
@@ -86,6 +99,7 @@ async fn count_rejections(
     let mut response = next.run(request).await;
     if response.status() == http::StatusCode::UNAUTHORIZED {
         rejected.fetch_add(1, Ordering::Relaxed);
+        telemetry.rejected();
     }
     response
         .headers_mut()
@@ -200,6 +214,8 @@ impl Dashboard {
                 admin_digest,
                 rejected: Arc::default(),
                 connections: Arc::default(),
+                telemetry: Arc::new(Telemetry::new()),
+                metrics_render: OnceLock::new(),
             }),
         })
     }
@@ -207,6 +223,14 @@ impl Dashboard {
     /// Create the jobs container (idempotent; the key store creates its own on first write).
     pub async fn prepare(&self) -> Result<(), ApiError> {
         self.inner.storage.ensure_containers().await
+    }
+
+    /// Serve `GET /metrics` (unauthenticated, like a health check, on the same listener) with
+    /// `render`'s text. The application installs the exporter and passes its render function;
+    /// until then `/metrics` answers 404. Returns `false` (and changes nothing) if a render
+    /// function was already set.
+    pub fn set_metrics_render(&self, render: MetricsRender) -> bool {
+        self.inner.metrics_render.set(render).is_ok()
     }
 
     /// The configuration it runs with.
@@ -244,9 +268,10 @@ impl Dashboard {
         }
     }
 
-    /// The axum router: `/` (the page), `/api/admin/accounts` (admin token), and the `/api/*`
-    /// routes behind the API-key layer, with the inspector inside it. Outermost: the request
-    /// timeout, the body limit and the security headers.
+    /// The axum router: `/` (the page), `/favicon.ico`, `/healthz` and `/metrics`
+    /// (unauthenticated), `/api/admin/accounts` (admin token), and the `/api/*` routes behind
+    /// the API-key layer, with the inspector inside it. Outermost: the request timeout, the body
+    /// limit, the security headers and the request metrics.
     pub fn router(&self) -> Router {
         let inner = &self.inner;
         let api = Router::new()
@@ -276,7 +301,10 @@ impl Dashboard {
         let api = api
             .layer(inner.inspector.layer())
             .layer(ApiKeyLayer::new(inner.keys.clone()))
-            .layer(from_fn_with_state(inner.rejected.clone(), count_rejections));
+            .layer(from_fn_with_state(
+                (inner.rejected.clone(), Arc::clone(&inner.telemetry)),
+                count_rejections,
+            ));
         // Admin answers carry a new key's plaintext: they stay outside the inspector's ring.
         // The token is checked before the body is read.
         let admin = Router::new()
@@ -286,7 +314,10 @@ impl Dashboard {
         let timeout = inner.config.request_timeout();
         Router::new()
             .route("/", get(routes::index))
+            .route("/favicon.ico", get(routes::favicon))
             .route("/healthz", get(|| async { "ok" }))
+            .route("/metrics", get(routes::metrics))
+            .with_state(self.clone())
             .merge(admin)
             .merge(api)
             .layer(DefaultBodyLimit::max(inner.config.body_limit_bytes))
@@ -298,6 +329,11 @@ impl Dashboard {
                     .timeout(timeout),
             )
             .layer(from_fn(routes::security_headers))
+            // Outermost: every answer's duration, the refusals and timeouts included.
+            .layer(from_fn_with_state(
+                Arc::clone(&inner.telemetry),
+                crate::telemetry::record_requests,
+            ))
     }
 
     /// Bind the configured address and serve until the returned handle is stopped or dropped,

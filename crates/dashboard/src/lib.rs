@@ -54,9 +54,10 @@ pub mod local;
 mod routes;
 mod serve;
 mod storage;
+mod telemetry;
 mod upstream;
 
-pub use app::{Dashboard, DashboardStats, POLLING_PREFIXES, Running};
+pub use app::{Dashboard, DashboardStats, MetricsRender, POLLING_PREFIXES, Running};
 pub use clusters::{AksCard, AksDetail, ClusterJobs, ClusterStats, JobRow, NodeRow, WarningRow};
 pub use config::{
     AdminToken, BODY_LIMIT_BYTES, ClusterConfig, DashboardConfig, HEADER_READ_TIMEOUT_MS,

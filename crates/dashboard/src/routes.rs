@@ -83,6 +83,41 @@ pub(crate) async fn security_headers(
     response
 }
 
+/// `GET /favicon.ico`: nothing, said cheaply (204, cached for a day), without a key — the
+/// browser asks on every load, and a 401 there was noise in the console (issue #21).
+pub(crate) async fn favicon() -> Response {
+    (
+        StatusCode::NO_CONTENT,
+        [(header::CACHE_CONTROL, "public, max-age=86400")],
+    )
+        .into_response()
+}
+
+/// `GET /metrics`: the process's metrics in the Prometheus text format, rendered by the
+/// exporter the application installed ([`Dashboard::set_metrics_render`]); 404 without one.
+/// Unauthenticated, like a health check: the series carry no key, token or account.
+pub(crate) async fn metrics(State(dashboard): State<Dashboard>) -> Response {
+    match dashboard.inner.metrics_render.get() {
+        Some(render) => (
+            [
+                (
+                    header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                ),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
+            render(),
+        )
+            .into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            [(header::CACHE_CONTROL, "no-store")],
+            "no metrics exporter installed\n",
+        )
+            .into_response(),
+    }
+}
+
 pub(crate) async fn me(Extension(identity): Extension<Identity>) -> Json<Value> {
     Json(json!({
         "account": identity.account.as_str(),
@@ -216,8 +251,13 @@ pub(crate) async fn submit_job(
         "request": request,
     });
     let bytes = serde_json::to_vec(&document).unwrap_or_default();
-    inner.storage.put_job(&id, bytes.clone()).await?;
-    let submitted = inner.upstream.submit(&id, bytes).await?;
+    let outcome = async {
+        inner.storage.put_job(&id, bytes.clone()).await?;
+        inner.upstream.submit(&id, bytes).await
+    }
+    .await;
+    inner.telemetry.job(outcome.is_ok());
+    let submitted = outcome?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "id": id, "upstream_status": submitted.status })),

@@ -227,7 +227,7 @@ impl Storage {
             .await
             .map_err(|e| ApiError::backend("blob storage", &e))?;
         let written = self.jobs_written.fetch_add(1, Ordering::Relaxed) + 1;
-        if written % self.prune_every() == 0 {
+        if written.is_multiple_of(self.prune_every()) {
             // The job is stored; a failed prune only delays the trimming to the next one.
             if let Err(error) = self.prune_jobs().await {
                 tracing::warn!(%error, "pruning old jobs failed; retrying at the next prune");

@@ -70,6 +70,10 @@ pub struct SimulationOptions {
     pub latency_ms: (u64, u64),
     /// `Retry-After` of the upstream's 429 to each job's first attempt, in seconds (default 1).
     pub upstream_retry_after_secs: u64,
+    /// Let the clusters evolve at this period (default `None`: fixed fixtures, so runs
+    /// compare): warmup progress advances, a node goes NotReady and back, maintenance jobs
+    /// start and finish. `demo --serve` turns it on, so an open page visibly live-updates.
+    pub evolve_every: Option<std::time::Duration>,
 }
 
 impl Default for SimulationOptions {
@@ -78,6 +82,7 @@ impl Default for SimulationOptions {
             clusters: 3,
             latency_ms: (20, 80),
             upstream_retry_after_secs: 1,
+            evolve_every: None,
         }
     }
 }
@@ -92,6 +97,12 @@ impl SimulationOptions {
     /// Set the number of simulated clusters.
     pub fn clusters(mut self, clusters: usize) -> Self {
         self.clusters = clusters;
+        self
+    }
+
+    /// Let the clusters evolve every `period` (`None`: never).
+    pub fn evolve_every(mut self, period: Option<std::time::Duration>) -> Self {
+        self.evolve_every = period;
         self
     }
 
@@ -173,6 +184,9 @@ impl Simulation {
             // The demo runs for hours under polling: keep each log's window small (the counts
             // the summary reads stay exact).
             server.set_request_log_capacity(DEMO_REQUEST_LOG_CAPACITY);
+            if let Some(every) = options.evolve_every {
+                server.evolve(every, move |step, f| fixtures::evolve(f, index, step));
+            }
             let arm = Url::parse(server.url()).map_err(LocalError::Url)?;
             let config = ClusterConfig::new(*name, SUBSCRIPTION, RESOURCE_GROUP)
                 .namespace(NAMESPACE)

@@ -38,6 +38,9 @@ async fn start(storage: &LocalStorage, options: &SimulationOptions, mode: Mode) 
     let admin = AdminToken::new(format!("{:032x}", rand::random::<u128>()));
     config.admin_token = Some(admin.clone());
     let dashboard = Dashboard::new(config, dashboard::local::credential())?;
+    if let Some(render) = crate::metrics_render() {
+        dashboard.set_metrics_render(render);
+    }
     dashboard
         .prepare()
         .await
@@ -224,6 +227,13 @@ pub(crate) async fn drive(
         .iter()
         .filter(|e| e.method == "POST" && e.path == "/api/blast/jobs")
         .count();
+    // What a Prometheus server would scrape, over HTTP like one (no key: like a health check).
+    let metrics_excerpt = match stage.http.get(format!("{base}/metrics")).send().await {
+        Ok(response) if response.status().is_success() => {
+            crate::summary::excerpt(&response.text().await.unwrap_or_default())
+        }
+        _ => Vec::new(),
+    };
     let summary = ModeSummary {
         mode: mode.as_str(),
         ticks,
@@ -253,6 +263,7 @@ pub(crate) async fn drive(
         inspector_entries: stats.inspector_entries,
         posts_in_inspector,
         middleware_buffered_bytes: stats.middleware_buffered_bytes,
+        metrics_excerpt,
     };
     stage.running.stop().await;
     Ok(summary)
@@ -268,10 +279,11 @@ pub(crate) async fn serve(
     println!(
         "==> dashboard ({}) serving; open in a browser:\n\n    {}/#key={}\n\n    \
          (the key is in the URL fragment, which the browser never sends; the page keeps it in \
-         localStorage). Press Ctrl-C to stop everything.",
+         localStorage). Metrics: {}/metrics. Press Ctrl-C to stop everything.",
         mode.as_str(),
         stage.running.url(),
-        stage.key
+        stage.key,
+        stage.running.url()
     );
     std::future::pending::<()>().await;
     drop(stage);

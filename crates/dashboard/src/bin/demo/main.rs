@@ -9,14 +9,17 @@ mod driver;
 mod summary;
 
 use std::path::PathBuf;
-use std::time::Instant;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use dashboard::Mode;
 use dashboard::local::{LocalStorage, SimulationOptions};
+use dashboard::{MetricsRender, Mode};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 const USAGE: &str = "\
 usage: demo [--naive | --pooled] [--ticks N] [--serve] [--latency-ms MIN-MAX] [--json PATH]
+            [--evolve-secs N]
 
   (default)          run the load with our crates, then with the seeds' naive behaviours,
                      and print both side by side
@@ -26,6 +29,9 @@ usage: demo [--naive | --pooled] [--ticks N] [--serve] [--latency-ms MIN-MAX] [-
   --serve            keep the dashboard up and print its URL (Ctrl-C stops everything)
   --latency-ms A-B   per-call latency of the simulated clusters (default 20-80; 0-0: none)
   --json PATH        also write the summary as JSON
+  --evolve-secs N    let the simulated clusters evolve every N s (warmup progress, a node
+                     going NotReady and back, jobs finishing); default 5 with --serve, else
+                     off (0: off)
 ";
 
 /// The parsed command line.
@@ -36,6 +42,7 @@ pub(crate) struct Args {
     pub(crate) serve: bool,
     pub(crate) latency_ms: (u64, u64),
     pub(crate) json: Option<PathBuf>,
+    pub(crate) evolve_secs: Option<f64>,
 }
 
 fn parse(args: &[String]) -> Result<Args> {
@@ -45,6 +52,7 @@ fn parse(args: &[String]) -> Result<Args> {
         serve: false,
         latency_ms: (20, 80),
         json: None,
+        evolve_secs: None,
     };
     let mut args = args.iter();
     while let Some(arg) = args.next() {
@@ -74,6 +82,15 @@ fn parse(args: &[String]) -> Result<Args> {
                 parsed.latency_ms = (min, max);
             }
             "--json" => parsed.json = Some(value("--json")?.into()),
+            "--evolve-secs" => {
+                let secs: f64 = value("--evolve-secs")?
+                    .parse()
+                    .context("--evolve-secs takes a number of seconds")?;
+                if !secs.is_finite() || !(0.0..=3600.0).contains(&secs) {
+                    bail!("--evolve-secs takes 0 to 3600 seconds");
+                }
+                parsed.evolve_secs = Some(secs);
+            }
             "-h" | "--help" => {
                 print!("{USAGE}");
                 std::process::exit(0);
@@ -114,8 +131,46 @@ async fn run_until_interrupted(args: Args) -> Result<()> {
     }
 }
 
+/// The Prometheus exporter this binary installed (the library never installs one).
+static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Install the Prometheus recorder (once): every crate's series, and the dashboard's own, from
+/// here on; histograms as Prometheus histograms with these bounds (seconds).
+fn install_metrics() -> Result<()> {
+    if PROMETHEUS.get().is_some() {
+        return Ok(());
+    }
+    let handle = PrometheusBuilder::new()
+        .with_recommended_naming(true)
+        .set_buckets(&[
+            0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ])
+        .context("histogram buckets")?
+        .install_recorder()
+        .context("installing the Prometheus recorder")?;
+    let _ = PROMETHEUS.set(handle);
+    Ok(())
+}
+
+/// What `GET /metrics` renders: the installed exporter's text.
+pub(crate) fn metrics_render() -> Option<MetricsRender> {
+    let handle = PROMETHEUS.get()?.clone();
+    Some(Arc::new(move || handle.render()))
+}
+
 async fn run(args: Args) -> Result<()> {
     dashboard::ensure_crypto_provider();
+    install_metrics()?;
+    if let Some(handle) = PROMETHEUS.get().cloned() {
+        // The exporter's upkeep (draining histogram buckets) is the application's job.
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                every.tick().await;
+                handle.run_upkeep();
+            }
+        });
+    }
     let started = Instant::now();
     println!("==> starting Azurite (HTTPS, OAuth)");
     let storage = LocalStorage::start()
@@ -127,7 +182,15 @@ async fn run(args: Args) -> Result<()> {
         storage.azurite().pid(),
         started.elapsed().as_secs_f64()
     );
-    let options = SimulationOptions::default().latency_ms(args.latency_ms);
+    let evolve = match args.evolve_secs {
+        Some(secs) if secs > 0.0 => Some(Duration::from_secs_f64(secs)),
+        Some(_) => None,
+        None if args.serve => Some(Duration::from_secs(5)),
+        None => None,
+    };
+    let options = SimulationOptions::default()
+        .latency_ms(args.latency_ms)
+        .evolve_every(evolve);
     if args.serve {
         let mode = args.modes.first().copied().unwrap_or_default();
         return driver::serve(&storage, &options, mode).await;
@@ -138,6 +201,9 @@ async fn run(args: Args) -> Result<()> {
     }
     println!();
     summary::print(&results);
+    if let Some(last) = results.last() {
+        summary::print_metrics_excerpt(last);
+    }
     if let Some(path) = &args.json {
         let json = serde_json::to_string_pretty(&results)?;
         std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;

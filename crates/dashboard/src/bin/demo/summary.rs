@@ -30,6 +30,9 @@ pub(crate) struct ModeSummary {
     pub(crate) inspector_entries: usize,
     pub(crate) posts_in_inspector: usize,
     pub(crate) middleware_buffered_bytes: u64,
+    /// A few lines of the dashboard's `GET /metrics` at the end of the run.
+    #[serde(skip)]
+    pub(crate) metrics_excerpt: Vec<String>,
 }
 
 /// The `p`-th percentile (nearest rank) of `values`; 0 when empty.
@@ -99,6 +102,49 @@ fn rows(s: &ModeSummary) -> Vec<(&'static str, String)> {
             bytes(s.middleware_buffered_bytes),
         ),
     ]
+}
+
+/// Series of a scrape worth showing at the end of the demo (Prometheus names).
+const EXCERPT_PREFIXES: &[&str] = &[
+    "pool_hits",
+    "pool_misses",
+    "pool_creations",
+    "http_client_request_duration_seconds_count",
+    "http_server_request_duration_seconds_count{http_request_method=\"POST\"",
+    "dashboard_",
+    "token_",
+    "apikey_",
+    "inspector_requests",
+    "warmup_",
+    "k8s_session_connections",
+];
+/// At most this many lines of it.
+const EXCERPT_LINES: usize = 16;
+
+/// Pick the lines of a scrape the excerpt shows: samples (no comments) of the series above.
+pub(crate) fn excerpt(scrape: &str) -> Vec<String> {
+    scrape
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter(|line| EXCERPT_PREFIXES.iter().any(|p| line.starts_with(p)))
+        .filter(|line| !line.contains("_bucket{"))
+        .take(EXCERPT_LINES)
+        .map(str::to_string)
+        .collect()
+}
+
+/// Print the excerpt of the last dashboard's `/metrics` scrape.
+pub(crate) fn print_metrics_excerpt(last: &ModeSummary) {
+    if last.metrics_excerpt.is_empty() {
+        return;
+    }
+    println!(
+        "\n`GET /metrics` of the {} dashboard (excerpt, Prometheus text format):",
+        last.mode
+    );
+    for line in &last.metrics_excerpt {
+        println!("    {line}");
+    }
 }
 
 /// Print the summary: one column per mode.
