@@ -15,6 +15,7 @@ use crate::hooks::{Credential, Sleeper};
 use crate::permit::{Limiter, Released, Slot, attach, release};
 use crate::policy::{Attempt, Decision, RetryPolicy};
 use crate::stats::{Counters, GiveUpReason, RetryCause, TransportStats, bump};
+use crate::telemetry::{self, Host};
 use crate::throttle::Throttles;
 
 /// What every clone and policy view of one client shares.
@@ -209,6 +210,25 @@ impl RetryClient {
     /// Send `request`, retrying as the policy says. The returned response holds its connection
     /// slot until its body is read to the end or it is dropped.
     pub async fn execute(&self, request: Request) -> Result<Response, Error> {
+        let metrics = self
+            .shared
+            .limiter
+            .metrics()
+            .host(request.url().host_str().unwrap_or(""));
+        let method = telemetry::method_label(request.method());
+        let _active = metrics.active();
+        let started = Instant::now();
+        let result = self.execute_with(request, &metrics).await;
+        let outcome = match &result {
+            Ok(response) => Ok(response.status().as_u16()),
+            Err(error) => Err(telemetry::error_label(error)),
+        };
+        metrics.request_duration(method, outcome, started.elapsed());
+        result
+    }
+
+    /// [`execute`](Self::execute), recording into `metrics` (the request's host).
+    async fn execute_with(&self, request: Request, metrics: &Host) -> Result<Response, Error> {
         let counters = &self.shared.counters;
         bump(&counters.requests);
         let started = Instant::now();
@@ -243,6 +263,8 @@ impl RetryClient {
                 && let Err(probability) = throttles.admit(&partition)
             {
                 bump(&counters.locally_rejected);
+                metrics.rejected();
+                metrics.throttle_probability(probability);
                 tracing::debug!(parent: &span, partition, probability, "rejected locally by adaptive throttling");
                 return Err(Error::Throttled {
                     partition,
@@ -250,7 +272,7 @@ impl RetryClient {
                 });
             }
             let (result, permit, authorization) = match self
-                .attempt(current, &host, std::mem::take(&mut refresh_next))
+                .attempt(current, &host, std::mem::take(&mut refresh_next), metrics)
                 .instrument(span.clone())
                 .await
             {
@@ -265,6 +287,10 @@ impl RetryClient {
             if number == 1 {
                 // R9: every first attempt sent earns the partition's budget its ratio.
                 self.shared.budgets.deposit(&partition);
+                metrics.budget_balance(self.shared.budgets.balance(&partition));
+                if let Some(throttles) = &self.shared.throttles {
+                    metrics.throttle_probability(throttles.probability(&partition));
+                }
             }
             let ctx = Attempt {
                 method: &method,
@@ -306,9 +332,9 @@ impl RetryClient {
                         self.policy
                             .on_status(&ctx, status, response.headers(), &mut schedule)
                     };
-                    let retry = self.settle(decision);
+                    let retry = self.settle(decision, metrics);
                     let retry = retry.filter(|(_, cause)| {
-                        next.is_none() || self.admit_retry(&partition, *cause, &span)
+                        next.is_none() || self.admit_retry(&partition, *cause, &span, metrics)
                     });
                     match (retry, next) {
                         (Some((delay, cause)), Some(next)) => {
@@ -317,6 +343,7 @@ impl RetryClient {
                             self.release(response).await;
                             drop(permit);
                             counters.retry(cause);
+                            metrics.retry(cause);
                             tracing::debug!(parent: &span, ?delay, ?cause, "retrying; response released");
                             if !delay.is_zero() {
                                 self.shared.sleeper.sleep(delay).await;
@@ -324,7 +351,7 @@ impl RetryClient {
                             current = next;
                         }
                         (Some(_), None) => {
-                            counters.gave_up(GiveUpReason::BodyNotCloneable);
+                            self.gave_up(GiveUpReason::BodyNotCloneable, metrics);
                             return Ok(attach(response, permit));
                         }
                         (None, _) => return Ok(attach(response, permit)),
@@ -338,20 +365,21 @@ impl RetryClient {
                     let decision =
                         self.policy
                             .on_transport_error(&ctx, error.is_connect(), &mut schedule);
-                    let retry = self.settle(decision);
+                    let retry = self.settle(decision, metrics);
                     let retry = retry.filter(|(_, cause)| {
-                        next.is_none() || self.admit_retry(&partition, *cause, &span)
+                        next.is_none() || self.admit_retry(&partition, *cause, &span, metrics)
                     });
                     match (retry, next) {
                         (Some((delay, cause)), Some(next)) => {
                             counters.retry(cause);
+                            metrics.retry(cause);
                             tracing::debug!(parent: &span, ?delay, error = %error, "retrying after a transport error");
                             self.shared.sleeper.sleep(delay).await;
                             current = next;
                         }
                         (retry, _) => {
                             if retry.is_some() {
-                                counters.gave_up(GiveUpReason::BodyNotCloneable);
+                                self.gave_up(GiveUpReason::BodyNotCloneable, metrics);
                             }
                             if error.is_timeout() {
                                 return Err(Error::Timeout {
@@ -380,6 +408,7 @@ impl RetryClient {
         mut request: Request,
         host: &str,
         refresh: bool,
+        metrics: &Host,
     ) -> Result<(reqwest::Result<Response>, Slot, Option<HeaderValue>), Error> {
         let limits = &self.shared.config.limits;
         let mut authorization = None;
@@ -399,9 +428,10 @@ impl RetryClient {
         let permit = self
             .shared
             .limiter
-            .acquire(host, limits.acquire_timeout)
+            .acquire(host, limits.acquire_timeout, metrics)
             .await?;
         bump(&self.shared.counters.attempts);
+        metrics.attempt();
         // The query may hold a SAS token: keep it out of errors (and so out of logs).
         let result = self.current().execute(request).await.map_err(|mut error| {
             if let Some(url) = error.url_mut() {
@@ -414,11 +444,15 @@ impl RetryClient {
     }
 
     /// Turn a decision into "sleep this long for this cause", counting give-ups.
-    fn settle(&self, decision: Decision) -> Option<(std::time::Duration, RetryCause)> {
+    fn settle(
+        &self,
+        decision: Decision,
+        metrics: &Host,
+    ) -> Option<(std::time::Duration, RetryCause)> {
         match decision {
             Decision::Done => None,
             Decision::GiveUp(reason) => {
-                self.shared.counters.gave_up(reason);
+                self.gave_up(reason, metrics);
                 None
             }
             Decision::Retry { delay, cause } => Some((delay, cause)),
@@ -429,21 +463,28 @@ impl RetryClient {
     /// first, then the partition's budget is asked for one retry. A refusal is counted as its
     /// own give-up reason and the retryable outcome goes back to the caller at once. The 401
     /// refresh retry (R7) is a credential repair, not load: neither applies to it.
-    fn admit_retry(&self, partition: &str, cause: RetryCause, span: &tracing::Span) -> bool {
+    fn admit_retry(
+        &self,
+        partition: &str,
+        cause: RetryCause,
+        span: &tracing::Span,
+        metrics: &Host,
+    ) -> bool {
         if cause == RetryCause::Unauthorized {
             return true;
         }
         if let Some(throttles) = &self.shared.throttles
             && let Err(probability) = throttles.admit(partition)
         {
-            self.shared.counters.gave_up(GiveUpReason::Throttled);
+            self.gave_up(GiveUpReason::Throttled, metrics);
+            metrics.throttle_probability(probability);
             tracing::debug!(parent: span, partition, probability, "retry rejected locally by adaptive throttling");
             return false;
         }
-        if !self.shared.budgets.withdraw(partition) {
-            self.shared
-                .counters
-                .gave_up(GiveUpReason::RetryBudgetExhausted);
+        let withdrawn = self.shared.budgets.withdraw(partition);
+        metrics.budget_balance(self.shared.budgets.balance(partition));
+        if !withdrawn {
+            self.gave_up(GiveUpReason::RetryBudgetExhausted, metrics);
             tracing::debug!(
                 parent: span,
                 partition,
@@ -453,6 +494,12 @@ impl RetryClient {
             return false;
         }
         true
+    }
+
+    /// Count a give-up in the stats and the metrics.
+    fn gave_up(&self, reason: GiveUpReason, metrics: &Host) {
+        self.shared.counters.gave_up(reason);
+        metrics.gave_up(reason);
     }
 
     async fn release(&self, response: Response) {

@@ -92,6 +92,7 @@ mod permit;
 mod policy;
 mod retry_after;
 mod stats;
+mod telemetry;
 mod throttle;
 #[cfg(feature = "token-refresh")]
 mod token;

@@ -12,6 +12,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::error::Error;
+use crate::telemetry::{ClientMetrics, Host, SlotUse};
 
 /// More hosts than this: idle per-host counters are dropped (the map stays bounded).
 const PRUNE_HOSTS_ABOVE: usize = 1024;
@@ -22,6 +23,7 @@ const PRUNE_HOSTS_ABOVE: usize = 1024;
 pub(crate) struct Slot {
     _host: OwnedSemaphorePermit,
     _total: OwnedSemaphorePermit,
+    _metrics: SlotUse,
 }
 
 /// The connection-slot limits: `max_in_use` permits in all (R4) and `max_in_use_per_host`
@@ -32,6 +34,7 @@ pub(crate) struct Limiter {
     max_in_use: usize,
     max_in_use_per_host: usize,
     hosts: Mutex<HashMap<String, Arc<Semaphore>>>,
+    metrics: ClientMetrics,
 }
 
 impl Limiter {
@@ -41,7 +44,13 @@ impl Limiter {
             max_in_use,
             max_in_use_per_host,
             hosts: Mutex::new(HashMap::new()),
+            metrics: ClientMetrics::new(max_in_use, max_in_use_per_host),
         }
+    }
+
+    /// The client's metrics handles.
+    pub(crate) fn metrics(&self) -> &ClientMetrics {
+        &self.metrics
     }
 
     fn host(&self, host: &str) -> Arc<Semaphore> {
@@ -67,13 +76,21 @@ impl Limiter {
     /// behind a busy host holds nothing of the total — or [`Error::PoolTimeout`] once
     /// `timeout` (tokio time) has passed in all. The error's `max_in_use` is the limit that
     /// was full.
-    pub(crate) async fn acquire(&self, host: &str, timeout: Duration) -> Result<Slot, Error> {
-        let deadline = Instant::now() + timeout;
+    pub(crate) async fn acquire(
+        &self,
+        host: &str,
+        timeout: Duration,
+        metrics: &Host,
+    ) -> Result<Slot, Error> {
+        let started = Instant::now();
+        let deadline = started + timeout;
+        let _pending = self.metrics.pending();
         let per_host = self.host(host);
         let host_permit = match tokio::time::timeout_at(deadline, per_host.acquire_owned()).await {
             Ok(Ok(permit)) => permit,
             // The semaphore is never closed; treat a closed one like a timeout rather than panic.
             Ok(Err(_)) | Err(_) => {
+                self.metrics.timed_out(timeout);
                 tracing::debug!(
                     host,
                     max_in_use_per_host = self.max_in_use_per_host,
@@ -90,11 +107,15 @@ impl Limiter {
             Ok(Ok(permit)) => Ok(Slot {
                 _host: host_permit,
                 _total: permit,
+                _metrics: self.metrics.acquired(metrics, started.elapsed()),
             }),
-            Ok(Err(_)) | Err(_) => Err(Error::PoolTimeout {
-                waited: timeout,
-                max_in_use: self.max_in_use,
-            }),
+            Ok(Err(_)) | Err(_) => {
+                self.metrics.timed_out(timeout);
+                Err(Error::PoolTimeout {
+                    waited: timeout,
+                    max_in_use: self.max_in_use,
+                })
+            }
         }
     }
 
