@@ -137,7 +137,8 @@ pub struct DashboardStats {
     pub token_fetches: u64,
     /// Upstream calls, retries, pool timeouts.
     pub upstream: UpstreamStats,
-    /// API-key store loads (each a conditional GET for the Blob store).
+    /// API-key store reads: document loads (each a conditional GET for the Blob store) or, in
+    /// the keyed layout, point reads of one key record plus change-feed reads.
     pub key_store_loads: u64,
     /// Of those, answered "not modified".
     pub key_store_not_modified: u64,
@@ -254,7 +255,7 @@ impl Dashboard {
             storage: inner.storage.stats(),
             token_fetches: inner.credentials.fetches(),
             upstream: inner.upstream.stats(),
-            key_store_loads: keys.store_loads,
+            key_store_loads: keys.store_loads + keys.point_reads + keys.feed_polls,
             key_store_not_modified: keys.not_modified,
             inspector_entries: inspector.ring_len,
             inspector_captured: inspector.captured,
