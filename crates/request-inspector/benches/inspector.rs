@@ -7,6 +7,10 @@
 //! - The same GET in-process (tower `oneshot`, no socket): the layer's own cost, free of
 //!   loopback scheduling noise.
 //! - A captured 1 KiB POST (`/api/jobs`) with and without the layer: median and p99 latency.
+//! - The layer's cost per request in-process (issue #23), with 1 and with 2 threads each sending
+//!   requests through its own clone of the app: a small polling GET (the dashboard's tick) and a
+//!   captured 1 KiB POST, against no layer. With the default features (metrics on, no recorder),
+//!   and again with a Prometheus recorder's handles registered (metrics recorded).
 //!
 //! "Peak extra memory" is counted, not guessed from RSS: for the layer it is
 //! `InspectorStats::peak_retained_bytes` (every byte it copies or records is counted), for the
@@ -15,8 +19,8 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -41,6 +45,11 @@ const IN_PROCESS_ROUNDS: usize = 50;
 const POST_BODY: usize = 1024;
 const POST_ROUNDS: usize = 5;
 const POSTS_PER_ROUND: usize = 400;
+const SMALL_ROUNDS: usize = 15;
+const SMALL_PER_ROUND: usize = 20_000;
+/// What a monitor card's poll answers: a few hundred bytes of JSON.
+const SMALL_JSON: &str = r#"{"clusters":[{"name":"aks-eastus-1","status":"Succeeded","nodes":3,"version":"1.33.2"},{"name":"aks-westeu-2","status":"Succeeded","nodes":5,"version":"1.33.2"},{"name":"aks-sea-3","status":"Updating","nodes":4,"version":"1.32.6"}],"fetched_at":"2026-11-25T10:00:00Z"}"#;
+static POST_1K: [u8; POST_BODY] = [b'{'; POST_BODY];
 
 /// A 50 MiB body made chunk by chunk (clones of one shared chunk) as it is polled.
 struct Stream {
@@ -204,6 +213,152 @@ fn in_process(runtime: &tokio::runtime::Runtime, apps: [Router; 2]) -> [(f64, f6
     ]
 }
 
+/// The small app the in-process per-request rows go through: the polling GET answers
+/// [`SMALL_JSON`], the POST reads its body and answers a short JSON.
+fn small_routes() -> Router {
+    Router::new()
+        .route("/api/monitor/aks", get(|| async { SMALL_JSON }))
+        .route(
+            "/api/jobs",
+            post(|body: Bytes| async move { format!("{{\"accepted\":{}}}", body.len()) }),
+        )
+}
+
+/// A request as hyper hands it over: a URI, a host and a couple of headers.
+fn small_request(method: http::Method) -> http::Request<Body> {
+    let (uri, body) = if method == http::Method::GET {
+        ("/api/monitor/aks", Body::empty())
+    } else {
+        ("/api/jobs", Body::from(Bytes::from_static(&POST_1K)))
+    };
+    http::Request::builder()
+        .method(method)
+        .uri(http::Uri::from_static(uri))
+        .header(http::header::HOST, "dashboard.local")
+        .header(http::header::ACCEPT, "application/json")
+        .header(
+            http::header::AUTHORIZATION,
+            "Bearer not-a-real-token-but-as-long-as-one",
+        )
+        .body(body)
+        .expect("request")
+}
+
+/// The same app as a plain tower service (no router): the layer's own cost, as the issue's
+/// probe measured it.
+async fn small_service<B>(
+    request: http::Request<B>,
+) -> Result<http::Response<http_body_util::Full<Bytes>>, std::convert::Infallible>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: std::fmt::Debug,
+{
+    let body = if request.method() == http::Method::GET {
+        Bytes::from_static(SMALL_JSON.as_bytes())
+    } else {
+        let body = request
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        Bytes::from(format!("{{\"accepted\":{}}}", body.len()))
+    };
+    let mut response = http::Response::new(http_body_util::Full::new(body));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    Ok(response)
+}
+
+/// Nanoseconds per request per thread: `threads` threads, each on its own current-thread
+/// runtime with its own clone of `app`, send [`SMALL_PER_ROUND`] requests one after the other
+/// and read each response to its end; the slowest thread's time counts.
+fn per_request_ns<S, B>(app: &S, threads: usize, method: &http::Method) -> f64
+where
+    S: tower::Service<http::Request<Body>, Response = http::Response<B>> + Clone + Send,
+    S::Error: std::fmt::Debug,
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Debug,
+{
+    use tower::ServiceExt;
+    let barrier = Barrier::new(threads);
+    let elapsed: Vec<Duration> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                let (app, barrier) = (app.clone(), &barrier);
+                scope.spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .build()
+                        .expect("runtime");
+                    runtime.block_on(async {
+                        let send = || async {
+                            let response = app
+                                .clone()
+                                .oneshot(small_request(method.clone()))
+                                .await
+                                .expect("response");
+                            let mut body = response.into_body();
+                            while let Some(frame) = body.frame().await {
+                                frame.expect("frame");
+                            }
+                        };
+                        for _ in 0..200 {
+                            send().await;
+                        }
+                        barrier.wait();
+                        let start = Instant::now();
+                        for _ in 0..SMALL_PER_ROUND {
+                            send().await;
+                        }
+                        start.elapsed()
+                    })
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("worker"))
+            .collect()
+    });
+    let slowest = elapsed.into_iter().max().unwrap_or_default();
+    slowest.as_secs_f64() * 1e9 / SMALL_PER_ROUND as f64
+}
+
+/// Median ns per request per thread through `layered` and through `bare`, interleaved per
+/// round (rotating which goes first) so load drift on a shared machine hits both alike.
+fn layered_vs_bare<L, LB, S, SB>(
+    layered: &L,
+    bare: &S,
+    threads: usize,
+    method: &http::Method,
+) -> (f64, f64)
+where
+    L: tower::Service<http::Request<Body>, Response = http::Response<LB>> + Clone + Send,
+    L::Error: std::fmt::Debug,
+    LB: http_body::Body<Data = Bytes> + Unpin,
+    LB::Error: std::fmt::Debug,
+    S: tower::Service<http::Request<Body>, Response = http::Response<SB>> + Clone + Send,
+    S::Error: std::fmt::Debug,
+    SB: http_body::Body<Data = Bytes> + Unpin,
+    SB::Error: std::fmt::Debug,
+{
+    let mut samples = [const { Vec::new() }; 2];
+    for round in 0..SMALL_ROUNDS {
+        for k in 0..2 {
+            let i = (round + k) % 2;
+            samples[i].push(if i == 0 {
+                per_request_ns(layered, threads, method)
+            } else {
+                per_request_ns(bare, threads, method)
+            });
+        }
+    }
+    let [mut ours, mut base] = samples;
+    (median(&mut ours), median(&mut base))
+}
+
 /// Median time to first body byte and to the last, in ms, of `rounds` GETs per server.
 fn get_rounds<const N: usize>(
     get: &str,
@@ -243,6 +398,104 @@ fn serve(runtime: &tokio::runtime::Runtime, app: Router) -> SocketAddr {
     })
 }
 
+/// The in-process per-request rows (issue #23): small polling GET and captured 1 KiB POST, at 1
+/// and 2 threads, with the default features (metrics compiled in, no recorder) and with a
+/// Prometheus recorder's handles (every series recorded), through a plain tower service and
+/// through an axum `Router::layer`. `INSPECTOR_BENCH_ONLY=<text>` runs only the rows whose name
+/// contains the text, and nothing else (for profiling).
+fn per_request_rows() -> Vec<Comparison> {
+    let config = || {
+        InspectorConfig::new()
+            .polling_prefixes(["/api/monitor/", "/api/warmup"])
+            .expect("prefixes")
+            .capacity(200)
+            .body_limit(16 * 1024)
+    };
+    let plain = Inspector::new(config());
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let recorded = metrics::with_local_recorder(&prometheus, || Inspector::new(config()));
+    let bare_tower = tower::service_fn(small_service::<Body>);
+    let bare_axum = small_routes();
+    let mut rows = Vec::new();
+    let mut row = |what: &str, threads: usize, how: &str, (ours, base): (f64, f64)| {
+        let metric = format!("{what} in-process, {threads} thread(s), {how}: time per request");
+        println!(
+            "{metric}: {ours:.0} ns with the layer, {base:.0} ns without ({:.2}x)",
+            ours / base
+        );
+        rows.push(Comparison {
+            scenario: SCENARIO,
+            baseline_name: "no layer".to_string(),
+            metric: Box::leak(metric.into_boxed_str()),
+            unit: "ns",
+            ours,
+            baseline: base,
+            lower_is_better: true,
+        });
+    };
+    // `INSPECTOR_BENCH_ONLY=<text>` runs only the rows whose name contains it (for profiling).
+    let only = std::env::var("INSPECTOR_BENCH_ONLY").unwrap_or_default();
+    let wanted = |what: &str, threads: usize, how: &str| {
+        format!("{what} in-process, {threads} thread(s), {how}").contains(&only)
+    };
+    for (what, method) in [
+        ("small polling GET", http::Method::GET),
+        ("captured 1 KiB POST", http::Method::POST),
+    ] {
+        for threads in [1, 2] {
+            let how = "tower service";
+            if wanted(what, threads, how) {
+                let layered = tower::ServiceBuilder::new()
+                    .layer(plain.layer())
+                    .service(tower::service_fn(small_service));
+                row(
+                    what,
+                    threads,
+                    how,
+                    layered_vs_bare(&layered, &bare_tower, threads, &method),
+                );
+            }
+        }
+        for threads in [1, 2] {
+            let how = "tower service, Prometheus recorder";
+            if wanted(what, threads, how) {
+                let layered = tower::ServiceBuilder::new()
+                    .layer(recorded.layer())
+                    .service(tower::service_fn(small_service));
+                row(
+                    what,
+                    threads,
+                    how,
+                    layered_vs_bare(&layered, &bare_tower, threads, &method),
+                );
+            }
+        }
+        for threads in [1, 2] {
+            let how = "axum Router::layer";
+            if wanted(what, threads, how) {
+                let layered = small_routes().layer(plain.layer());
+                row(
+                    what,
+                    threads,
+                    how,
+                    layered_vs_bare(&layered, &bare_axum, threads, &method),
+                );
+            }
+        }
+    }
+    if !only.is_empty() {
+        return rows;
+    }
+    let stats = plain.stats();
+    assert!(stats.passed_through > 0 && stats.captured > 0);
+    let scrape = prometheus.handle().render();
+    assert!(
+        scrape.contains("inspector_requests"),
+        "the recorder saw the layer's series:\n{scrape}"
+    );
+    rows
+}
+
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -256,6 +509,13 @@ fn main() {
             .capacity(200)
             .body_limit(16 * 1024),
     );
+    // Per-request cost in-process first: nothing else is running yet.
+    let per_request = per_request_rows();
+    if std::env::var_os("INSPECTOR_BENCH_ONLY").is_some() {
+        emit(&per_request);
+        return;
+    }
+
     let local = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("runtime");
@@ -366,7 +626,7 @@ fn main() {
         baseline: base,
         lower_is_better: true,
     };
-    emit(&[
+    let mut rows = vec![
         row(
             "no layer",
             "50 MiB polling GET in-process: time to first frame",
@@ -430,5 +690,7 @@ fn main() {
             p99_ours,
             p99_bare,
         ),
-    ]);
+    ];
+    rows.extend(per_request);
+    emit(&rows);
 }

@@ -114,17 +114,16 @@ pub(crate) fn record_headers(headers: &HeaderMap, config: &InspectorConfig) -> V
     let mut kept = Vec::with_capacity(headers.len());
     let (mut used, mut cut, mut cut_bytes) = (0_usize, 0_usize, 0_usize);
     for (name, value) in headers {
-        let size = name
-            .as_str()
-            .len()
-            .saturating_add(if config.is_redacted(name) {
-                REDACTED.len()
-            } else {
-                value.len()
-            });
+        let redacted = config.is_redacted(name);
+        let kept_len = if redacted {
+            REDACTED.len()
+        } else {
+            value.len()
+        };
+        let size = name.as_str().len().saturating_add(kept_len);
         if cut == 0 && used.saturating_add(size) <= limit {
             used += size;
-            let value = if config.is_redacted(name) {
+            let value = if redacted {
                 REDACTED.to_owned()
             } else {
                 String::from_utf8_lossy(value.as_bytes()).into_owned()
