@@ -92,9 +92,11 @@ impl PoolConfig {
     }
 
     /// Capacity. Inserting beyond it evicts the entry with the soonest deadline (P4), except
-    /// while the pool thrashes (keys evicted for capacity come straight back): then entries
-    /// outside their [`expiry_margin`](Self::expiry_margin) that were hit since insertion stay,
-    /// and the newest entry not hit since insertion goes. Clamped to at least 1.
+    /// while the pool thrashes (keys evicted for capacity come straight back): then returning
+    /// keys earn protection and evict only unprotected entries, so a stable subset of the
+    /// working set stays resident (entries within their [`expiry_margin`](Self::expiry_margin)
+    /// still go first). Room is made before the insert: the pool never holds more. Clamped to
+    /// at least 1.
     #[must_use]
     pub fn max_entries(mut self, max_entries: usize) -> Self {
         self.max_entries = max_entries.max(1);

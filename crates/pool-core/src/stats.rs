@@ -72,8 +72,8 @@ pub struct PoolStats {
     pub evictions: Evictions,
     /// Misses on keys that a capacity eviction had removed recently (among the last
     /// `max_entries` capacity evictions): the working set does not fit and the pool thrashes.
-    /// While it does, capacity eviction keeps entries hit since insertion resident and a warning
-    /// naming the capacity setting is logged once a minute.
+    /// While it does, capacity eviction keeps a protected subset of the returning keys
+    /// resident and a warning naming the capacity setting is logged once a minute.
     pub thrashing: u64,
     /// Retires that returned an error, panicked, timed out or could not run.
     pub retire_failures: u64,

@@ -1,10 +1,20 @@
-//! The capacity index kept beside the shards: entries ordered by eviction rank, the entries not
-//! hit since insertion, and the ghosts of recently capacity-evicted keys.
+//! The capacity index kept beside the shards: entries ordered by eviction rank, split into an
+//! open set and a protected set, and the ghosts of recently capacity-evicted keys.
 //!
 //! Every change to the shards' membership happens under the index lock (index first, then one
 //! shard's write lock), so the two always agree. The hit path never takes it: a hit only stores
-//! the slot's last-used time and hit flag, and the index catches up lazily when an entry reaches
-//! the front of the order (see [`Index::victim`]).
+//! the slot's last-used time, and the index catches up lazily when an entry reaches the front of
+//! an order (see [`Index::victim`] and [`Index::admit`]).
+//!
+//! The protected set is how a pool that is too small for its working set keeps a stable part of
+//! it resident instead of thrashing (issue 23). A key earns protection by coming back after a
+//! capacity eviction (its ghost is found), and protection only holds against such returning
+//! keys: a key seen for the first time evicts the soonest deadline as before. Once at most `capacity - 1` keys are protected, a
+//! returning key takes the place of the least recently used protected entry only if that entry
+//! has not been used since the returning key's previous use — the reuse-distance test of LIRS.
+//! In a cycle of `capacity + 1` keys every key returns at the same distance, so the protected
+//! keys stay and two keys share the open slot (≈ 94 % hits instead of 0 %); when the working set
+//! shifts, entries nobody uses any more lose the test against keys in use and age out.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,8 +25,9 @@ use tokio::time::Instant;
 
 use super::Slot;
 
-/// Stale last-use ranks refreshed per victim search at most: keeps one eviction O(log n) even
-/// when every entry was hit since it was indexed (the refreshes owed are paid a few per eviction).
+/// Stale last-use ranks refreshed per search at most: keeps one eviction or admission O(log n)
+/// even when every entry was hit since it was indexed (the refreshes owed are paid a few per
+/// call).
 const REFRESH_LIMIT: usize = 8;
 
 /// Where an entry stands in the capacity order: soonest deadline first (none = never, last),
@@ -44,6 +55,8 @@ struct Entry<K, V> {
     key: K,
     hash: u64,
     slot: Arc<Slot<V>>,
+    /// For a protected entry: its key in [`Index::guarded_lru`] (last use as last indexed).
+    lru: u64,
 }
 
 /// A capacity victim: what to remove from the shards.
@@ -54,13 +67,15 @@ pub(crate) struct Victim<K> {
 }
 
 pub(crate) struct Index<K, V> {
-    order: BTreeMap<Rank, Entry<K, V>>,
-    /// Entries not hit since insertion, by id (insertion order). Entries hit since are removed
-    /// lazily, when a search meets them.
-    probation: BTreeMap<u64, Arc<Slot<V>>>,
+    /// Entries without protection, in capacity order: capacity victims come from here.
+    open: BTreeMap<Rank, Entry<K, V>>,
+    /// Protected entries, in capacity order (for the expiry-margin rule).
+    guarded: BTreeMap<Rank, Entry<K, V>>,
+    /// Protected entries by (last use as last indexed, id): the least recently used first.
+    guarded_lru: BTreeMap<(u64, u64), Rank>,
     ghosts: Ghosts,
     last_warning: Option<Instant>,
-    /// Entries looked at by victim searches (tests bound the work of one eviction).
+    /// Entries looked at by searches (tests bound the work of one eviction).
     #[cfg(test)]
     pub(crate) steps: usize,
 }
@@ -68,8 +83,9 @@ pub(crate) struct Index<K, V> {
 impl<K: Clone, V> Index<K, V> {
     pub(crate) fn new() -> Self {
         Self {
-            order: BTreeMap::new(),
-            probation: BTreeMap::new(),
+            open: BTreeMap::new(),
+            guarded: BTreeMap::new(),
+            guarded_lru: BTreeMap::new(),
             ghosts: Ghosts::default(),
             last_warning: None,
             #[cfg(test)]
@@ -77,29 +93,71 @@ impl<K: Clone, V> Index<K, V> {
         }
     }
 
-    pub(crate) fn insert(&mut self, key: K, hash: u64, slot: Arc<Slot<V>>) {
-        slot.indexed_use
-            .store(slot.last_used_ms(), Ordering::Relaxed);
-        self.probation.insert(slot.id, slot.clone());
-        self.order
-            .insert(Rank::of(&slot), Entry { key, hash, slot });
+    /// Index a new slot, protected or not (see [`Index::admit`]).
+    pub(crate) fn insert(&mut self, key: K, hash: u64, slot: Arc<Slot<V>>, protect: bool) {
+        let used = slot.last_used_ms();
+        slot.indexed_use.store(used, Ordering::Relaxed);
+        let rank = Rank::of(&slot);
+        let entry = Entry {
+            key,
+            hash,
+            slot,
+            lru: used,
+        };
+        if protect {
+            self.guarded_lru.insert((used, rank.id), rank);
+            self.guarded.insert(rank, entry);
+        } else {
+            self.open.insert(rank, entry);
+        }
     }
 
     pub(crate) fn remove(&mut self, slot: &Slot<V>) {
-        self.order.remove(&Rank::of(slot));
-        self.probation.remove(&slot.id);
+        let rank = Rank::of(slot);
+        if self.open.remove(&rank).is_none()
+            && let Some(entry) = self.guarded.remove(&rank)
+        {
+            self.guarded_lru.remove(&(entry.lru, rank.id));
+        }
     }
 
     pub(crate) fn clear(&mut self) {
-        self.order.clear();
-        self.probation.clear();
+        self.open.clear();
+        self.guarded.clear();
+        self.guarded_lru.clear();
         self.ghosts.clear();
     }
 
-    /// Whether `hash` was capacity-evicted recently (the key came straight back: the pool is
-    /// thrashing). Forgets the ghost.
-    pub(crate) fn returned(&mut self, hash: u64, capacity: usize) -> bool {
+    /// If `hash` was capacity-evicted recently (the key came straight back: the pool is
+    /// thrashing), the key's last use before that eviction. Forgets the ghost.
+    pub(crate) fn returned(&mut self, hash: u64, capacity: usize) -> Option<u64> {
         self.ghosts.take(hash, capacity)
+    }
+
+    /// Whether a key coming back after a capacity eviction, last used at `previous_use`, is
+    /// protected: yes while fewer than `capacity - 1` entries are (one place always stays open
+    /// for new keys); otherwise only by taking the place of the least recently used protected
+    /// entry, and only if that entry has not been used since `previous_use` (it then joins the
+    /// open set and goes before any protected entry).
+    pub(crate) fn admit(&mut self, previous_use: u64, capacity: usize) -> bool {
+        let room = capacity.saturating_sub(1);
+        if self.guarded.len() < room {
+            return true;
+        }
+        if room == 0 {
+            return false;
+        }
+        match self.least_recently_used_guarded() {
+            Some((used, rank)) if used < previous_use => {
+                if let Some(mut entry) = self.guarded.remove(&rank) {
+                    self.guarded_lru.remove(&(entry.lru, rank.id));
+                    entry.lru = 0;
+                    self.open.insert(rank, entry);
+                }
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Whether a thrashing warning is due (at most one a minute); records it if so.
@@ -117,69 +175,78 @@ impl<K: Clone, V> Index<K, V> {
     /// Choose, remove from the index and remember as a ghost the next capacity victim.
     ///
     /// - An entry whose deadline is within `margin` of `now` (expired ones included) goes first,
-    ///   soonest deadline first.
-    /// - Otherwise, when the key being inserted (`incoming`) came straight back after a capacity
-    ///   eviction (`thrashing`), the newest entry not hit since its insertion goes (never the
-    ///   incoming one): evicted keys that keep coming back then cycle through a few slots while
-    ///   the rest of the pool stays resident, instead of every key evicting the next one.
-    /// - Otherwise (or when every entry was hit), the soonest deadline goes; ties go to the
-    ///   least recently used, then the oldest.
+    ///   soonest deadline first, protected or not.
+    /// - When the key being inserted came back after a capacity eviction (`returning`), the
+    ///   soonest-deadline open entry goes (ties: the least recently used, then the oldest); with
+    ///   no open entry, the least recently used protected one. Keys that keep coming back thus
+    ///   cycle through the open places while the protected ones stay.
+    /// - A key seen for the first time is a new working set arriving, not a cycle: the
+    ///   soonest-deadline entry goes whether protected or not, so a working set that moves on
+    ///   replaces the old one in one round.
     ///
-    /// O(log n): the deadline order is a B-tree; the last-use tie-break is refreshed lazily (at
-    /// most [`REFRESH_LIMIT`] re-ranks per call), and entries hit since insertion leave the
-    /// probation list the first time a search meets them.
+    /// O(log n): the orders are B-trees; last-use ranks are refreshed lazily (at most
+    /// [`REFRESH_LIMIT`] re-ranks per call).
     pub(crate) fn victim(
         &mut self,
         now: Instant,
         margin: Duration,
-        thrashing: bool,
-        incoming: u64,
+        returning: bool,
         ghost_capacity: usize,
     ) -> Option<Victim<K>> {
         let soon = now.checked_add(margin).unwrap_or(now);
-        let head_soon = self
-            .order
-            .first_key_value()
-            .and_then(|(rank, _)| rank.deadline)
-            .is_some_and(|deadline| deadline <= soon);
-        let chosen = if thrashing && !head_soon {
-            self.newest_unhit(incoming)
-        } else {
-            None
+        let due = |map: &BTreeMap<Rank, Entry<K, V>>| {
+            map.first_key_value()
+                .and_then(|(rank, _)| rank.deadline)
+                .filter(|deadline| *deadline <= soon)
         };
-        let (rank, entry) = match chosen {
-            Some(rank) => (rank, self.order.remove(&rank)?),
-            // The front of the order: one descent of the tree, not a search and a removal.
-            None => {
-                self.soonest()?;
-                self.order.pop_first()?
+        let entry = match (due(&self.open), due(&self.guarded)) {
+            (Some(open), Some(guarded)) if guarded < open => self.pop_guarded_first(),
+            (None, Some(_)) => self.pop_guarded_first(),
+            (Some(_), _) => self.open.pop_first().map(|(_, entry)| entry),
+            (None, None) => {
+                let open = self.soonest_open();
+                let guarded = self.guarded.first_key_value().map(|(rank, _)| *rank);
+                match (open, guarded) {
+                    (Some(open), Some(guarded)) if !returning && guarded < open => {
+                        self.take_guarded(&guarded)
+                    }
+                    (Some(open), _) => self.open.remove(&open),
+                    (None, Some(guarded)) if !returning => self.take_guarded(&guarded),
+                    (None, _) => self
+                        .least_recently_used_guarded()
+                        .and_then(|(_, rank)| self.take_guarded(&rank))
+                        .or_else(|| self.pop_guarded_first()),
+                }
             }
-        };
-        if self
-            .probation
-            .first_key_value()
-            .is_some_and(|(&id, _)| id == rank.id)
-        {
-            self.probation.pop_first();
-        } else {
-            self.probation.remove(&rank.id);
-        }
-        self.ghosts.push(entry.hash, ghost_capacity);
+        }?;
+        self.ghosts
+            .push(entry.hash, entry.slot.last_used_ms(), ghost_capacity);
         Some(Victim {
             key: entry.key,
             hash: entry.hash,
-            id: rank.id,
+            id: entry.slot.id,
         })
     }
 
-    /// The rank of the soonest-deadline entry, least recently used among equal deadlines.
-    fn soonest(&mut self) -> Option<Rank> {
+    fn pop_guarded_first(&mut self) -> Option<Entry<K, V>> {
+        let rank = *self.guarded.first_key_value()?.0;
+        self.take_guarded(&rank)
+    }
+
+    fn take_guarded(&mut self, rank: &Rank) -> Option<Entry<K, V>> {
+        let entry = self.guarded.remove(rank)?;
+        self.guarded_lru.remove(&(entry.lru, rank.id));
+        Some(entry)
+    }
+
+    /// The rank of the soonest-deadline open entry, least recently used among equal deadlines.
+    fn soonest_open(&mut self) -> Option<Rank> {
         for _ in 0..REFRESH_LIMIT {
             #[cfg(test)]
             {
                 self.steps += 1;
             }
-            let mut front = self.order.iter();
+            let mut front = self.open.iter();
             let (rank, entry) = front.next()?;
             let used = entry.slot.last_used_ms();
             // Last use only orders equal deadlines: re-rank only when the next entry ties.
@@ -190,43 +257,43 @@ impl<K: Clone, V> Index<K, V> {
                 return Some(*rank);
             }
             let rank = *rank;
-            let entry = self.order.remove(&rank)?;
+            let entry = self.open.remove(&rank)?;
             entry.slot.indexed_use.store(used, Ordering::Relaxed);
-            self.order.insert(Rank::of(&entry.slot), entry);
+            self.open.insert(Rank::of(&entry.slot), entry);
         }
-        self.order.first_key_value().map(|(rank, _)| *rank)
+        self.open.first_key_value().map(|(rank, _)| *rank)
     }
 
-    /// The rank of the newest entry not hit since insertion, other than `incoming`.
-    fn newest_unhit(&mut self, incoming: u64) -> Option<Rank> {
-        let mut skipped_incoming = None;
-        let found = loop {
+    /// The least recently used protected entry's last use and rank, once its indexed last use
+    /// is confirmed current; `None` when the search ran out of refreshes first (every entry met
+    /// had been used since it was indexed: none of them is stale).
+    fn least_recently_used_guarded(&mut self) -> Option<(u64, Rank)> {
+        for _ in 0..REFRESH_LIMIT {
             #[cfg(test)]
             {
                 self.steps += 1;
             }
-            let Some((&id, slot)) = self.probation.last_key_value() else {
-                break None;
-            };
-            if id == incoming {
-                skipped_incoming = self.probation.pop_last();
-                continue;
+            let (&(indexed, id), &rank) = self.guarded_lru.first_key_value()?;
+            let entry = self.guarded.get_mut(&rank)?;
+            let used = entry.slot.last_used_ms();
+            if used == indexed {
+                return Some((used, rank));
             }
-            if slot.was_hit() {
-                self.probation.pop_last();
-                continue;
-            }
-            break Some(Rank::of(slot));
-        };
-        if let Some((id, slot)) = skipped_incoming {
-            self.probation.insert(id, slot);
+            self.guarded_lru.pop_first();
+            entry.lru = used;
+            self.guarded_lru.insert((used, id), rank);
         }
-        found
+        None
     }
 
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.order.len()
+        self.open.len() + self.guarded.len()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn protected(&self) -> usize {
+        self.guarded.len()
     }
 }
 
@@ -240,11 +307,12 @@ struct Ghosts {
     turn: usize,
 }
 
+/// Four ways of (key hash, the key's last use in ms when it was evicted).
 #[derive(Clone, Copy, Default)]
-#[repr(align(32))]
-struct Bucket([u64; 4]);
+#[repr(align(64))]
+struct Bucket([(u64, u64); 4]);
 
-/// The most ghost slots kept (512 KiB): in pools above 16 384 entries, thrashing is noticed for
+/// The most ghost slots kept (1 MiB): in pools above 16 384 entries, thrashing is noticed for
 /// keys that come back within tens of thousands of capacity evictions, not a whole capacity's.
 const MAX_GHOSTS: usize = 1 << 16;
 
@@ -259,27 +327,25 @@ impl Ghosts {
         &mut self.buckets[(mixed as usize) & (size - 1)]
     }
 
-    fn push(&mut self, hash: u64, capacity: usize) {
+    fn push(&mut self, hash: u64, last_used: u64, capacity: usize) {
         // 0 marks an empty way; a key hashing to 0 is simply never remembered.
         self.turn = self.turn.wrapping_add(1);
         let turn = self.turn;
         let bucket = self.bucket(hash, capacity);
-        if bucket.0.contains(&hash) {
-            return;
-        }
-        let way = bucket.0.iter().position(|&h| h == 0).unwrap_or(turn % 4);
-        bucket.0[way] = hash;
+        let way = bucket
+            .0
+            .iter()
+            .position(|&(h, _)| h == hash)
+            .or_else(|| bucket.0.iter().position(|&(h, _)| h == 0))
+            .unwrap_or(turn % 4);
+        bucket.0[way] = (hash, last_used);
     }
 
-    fn take(&mut self, hash: u64, capacity: usize) -> bool {
+    fn take(&mut self, hash: u64, capacity: usize) -> Option<u64> {
         let bucket = self.bucket(hash, capacity);
-        match bucket.0.iter().position(|&h| h == hash && hash != 0) {
-            Some(way) => {
-                bucket.0[way] = 0;
-                true
-            }
-            None => false,
-        }
+        let way = bucket.0.iter().position(|&(h, _)| h == hash && hash != 0)?;
+        let (_, last_used) = std::mem::take(&mut bucket.0[way]);
+        Some(last_used)
     }
 
     fn clear(&mut self) {

@@ -32,8 +32,6 @@ pub(crate) struct Slot<V> {
     pub(crate) deadline: Option<Instant>,
     /// Milliseconds since the pool's epoch.
     last_used: AtomicU64,
-    /// Whether a lookup found this entry since it was inserted.
-    hit: AtomicBool,
     pub(crate) id: u64,
     /// `last_used` as the capacity index last ranked it (written under the index lock only).
     indexed_use: AtomicU64,
@@ -58,22 +56,10 @@ impl<V> Slot<V> {
         }
     }
 
-    /// Record a hit (a lookup that found the entry); stores once per entry.
-    fn mark_hit(&self) {
-        if !self.hit.load(Ordering::Relaxed) {
-            self.hit.store(true, Ordering::Relaxed);
-        }
-    }
-
-    pub(crate) fn was_hit(&self) -> bool {
-        self.hit.load(Ordering::Relaxed)
-    }
-
     fn new(value: V, id: u64, created: Instant, deadline: Option<Instant>, now_ms: u64) -> Self {
         Self {
             deadline,
             last_used: AtomicU64::new(now_ms),
-            hit: AtomicBool::new(false),
             id,
             indexed_use: AtomicU64::new(now_ms),
             created,
@@ -235,7 +221,6 @@ where
                 Err(slot.id)
             } else {
                 slot.touch(inner.millis(now));
-                slot.mark_hit();
                 Ok(slot.clone())
             }
         })?;
@@ -632,24 +617,31 @@ where
         let mut victims = Vec::new();
         let (replaced, thrashing, warn) = {
             let mut index = self.lock_index();
+            let max = self.config.max_entries;
+            let returned = index.returned(hash, max);
+            let thrashing = returned.is_some();
+            let protect = returned.is_some_and(|previous_use| index.admit(previous_use, max));
+            let warn = thrashing && index.warning_due(now);
+            // Room first, then the insert: the pool never holds more than `max` entries, not
+            // even for the instant between the two (inserts are serialised by the index lock).
+            if self.map.with_slot(hash, key, |_| ()).is_none() {
+                while self.map.len() >= max {
+                    let Some(victim) = index.victim(now, self.config.expiry_margin, thrashing, max)
+                    else {
+                        break;
+                    };
+                    if let Some(evicted) =
+                        self.map.remove_if_id(victim.hash, &victim.key, victim.id)
+                    {
+                        victims.push(evicted);
+                    }
+                }
+            }
             let replaced = self.map.insert(hash, key.clone(), slot.clone());
             if let Some(replaced) = &replaced {
                 index.remove(replaced);
             }
-            index.insert(key.clone(), hash, slot.clone());
-            let max = self.config.max_entries;
-            let thrashing = index.returned(hash, max);
-            let warn = thrashing && index.warning_due(now);
-            while self.map.len() > max {
-                let Some(victim) =
-                    index.victim(now, self.config.expiry_margin, thrashing, slot.id, max)
-                else {
-                    break;
-                };
-                if let Some(evicted) = self.map.remove_if_id(victim.hash, &victim.key, victim.id) {
-                    victims.push(evicted);
-                }
-            }
+            index.insert(key.clone(), hash, slot, protect);
             (replaced, thrashing, warn)
         };
         if let Some(replaced) = replaced {

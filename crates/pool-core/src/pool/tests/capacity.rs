@@ -109,6 +109,11 @@ async fn a_cycle_one_key_past_capacity_keeps_most_hits() {
     assert!(stats.thrashing > 0, "thrashing counted: {stats:?}");
     assert_eq!(stats.entries, 32);
     assert_eq!(index_len(&pool), 32);
+    assert_eq!(
+        pool.inner.lock_index().protected(),
+        31,
+        "all but one place protected: two keys share the open one"
+    );
 }
 
 // Longer cycles keep a stable subset too (close to the optimum capacity / cycle).
@@ -175,20 +180,19 @@ async fn an_entry_about_to_expire_goes_first_while_thrashing() {
     advance(Duration::from_secs(150)).await;
     assert!(pool.get(&3).is_some());
     assert!(pool.get(&4).is_some());
-    // 2 comes back: thrashing. Without the margin rule the newest unhit entry (5) would go,
-    // which it does anyway; make 5 hit so the margin rule is what decides.
+    // 2 comes back: thrashing; it is protected (the pool has room for two protected entries).
     assert!(pool.get(&5).is_some());
     call(&pool, 2).await;
     assert_eq!(pool.stats().thrashing, 1);
-    // 3, 4 and 5 were all hit; 3 is the soonest (created before 4 and 5, uniform TTL) and is
-    // 150 s from expiry: outside the margin. Nothing within the margin: soonest goes (3).
+    // 3 is the soonest open entry (created before 4 and 5, uniform TTL) and is 150 s from
+    // expiry: outside the margin. Nothing within the margin: the soonest open entry goes (3).
     assert!(pool.get(&3).is_none(), "soonest went");
-    // Now make an entry within the margin and a newer unhit entry, then thrash again.
+    // Now let 4 and 5 come within the margin, then thrash again.
     advance(Duration::from_secs(100)).await; // 4 and 5: 50 s left; 2: 200 s left
     call(&pool, 3).await; // 3 is a ghost: thrashing; 4 is within the margin: 4 goes, not 2
     assert_eq!(pool.stats().thrashing, 2);
     assert!(pool.get(&4).is_none(), "about to expire went first");
-    assert!(pool.get(&2).is_some(), "the newest unhit entry stayed");
+    assert!(pool.get(&2).is_some(), "the protected entry stayed");
 }
 
 // The thrashing warning is rate-limited to one a minute.
