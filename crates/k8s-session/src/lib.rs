@@ -21,11 +21,17 @@
 //!   (K4). At most `K8S_SESSION_POOL_MAX_ENTRIES` (32) sessions; overflow evicts the
 //!   soonest-expiring (K5). Dropping a handle returns it to the pool (K6); retires run outside
 //!   the pool's locks, `reset` isolates failures and `shutdown` never blocks on a held lock (K7).
-//! - Each session lets at most `K8S_SESSION_MAX_IN_FLIGHT` (32, [1, 1024]) requests be in
-//!   flight at once ([`SessionPoolBuilder::max_in_flight_per_session`]); more **wait** for a
-//!   slot, they do not fail. kube speaks HTTP/1.1, one connection per request in flight, so this
-//!   is what keeps a fan-out from opening hundreds of TLS connections to one API server. A slot
-//!   is held until the response body is read to the end or dropped.
+//! - Sessions speak HTTP/2 (K8–K10): each builds its own stack (kube's auth, base-URI and
+//!   header layers over a hyper-util client on a hyper-rustls connector made from kube's rustls
+//!   configuration, ALPN `h2` and `http/1.1`) and multiplexes every call over **one** TLS
+//!   connection; a cold burst waits for the one handshake. The server's stream limit (100 on
+//!   kube-apiserver) bounds requests in flight; HTTP/2 keep-alive replaces a stalled connection.
+//!   Upgrade requests (exec, attach, port-forward) and servers that only speak HTTP/1.1 use an
+//!   HTTP/1.1 client of the same session, at most `K8S_SESSION_MAX_IN_FLIGHT` (32, [1, 1024])
+//!   requests in flight ([`SessionPoolBuilder::max_in_flight_per_session`]); more **wait** for
+//!   a slot, they do not fail. A slot is held until the response body is read to the end or
+//!   dropped. [`SessionPool::connection_stats`] counts connections and fallbacks; a proxy or
+//!   [`SessionPoolBuilder::http2`]`(false)` keeps kube's default HTTP/1.1 stack.
 //!
 //! kube cannot swap a client's bearer token in place (its `Config` takes a static token, a
 //! token file or an exec plugin), so a bearer session's deadline follows its token: the pool
