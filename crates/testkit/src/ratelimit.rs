@@ -123,11 +123,38 @@ impl Script {
     }
 }
 
+/// Requests [`RateLimitServer::requests`] keeps (the newest; older ones are only counted), so a
+/// server living inside a long-running process (the dashboard's demo) stays flat.
+pub const REQUEST_LOG_CAPACITY: usize = 10_000;
+
+/// The newest [`REQUEST_LOG_CAPACITY`] requests, and an exact count per path however many were
+/// dropped (a test server sees the paths its clients ask for: bounded by the test, not by time).
+#[derive(Debug, Default)]
+struct RequestLog {
+    ring: VecDeque<SeenRequest>,
+    by_path: HashMap<String, usize>,
+}
+
+impl RequestLog {
+    fn push(&mut self, request: SeenRequest) {
+        match self.by_path.get_mut(&request.path) {
+            Some(count) => *count += 1,
+            None => {
+                self.by_path.insert(request.path.clone(), 1);
+            }
+        }
+        if self.ring.len() >= REQUEST_LOG_CAPACITY {
+            self.ring.pop_front();
+        }
+        self.ring.push_back(request);
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Shared {
     script: Mutex<Script>,
     capacity: Mutex<CapacityState>,
-    log: Mutex<Vec<SeenRequest>>,
+    log: Mutex<RequestLog>,
     connections_opened: AtomicU64,
     connections_open: AtomicU64,
     requests_seen: AtomicU64,
@@ -192,7 +219,7 @@ impl RateLimitServer {
                 seen_per_path: HashMap::new(),
             }),
             capacity: Mutex::new(CapacityState::new()),
-            log: Mutex::new(Vec::new()),
+            log: Mutex::new(RequestLog::default()),
             connections_opened: AtomicU64::new(0),
             connections_open: AtomicU64::new(0),
             requests_seen: AtomicU64::new(0),
@@ -282,17 +309,19 @@ impl RateLimitServer {
         self.shared.stats()
     }
 
-    /// Every request seen so far, in arrival order.
+    /// The requests seen so far, in arrival order: the newest [`REQUEST_LOG_CAPACITY`] of them
+    /// ([`ServerStats`] and [`requests_on`](Self::requests_on) count every one).
     pub fn requests(&self) -> Vec<SeenRequest> {
-        lock(&self.shared.log).clone()
+        lock(&self.shared.log).ring.iter().cloned().collect()
     }
 
-    /// How many requests arrived for `path`.
+    /// How many requests arrived for `path` (exact, whatever the log kept).
     pub fn requests_on(&self, path: &str) -> usize {
         lock(&self.shared.log)
-            .iter()
-            .filter(|r| r.path == path)
-            .count()
+            .by_path
+            .get(path)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Wait until `condition` holds for the counters, and return them. Wakes on every change

@@ -329,3 +329,28 @@ async fn capacity_mode_serves_the_bucket_and_rejects_the_excess() {
     assert_eq!(raw.get("/z").await.0.status, 200);
     assert_eq!(server.capacity_counts().seen, 0);
 }
+
+// Flat for days (issue 24): the log keeps the newest requests only, the per-path counts stay exact.
+#[test]
+fn the_request_log_is_bounded_and_its_counts_exact() {
+    let mut log = super::RequestLog::default();
+    let seen = |i: usize| super::SeenRequest {
+        method: "POST".into(),
+        path: format!("/submit/{}", i % 3),
+        connection: 1,
+        authorization: None,
+        body_len: i,
+        answered: 200,
+    };
+    for i in 0..super::REQUEST_LOG_CAPACITY + 5 {
+        log.push(seen(i));
+    }
+    assert_eq!(log.ring.len(), super::REQUEST_LOG_CAPACITY);
+    assert_eq!(
+        log.ring.front().map(|r| r.body_len),
+        Some(5),
+        "the oldest went"
+    );
+    let total: usize = log.by_path.values().sum();
+    assert_eq!(total, super::REQUEST_LOG_CAPACITY + 5);
+}
