@@ -191,6 +191,8 @@ fn drive(soak: &Soak, child: &mut Child) -> Result<()> {
         "/api/monitor/storage",
         "/api/blast/jobs?limit=8",
         "/api/inspector?limit=50",
+        // The page's metrics card (no key needed; the header is ignored).
+        "/metrics",
     ]
     .iter()
     .map(|p| (*p).to_string())
