@@ -74,6 +74,7 @@ mod config;
 mod error;
 mod source;
 mod stats;
+mod telemetry;
 
 pub use azure::{CachingCredential, CredentialSource};
 pub use cache::{TokenCache, TokenState};

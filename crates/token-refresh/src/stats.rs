@@ -2,6 +2,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::telemetry::{self, CacheGauges, Counter};
+
 /// A snapshot of a cache's counters. Counters only grow.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -70,39 +72,115 @@ impl RefreshStats {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Counters {
-    pub(crate) fresh_hits: AtomicU64,
-    pub(crate) stale_hits: AtomicU64,
-    pub(crate) waits: AtomicU64,
-    pub(crate) blocking_fetches: AtomicU64,
-    pub(crate) blocking_failures: AtomicU64,
-    pub(crate) blocking_superseded: AtomicU64,
-    pub(crate) background_started: AtomicU64,
-    pub(crate) background_succeeded: AtomicU64,
-    pub(crate) background_failed: AtomicU64,
-    pub(crate) background_lost: AtomicU64,
-    pub(crate) background_discarded: AtomicU64,
-    pub(crate) timeouts: AtomicU64,
-    pub(crate) backoffs: AtomicU64,
-    pub(crate) served_during_backoff: AtomicU64,
-    pub(crate) blocking_served_cached: AtomicU64,
-    pub(crate) served_past_expiry: AtomicU64,
-    pub(crate) unusable_refreshes: AtomicU64,
-    pub(crate) non_recoverable: AtomicU64,
-    pub(crate) cached_errors: AtomicU64,
-    pub(crate) invalidations: AtomicU64,
-    pub(crate) invalidations_ignored: AtomicU64,
-    pub(crate) invalidated_refreshes: AtomicU64,
+    pub(crate) fresh_hits: Counted,
+    pub(crate) stale_hits: Counted,
+    pub(crate) waits: Counted,
+    pub(crate) blocking_fetches: Counted,
+    pub(crate) blocking_failures: Counted,
+    pub(crate) blocking_superseded: Counted,
+    pub(crate) background_started: Counted,
+    pub(crate) background_succeeded: Counted,
+    pub(crate) background_failed: Counted,
+    pub(crate) background_lost: Counted,
+    pub(crate) background_discarded: Counted,
+    pub(crate) timeouts: Counted,
+    pub(crate) backoffs: Counted,
+    pub(crate) served_during_backoff: Counted,
+    pub(crate) blocking_served_cached: Counted,
+    pub(crate) served_past_expiry: Counted,
+    pub(crate) unusable_refreshes: Counted,
+    pub(crate) non_recoverable: Counted,
+    pub(crate) cached_errors: Counted,
+    pub(crate) invalidations: Counted,
+    pub(crate) invalidations_ignored: Counted,
+    pub(crate) invalidated_refreshes: Counted,
+    /// Blocking refreshes whose token was installed (a metric only).
+    pub(crate) blocking_succeeded: Counted,
+    /// `token.expires_in`, `token.backoff.active`, `token.wait.duration`.
+    pub(crate) gauges: CacheGauges,
 }
 
-pub(crate) fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
+/// A counter of [`RefreshStats`] and the metric it feeds.
+#[derive(Debug)]
+pub(crate) struct Counted {
+    value: AtomicU64,
+    metric: Counter,
+}
+
+impl Counted {
+    fn new(metric: Counter) -> Self {
+        Self {
+            value: AtomicU64::new(0),
+            metric,
+        }
+    }
+}
+
+pub(crate) fn bump(counter: &Counted) {
+    counter.value.fetch_add(1, Ordering::Relaxed);
+    counter.metric.add(1);
 }
 
 impl Counters {
+    /// Counters registering their metrics with the installed recorder (if any).
+    pub(crate) fn new() -> Self {
+        let m = telemetry::counter;
+        Self {
+            fresh_hits: Counted::new(m("token.calls", &[("outcome", "fresh")])),
+            stale_hits: Counted::new(m("token.calls", &[("outcome", "stale")])),
+            waits: Counted::new(m("token.calls", &[("outcome", "waited")])),
+            blocking_fetches: Counted::new(m("token.refresh.started", &[("mode", "blocking")])),
+            blocking_failures: Counted::new(m(
+                "token.refreshes",
+                &[("mode", "blocking"), ("outcome", "failed")],
+            )),
+            blocking_superseded: Counted::new(m(
+                "token.refreshes",
+                &[("mode", "blocking"), ("outcome", "superseded")],
+            )),
+            background_started: Counted::new(m("token.refresh.started", &[("mode", "background")])),
+            background_succeeded: Counted::new(m(
+                "token.refreshes",
+                &[("mode", "background"), ("outcome", "ok")],
+            )),
+            background_failed: Counted::new(m(
+                "token.refreshes",
+                &[("mode", "background"), ("outcome", "failed")],
+            )),
+            background_lost: Counted::new(m("token.refreshes.lost", &[])),
+            background_discarded: Counted::new(m(
+                "token.refreshes",
+                &[("mode", "background"), ("outcome", "discarded")],
+            )),
+            timeouts: Counted::new(m("token.refresh.timeouts", &[])),
+            backoffs: Counted::new(m("token.backoffs", &[])),
+            served_during_backoff: Counted::new(m(
+                "token.calls",
+                &[("outcome", "served_during_backoff")],
+            )),
+            blocking_served_cached: Counted::new(m("token.served_cached_after_failure", &[])),
+            served_past_expiry: Counted::new(m("token.served_past_expiry", &[])),
+            unusable_refreshes: Counted::new(m("token.refreshes.unusable", &[])),
+            non_recoverable: Counted::new(m("token.refresh.non_recoverable", &[])),
+            cached_errors: Counted::new(m("token.calls", &[("outcome", "cached_error")])),
+            invalidations: Counted::new(m("token.invalidations", &[("outcome", "matched")])),
+            invalidations_ignored: Counted::new(m(
+                "token.invalidations",
+                &[("outcome", "ignored")],
+            )),
+            invalidated_refreshes: Counted::new(m("token.invalidated_refreshes", &[])),
+            blocking_succeeded: Counted::new(m(
+                "token.refreshes",
+                &[("mode", "blocking"), ("outcome", "ok")],
+            )),
+            gauges: CacheGauges::new(),
+        }
+    }
+
     pub(crate) fn snapshot(&self) -> RefreshStats {
-        let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let read = |c: &Counted| c.value.load(Ordering::Relaxed);
         RefreshStats {
             fresh_hits: read(&self.fresh_hits),
             stale_hits: read(&self.stale_hits),

@@ -70,7 +70,7 @@ impl<S: TokenSource> TokenCache<S> {
                 source,
                 config,
                 state: Mutex::new(State::default()),
-                counters: Counters::default(),
+                counters: Counters::new(),
             }),
         }
     }
@@ -86,7 +86,12 @@ impl<S: TokenSource> TokenCache<S> {
     pub async fn token_and_deadline(&self) -> Outcome<S::Token> {
         match self.inner.enter(Instant::now()) {
             Entered::Ready(outcome) => outcome,
-            Entered::Flight(flight) => flight.await,
+            Entered::Flight(flight) => {
+                let started = Instant::now();
+                let outcome = flight.await;
+                self.inner.counters.gauges.waited(started.elapsed());
+                outcome
+            }
         }
     }
 
@@ -192,6 +197,11 @@ impl<S: TokenSource> Inner<S> {
             }
             TokenState::Stale => {
                 bump(&self.counters.stale_hits);
+                self.counters.gauges.expires_in(
+                    current
+                        .expires_at
+                        .map(|at| at.saturating_duration_since(now)),
+                );
                 if state.background.is_none()
                     && !state.backing_off(now)
                     && state.cached_error(now).is_none()
@@ -267,7 +277,18 @@ impl<S: TokenSource> Inner<S> {
             current.stale_after = Some(until);
         }
         bump(&self.counters.backoffs);
+        self.counters.gauges.backing_off();
         until
+    }
+
+    /// A token was installed: the back-off is over, and the expiry gauge moves.
+    fn installed(&self, state: &State<S::Token>, now: Instant) {
+        let left = state
+            .current
+            .as_ref()
+            .and_then(|c| c.expires_at)
+            .map(|at| at.saturating_duration_since(now));
+        self.counters.gauges.installed(left);
     }
 
     /// Remember a non-recoverable error for a jittered 1–5 s (T10).
@@ -385,6 +406,7 @@ impl<S: TokenSource> Inner<S> {
             Ok(fetched) => {
                 let generation = state.install(fetched, fetched_as, now, &self.config);
                 bump(&self.counters.background_succeeded);
+                self.installed(&state, now);
                 tracing::debug!(generation, kind = "background", "token refresh succeeded");
             }
             Err(error) if error.is_non_recoverable() => {
@@ -495,6 +517,8 @@ impl<S: TokenSource> Inner<S> {
                 let token = fetched.token.clone();
                 let generation = state.install(fetched, fetched_as, now, &self.config);
                 let expires_at = state.current.as_ref().and_then(|c| c.expires_at);
+                bump(&self.counters.blocking_succeeded);
+                self.installed(state, now);
                 tracing::debug!(generation, kind = "blocking", "token refresh succeeded");
                 Ok((token, expires_at))
             }
