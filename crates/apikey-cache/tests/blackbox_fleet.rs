@@ -1327,3 +1327,554 @@ async fn a8_layer_over_keyed_store_503_on_outage_and_one_401_body() {
         "unknown key on a down store"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Conditional writes never clobber another instance's records.
+// ---------------------------------------------------------------------------------------------
+
+// covers A10 + A3: five instances revoke one key and create one account at the same moment:
+// every revoke succeeds (idempotent), exactly one create wins and the rest are AccountExists,
+// and every instance rejects the key.
+#[tokio::test(start_paused = true)]
+async fn a10_concurrent_revokes_and_account_creates_across_instances() {
+    let dir = scratch_dir();
+    let store = FileStore::keyed(&dir).durable(false);
+    let caches: Vec<_> = (0..5)
+        .map(|_| ApiKeyCache::new(store.clone(), CacheConfig::default()))
+        .collect();
+    let account = caches[0]
+        .create_account("acme", "Acme")
+        .await
+        .expect("create");
+    let victim = caches[0].issue_key(&account).await.expect("issue");
+    for c in &caches {
+        assert!(auth(c, victim.secret.expose()).await.is_ok());
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, c) in caches.iter().enumerate() {
+        let c = c.clone();
+        let id = victim.identity.key.clone();
+        tasks.spawn(async move {
+            let revoke = c.revoke_key(&id).await;
+            let create = c.create_account("globex", &format!("Globex {i}")).await;
+            (revoke, create)
+        });
+    }
+    let mut created = 0;
+    while let Some(r) = bounded("concurrent writes", tasks.join_next()).await {
+        let (revoke, create) = r.expect("join");
+        revoke.expect("concurrent revokes all succeed");
+        match create {
+            Ok(id) => {
+                assert_eq!(id.as_str(), "globex");
+                created += 1;
+            }
+            Err(WriteError::AccountExists) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(created, 1, "exactly one create wins");
+    for c in &caches {
+        assert!(is_revoked(&auth(c, victim.secret.expose()).await));
+    }
+    let k = caches[4]
+        .issue_key(&AccountId::new("globex"))
+        .await
+        .expect("issue for the account another instance created");
+    assert!(auth(&caches[0], k.secret.expose()).await.is_ok());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+// covers A10: revoke's If-Match meets another writer's replacement: it re-reads and retries (up
+// to write_attempts); when another writer wins every time it gives up with Contended after
+// exactly write_attempts attempts and never overwrites the other writer's record.
+#[tokio::test(start_paused = true)]
+async fn a10_revoke_conflict_rereads_and_contended_never_clobbers() {
+    let store = MemoryStore::keyed();
+    let pa = Probe::new(store.clone());
+    let a = cache(&pa, CacheConfig::default().write_attempts(3));
+    let account = a.create_account("acme", "Acme").await.expect("create");
+    let k1 = a.issue_key(&account).await.expect("issue");
+    let k2 = a.issue_key(&account).await.expect("issue");
+    pa.state.bump_before_if_match.store(2, Ordering::SeqCst);
+    let conflicts = store.counts().record_conflicts;
+    bounded("revoke", a.revoke_key(&k1.identity.key))
+        .await
+        .expect("two conflicts, third attempt wins");
+    assert_eq!(store.counts().record_conflicts - conflicts, 2);
+    let b = ApiKeyCache::new(store.clone(), CacheConfig::default());
+    assert!(is_revoked(&auth(&b, k1.secret.expose()).await));
+
+    let name = format!("keys/{}", k2.secret.hash().to_hex());
+    pa.state.bump_before_if_match.store(1_000, Ordering::SeqCst);
+    let r = bounded("revoke", a.revoke_key(&k2.identity.key)).await;
+    assert!(
+        matches!(r, Err(WriteError::Contended { attempts: 3 })),
+        "{r:?}"
+    );
+    let record = store
+        .get_record(&name)
+        .await
+        .expect("read")
+        .expect("exists");
+    let before = pa.state.bump_before_if_match.load(Ordering::SeqCst);
+    assert_eq!(before, 1_000 - 3, "exactly write_attempts attempts");
+    // The other writer's record (still valid) stands: nobody overwrote it blindly.
+    assert!(auth(&b, k2.secret.expose()).await.is_ok());
+    assert!(!String::from_utf8_lossy(&record.bytes).is_empty());
+    pa.state.bump_before_if_match.store(0, Ordering::SeqCst);
+    a.revoke_key(&k2.identity.key)
+        .await
+        .expect("revoke once the contention ends");
+    assert!(is_revoked(&auth(&a, k2.secret.expose()).await));
+}
+
+// covers A10 + A3 on the file store: ids that would escape the store directory (`..`, `/`,
+// absolute paths, NUL) are refused — InvalidAccountId for accounts, NoSuchKey (or an error) for
+// key ids — never a panic, and nothing is written outside the directory.
+#[tokio::test(start_paused = true)]
+async fn a10_path_like_ids_never_escape_the_file_store() {
+    let root = scratch_dir();
+    let dir = root.join("store");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let store = FileStore::keyed(&dir).durable(false);
+    let c = ApiKeyCache::new(store.clone(), CacheConfig::default());
+    let account = c.create_account("acme", "Acme").await.expect("create");
+    let k = c.issue_key(&account).await.expect("issue");
+    // Dots are allowed characters ("1–64 characters of A-Z a-z 0-9 . _ -"): `..` and `.` are
+    // valid ids and must stay inside the directory.
+    for odd in ["..", ".", "..."] {
+        let id = c.create_account(odd, "odd").await.expect("a valid id");
+        let key = c.issue_key(&id).await.expect("issue");
+        assert_eq!(
+            auth(&c, key.secret.expose()).await.expect("valid").account,
+            id
+        );
+    }
+    for bad in [
+        "",
+        "../escape",
+        "a/b",
+        "/tmp/x",
+        "a\0b",
+        "a\\b",
+        &"x".repeat(65),
+    ] {
+        let r = bounded("create", c.create_account(bad, "bad")).await;
+        assert!(
+            matches!(r, Err(WriteError::InvalidAccountId)),
+            "{bad:?}: {r:?}"
+        );
+        let r = bounded("issue", c.issue_key(&AccountId::new(bad))).await;
+        assert!(
+            matches!(
+                r,
+                Err(WriteError::NoSuchAccount
+                    | WriteError::InvalidAccountId
+                    | WriteError::Store { .. })
+            ),
+            "issue for {bad:?}: {r:?}"
+        );
+    }
+    let hash = k.secret.hash().to_hex();
+    for bad in [
+        "../accounts/acme".to_owned(),
+        format!("../keys/{}/{hash}", &hash[..2]),
+        "../../escape".to_owned(),
+        "/etc/passwd".to_owned(),
+        String::new(),
+        "key_\0".to_owned(),
+    ] {
+        let r = bounded(
+            "revoke",
+            c.revoke_key(&apikey_cache::KeyId::new(bad.as_str())),
+        )
+        .await;
+        assert!(
+            matches!(r, Err(WriteError::NoSuchKey | WriteError::Store { .. })),
+            "revoke {bad:?}: {r:?}"
+        );
+    }
+    assert!(
+        auth(&c, k.secret.expose()).await.is_ok(),
+        "the real key is intact"
+    );
+    let outside: Vec<_> = std::fs::read_dir(&root)
+        .expect("root")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(
+        outside,
+        vec![std::ffi::OsString::from("store")],
+        "{outside:?}"
+    );
+    let _ = std::fs::remove_dir_all(root);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Feed gaps, rotation and unreadable entries.
+// ---------------------------------------------------------------------------------------------
+
+async fn tiny_segments_still_correct<S: KeyStore + Clone>(store: S) {
+    let caches: Vec<_> = (0..3)
+        .map(|_| ApiKeyCache::new(store.clone(), CacheConfig::default()))
+        .collect();
+    let account = caches[0]
+        .create_account("acme", "Acme")
+        .await
+        .expect("create");
+    let mut keys = Vec::new();
+    for _ in 0..6 {
+        keys.push(caches[0].issue_key(&account).await.expect("issue"));
+    }
+    for c in &caches {
+        for k in &keys {
+            assert!(auth(c, k.secret.expose()).await.is_ok());
+        }
+    }
+    // Many writes between two polls: the readers' segments rotate away under their cursors.
+    for k in &keys[..3] {
+        caches[0].revoke_key(&k.identity.key).await.expect("revoke");
+    }
+    for _ in 0..5 {
+        caches[0].issue_key(&account).await.expect("issue");
+    }
+    advance(POLL).await;
+    for (i, c) in caches.iter().enumerate() {
+        for (j, k) in keys.iter().enumerate() {
+            let r = auth(c, k.secret.expose()).await;
+            if j < 3 {
+                assert!(is_revoked(&r), "instance {i} key {j}: {r:?}");
+            } else {
+                assert!(r.is_ok(), "instance {i} key {j}: {r:?}");
+            }
+        }
+    }
+    let gaps: u64 = caches[1..].iter().map(|c| c.stats().feed_gaps).sum();
+    let entries: u64 = caches[1..].iter().map(|c| c.stats().feed_entries).sum();
+    assert!(gaps > 0 || entries > 0, "the readers noticed something");
+}
+
+// covers A11 + X5: FileStore feed_segment_bytes(0) (clamped to 1 byte: every entry rotates):
+// readers fall back to revalidation and every answer stays right within one poll.
+#[tokio::test(start_paused = true)]
+async fn a11_one_byte_feed_segments_file_store_stay_correct() {
+    let dir = scratch_dir();
+    tiny_segments_still_correct(FileStore::keyed(&dir).durable(false).feed_segment_bytes(0)).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+// covers A11 + X5: MemoryStore segments of 0 and 1 entries.
+#[tokio::test(start_paused = true)]
+async fn a11_zero_and_one_entry_feed_segments_memory_stay_correct() {
+    for entries in [0, 1] {
+        let store = MemoryStore::keyed();
+        store.set_feed_segment_entries(entries);
+        tiny_segments_still_correct(store).await;
+    }
+}
+
+// covers A11: "A gap (… or an entry this version cannot read) drops every cached key": a revoke
+// whose feed append failed is followed by an entry B cannot read — B treats it as a gap and
+// re-reads the key within one poll, not one revalidation interval.
+#[tokio::test(start_paused = true)]
+async fn a11_unreadable_feed_entry_is_a_gap() {
+    for junk in [
+        &b"not json at all"[..],
+        &b"{\"op\":\"revoke\",\"sha256\":\"zz\"}"[..],
+        &b"\xff\xfe\x00"[..],
+    ] {
+        let store = MemoryStore::keyed();
+        let a = ApiKeyCache::new(store.clone(), CacheConfig::default());
+        let b = ApiKeyCache::new(store.clone(), CacheConfig::default());
+        let account = a.create_account("acme", "Acme").await.expect("create");
+        let victim = a.issue_key(&account).await.expect("issue");
+        let other = a.issue_key(&account).await.expect("issue");
+        assert!(auth(&b, victim.secret.expose()).await.is_ok());
+        assert!(auth(&b, other.secret.expose()).await.is_ok());
+        store.fail_feed_appends(true);
+        a.revoke_key(&victim.identity.key).await.expect("revoke");
+        store.fail_feed_appends(false);
+        store.append_feed(junk).await.expect("append junk");
+        advance(POLL).await;
+        let r = auth(&b, victim.secret.expose()).await;
+        assert!(
+            is_revoked(&r),
+            "{:?}: an unreadable entry must be a gap: {r:?}",
+            String::from_utf8_lossy(junk)
+        );
+        assert!(auth(&b, other.secret.expose()).await.is_ok());
+        assert!(b.stats().feed_gaps >= 1);
+    }
+}
+
+// covers A11: a gap also drops negative entries — a key B remembered as unknown, whose records
+// were written while B's feed segment was lost, is accepted within one poll.
+#[tokio::test(start_paused = true)]
+async fn a11_gap_drops_negative_entries() {
+    let store = MemoryStore::keyed();
+    let a = ApiKeyCache::new(store.clone(), CacheConfig::default());
+    let b = ApiKeyCache::new(store.clone(), CacheConfig::default());
+    a.create_account("acme", "Acme").await.expect("create");
+    let warm = a.issue_key(&AccountId::new("acme")).await.expect("issue");
+    assert!(auth(&b, warm.secret.expose()).await.is_ok());
+    let (side, side_writer, cursor) = side_store("acme").await;
+    let k = side_writer
+        .issue_key(&AccountId::new("acme"))
+        .await
+        .expect("side issue");
+    assert!(is_unknown(&auth(&b, k.secret.expose()).await));
+    replay_issue(&side, &cursor, &store, &k, true).await;
+    store.drop_feed_segments(); // B never sees the issue entry
+    advance(POLL).await;
+    assert!(auth(&b, warm.secret.expose()).await.is_ok());
+    assert!(b.stats().feed_gaps >= 1);
+    assert_eq!(
+        auth(&b, k.secret.expose())
+            .await
+            .expect("negative entry dropped by the gap"),
+        k.identity
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Extreme knob values (X5).
+// ---------------------------------------------------------------------------------------------
+
+async fn scenario_under(config: CacheConfig, watcher: Duration) {
+    let store = MemoryStore::keyed();
+    let a = ApiKeyCache::new(store.clone(), config.clone());
+    let b = ApiKeyCache::new(store.clone(), config);
+    let _w = b.spawn_watcher(watcher);
+    let account = bounded("create", a.create_account("acme", "Acme"))
+        .await
+        .expect("create");
+    let k = bounded("issue", a.issue_key(&account))
+        .await
+        .expect("issue");
+    assert!(auth(&b, k.secret.expose()).await.is_ok());
+    for i in 0..50 {
+        let r = auth(&b, &forge_key(10_000 + i)).await;
+        assert!(is_unknown(&r), "{r:?}");
+    }
+    bounded("revoke", a.revoke_key(&k.identity.key))
+        .await
+        .expect("revoke");
+    assert!(is_revoked(&auth(&a, k.secret.expose()).await));
+    advance(Duration::from_secs(3)).await;
+    let _ = auth(&b, k.secret.expose()).await;
+    advance(Duration::from_secs(7_200)).await;
+    let r = auth(&b, k.secret.expose()).await;
+    assert!(is_revoked(&r), "two hours later: {r:?}");
+}
+
+// covers X5: every keyed knob at its maximum (Duration::MAX, u64/u32/usize::MAX) and at zero:
+// no panic, no hang, writes and answers stay right.
+#[tokio::test(start_paused = true)]
+async fn x5_extreme_knobs_keyed() {
+    let max = CacheConfig::default()
+        .ttl(Duration::MAX)
+        .miss_reload_interval(Duration::MAX)
+        .miss_reload_burst(u32::MAX)
+        .negative_ttl(Duration::MAX)
+        .negative_capacity(usize::MAX)
+        .retry_backoff(Duration::MAX)
+        .write_attempts(u32::MAX)
+        .load_timeout(Duration::MAX)
+        .write_timeout(Duration::MAX)
+        .poll(Duration::MAX)
+        .key_capacity(u64::MAX)
+        .key_idle(Duration::MAX)
+        .revalidate(Duration::MAX)
+        .point_reads_per_second(u32::MAX);
+    scenario_under(max, Duration::MAX).await;
+    let zero = CacheConfig::default()
+        .ttl(Duration::ZERO)
+        .miss_reload_interval(Duration::ZERO)
+        .miss_reload_burst(0)
+        .negative_ttl(Duration::ZERO)
+        .negative_capacity(0)
+        .retry_backoff(Duration::ZERO)
+        .write_attempts(0)
+        .load_timeout(Duration::ZERO)
+        .write_timeout(Duration::ZERO)
+        .poll(Duration::ZERO)
+        .key_capacity(0)
+        .key_idle(Duration::ZERO)
+        .revalidate(Duration::ZERO)
+        .point_reads_per_second(0);
+    // load/write timeouts clamp to 1 ms; the memory store answers at once.
+    scenario_under(zero, Duration::ZERO).await;
+}
+
+// covers A11 + X5: poll(Duration::MAX) clamps to 1 h; with revalidate = ttl, the per-key
+// revalidation still bounds a revocation on another instance by one TTL.
+#[tokio::test(start_paused = true)]
+async fn x5_poll_max_revocation_bounded_by_revalidation() {
+    let store = MemoryStore::keyed();
+    let a = ApiKeyCache::new(store.clone(), CacheConfig::default());
+    let b = ApiKeyCache::new(
+        store.clone(),
+        CacheConfig::default().poll(Duration::MAX).revalidate(TTL),
+    );
+    let account = a.create_account("acme", "Acme").await.expect("create");
+    let k = a.issue_key(&account).await.expect("issue");
+    assert!(auth(&b, k.secret.expose()).await.is_ok());
+    a.revoke_key(&k.identity.key).await.expect("revoke");
+    let t = Instant::now();
+    while !is_revoked(&auth(&b, k.secret.expose()).await) {
+        assert!(
+            t.elapsed() <= TTL + POLL,
+            "poll = 1 h: B accepts the revoked key after {:?}",
+            t.elapsed()
+        );
+        advance(Duration::from_secs(1)).await;
+    }
+}
+
+// covers A5 + X5: point_reads_per_second(0) clamps to 1: one unknown read, then the budget is
+// spent until a second has passed.
+#[tokio::test(start_paused = true)]
+async fn x5_point_read_budget_of_zero_is_one() {
+    let store = MemoryStore::keyed();
+    let p = Probe::new(store.clone());
+    let c = cache(&p, CacheConfig::default().point_reads_per_second(0));
+    for i in 0..100 {
+        assert!(is_unknown(&auth(&c, &forge_key(20_000 + i)).await));
+    }
+    assert_eq!(p.reads(), 1, "budget 1/s");
+    advance(Duration::from_secs(1)).await;
+    for i in 0..100 {
+        assert!(is_unknown(&auth(&c, &forge_key(30_000 + i)).await));
+    }
+    assert_eq!(p.reads(), 2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// A6 and restart.
+// ---------------------------------------------------------------------------------------------
+
+// covers A6 in the keyed layout: neither records nor feed entries hold a plaintext key (nor its
+// random part); records are addressed by the SHA-256.
+#[tokio::test(start_paused = true)]
+async fn a6_keyed_store_holds_no_plaintext() {
+    let store = MemoryStore::keyed();
+    let start = store.read_feed(None).await.expect("feed").next;
+    let c = ApiKeyCache::new(store.clone(), CacheConfig::default());
+    let account = c.create_account("acme", "Acme").await.expect("create");
+    let mut keys = Vec::new();
+    for _ in 0..5 {
+        keys.push(c.issue_key(&account).await.expect("issue"));
+    }
+    c.revoke_key(&keys[0].identity.key).await.expect("revoke");
+    let mut blobs: Vec<Vec<u8>> = Vec::new();
+    for name in store.record_names() {
+        blobs.push(name.clone().into_bytes());
+        blobs.push(
+            store
+                .get_record(&name)
+                .await
+                .expect("read")
+                .expect("exists")
+                .bytes,
+        );
+    }
+    blobs.extend(store.read_feed(Some(&start)).await.expect("feed").entries);
+    for k in &keys {
+        let secret = k.secret.expose();
+        let body = &secret[3..];
+        for b in &blobs {
+            let text = String::from_utf8_lossy(b);
+            assert!(!text.contains(body), "plaintext in the store: {text}");
+            assert!(
+                !text.contains(&body[..20]),
+                "part of a key in the store: {text}"
+            );
+        }
+        assert!(
+            store
+                .record_names()
+                .contains(&format!("keys/{}", KeyHash::of(secret).to_hex())),
+            "addressed by its hash"
+        );
+    }
+}
+
+// covers A10 + A11: an instance (re)started over the file store after other instances wrote —
+// through a second FileStore value on the same directory, as another process would — answers
+// every key right on the first try, and tails the feed from there.
+#[tokio::test(start_paused = true)]
+async fn a10_restart_over_file_store_sees_everything() {
+    let dir = scratch_dir();
+    let a = ApiKeyCache::new(
+        FileStore::keyed(&dir).durable(false),
+        CacheConfig::default(),
+    );
+    let account = a.create_account("acme", "Acme").await.expect("create");
+    let mut keys = Vec::new();
+    for _ in 0..6 {
+        keys.push(a.issue_key(&account).await.expect("issue"));
+    }
+    for k in &keys[..2] {
+        a.revoke_key(&k.identity.key).await.expect("revoke");
+    }
+    drop(a);
+    let b = ApiKeyCache::new(
+        FileStore::keyed(&dir).durable(false),
+        CacheConfig::default(),
+    );
+    for (i, k) in keys.iter().enumerate() {
+        let r = auth(&b, k.secret.expose()).await;
+        if i < 2 {
+            assert!(is_revoked(&r), "{r:?}");
+        } else {
+            assert_eq!(r.expect("valid"), k.identity);
+        }
+    }
+    let c = ApiKeyCache::new(
+        FileStore::keyed(&dir).durable(false),
+        CacheConfig::default(),
+    );
+    c.revoke_key(&keys[2].identity.key).await.expect("revoke");
+    advance(POLL).await;
+    assert!(is_revoked(&auth(&b, keys[2].secret.expose()).await));
+    assert!(matches!(
+        c.create_account("acme", "again").await,
+        Err(WriteError::AccountExists)
+    ));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+// covers A3 (keyed): "`NoSuchAccount` / `NoSuchKey` mean the *store* lacks them" and
+// `WriteError::Store` means "the store failed". An id that cannot name a record (empty, with a
+// `/`, `..` segment or NUL) names nothing the store has. Found: on the keyed file store
+// `issue_key(AccountId::new("a/b"))` and `revoke_key(KeyId::new("../x"))` fail with
+// `WriteError::Store { Unavailable("invalid record name …") }` — a caller maps that to a 503 and
+// retries forever, for a client's typo. (Nothing escapes the directory: see
+// a10_path_like_ids_never_escape_the_file_store.)
+#[tokio::test(start_paused = true)]
+#[ignore = "defect: keyed file store answers a path-like account/key id with WriteError::Store, not NoSuchAccount/NoSuchKey"]
+async fn a3_path_like_ids_are_no_such_not_a_store_failure() {
+    let dir = scratch_dir();
+    let c = ApiKeyCache::new(
+        FileStore::keyed(&dir).durable(false),
+        CacheConfig::default(),
+    );
+    c.create_account("acme", "Acme").await.expect("create");
+    for bad in ["", "a/b", "../escape", "a\0b"] {
+        let r = c.issue_key(&AccountId::new(bad)).await;
+        assert!(
+            matches!(
+                r,
+                Err(WriteError::NoSuchAccount | WriteError::InvalidAccountId)
+            ),
+            "issue for {bad:?}: {r:?}"
+        );
+        let r = c.revoke_key(&apikey_cache::KeyId::new(bad)).await;
+        assert!(
+            matches!(r, Err(WriteError::NoSuchKey)),
+            "revoke {bad:?}: {r:?}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
