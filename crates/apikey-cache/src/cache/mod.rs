@@ -19,7 +19,7 @@ pub use watcher::Watcher;
 use self::reload::Inner;
 use crate::config::CacheConfig;
 use crate::error::{AuthError, StoreError};
-use crate::key::{Identity, KeyHash, has_valid_checksum, well_formed};
+use crate::key::{Identity, KeyHash, well_formed};
 use crate::snapshot::{Lookup, Snapshot};
 use crate::store::KeyStore;
 
@@ -75,22 +75,52 @@ impl<S: KeyStore> ApiKeyCache<S> {
     /// Order: shape check (malformed input is never hashed or reloaded for) → refresh the
     /// snapshot if older than the TTL → look up the hash → negative cache → a rate-limited,
     /// shared reload → negative-cache the key if that fresh reload does not know it either.
+    ///
+    /// Keyed layout: shape check → SHA-256 → the bounded cache (a fresh hit ends here) → the
+    /// checksum (A12: a key without a valid one is [`AuthError::Malformed`] with zero store
+    /// reads) → feed read if due → negative cache → one rate-limited point read.
     pub async fn authenticate(&self, presented: &str) -> Result<Identity, AuthError> {
         let inner = &*self.inner;
         if !well_formed(presented) {
             Counters::bump(&inner.counters.rejected_malformed);
             return Err(AuthError::Malformed);
         }
-        if inner.keyed.is_some() && !inner.config.legacy_keys && !has_valid_checksum(presented) {
-            // A12: junk and typos never reach the store (nor the hash).
-            Counters::bump(&inner.counters.rejected_malformed);
-            return Err(AuthError::Malformed);
-        }
         let hash = KeyHash::of(presented);
-        if inner.keyed.is_some() {
-            return self.authenticate_keyed(hash).await;
-        }
         let now = Instant::now();
+        // The hit path: no await, no allocation. Everything else (refreshes, misses, store
+        // reads) runs in a boxed future, which keeps this one small.
+        if let Some(answer) = self.hit(&hash, now) {
+            return answer;
+        }
+        Box::pin(self.authenticate_slow(presented, hash, now)).await
+    }
+
+    /// A verified answer needing no store read and no wait: a fresh cached key (keyed layout,
+    /// feed not due) or a key in a snapshot younger than the TTL. `None`: take the slow path.
+    fn hit(&self, hash: &KeyHash, now: Instant) -> Option<Result<Identity, AuthError>> {
+        let inner = &*self.inner;
+        if inner.keyed.is_some() {
+            return self.keyed_hit(hash, now);
+        }
+        let snapshot = inner.current();
+        if snapshot.is_stale(now, inner.config.ttl) {
+            return None;
+        }
+        self.answer(&snapshot, hash)
+    }
+
+    async fn authenticate_slow(
+        &self,
+        presented: &str,
+        hash: KeyHash,
+        now: Instant,
+    ) -> Result<Identity, AuthError> {
+        let inner = &*self.inner;
+        if inner.keyed.is_some() {
+            // The checksum (A12) is checked only off the hit path: a hit is one SHA-256 and
+            // one cache lookup; junk and typos still never reach the store.
+            return self.authenticate_keyed(presented, hash).await;
+        }
         let mut snapshot = inner.current();
         let mut fresh = false;
         if snapshot.is_stale(now, inner.config.ttl) {

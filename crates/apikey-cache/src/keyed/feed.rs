@@ -71,6 +71,15 @@ impl FeedState {
 impl<S: KeyStore> ApiKeyCache<S> {
     /// Tail the feed if the last read is `poll` old or older (the request path: a request
     /// never acts on a view of the feed older than one `poll`).
+    /// Whether the feed was last read `poll` ago or longer (or never).
+    pub(crate) fn feed_due(&self, now: Instant) -> bool {
+        let poll = self.inner.config.poll;
+        self.keyed()
+            .feed
+            .polled_at()
+            .is_none_or(|at| now.saturating_duration_since(at) >= poll)
+    }
+
     pub(crate) async fn poll_feed_if_due(&self, now: Instant) {
         let feed = &self.keyed().feed;
         let poll = self.inner.config.poll;

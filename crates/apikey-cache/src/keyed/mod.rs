@@ -20,7 +20,7 @@ pub(crate) use self::records::{
 use crate::cache::{ApiKeyCache, Counters};
 use crate::config::CacheConfig;
 use crate::error::{AuthError, StoreError};
-use crate::key::{AccountId, Identity, KeyHash, KeyId, PrefixHasher};
+use crate::key::{AccountId, Identity, KeyHash, KeyId, PrefixHasher, has_valid_checksum};
 use crate::store::KeyStore;
 
 /// A verified key as cached: who it is, whether it is revoked, when the store confirmed it
@@ -144,12 +144,22 @@ impl<S: KeyStore> ApiKeyCache<S> {
             .expect("called only for a keyed store")
     }
 
-    /// `authenticate` for the keyed layout: feed tail if due → bounded cache → negative
-    /// cache → one point read (single-flight per hash, rate-limited) → cache the answer.
-    pub(crate) async fn authenticate_keyed(&self, hash: KeyHash) -> Result<Identity, AuthError> {
+    /// `authenticate` for the keyed layout past the hit path: checksum → feed tail if due →
+    /// bounded cache → negative cache → one point read (single-flight per hash, rate-limited) → cache the answer.
+    pub(crate) async fn authenticate_keyed(
+        &self,
+        presented: &str,
+        hash: KeyHash,
+    ) -> Result<Identity, AuthError> {
         let inner = &*self.inner;
         let state = self.keyed();
         let now = Instant::now();
+        if !inner.config.legacy_keys && !has_valid_checksum(presented) {
+            // A12: junk and typos never reach the store, not even for a due feed read (the
+            // checksum is offline). A key the hit path found cached was checked on its way in.
+            Counters::bump(&inner.counters.rejected_malformed);
+            return Err(AuthError::Malformed);
+        }
         self.poll_feed_if_due(now).await;
         let cached = state.keys.get(&hash);
         if let Some(entry) = &cached
@@ -198,6 +208,19 @@ impl<S: KeyStore> ApiKeyCache<S> {
         let ttl = self.inner.config.ttl;
         now.saturating_duration_since(entry.checked_at) < ttl
             || (now < entry.trust_until && self.keyed().feed.healthy(now, ttl))
+    }
+
+    /// The keyed hit path: the feed is not due and the key is cached and fresh.
+    pub(crate) fn keyed_hit(
+        &self,
+        hash: &KeyHash,
+        now: Instant,
+    ) -> Option<Result<Identity, AuthError>> {
+        if self.feed_due(now) {
+            return None;
+        }
+        let entry = self.keyed().keys.get(hash)?;
+        self.fresh(&entry, now).then(|| self.keyed_answer(&entry))
     }
 
     fn keyed_answer(&self, entry: &Cached) -> Result<Identity, AuthError> {
