@@ -125,8 +125,6 @@ const text = (page, selector) => page.locator(selector).innerText();
       assert(/reads in \d+(\.\d)? ms/.test(body), "no warmup read timing shown");
     });
 
-    await page.screenshot({ path: path.join(out, "desktop.png") });
-
     await check("the warmup strip changes between two polls", async () => {
       const before = await warmupStrip(page);
       assert(before.length > 0, "no chips");
@@ -160,6 +158,9 @@ const text = (page, selector) => page.locator(selector).innerText();
       await page.waitForFunction(() => /POST\s+\/api\/blast\/jobs\s+202/.test(document.querySelector("#card-inspector .body").innerText), null, { timeout: 8_000 });
       return `${result}; blobs ${blobsBefore} -> more`;
     });
+
+    // The docs' picture: every card filled, a job submitted, a few polls of live metrics.
+    await page.screenshot({ path: path.join(out, "desktop.png") });
 
     await check("no favicon (or any other) request in the inspector but the job", async () => {
       const rows = await page.locator("#card-inspector tbody tr").allInnerTexts();
