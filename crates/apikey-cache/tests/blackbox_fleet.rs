@@ -46,6 +46,8 @@ struct ProbeState {
     hang_reads: AtomicBool,
     /// `read_feed` never answers.
     hang_feed_reads: AtomicBool,
+    /// `read_feed` fails with `Unavailable`.
+    fail_feed_reads: AtomicBool,
     /// `append_feed` never answers (the writer dies between record write and feed append).
     hang_appends: AtomicBool,
     /// `put_record` of `keys/…` fails (a writer dying between `ids/` and `keys/`).
@@ -143,7 +145,9 @@ impl<S: KeyStore + Clone> KeyStore for Probe<S> {
         if self.state.hang_reads.load(Ordering::SeqCst) {
             std::future::pending::<()>().await;
         }
-        let stall = name.starts_with("keys/") && self.state.stall_key_reads.load(Ordering::SeqCst);
+        // One-shot: only the first `keys/` read after arming stalls.
+        let stall =
+            name.starts_with("keys/") && self.state.stall_key_reads.swap(false, Ordering::SeqCst);
         let answer = self.inner.get_record(name).await;
         if stall {
             // The answer is what the store held when the read started; it arrives late.
@@ -217,6 +221,9 @@ impl<S: KeyStore + Clone> KeyStore for Probe<S> {
     async fn read_feed(&self, from: Option<&FeedCursor>) -> Result<FeedBatch, StoreError> {
         self.state.read_feed.fetch_add(1, Ordering::SeqCst);
         if self.state.fail_all.load(Ordering::SeqCst) {
+            return Err(down());
+        }
+        if self.state.fail_feed_reads.load(Ordering::SeqCst) {
             return Err(down());
         }
         if self.state.hang_reads.load(Ordering::SeqCst)
@@ -1877,4 +1884,100 @@ async fn a3_path_like_ids_are_no_such_not_a_store_failure() {
         );
     }
     let _ = std::fs::remove_dir_all(dir);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The writing instance itself.
+// ---------------------------------------------------------------------------------------------
+
+// covers A3 + A10 ("A write is in the store (and visible on the writing instance) when the call
+// returns"): B's own point read of K, started before B revokes K, answers late with the old
+// (valid) record. Once revoke_key has returned Ok, B must never accept K again.
+#[tokio::test(start_paused = true)]
+async fn a3_own_revocation_not_undone_by_an_older_in_flight_read() {
+    let store = MemoryStore::keyed();
+    let a = ApiKeyCache::new(store.clone(), CacheConfig::default());
+    let pb = Probe::new(store.clone());
+    let b = cache(&pb, CacheConfig::default());
+    let account = a.create_account("acme", "Acme").await.expect("create");
+    let victim = a.issue_key(&account).await.expect("issue");
+    pb.set(|s| &s.stall_key_reads, true);
+    let b2 = b.clone();
+    let key = victim.secret.expose().to_owned();
+    let in_flight = tokio::spawn(async move { b2.authenticate(&key).await });
+    while pb.state.stalled_now.load(Ordering::SeqCst) == 0 {
+        tokio::task::yield_now().await;
+    }
+    bounded("revoke on B", b.revoke_key(&victim.identity.key))
+        .await
+        .expect("revoke");
+    assert!(is_revoked(&auth(&b, victim.secret.expose()).await));
+    pb.release_stalled();
+    let first = bounded("in-flight read", in_flight).await.expect("join");
+    assert!(first.is_ok() || is_revoked(&first), "{first:?}");
+    for _ in 0..3 {
+        let r = auth(&b, victim.secret.expose()).await;
+        assert!(is_revoked(&r), "B accepts a key it revoked itself: {r:?}");
+        advance(Duration::from_millis(500)).await;
+    }
+}
+
+// covers A11 failure table ("feed append fails after the record write: the write succeeds;
+// warn; feed_append_failures"): the writer rejects the key at once, a fresh instance too.
+#[tokio::test(start_paused = true)]
+async fn a11_failed_feed_append_write_succeeds_and_writer_rejects_at_once() {
+    let store = MemoryStore::keyed();
+    let pa = Probe::new(store.clone());
+    let a = cache(&pa, CacheConfig::default());
+    let account = a.create_account("acme", "Acme").await.expect("create");
+    let victim = a.issue_key(&account).await.expect("issue");
+    assert!(auth(&a, victim.secret.expose()).await.is_ok());
+    store.fail_feed_appends(true);
+    a.revoke_key(&victim.identity.key)
+        .await
+        .expect("the record write is the truth");
+    let issued = a.issue_key(&account).await.expect("issue without a feed");
+    store.fail_feed_appends(false);
+    assert_eq!(a.stats().feed_append_failures, 2);
+    assert!(is_revoked(&auth(&a, victim.secret.expose()).await));
+    assert!(auth(&a, issued.secret.expose()).await.is_ok());
+    let fresh = ApiKeyCache::new(store.clone(), CacheConfig::default());
+    assert!(is_revoked(&auth(&fresh, victim.secret.expose()).await));
+    assert!(auth(&fresh, issued.secret.expose()).await.is_ok());
+}
+
+// covers A11 failure table ("feed read fails: warn; the cursor stays (nothing skipped)"; rustdoc
+// of revalidate: "When the feed cannot be read for a TTL, keys fall back to per-key
+// revalidation every TTL"): B cannot read the feed while A revokes; B catches the revocation
+// within one TTL through revalidation, and nothing is lost once the feed is readable again.
+#[tokio::test(start_paused = true)]
+async fn a11_unreadable_feed_falls_back_to_ttl_and_cursor_stays() {
+    let store = MemoryStore::keyed();
+    let a = ApiKeyCache::new(store.clone(), CacheConfig::default());
+    let pb = Probe::new(store.clone());
+    let b = cache(&pb, CacheConfig::default());
+    let account = a.create_account("acme", "Acme").await.expect("create");
+    let first = a.issue_key(&account).await.expect("issue");
+    let second = a.issue_key(&account).await.expect("issue");
+    assert!(auth(&b, first.secret.expose()).await.is_ok());
+    assert!(auth(&b, second.secret.expose()).await.is_ok());
+    pb.set(|s| &s.fail_feed_reads, true);
+    a.revoke_key(&first.identity.key).await.expect("revoke");
+    let t = Instant::now();
+    while !is_revoked(&auth(&b, first.secret.expose()).await) {
+        assert!(
+            t.elapsed() <= TTL + POLL,
+            "feed unreadable: B accepts the revoked key after {:?}",
+            t.elapsed()
+        );
+        advance(Duration::from_secs(1)).await;
+    }
+    // The second revocation happens while B's feed is still unreadable and B just re-read
+    // `second`; once the feed answers again, B applies it from its unchanged cursor.
+    assert!(auth(&b, second.secret.expose()).await.is_ok());
+    a.revoke_key(&second.identity.key).await.expect("revoke");
+    pb.set(|s| &s.fail_feed_reads, false);
+    advance(POLL).await;
+    let r = auth(&b, second.secret.expose()).await;
+    assert!(is_revoked(&r), "the cursor stayed: {r:?}");
 }
