@@ -66,6 +66,7 @@ mod identity;
 mod pool;
 mod rejection;
 mod stats;
+mod telemetry;
 
 pub use config::{BlobPoolConfig, IDLE_TTL_SECONDS, MAX_ENTRIES, SWEEP_SECONDS};
 pub use endpoint::Endpoint;

@@ -44,6 +44,7 @@ pub(crate) struct Inner {
     /// Tokens storage rejected (401, or 403 `AuthenticationFailed`) that were still cached.
     pub(crate) tokens_rejected: AtomicU64,
     sweeper_started: AtomicBool,
+    pub(crate) metrics: crate::telemetry::BlobMetrics,
 }
 
 /// A pool of Azure `BlobServiceClient`s keyed by (credential identity, endpoint) (seed 000,
@@ -91,7 +92,8 @@ impl BlobPoolBuilder {
         let pool = KeyedPool::new(
             PoolConfig::default()
                 .max_entries(self.config.max_entries)
-                .capacity_knob(crate::config::MAX_ENTRIES.name()),
+                .capacity_knob(crate::config::MAX_ENTRIES.name())
+                .name(crate::telemetry::POOL_NAME),
         );
         Ok(BlobPool {
             inner: Arc::new(Inner {
@@ -104,6 +106,7 @@ impl BlobPoolBuilder {
                 credentials_dropped: AtomicU64::new(0),
                 tokens_rejected: AtomicU64::new(0),
                 sweeper_started: AtomicBool::new(false),
+                metrics: crate::telemetry::BlobMetrics::new(),
             }),
         })
     }
@@ -219,6 +222,7 @@ impl BlobPool {
             inner
                 .credentials_dropped
                 .fetch_add(gone.len() as u64, Ordering::Relaxed);
+            inner.metrics.credentials_dropped(gone.len());
             tracing::debug!(count = gone.len(), "blob-pool: credentials dropped");
         }
         inner

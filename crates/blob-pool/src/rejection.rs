@@ -71,6 +71,7 @@ impl Policy for RejectedTokenPolicy {
         );
         if matched && let Some(pool) = self.pool.upgrade() {
             pool.tokens_rejected.fetch_add(1, Ordering::Relaxed);
+            pool.metrics.token_rejected();
             if status == StatusCode::Forbidden {
                 // Before the caller sees the 403, so its next `client()` builds a new one.
                 let id = self.id;
