@@ -217,12 +217,19 @@ pub(crate) async fn a_killed_connection_fails_only_its_streams() -> anyhow::Resu
         .await
         .context("the burst hung")?;
     ensure!(killed.is_err(), "the resetting request fails");
+    // Every list still at the server on connection 1 (all of them, unless the machine delayed
+    // some past the reset) fails; a list that succeeded did so on connection 2.
     let failed = lists.iter().filter(|r| r.is_err()).count();
+    let ok_on_2 = server
+        .requests()
+        .iter()
+        .filter(|r| r.path == pods_path() && r.status == 200 && r.connection == 2)
+        .count();
+    ensure!(failed >= 1, "the streams on the killed connection fail");
     ensure!(
-        failed == 20,
-        "the streams on the killed connection fail: {failed}"
+        failed + ok_on_2 == 20,
+        "only the killed connection's streams fail: {failed} failed, {ok_on_2} ok on conn 2"
     );
-    ensure!(server.tls_connections() == 1);
 
     // The same session recovers on a new connection.
     server.clear_faults();
