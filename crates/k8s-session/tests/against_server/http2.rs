@@ -281,3 +281,33 @@ pub(crate) async fn a_stalled_connection_is_replaced() -> anyhow::Result<()> {
     println!("stalled connection detected after {detected:?}");
     Ok(())
 }
+
+// The read timeout holds over HTTP/2, where kube's per-connection read timeout cannot (the
+// connection keeps reading PING acknowledgements): a server that holds the answer longer than
+// the read timeout fails that call with a timeout, and the session's next call succeeds.
+pub(crate) async fn the_read_timeout_holds_over_http2() -> anyhow::Result<()> {
+    let server = K8sServer::start().await?;
+    let kubeconfig = server.kubeconfig_token();
+    remember(&kubeconfig);
+    let pool = SessionPool::builder(KubeconfigSource::from_kubeconfig(kubeconfig))
+        .knobs_from(|_| None)
+        .read_timeout(Some(Duration::from_millis(300)))
+        .build();
+    let session = pool.session(&key("east")).await?;
+    server.inject(
+        pods_path().as_str(),
+        Fault::latency(Duration::from_secs(3)).times(1),
+    );
+    let started = std::time::Instant::now();
+    let slow = list_pods(&session).await;
+    let waited = started.elapsed();
+    let error = format!("{:#}", slow.err().context("the held call fails")?);
+    ensure!(error.contains("read timeout"), "{error}");
+    ensure!(waited < Duration::from_secs(2), "{waited:?}");
+    ensure!(list_pods(&session).await? > 0, "the next call succeeds");
+    ensure!(
+        server.h2_connections() == 1,
+        "over HTTP/2, on one connection"
+    );
+    Ok(())
+}

@@ -47,6 +47,7 @@ fn main() -> ExitCode {
         http2::exec_upgrades_over_http1,
         http2::a_killed_connection_fails_only_its_streams,
         http2::a_stalled_connection_is_replaced,
+        http2::the_read_timeout_holds_over_http2,
         aks::aks_source_end_to_end,
         aks::aks_errors_are_typed,
         rejection::a_401_retires_the_session_and_its_aad_token,
