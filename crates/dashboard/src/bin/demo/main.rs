@@ -201,8 +201,9 @@ async fn run(args: Args) -> Result<()> {
     }
     println!();
     summary::print(&results);
-    if let Some(last) = results.last() {
-        summary::print_metrics_excerpt(last);
+    // The first run's scrape: taken before the next run added to the process-wide recorder.
+    if let Some(first) = results.first() {
+        summary::print_metrics_excerpt(first);
     }
     if let Some(path) = &args.json {
         let json = serde_json::to_string_pretty(&results)?;

@@ -110,9 +110,10 @@ const EXCERPT_PREFIXES: &[&str] = &[
     "pool_misses",
     "pool_creations",
     "http_client_request_duration_seconds_count",
+    "http_client_retries_total",
     "http_server_request_duration_seconds_count{http_request_method=\"POST\"",
     "dashboard_",
-    "token_",
+    "token_refreshes_total",
     "apikey_",
     "inspector_requests",
     "warmup_",
@@ -121,28 +122,44 @@ const EXCERPT_PREFIXES: &[&str] = &[
 /// At most this many lines of it.
 const EXCERPT_LINES: usize = 16;
 
-/// Pick the lines of a scrape the excerpt shows: samples (no comments) of the series above.
+/// Non-zero samples of each series above kept in the excerpt, at most.
+const EXCERPT_PER_PREFIX: usize = 2;
+
+/// Pick the lines of a scrape the excerpt shows: non-zero samples (no comments, no histogram
+/// buckets) of the series above, in that order, a couple each.
 pub(crate) fn excerpt(scrape: &str) -> Vec<String> {
-    scrape
+    let samples: Vec<&str> = scrape
         .lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter(|line| EXCERPT_PREFIXES.iter().any(|p| line.starts_with(p)))
-        .filter(|line| !line.contains("_bucket{"))
+        .filter(|line| !line.starts_with('#') && !line.contains("_bucket{"))
+        .filter(|line| {
+            line.rsplit_once(' ')
+                .and_then(|(_, value)| value.parse::<f64>().ok())
+                .is_some_and(|value| value != 0.0)
+        })
+        .collect();
+    EXCERPT_PREFIXES
+        .iter()
+        .flat_map(|prefix| {
+            samples
+                .iter()
+                .filter(move |line| line.starts_with(prefix))
+                .take(EXCERPT_PER_PREFIX)
+        })
         .take(EXCERPT_LINES)
-        .map(str::to_string)
+        .map(|line| (*line).to_string())
         .collect()
 }
 
-/// Print the excerpt of the last dashboard's `/metrics` scrape.
-pub(crate) fn print_metrics_excerpt(last: &ModeSummary) {
-    if last.metrics_excerpt.is_empty() {
+/// Print the excerpt of a dashboard's `/metrics` scrape (taken at the end of its run).
+pub(crate) fn print_metrics_excerpt(run: &ModeSummary) {
+    if run.metrics_excerpt.is_empty() {
         return;
     }
     println!(
-        "\n`GET /metrics` of the {} dashboard (excerpt, Prometheus text format):",
-        last.mode
+        "\n`GET /metrics` at the end of the {} run (excerpt: non-zero samples, Prometheus text format):",
+        run.mode
     );
-    for line in &last.metrics_excerpt {
+    for line in &run.metrics_excerpt {
         println!("    {line}");
     }
 }
@@ -201,5 +218,27 @@ mod tests {
         assert_eq!(percentile(&v, 95.0), 5.0);
         assert_eq!(percentile(&v, 100.0), 5.0);
         assert_eq!(percentile(&[], 50.0), 0.0);
+    }
+
+    #[test]
+    fn the_excerpt_keeps_non_zero_samples_of_known_series_in_order() {
+        let scrape = "\
+# TYPE token_refreshes_total counter
+token_refreshes_total{outcome=\"ok\"} 3
+token_refreshes_total{outcome=\"failed\"} 0
+pool_hits_total{pool_name=\"k8s-session\"} 40
+pool_hits_total{pool_name=\"blob\"} 2
+pool_hits_total{pool_name=\"third\"} 1
+http_server_request_duration_seconds_bucket{le=\"0.1\"} 5
+unrelated_total 9
+";
+        assert_eq!(
+            excerpt(scrape),
+            [
+                "pool_hits_total{pool_name=\"k8s-session\"} 40",
+                "pool_hits_total{pool_name=\"blob\"} 2",
+                "token_refreshes_total{outcome=\"ok\"} 3",
+            ]
+        );
     }
 }
