@@ -66,6 +66,7 @@ mod layer;
 mod migrate;
 mod snapshot;
 mod store;
+mod telemetry;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 

@@ -80,19 +80,25 @@ impl<S: KeyStore> ApiKeyCache<S> {
     /// checksum (A12: a key without a valid one is [`AuthError::Malformed`] with zero store
     /// reads) → feed read if due → negative cache → one rate-limited point read.
     pub async fn authenticate(&self, presented: &str) -> Result<Identity, AuthError> {
-        let inner = &*self.inner;
+        // The hit path: no await, no allocation. Everything else (refreshes, misses, store
+        // reads) runs in a boxed future, which keeps this one small.
+        let answer = match self.fast(presented) {
+            Ok(answer) => answer,
+            Err((hash, now)) => Box::pin(self.authenticate_slow(presented, hash, now)).await,
+        };
+        self.inner.telemetry.authenticated(&answer);
+        answer
+    }
+
+    /// The shape check and the hit path; `Err` carries what the slow path needs.
+    fn fast(&self, presented: &str) -> Result<Result<Identity, AuthError>, (KeyHash, Instant)> {
         if !well_formed(presented) {
-            Counters::bump(&inner.counters.rejected_malformed);
-            return Err(AuthError::Malformed);
+            Counters::bump(&self.inner.counters.rejected_malformed);
+            return Ok(Err(AuthError::Malformed));
         }
         let hash = KeyHash::of(presented);
         let now = Instant::now();
-        // The hit path: no await, no allocation. Everything else (refreshes, misses, store
-        // reads) runs in a boxed future, which keeps this one small.
-        if let Some(answer) = self.hit(&hash, now) {
-            return answer;
-        }
-        Box::pin(self.authenticate_slow(presented, hash, now)).await
+        self.hit(&hash, now).ok_or((hash, now))
     }
 
     /// A verified answer needing no store read and no wait: a fresh cached key (keyed layout,

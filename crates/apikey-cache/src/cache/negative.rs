@@ -6,6 +6,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::key::KeyHash;
+use crate::telemetry::EntriesGauge;
 
 /// Unknown keys remembered for `ttl`, at most `capacity` of them. Every entry lives exactly
 /// `ttl`, so insertion order is expiry order: a FIFO queue gives O(1) expiry and eviction
@@ -13,6 +14,7 @@ use crate::key::KeyHash;
 /// sends. A remembered key never shadows a real one: lookups check the snapshot first.
 #[derive(Debug)]
 pub(crate) struct NegativeCache {
+    gauge: EntriesGauge,
     ttl: Duration,
     capacity: usize,
     expiries: HashMap<KeyHash, Instant>,
@@ -22,11 +24,18 @@ pub(crate) struct NegativeCache {
 impl NegativeCache {
     pub(crate) fn new(ttl: Duration, capacity: usize) -> Self {
         Self {
+            gauge: EntriesGauge::default(),
             ttl,
             capacity,
             expiries: HashMap::new(),
             order: VecDeque::new(),
         }
+    }
+
+    /// Report the entry count to `gauge` from now on.
+    pub(crate) fn with_gauge(mut self, gauge: EntriesGauge) -> Self {
+        self.gauge = gauge;
+        self
     }
 
     pub(crate) fn contains(&self, hash: &KeyHash, now: Instant) -> bool {
@@ -53,18 +62,22 @@ impl NegativeCache {
         };
         self.expiries.insert(hash, until);
         self.order.push_back((hash, until));
+        self.gauge.set(self.expiries.len());
     }
 
     /// Forget `hash` (a key issued since it was found unknown). Its queue slot expires on its
     /// own.
     pub(crate) fn remove(&mut self, hash: &KeyHash) {
-        self.expiries.remove(hash);
+        if self.expiries.remove(hash).is_some() {
+            self.gauge.set(self.expiries.len());
+        }
     }
 
     /// Forget everything (a gap in the change feed).
     pub(crate) fn clear(&mut self) {
         self.expiries.clear();
         self.order.clear();
+        self.gauge.set(0);
     }
 
     pub(crate) fn len(&self) -> usize {

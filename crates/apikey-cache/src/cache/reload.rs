@@ -44,6 +44,8 @@ pub(crate) struct Inner<S> {
     last_error: Mutex<Option<String>>,
     /// The keyed layout's state (A10–A12); `None` for a single-document store.
     pub(crate) keyed: Option<crate::keyed::KeyedState>,
+    /// Metric handles (issue 19), registered once.
+    pub(crate) telemetry: crate::telemetry::Telemetry,
 }
 
 #[derive(Debug, Default)]
@@ -106,7 +108,9 @@ pub(crate) fn chain(error: &dyn std::error::Error) -> String {
 
 impl<S: KeyStore> Inner<S> {
     pub(crate) fn new(store: S, config: CacheConfig) -> Self {
-        let negative = NegativeCache::new(config.negative_ttl, config.negative_capacity);
+        let telemetry = crate::telemetry::Telemetry::new();
+        let negative = NegativeCache::new(config.negative_ttl, config.negative_capacity)
+            .with_gauge(telemetry.negative_gauge());
         let keyed = (store.layout() == crate::store::Layout::Keyed)
             .then(|| crate::keyed::KeyedState::new(&config));
         Self {
@@ -122,6 +126,7 @@ impl<S: KeyStore> Inner<S> {
             negative: Mutex::new(negative),
             counters: Counters::default(),
             last_error: Mutex::new(None),
+            telemetry,
         }
     }
 
@@ -271,6 +276,7 @@ impl<S: KeyStore> Inner<S> {
         let old = self.current();
         Counters::bump(&self.counters.store_loads);
         let timeout = self.config.load_timeout;
+        let started = Instant::now();
         let loaded =
             match tokio::time::timeout(timeout, self.store.load(old.version.as_ref())).await {
                 Ok(loaded) => loaded,
@@ -280,6 +286,16 @@ impl<S: KeyStore> Inner<S> {
                 }
             };
         let now = Instant::now();
+        self.telemetry.store_read(
+            crate::telemetry::Read::Load,
+            now.saturating_duration_since(started),
+            loaded.is_ok(),
+        );
+        self.telemetry.snapshot_age(if loaded.is_ok() {
+            Some(std::time::Duration::ZERO)
+        } else {
+            old.checked_at.map(|at| now.saturating_duration_since(at))
+        });
         let snapshot = match loaded {
             Ok(Loaded::NotModified) => {
                 Counters::bump(&self.counters.not_modified);

@@ -110,6 +110,7 @@ impl<S: KeyStore> ApiKeyCache<S> {
         let inner = &*self.inner;
         let state = self.keyed();
         Counters::bump(&inner.counters.feed_polls);
+        let started = Instant::now();
         let read = bounded(
             &inner.counters,
             inner.config.load_timeout,
@@ -117,6 +118,19 @@ impl<S: KeyStore> ApiKeyCache<S> {
         )
         .await;
         let polled = Instant::now();
+        inner.telemetry.store_read(
+            crate::telemetry::Read::Feed,
+            polled.saturating_duration_since(started),
+            read.is_ok(),
+        );
+        inner.telemetry.snapshot_age(if read.is_ok() {
+            Some(std::time::Duration::ZERO)
+        } else {
+            state
+                .feed
+                .ok_at()
+                .map(|at| polled.saturating_duration_since(at))
+        });
         state.feed.store(&state.feed.polled_at, polled);
         let batch = match read {
             Ok(batch) => batch,
@@ -155,11 +169,13 @@ impl<S: KeyStore> ApiKeyCache<S> {
         }
         if gap {
             Counters::bump(&inner.counters.feed_gaps);
+            inner.telemetry.feed_gap();
             tracing::info!(store = %inner.store.describe(), "gap in the API key change feed; revalidating every cached key");
             state.invalidations.fetch_add(1, Ordering::SeqCst);
             state.keys.invalidate_all();
             inner.negative().clear();
         }
+        inner.telemetry.feed_entries(batch.entries.len() as u64);
         *cursor = Some(batch.next);
         state.feed.store(&state.feed.ok_at, polled);
         Ok(())

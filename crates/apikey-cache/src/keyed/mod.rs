@@ -241,12 +241,18 @@ impl<S: KeyStore> ApiKeyCache<S> {
         let state = self.keyed();
         let before = state.invalidations.load(Ordering::SeqCst);
         Counters::bump(&inner.counters.point_reads);
+        let started = Instant::now();
         let read = bounded(
             &inner.counters,
             inner.config.load_timeout,
             inner.store.get_record(&key_name(&hash)),
         )
         .await;
+        inner.telemetry.store_read(
+            crate::telemetry::Read::Point,
+            started.elapsed(),
+            read.is_ok(),
+        );
         let record = match read {
             Ok(record) => record,
             Err(error) => {
