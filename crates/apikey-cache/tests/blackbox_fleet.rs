@@ -1981,3 +1981,36 @@ async fn a11_unreadable_feed_falls_back_to_ttl_and_cursor_stays() {
     let r = auth(&b, second.secret.expose()).await;
     assert!(is_revoked(&r), "the cursor stayed: {r:?}");
 }
+
+// covers A9 (bounded writes) in the keyed layout: while A's feed append hangs, a second local
+// write on A queues but both end within their write_timeouts; the write whose feed append
+// timed out landed in the store (the record is the truth), so a fresh instance rejects the key.
+#[tokio::test(start_paused = true)]
+async fn a9_hung_feed_append_bounds_queued_writes() {
+    let store = MemoryStore::keyed();
+    let pa = Probe::new(store.clone());
+    let a = cache(&pa, CacheConfig::default());
+    let account = a.create_account("acme", "Acme").await.expect("create");
+    let victim = a.issue_key(&account).await.expect("issue");
+    assert!(auth(&a, victim.secret.expose()).await.is_ok());
+    pa.set(|s| &s.hang_appends, true);
+    let started = Instant::now();
+    let (a1, a2) = (a.clone(), a.clone());
+    let id = victim.identity.key.clone();
+    let revoke = tokio::spawn(async move { a1.revoke_key(&id).await });
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let acc = account.clone();
+    let issue = tokio::spawn(async move { a2.issue_key(&acc).await });
+    let revoke = bounded("revoke", revoke).await.expect("join");
+    let issue = bounded("issue", issue).await.expect("join");
+    revoke.expect("a failed (timed-out) feed append still leaves a successful write");
+    issue.expect("the queued write ends too");
+    assert!(is_revoked(&auth(&a, victim.secret.expose()).await));
+    assert!(
+        started.elapsed() <= 2 * WRITE_TIMEOUT + Duration::from_millis(50),
+        "{:?}",
+        started.elapsed()
+    );
+    let fresh = ApiKeyCache::new(store.clone(), CacheConfig::default());
+    assert!(is_revoked(&auth(&fresh, victim.secret.expose()).await));
+}
