@@ -45,8 +45,8 @@ const IN_PROCESS_ROUNDS: usize = 50;
 const POST_BODY: usize = 1024;
 const POST_ROUNDS: usize = 5;
 const POSTS_PER_ROUND: usize = 400;
-const SMALL_ROUNDS: usize = 15;
-const SMALL_PER_ROUND: usize = 20_000;
+const SMALL_ROUNDS: usize = 31;
+const SMALL_PER_ROUND: usize = 10_000;
 /// What a monitor card's poll answers: a few hundred bytes of JSON.
 const SMALL_JSON: &str = r#"{"clusters":[{"name":"aks-eastus-1","status":"Succeeded","nodes":3,"version":"1.33.2"},{"name":"aks-westeu-2","status":"Succeeded","nodes":5,"version":"1.33.2"},{"name":"aks-sea-3","status":"Updating","nodes":4,"version":"1.32.6"}],"fetched_at":"2026-11-25T10:00:00Z"}"#;
 static POST_1K: [u8; POST_BODY] = [b'{'; POST_BODY];
@@ -272,62 +272,32 @@ where
     Ok(response)
 }
 
-/// Nanoseconds per request per thread: `threads` threads, each on its own current-thread
-/// runtime with its own clone of `app`, send [`SMALL_PER_ROUND`] requests one after the other
-/// and read each response to its end; the slowest thread's time counts.
-fn per_request_ns<S, B>(app: &S, threads: usize, method: &http::Method) -> f64
+/// Send one request through a clone of `app` and read the response to its end.
+async fn send<S, B>(app: &S, method: &http::Method)
 where
-    S: tower::Service<http::Request<Body>, Response = http::Response<B>> + Clone + Send,
+    S: tower::Service<http::Request<Body>, Response = http::Response<B>> + Clone,
     S::Error: std::fmt::Debug,
     B: http_body::Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Debug,
 {
     use tower::ServiceExt;
-    let barrier = Barrier::new(threads);
-    let elapsed: Vec<Duration> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                let (app, barrier) = (app.clone(), &barrier);
-                scope.spawn(move || {
-                    let runtime = tokio::runtime::Builder::new_current_thread()
-                        .build()
-                        .expect("runtime");
-                    runtime.block_on(async {
-                        let send = || async {
-                            let response = app
-                                .clone()
-                                .oneshot(small_request(method.clone()))
-                                .await
-                                .expect("response");
-                            let mut body = response.into_body();
-                            while let Some(frame) = body.frame().await {
-                                frame.expect("frame");
-                            }
-                        };
-                        for _ in 0..200 {
-                            send().await;
-                        }
-                        barrier.wait();
-                        let start = Instant::now();
-                        for _ in 0..SMALL_PER_ROUND {
-                            send().await;
-                        }
-                        start.elapsed()
-                    })
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .map(|w| w.join().expect("worker"))
-            .collect()
-    });
-    let slowest = elapsed.into_iter().max().unwrap_or_default();
-    slowest.as_secs_f64() * 1e9 / SMALL_PER_ROUND as f64
+    let response = app
+        .clone()
+        .oneshot(small_request(method.clone()))
+        .await
+        .expect("response");
+    let mut body = response.into_body();
+    while let Some(frame) = body.frame().await {
+        frame.expect("frame");
+    }
 }
 
-/// Median ns per request per thread through `layered` and through `bare`, interleaved per
-/// round (rotating which goes first) so load drift on a shared machine hits both alike.
+/// Median ns per request per thread through `layered` and through `bare`: `threads` threads,
+/// each on its own current-thread runtime with its own clones of both apps, kept for the whole
+/// measurement (warm allocator caches). Each round, all threads send [`SMALL_PER_ROUND`]
+/// requests one after the other through one app, then through the other (rotating which goes
+/// first, so load drift on the shared machine hits both alike); a round's figure is its slowest
+/// thread's time.
 fn layered_vs_bare<L, LB, S, SB>(
     layered: &L,
     bare: &S,
@@ -344,16 +314,55 @@ where
     SB: http_body::Body<Data = Bytes> + Unpin,
     SB::Error: std::fmt::Debug,
 {
+    let barrier = Barrier::new(threads);
+    let per_thread: Vec<Vec<(usize, Duration)>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                let (layered, bare, barrier) = (layered.clone(), bare.clone(), &barrier);
+                scope.spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .build()
+                        .expect("runtime");
+                    runtime.block_on(async {
+                        for _ in 0..1000 {
+                            send(&layered, method).await;
+                            send(&bare, method).await;
+                        }
+                        let mut times = Vec::new();
+                        for round in 0..SMALL_ROUNDS {
+                            for k in 0..2 {
+                                let i = (round + k) % 2;
+                                barrier.wait();
+                                let start = Instant::now();
+                                for _ in 0..SMALL_PER_ROUND {
+                                    if i == 0 {
+                                        send(&layered, method).await;
+                                    } else {
+                                        send(&bare, method).await;
+                                    }
+                                }
+                                times.push((i, start.elapsed()));
+                            }
+                        }
+                        times
+                    })
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("worker"))
+            .collect()
+    });
     let mut samples = [const { Vec::new() }; 2];
-    for round in 0..SMALL_ROUNDS {
-        for k in 0..2 {
-            let i = (round + k) % 2;
-            samples[i].push(if i == 0 {
-                per_request_ns(layered, threads, method)
-            } else {
-                per_request_ns(bare, threads, method)
-            });
-        }
+    for slot in 0..2 * SMALL_ROUNDS {
+        let which = per_thread[0][slot].0;
+        let slowest = per_thread
+            .iter()
+            .map(|t| t[slot].1)
+            .max()
+            .unwrap_or_default();
+        samples[which].push(slowest.as_secs_f64() * 1e9 / SMALL_PER_ROUND as f64);
     }
     let [mut ours, mut base] = samples;
     (median(&mut ours), median(&mut base))

@@ -84,7 +84,11 @@ impl PollingPrefixes {
 
     /// Whether `path` (a raw request path, optionally with a query) lies under a prefix.
     pub fn is_polling_path(&self, path: &str) -> bool {
-        let path = path.split(['?', '#']).next().unwrap_or("");
+        let end = path
+            .bytes()
+            .position(|b| b == b'?' || b == b'#')
+            .unwrap_or(path.len());
+        let path = &path[..end];
         let path = if path.is_empty() { "/" } else { path };
         if !path.starts_with('/') || has_dot_segment(path) {
             return false;
@@ -134,7 +138,8 @@ fn normalise(raw: &str) -> Result<String, ConfigError> {
 /// `.` or `..`, also percent-encoded (`%2e`, `.%2E`, …): segments some servers resolve.
 /// Runs on every request's path, so it allocates nothing (issue #23).
 fn has_dot_segment(path: &str) -> bool {
-    path.split('/').any(is_dot_segment)
+    // Most paths have neither a `.` nor a `%`: one pass over the bytes settles them.
+    path.bytes().any(|b| b == b'.' || b == b'%') && path.split('/').any(is_dot_segment)
 }
 
 /// Whether `segment` is one or two dots, each written `.`, `%2e` or `%2E`.
