@@ -3,6 +3,7 @@
 mod handle;
 mod report;
 mod run;
+mod telemetry;
 #[cfg(test)]
 mod tests;
 
@@ -158,6 +159,7 @@ pub struct FanOut {
     /// Who each task is, to report it if its task ends without an answer.
     pending: HashMap<Id, (Key, Arc<str>, u32)>,
     next: u32,
+    metrics: telemetry::FanOutMetrics,
 }
 
 impl fmt::Debug for FanOut {
@@ -180,6 +182,7 @@ impl FanOut {
             tasks: JoinSet::new(),
             pending: HashMap::new(),
             next: 0,
+            metrics: telemetry::FanOutMetrics::new(),
         }
     }
 
@@ -337,11 +340,13 @@ impl FanOut {
             }
         }
         rows.sort_by_key(|(key, _)| *key);
-        FanOutReport {
+        let report = FanOutReport {
             reads: rows.into_iter().map(|(_, report)| report).collect(),
             elapsed: self.shared.started.elapsed(),
             peak_in_flight: self.shared.peak(),
-        }
+        };
+        self.metrics.joined(&report);
+        report
     }
 
     fn next_index(&mut self) -> u32 {
