@@ -5,6 +5,9 @@
 //! any strict "never hand out an expired entry" check needs, so the table shows how much of the
 //! gap is the clock and how much is the pool.
 //!
+//! A fourth row compares the pool with a Prometheus recorder (metrics-exporter-prometheus) bound
+//! to it against the same pool without one (issue 19: at most 1.25x on the hit path).
+//!
 //! Run with `cargo xtask bench pool_hit`. Prints a human summary and one JSON line per
 //! comparison (the format `cargo xtask bench` collects into docs/benchmarks.md).
 
@@ -65,15 +68,24 @@ fn main() {
         .expect("runtime");
 
     let pool: KeyedPool<String, Client> = KeyedPool::new(PoolConfig::default().max_entries(KEYS));
+    // The same pool with its metrics handles registered with a Prometheus recorder (handles
+    // bind at construction, so a local recorder is enough: nothing process-wide is installed).
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let recorded: KeyedPool<String, Client> = metrics::with_local_recorder(&recorder, || {
+        KeyedPool::new(PoolConfig::default().max_entries(KEYS).name("bench"))
+    });
     let dash: DashMap<String, Arc<Client>> = DashMap::new();
     let moka: moka::future::Cache<String, Arc<Client>> = moka::future::Cache::new(KEYS as u64);
     runtime.block_on(async {
         for key in &keys {
-            pool.get_or_create(key, || async {
-                Ok::<_, std::io::Error>(Created::new(Client([0; 64])))
-            })
-            .await
-            .expect("create");
+            for pool in [&pool, &recorded] {
+                pool.get_or_create(key, || async {
+                    Ok::<_, std::io::Error>(Created::new(Client([0; 64])))
+                })
+                .await
+                .expect("create");
+            }
             dash.insert(key.clone(), Arc::new(Client([0; 64])));
             moka.insert(key.clone(), Arc::new(Client([0; 64]))).await;
         }
@@ -83,6 +95,9 @@ fn main() {
     for threads in [1, 2] {
         let ours = |i: usize| {
             black_box(pool.get(&keys[i]).expect("hit"));
+        };
+        let with_recorder = |i: usize| {
+            black_box(recorded.get(&keys[i]).expect("hit"));
         };
         let bare = |i: usize| {
             black_box(
@@ -102,14 +117,17 @@ fn main() {
         let moka_get = |i: usize| {
             black_box(futures::executor::block_on(moka.get(&keys[i])).expect("hit"));
         };
-        let [ours, bare, clocked, moka_ns] =
-            measure(threads, &[&ours, &bare, &clocked, &moka_get])[..]
-        else {
+        let [ours, bare, clocked, moka_ns, prometheus] = measure(
+            threads,
+            &[&ours, &bare, &clocked, &moka_get, &with_recorder],
+        )[..] else {
             unreachable!("one median per variant")
         };
         println!(
             "pool_hit threads={threads}: KeyedPool::get {ours:.1} ns/op, DashMap+Arc {bare:.1} ns/op, \
-             DashMap+Arc+clock {clocked:.1} ns/op, moka {moka_ns:.1} ns/op"
+             DashMap+Arc+clock {clocked:.1} ns/op, moka {moka_ns:.1} ns/op, \
+             with a Prometheus recorder {prometheus:.1} ns/op (x{:.2})",
+            prometheus / ours
         );
         for (baseline, value) in [
             ("dashmap_get_arc_clone", bare),
@@ -127,6 +145,25 @@ fn main() {
                 lower_is_better: true,
             });
         }
+        let plural = if threads == 1 { "" } else { "s" };
+        results.push(Comparison {
+            scenario: "pool_hit",
+            baseline_name: format!(
+                "KeyedPool::get without a metrics recorder, ours with Prometheus ({threads} thread{plural})"
+            ),
+            metric: "hit latency",
+            unit: "ns/op",
+            ours: prometheus,
+            baseline: ours,
+            lower_is_better: true,
+        });
     }
+    // Every hit reached the recorder (published in batches, exactly on a stats read).
+    let hits = recorded.stats().hits;
+    let scrape = handle.render();
+    assert!(
+        scrape.contains("pool_hits") && hits > 0,
+        "the recorder saw the pool's hits"
+    );
     emit(&results);
 }
