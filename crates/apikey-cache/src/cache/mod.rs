@@ -15,6 +15,7 @@ pub(crate) use reload::chain;
 pub use stats::CacheStats;
 pub(crate) use stats::Counters;
 pub use watcher::Watcher;
+pub(crate) use write::valid_account_id;
 
 use self::reload::Inner;
 use crate::config::CacheConfig;

@@ -9,7 +9,7 @@ use crate::error::{StoreError, WriteError};
 use crate::key::{AccountId, ApiKeySecret, Identity, IssuedKey, KeyId};
 use crate::store::KeyStore;
 
-fn valid_account_id(id: &str) -> bool {
+pub(crate) fn valid_account_id(id: &str) -> bool {
     (1..=64).contains(&id.len())
         && id
             .bytes()

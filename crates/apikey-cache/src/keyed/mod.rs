@@ -57,7 +57,18 @@ impl Cached {
     }
 }
 
-type PointRead = Result<Option<Arc<Cached>>, Arc<StoreError>>;
+/// What one point read found.
+#[derive(Debug, Clone)]
+enum Found {
+    Key(Arc<Cached>),
+    /// No such record; `cacheable` is false when the feed changed something while the read
+    /// ran (the 404 may predate an `issue` entry already applied: not negatively cached).
+    Missing {
+        cacheable: bool,
+    },
+}
+
+type PointRead = Result<Found, Arc<StoreError>>;
 
 /// The keyed engine's state inside one cache.
 pub(crate) struct KeyedState {
@@ -70,6 +81,8 @@ pub(crate) struct KeyedState {
     /// Point-read limiter (GCRA): theoretical arrival time of the next read.
     tat: Mutex<Option<Instant>>,
     pub(crate) feed: FeedState,
+    /// Point reads of uncached keys in flight, at most `point_reads_per_second` (A5).
+    in_flight: tokio::sync::Semaphore,
 }
 
 impl std::fmt::Debug for KeyedState {
@@ -92,6 +105,7 @@ impl KeyedState {
             invalidations: AtomicU64::new(0),
             tat: Mutex::new(None),
             feed: FeedState::default(),
+            in_flight: tokio::sync::Semaphore::new(config.point_reads_per_second as usize),
         }
     }
 
@@ -167,7 +181,35 @@ impl<S: KeyStore> ApiKeyCache<S> {
         {
             return self.keyed_answer(entry);
         }
+        let mut _permit = None;
         if cached.is_none() {
+            if inner.negative().contains(&hash, now) {
+                Counters::bump(&inner.counters.negative_hits);
+                Counters::bump(&inner.counters.rejected_unknown);
+                return Err(AuthError::Unknown);
+            }
+            if !state.miss_budget_left(now, inner.config.point_reads_per_second) {
+                Counters::bump(&inner.counters.miss_reloads_limited);
+                Counters::bump(&inner.counters.rejected_unknown);
+                return Err(AuthError::Unknown);
+            }
+            // Reads of uncached keys in flight are bounded by the budget too (A5): a burst of
+            // distinct unknown keys waits here instead of all passing the check before any
+            // read has found nothing; a waiter re-checks the budget the finished reads spent.
+            // Real keys wait at most for reads in flight, never get a false Unknown.
+            let acquire = state.in_flight.acquire();
+            match tokio::time::timeout(inner.config.load_timeout, acquire).await {
+                Ok(Ok(permit)) => _permit = Some(permit),
+                _ => {
+                    Counters::bump(&inner.counters.store_timeouts);
+                    return Err(AuthError::Unavailable {
+                        source: Arc::new(StoreError::TimedOut {
+                            after: inner.config.load_timeout,
+                        }),
+                    });
+                }
+            }
+            let now = Instant::now();
             if inner.negative().contains(&hash, now) {
                 Counters::bump(&inner.counters.negative_hits);
                 Counters::bump(&inner.counters.rejected_unknown);
@@ -181,11 +223,13 @@ impl<S: KeyStore> ApiKeyCache<S> {
             Counters::bump(&inner.counters.miss_reloads);
         }
         match state.reads.run(hash, self.point_read(hash)).await {
-            Ok(Some(entry)) => self.keyed_answer(&entry),
-            Ok(None) => {
+            Ok(Found::Key(entry)) => self.keyed_answer(&entry),
+            Ok(Found::Missing { cacheable }) => {
                 let now = Instant::now();
                 state.charge_miss(now, inner.config.point_reads_per_second);
-                inner.negative().insert(hash, now);
+                if cacheable {
+                    inner.negative().insert(hash, now);
+                }
                 Counters::bump(&inner.counters.rejected_unknown);
                 Err(AuthError::Unknown)
             }
@@ -263,7 +307,8 @@ impl<S: KeyStore> ApiKeyCache<S> {
         };
         let Some(record) = record else {
             state.keys.invalidate(&hash);
-            return Ok(None);
+            let cacheable = state.invalidations.load(Ordering::SeqCst) == before;
+            return Ok(Found::Missing { cacheable });
         };
         let entry: KeyEntry = match records::from_json(&record.bytes) {
             Ok(entry) => entry,
@@ -286,6 +331,6 @@ impl<S: KeyStore> ApiKeyCache<S> {
         if state.invalidations.load(Ordering::SeqCst) == before {
             state.keys.insert(hash, cached.clone());
         }
-        Ok(Some(cached))
+        Ok(Found::Key(cached))
     }
 }

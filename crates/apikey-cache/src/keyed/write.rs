@@ -100,7 +100,11 @@ impl<S: KeyStore> ApiKeyCache<S> {
         &self,
         account: &AccountId,
     ) -> Result<IssuedKey, WriteError> {
-        if self.get(&account_name(account.as_str())).await?.is_none() {
+        // An id that could not have been created names no record: NoSuchAccount, not a store
+        // failure (a caller must not retry a client's typo as a 503).
+        if !crate::cache::valid_account_id(account.as_str())
+            || self.get(&account_name(account.as_str())).await?.is_none()
+        {
             return Err(WriteError::NoSuchAccount);
         }
         let attempts = self.inner.config.write_attempts;
@@ -156,6 +160,10 @@ impl<S: KeyStore> ApiKeyCache<S> {
     }
 
     pub(crate) async fn revoke_key_keyed(&self, key: &KeyId) -> Result<(), WriteError> {
+        // Issued ids are `key_` + 16 hex digits; anything that is not a record name is no key.
+        if !crate::cache::valid_account_id(key.as_str()) {
+            return Err(WriteError::NoSuchKey);
+        }
         let Some(id) = self.get(&id_name(key.as_str())).await? else {
             return Err(WriteError::NoSuchKey);
         };
