@@ -14,6 +14,10 @@
 //! the difference is who waits. Real time, multi-threaded runtime (2 workers); each figure is
 //! the median of 3 rounds. Run with `cargo xtask bench token_refresh`.
 //!
+//! Then the hit path alone (issue 19): `token()` on a fresh token, 1 and 2 threads, a cache
+//! whose metrics are bound to a Prometheus recorder (metrics-exporter-prometheus) against the
+//! same cache without one (budget: at most 1.25x). Median of 9 interleaved rounds.
+//!
 //! The same scenario then replays a 30-minute identity outage (see `support/outage.rs`): the
 //! static-stability preset against the seed default and a naive cache, in virtual time —
 //! calls failed and identity-endpoint contacts.
@@ -243,6 +247,7 @@ fn main() {
             });
         }
     }
+    results.extend(hit_path(&runtime));
     let preset = outage::run("static_stability");
     for name in ["static_stability", "seed_default", "naive"] {
         let o = if name == "static_stability" {
@@ -278,4 +283,71 @@ fn main() {
         });
     }
     emit(&results);
+}
+
+/// Calls per thread in one round of the hit-path comparison.
+const HIT_CALLS: usize = 200_000;
+/// Rounds of the hit-path comparison.
+const HIT_ROUNDS: usize = 9;
+
+/// ns per `token()` on a fresh token, on `threads` threads at once.
+fn hit_round(cache: &TokenCache<Endpoint>, threads: usize) -> f64 {
+    let start = StdInstant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                for _ in 0..HIT_CALLS {
+                    std::hint::black_box(
+                        futures::executor::block_on(cache.token()).expect("fresh"),
+                    );
+                }
+            });
+        }
+    });
+    start.elapsed().as_nanos() as f64 / (HIT_CALLS * threads) as f64
+}
+
+/// The hit path with and without a Prometheus recorder bound to the cache's metrics.
+fn hit_path(runtime: &tokio::runtime::Runtime) -> Vec<Comparison> {
+    let config = || RefreshConfig::default().jitter(0.0);
+    let plain = TokenCache::new(Endpoint::default(), config());
+    // Handles bind when the cache is built: a local recorder is enough, nothing process-wide.
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let recorded =
+        metrics::with_local_recorder(&recorder, || TokenCache::new(Endpoint::default(), config()));
+    for cache in [&plain, &recorded] {
+        runtime.block_on(cache.token()).expect("first token");
+    }
+    let mut results = Vec::new();
+    for threads in [1, 2] {
+        let (mut without, mut with) = (Vec::new(), Vec::new());
+        for _ in 0..HIT_ROUNDS {
+            without.push(hit_round(&plain, threads));
+            with.push(hit_round(&recorded, threads));
+        }
+        let (without, with) = (median(&mut without), median(&mut with));
+        println!(
+            "token_refresh hit path threads={threads}: {without:.1} ns/op without a recorder, \
+             {with:.1} ns/op with Prometheus (x{:.2})",
+            with / without
+        );
+        let plural = if threads == 1 { "" } else { "s" };
+        results.push(Comparison {
+            scenario: "token_refresh",
+            baseline_name: format!(
+                "fresh-token hit without a metrics recorder, ours with Prometheus ({threads} thread{plural})"
+            ),
+            metric: "hit latency",
+            unit: "ns/op",
+            ours: with,
+            baseline: without,
+            lower_is_better: true,
+        });
+    }
+    assert!(
+        handle.render().contains("token_calls"),
+        "the recorder saw the cache's calls"
+    );
+    results
 }
