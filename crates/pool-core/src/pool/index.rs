@@ -177,9 +177,10 @@ impl<K: Clone, V> Index<K, V> {
     /// - An entry whose deadline is within `margin` of `now` (expired ones included) goes first,
     ///   soonest deadline first, protected or not.
     /// - When the key being inserted came back after a capacity eviction (`returning`), the
-    ///   soonest-deadline open entry goes (ties: the least recently used, then the oldest); with
-    ///   no open entry, the least recently used protected one. Keys that keep coming back thus
-    ///   cycle through the open places while the protected ones stay.
+    ///   last open entry in capacity order goes (under a uniform TTL, the newest: in a cycle,
+    ///   the one needed last); with no open entry, the least recently used protected one. Keys
+    ///   that keep coming back thus cycle through the open places while the protected ones stay,
+    ///   and a cycle settles within a round instead of evicting the next key needed.
     /// - A key seen for the first time is a new working set arriving, not a cycle: the
     ///   soonest-deadline entry goes whether protected or not, so a working set that moves on
     ///   replaces the old one in one round.
@@ -203,19 +204,21 @@ impl<K: Clone, V> Index<K, V> {
             (Some(open), Some(guarded)) if guarded < open => self.pop_guarded_first(),
             (None, Some(_)) => self.pop_guarded_first(),
             (Some(_), _) => self.open.pop_first().map(|(_, entry)| entry),
+            (None, None) if returning => match self.open.pop_last() {
+                Some((_, entry)) => Some(entry),
+                None => self
+                    .least_recently_used_guarded()
+                    .and_then(|(_, rank)| self.take_guarded(&rank))
+                    .or_else(|| self.pop_guarded_first()),
+            },
             (None, None) => {
                 let open = self.soonest_open();
                 let guarded = self.guarded.first_key_value().map(|(rank, _)| *rank);
                 match (open, guarded) {
-                    (Some(open), Some(guarded)) if !returning && guarded < open => {
-                        self.take_guarded(&guarded)
-                    }
+                    (Some(open), Some(guarded)) if guarded < open => self.take_guarded(&guarded),
                     (Some(open), _) => self.open.remove(&open),
-                    (None, Some(guarded)) if !returning => self.take_guarded(&guarded),
-                    (None, _) => self
-                        .least_recently_used_guarded()
-                        .and_then(|(_, rank)| self.take_guarded(&rank))
-                        .or_else(|| self.pop_guarded_first()),
+                    (None, Some(guarded)) => self.take_guarded(&guarded),
+                    (None, None) => None,
                 }
             }
         }?;
