@@ -258,7 +258,7 @@ async fn concurrent_inserts(cap: usize, tasks: u64) -> usize {
                 let handle = fetch(&pool, key, &ledger).await;
                 max_seen.fetch_max(pool.len(), SeqCst);
                 drop(handle);
-                if key % 7 == 0 {
+                if key.is_multiple_of(7) {
                     tokio::task::yield_now().await;
                 }
             }
@@ -1538,7 +1538,7 @@ fn p5_retire_that_resets_or_shuts_down_its_own_pool_never_deadlocks() {
                 let calls = calls.clone();
                 Box::pin(async move {
                     if calls.fetch_add(1, SeqCst) < 3 {
-                        if key % 2 == 0 {
+                        if key.is_multiple_of(2) {
                             pool.reset().await;
                         } else {
                             pool.shutdown().await;
