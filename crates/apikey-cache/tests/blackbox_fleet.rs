@@ -2135,3 +2135,29 @@ async fn a5_real_keys_during_a_concurrent_flood() {
         );
     }
 }
+
+// covers A11 + A5: a flood of unknown keys (budget spent) does not delay a revocation: the feed
+// is read on schedule and the cached key is rejected within one poll.
+#[tokio::test(start_paused = true)]
+async fn a11_revocation_seen_within_one_poll_during_a_flood() {
+    let store = MemoryStore::keyed();
+    let a = ApiKeyCache::new(store.clone(), CacheConfig::default());
+    let account = a.create_account("acme", "Acme").await.expect("create");
+    let victim = a.issue_key(&account).await.expect("issue");
+    let b = ApiKeyCache::new(
+        store.clone(),
+        CacheConfig::default().point_reads_per_second(1),
+    );
+    assert!(auth(&b, victim.secret.expose()).await.is_ok());
+    a.revoke_key(&victim.identity.key).await.expect("revoke");
+    let mut seed = 200_000u64;
+    for _ in 0..(POLL.as_millis() / 100) {
+        for _ in 0..50 {
+            seed += 1;
+            let _ = auth(&b, &forge_key(seed)).await;
+        }
+        advance(Duration::from_millis(100)).await;
+    }
+    let r = auth(&b, victim.secret.expose()).await;
+    assert!(is_revoked(&r), "{r:?}");
+}
