@@ -1,0 +1,772 @@
+//! Black-box suite for issue #25 (K8–K10) over HTTP/2, with K1–K7 checked on the same stack:
+//! public API only, against testkit's in-process Kubernetes API server, counted at the server.
+//! Network scenarios run in real time (the server is on real sockets); waits poll the server's
+//! gauges with a bound, and every call that could hang is wrapped in a timeout.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::join_all;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_session::{
+    ClusterCredentials, ClusterMaterial, CredentialsError, KubeconfigSource, SessionError,
+    SessionKey, SessionPool,
+};
+use kube::api::{Api, ListParams};
+use kube::config::Kubeconfig;
+use testkit::k8s::{Fault, K8sServer, KubeAuth, SAMPLE_NAMESPACE};
+use tokio::time::{Instant, timeout};
+
+const PODS: &str = "/api/v1/namespaces/testkit/pods";
+const NODES: &str = "/api/v1/nodes";
+
+fn key(cluster: &str) -> SessionKey {
+    SessionKey::new("sub", "rg", cluster)
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+async fn list_pods(client: &kube::Client) -> Result<usize, String> {
+    Api::<Pod>::namespaced(client.clone(), SAMPLE_NAMESPACE)
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items.len())
+        .map_err(|e| format!("{e:?}"))
+}
+
+async fn list_nodes(client: &kube::Client) -> Result<usize, String> {
+    Api::<Node>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items.len())
+        .map_err(|e| format!("{e:?}"))
+}
+
+/// One call: a session from the pool, a pod list through it.
+async fn call(pool: &SessionPool, key: &SessionKey) -> Result<usize, String> {
+    let session = pool.session(key).await.map_err(|e| format!("{e:?}"))?;
+    list_pods(&session).await
+}
+
+/// `n` concurrent calls (each takes its own session handle), bounded by 30 s overall.
+async fn burst(pool: &SessionPool, key: &SessionKey, n: usize) -> Vec<Result<usize, String>> {
+    timeout(
+        Duration::from_secs(30),
+        join_all((0..n).map(|_| call(pool, key))),
+    )
+    .await
+    .expect("a burst hung")
+}
+
+/// Poll `cond` (real time) until it holds or `max` passes.
+async fn wait_until(max: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + max;
+    while Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(ms(5)).await;
+    }
+    cond()
+}
+
+fn token_pool(server: &K8sServer) -> SessionPool {
+    SessionPool::builder(KubeconfigSource::from_kubeconfig(server.kubeconfig_token()))
+        .knobs_from(|_| None)
+        .build()
+}
+
+fn versions(server: &K8sServer) -> Vec<http::Version> {
+    server.requests().iter().map(|r| r.version).collect()
+}
+
+fn all_ok(results: &[Result<usize, String>]) {
+    for r in results {
+        assert!(r.is_ok(), "a call failed: {r:?}");
+    }
+}
+
+// K8/K9: a cold burst through one bearer session opens ONE TLS connection, negotiates h2,
+// carries every request over HTTP/2, runs more than the HTTP/1.1 bound (32) at once and at most
+// the server's 100 streams; connection_stats agrees with the server.
+#[tokio::test]
+async fn cold_burst_bearer_one_h2_connection() {
+    let server = K8sServer::start().await.unwrap();
+    server.inject(PODS, Fault::latency(ms(300)));
+    let pool = token_pool(&server);
+    let results = burst(&pool, &key("east"), 250).await;
+    all_ok(&results);
+    assert_eq!(
+        server.tls_connections(),
+        1,
+        "one handshake for a cold burst"
+    );
+    assert_eq!(server.tcp_connections(), 1);
+    assert_eq!(server.h2_connections(), 1);
+    assert!(
+        versions(&server)
+            .iter()
+            .all(|v| *v == http::Version::HTTP_2)
+    );
+    let peak = server.peak_in_flight();
+    assert!(peak > 32 && peak <= 100, "peak in flight {peak}");
+    let stats = pool.connection_stats();
+    assert_eq!(
+        (
+            stats.http2_connections,
+            stats.http1_connections,
+            stats.http1_fallbacks
+        ),
+        (1, 0, 0),
+        "{stats:?}"
+    );
+    assert_eq!(pool.stats().creations, 1);
+}
+
+// Same with a client-certificate session (mTLS).
+#[tokio::test]
+async fn cold_burst_client_cert_one_h2_connection() {
+    let server = K8sServer::start().await.unwrap();
+    server.inject(PODS, Fault::latency(ms(300)));
+    let pool = SessionPool::builder(KubeconfigSource::from_kubeconfig(
+        server.kubeconfig_cert().unwrap(),
+    ))
+    .knobs_from(|_| None)
+    .build();
+    let results = burst(&pool, &key("east").admin(true), 150).await;
+    all_ok(&results);
+    assert_eq!(server.tls_connections(), 1);
+    assert_eq!(server.h2_connections(), 1);
+    assert!(server.peak_in_flight() > 32);
+    assert!(
+        server
+            .requests()
+            .iter()
+            .all(|r| r.version == http::Version::HTTP_2 && r.connection == 1)
+    );
+    assert_eq!(pool.connection_stats().http2_connections, 1);
+}
+
+// K1 over h2: user, admin and another cluster never share a connection; each is one connection,
+// whatever the burst.
+#[tokio::test]
+async fn keys_get_one_connection_each() {
+    let server = K8sServer::start().await.unwrap();
+    server.inject(PODS, Fault::latency(ms(100)));
+    let pool = token_pool(&server);
+    let (a, b, c) = (key("east"), key("east").admin(true), key("west"));
+    let (ra, rb, rc) = tokio::join!(
+        burst(&pool, &a, 40),
+        burst(&pool, &b, 40),
+        burst(&pool, &c, 40)
+    );
+    all_ok(&ra);
+    all_ok(&rb);
+    all_ok(&rc);
+    assert_eq!(server.tls_connections(), 3);
+    assert_eq!(server.h2_connections(), 3);
+    assert_eq!(pool.connection_stats().http2_connections, 3);
+    assert_eq!(pool.stats().creations, 3);
+    // Warm: a second burst on each opens nothing.
+    let (ra, rb, rc) = tokio::join!(
+        burst(&pool, &a, 40),
+        burst(&pool, &b, 40),
+        burst(&pool, &c, 40)
+    );
+    all_ok(&ra);
+    all_ok(&rb);
+    all_ok(&rc);
+    assert_eq!(server.tls_connections(), 3);
+}
+
+// K10: max_streams_per_session lowers the streams in flight; calls beyond wait inside the one
+// connection (never another connection, never an error).
+#[tokio::test]
+async fn max_streams_bound_counted_at_server() {
+    let server = K8sServer::start().await.unwrap();
+    server.inject(PODS, Fault::latency(ms(100)));
+    let pool = SessionPool::builder(KubeconfigSource::from_kubeconfig(server.kubeconfig_token()))
+        .knobs_from(|_| None)
+        .max_streams_per_session(Some(5))
+        .build();
+    assert_eq!(pool.max_streams_per_session(), Some(5));
+    let results = burst(&pool, &key("east"), 40).await;
+    all_ok(&results);
+    assert!(server.peak_in_flight() <= 5, "{}", server.peak_in_flight());
+    assert!(server.peak_in_flight() >= 2, "the bound is not 1");
+    assert_eq!(server.tls_connections(), 1);
+}
+
+// K10: a configured bound above the server's advertised limit: the server's 100 still applies,
+// and the calls beyond it wait on the same connection instead of opening another.
+#[tokio::test]
+async fn bound_above_server_limit_stays_on_one_connection() {
+    let server = K8sServer::start().await.unwrap();
+    server.inject(PODS, Fault::latency(ms(300)));
+    let pool = SessionPool::builder(KubeconfigSource::from_kubeconfig(server.kubeconfig_token()))
+        .knobs_from(|_| None)
+        .max_streams_per_session(Some(1000))
+        .build();
+    let results = burst(&pool, &key("east"), 250).await;
+    all_ok(&results);
+    assert!(
+        server.peak_in_flight() <= 100,
+        "{}",
+        server.peak_in_flight()
+    );
+    assert_eq!(
+        server.tls_connections(),
+        1,
+        "calls beyond the limit opened a connection"
+    );
+}
+
+// K10: a caller that gives up (its future dropped mid-call) frees its stream; with a bound of
+// one the next call still runs.
+#[tokio::test]
+async fn cancelled_call_frees_its_stream() {
+    let server = K8sServer::start().await.unwrap();
+    let pool = SessionPool::builder(KubeconfigSource::from_kubeconfig(server.kubeconfig_token()))
+        .knobs_from(|_| None)
+        .max_streams_per_session(Some(1))
+        .build();
+    let k = key("east");
+    call(&pool, &k).await.unwrap();
+    server.inject(PODS, Fault::latency(Duration::from_secs(5)).times(1));
+    assert!(timeout(ms(200), call(&pool, &k)).await.is_err());
+    let next = timeout(Duration::from_secs(3), call(&pool, &k)).await;
+    assert!(matches!(next, Ok(Ok(_))), "stream not freed: {next:?}");
+}
+
+// K9: the caller whose request opens the connection (the probe) gives up during the
+// handshake; the calls waiting on it must not hang or fail because of that.
+#[tokio::test]
+async fn cancelled_probe_does_not_strand_the_burst() {
+    let server = K8sServer::start().await.unwrap();
+    let pool = token_pool(&server);
+    let k = key("east");
+    let session = pool.session(&k).await.unwrap(); // built, not connected (lazy)
+    let probe = timeout(Duration::from_micros(1), list_pods(&session));
+    let others = join_all((0..10).map(|_| list_pods(&session)));
+    let (probe, others) = timeout(Duration::from_secs(10), async {
+        tokio::join!(probe, others)
+    })
+    .await
+    .expect("calls waiting on a cancelled probe hung");
+    let _ = probe;
+    all_ok(&others);
+    assert!(
+        server.tls_connections() <= 2,
+        "{}",
+        server.tls_connections()
+    );
+}
+
+// K9: an HTTP/1.1-only server still works: one fallback counted, every request HTTP/1.1,
+// bounded by max_in_flight_per_session (in flight and connections, at the server).
+#[tokio::test]
+async fn http1_only_server_falls_back_bounded() {
+    let server = K8sServer::start().await.unwrap();
+    server.serve_http2(false);
+    server.inject(PODS, Fault::latency(ms(100)));
+    let pool = SessionPool::builder(KubeconfigSource::from_kubeconfig(server.kubeconfig_token()))
+        .knobs_from(|_| None)
+        .max_in_flight_per_session(4)
+        .build();
+    let results = burst(&pool, &key("east"), 30).await;
+    all_ok(&results);
+    assert_eq!(server.h2_connections(), 0);
+    assert!(
+        versions(&server)
+            .iter()
+            .all(|v| *v == http::Version::HTTP_11)
+    );
+    assert!(server.peak_in_flight() <= 4, "{}", server.peak_in_flight());
+    assert!(
+        server.tls_connections() <= 6,
+        "{}",
+        server.tls_connections()
+    );
+    let stats = pool.connection_stats();
+    assert_eq!(stats.http1_fallbacks, 1, "{stats:?}");
+    assert_eq!(stats.http2_connections, 0, "{stats:?}");
+    assert_eq!(
+        stats.http1_connections,
+        server.tls_connections(),
+        "connection_stats vs the server: {stats:?}"
+    );
+}
+
+// K8: http2(false) really uses HTTP/1.1 (kube's stack, not counted in connection_stats).
+#[tokio::test]
+async fn http2_off_uses_http1() {
+    let server = K8sServer::start().await.unwrap();
+    let pool = SessionPool::builder(KubeconfigSource::from_kubeconfig(server.kubeconfig_token()))
+        .knobs_from(|_| None)
+        .http2(false)
+        .build();
+    assert!(!pool.http2());
+    let results = burst(&pool, &key("east"), 10).await;
+    all_ok(&results);
+    assert_eq!(server.h2_connections(), 0);
+    assert!(server.tls_connections() >= 1);
+    assert!(
+        versions(&server)
+            .iter()
+            .all(|v| *v == http::Version::HTTP_11)
+    );
+    assert_eq!(pool.connection_stats(), Default::default());
+}
+
+fn exec_request() -> http::Request<Vec<u8>> {
+    http::Request::get(format!(
+        "{PODS}/warmup-0-pod/exec?command=sh&stdin=true&stdout=true"
+    ))
+    .header(http::header::CONNECTION, "Upgrade")
+    .header(http::header::UPGRADE, "websocket")
+    .header("Sec-WebSocket-Version", "13")
+    .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+    .header("Sec-WebSocket-Protocol", "v4.channel.k8s.io")
+    .body(Vec::new())
+    .unwrap()
+}
+
+// K8: exec (Upgrade) goes over HTTP/1.1 on a connection of its own while lists stay on the h2
+// connection; the upgraded stream carries bytes both ways.
+#[tokio::test]
+async fn exec_upgrade_over_http1_beside_h2() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = K8sServer::start().await.unwrap();
+    let pool = token_pool(&server);
+    let k = key("east");
+    all_ok(&burst(&pool, &k, 5).await);
+    let session = pool.session(&k).await.unwrap();
+    let resp = timeout(
+        Duration::from_secs(10),
+        session
+            .client()
+            .send(exec_request().map(kube::client::Body::from)),
+    )
+    .await
+    .expect("exec hung")
+    .expect("exec failed");
+    assert_eq!(resp.status(), http::StatusCode::SWITCHING_PROTOCOLS);
+    let upgraded = timeout(Duration::from_secs(10), hyper::upgrade::on(resp))
+        .await
+        .unwrap()
+        .expect("no upgraded stream");
+    let mut io = hyper_util::rt::TokioIo::new(upgraded);
+    io.write_all(b"ping-bytes").await.unwrap();
+    let mut buf = [0u8; 10];
+    timeout(Duration::from_secs(5), io.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf, b"ping-bytes");
+    // Lists during the exec stay on the h2 connection.
+    all_ok(&burst(&pool, &k, 10).await);
+    assert_eq!(server.tls_connections(), 2);
+    assert_eq!(server.h2_connections(), 1);
+    let exec = server
+        .requests()
+        .into_iter()
+        .find(|r| r.path.ends_with("/exec"))
+        .unwrap();
+    assert_eq!(exec.version, http::Version::HTTP_11);
+    assert!(
+        server
+            .requests()
+            .iter()
+            .filter(|r| r.path == PODS)
+            .all(|r| r.version == http::Version::HTTP_2 && r.connection != exec.connection)
+    );
+    let stats = pool.connection_stats();
+    assert_eq!(
+        (stats.http2_connections, stats.http1_connections),
+        (1, 1),
+        "{stats:?}"
+    );
+    assert_eq!(
+        stats.http1_fallbacks, 0,
+        "an upgrade is not a fallback: {stats:?}"
+    );
+}
+
+// K9: a stream reset (RST_STREAM) fails only its own call; the others on the connection
+// succeed and no connection is added.
+#[tokio::test]
+async fn stream_reset_fails_only_its_call() {
+    let server = K8sServer::start().await.unwrap();
+    let pool = token_pool(&server);
+    let k = key("east");
+    call(&pool, &k).await.unwrap();
+    server.inject(PODS, Fault::latency(ms(300)));
+    server.inject(NODES, Fault::reset_stream().with_latency(ms(100)).times(1));
+    let session = pool.session(&k).await.unwrap();
+    let (lists, node) = timeout(Duration::from_secs(20), async {
+        tokio::join!(
+            join_all((0..19).map(|_| list_pods(&session))),
+            list_nodes(&session)
+        )
+    })
+    .await
+    .unwrap();
+    assert!(node.is_err(), "the reset stream's call succeeded");
+    all_ok(&lists);
+    assert_eq!(server.tls_connections(), 1);
+    // The connection is still fine.
+    assert!(list_nodes(&session).await.is_ok());
+    assert_eq!(server.tls_connections(), 1);
+}
+
+// K9/K10: a connection reset mid-burst fails the streams it carried; the session stays pooled
+// and the next calls succeed on a new connection, without a rebuild.
+#[tokio::test]
+async fn connection_reset_fails_its_streams_then_recovers() {
+    let server = K8sServer::start().await.unwrap();
+    let pool = token_pool(&server);
+    let k = key("east");
+    call(&pool, &k).await.unwrap();
+    server.inject(PODS, Fault::latency(Duration::from_secs(2)).times(10));
+    let session = pool.session(&k).await.unwrap();
+    let (lists, node) = timeout(Duration::from_secs(20), async {
+        tokio::join!(join_all((0..10).map(|_| list_pods(&session))), async {
+            assert!(wait_until(Duration::from_secs(5), || server.in_flight() >= 10).await);
+            server.inject(NODES, Fault::reset().times(1));
+            list_nodes(&session).await
+        })
+    })
+    .await
+    .unwrap();
+    assert!(node.is_err());
+    assert!(lists.iter().all(|r| r.is_err()), "{lists:?}");
+    drop(session);
+    let results = burst(&pool, &k, 30).await;
+    all_ok(&results);
+    assert_eq!(server.tls_connections(), 2);
+    assert_eq!(
+        pool.stats().creations,
+        1,
+        "recovered by a rebuild, not a reconnect"
+    );
+    assert_eq!(pool.connection_stats().http2_connections, 2);
+    assert!(
+        server
+            .requests()
+            .iter()
+            .rev()
+            .take(30)
+            .all(|r| r.connection == 2)
+    );
+}
+
+// K10: a stalled connection (open, silent, no PING acks) is detected by keep-alive and closed;
+// its streams fail (bounded, not a hang), the session stays pooled and the next call succeeds
+// on a new connection.
+#[tokio::test]
+async fn stalled_connection_detected_by_keep_alive() {
+    let server = K8sServer::start().await.unwrap();
+    let pool = SessionPool::builder(KubeconfigSource::from_kubeconfig(server.kubeconfig_token()))
+        .knobs_from(|_| None)
+        .http2_keep_alive(ms(100), ms(200))
+        .build();
+    let k = key("east");
+    call(&pool, &k).await.unwrap();
+    server.inject(PODS, Fault::latency(ms(500)).times(5));
+    server.inject(NODES, Fault::stall_connection().times(1));
+    let session = pool.session(&k).await.unwrap();
+    let started = Instant::now();
+    let (lists, node) = timeout(Duration::from_secs(20), async {
+        tokio::join!(
+            join_all((0..5).map(|_| list_pods(&session))),
+            list_nodes(&session)
+        )
+    })
+    .await
+    .expect("a stalled connection hung its calls");
+    assert!(node.is_err());
+    assert!(lists.iter().all(|r| r.is_err()), "{lists:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(session);
+    all_ok(&burst(&pool, &k, 10).await);
+    assert_eq!(server.tls_connections(), 2);
+    assert_eq!(pool.stats().creations, 1);
+}
+
+// Timeouts over h2: a hung answer fails at the read timeout even while PINGs keep the connection
+// busy; the other streams are unaffected and the next call succeeds.
+#[tokio::test]
+async fn hung_answer_fails_at_read_timeout_over_h2() {
+    let server = K8sServer::start().await.unwrap();
+    let pool = SessionPool::builder(KubeconfigSource::from_kubeconfig(server.kubeconfig_token()))
+        .knobs_from(|_| None)
+        .read_timeout(Some(ms(300)))
+        .http2_keep_alive(ms(50), Duration::from_secs(5))
+        .build();
+    let k = key("east");
+    call(&pool, &k).await.unwrap();
+    server.inject(PODS, Fault::latency(Duration::from_secs(4)).times(1));
+    let session = pool.session(&k).await.unwrap();
+    let started = Instant::now();
+    let (hung, node) = timeout(Duration::from_secs(10), async {
+        tokio::join!(list_pods(&session), list_nodes(&session))
+    })
+    .await
+    .expect("never hangs");
+    assert!(hung.is_err(), "a 4 s answer beat a 300 ms read timeout");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(node.is_ok(), "{node:?}");
+    assert!(list_pods(&session).await.is_ok());
+    assert_eq!(server.tls_connections(), 1);
+}
+
+// Timeouts over h2: a server that accepts TCP and then never speaks TLS fails the cold burst
+// at the connect timeout (one connect for the burst), never hangs.
+#[tokio::test]
+async fn silent_server_fails_at_connect_timeout() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let held = Arc::new(Mutex::new(Vec::new()));
+    {
+        let (accepted, held) = (accepted.clone(), held.clone());
+        tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                accepted.fetch_add(1, Ordering::SeqCst);
+                held.lock().unwrap().push(sock);
+            }
+        });
+    }
+    let server = K8sServer::start().await.unwrap();
+    let kubeconfig = redirect(server.kubeconfig_token(), port);
+    let pool = SessionPool::builder(KubeconfigSource::from_kubeconfig(kubeconfig))
+        .knobs_from(|_| None)
+        .connect_timeout(Some(ms(300)))
+        .read_timeout(None)
+        .build();
+    let started = Instant::now();
+    let results = timeout(Duration::from_secs(10), burst(&pool, &key("east"), 10))
+        .await
+        .expect("a silent server hung the burst");
+    assert!(results.iter().all(|r| r.is_err()), "{results:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "one connect attempt per burst"
+    );
+}
+
+fn redirect(mut kubeconfig: Kubeconfig, port: u16) -> Kubeconfig {
+    for c in &mut kubeconfig.clusters {
+        if let Some(cluster) = c.cluster.as_mut() {
+            cluster.server = Some(format!("https://127.0.0.1:{port}"));
+        }
+    }
+    kubeconfig
+}
+
+// K9: a failed probe fails the requests waiting on it with one connect attempt; the next
+// request probes again.
+#[tokio::test]
+async fn failed_probe_one_attempt_per_burst() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicU64::new(0));
+    {
+        let accepted = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                accepted.fetch_add(1, Ordering::SeqCst);
+                drop(sock); // EOF during the TLS handshake
+            }
+        });
+    }
+    let server = K8sServer::start().await.unwrap();
+    let pool = SessionPool::builder(KubeconfigSource::from_kubeconfig(redirect(
+        server.kubeconfig_token(),
+        port,
+    )))
+    .knobs_from(|_| None)
+    .build();
+    let k = key("east");
+    let session = pool.session(&k).await.unwrap();
+    let results = timeout(
+        Duration::from_secs(10),
+        join_all((0..20).map(|_| list_pods(&session))),
+    )
+    .await
+    .unwrap();
+    assert!(results.iter().all(|r| r.is_err()));
+    assert!(wait_until(ms(200), || accepted.load(Ordering::SeqCst) >= 1).await);
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "connect attempts for one burst"
+    );
+    assert!(list_pods(&session).await.is_err());
+    assert!(wait_until(ms(500), || accepted.load(Ordering::SeqCst) >= 2).await);
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "the next request probes again"
+    );
+}
+
+// K9: a server that spoke HTTP/2 answers a reconnect with HTTP/1.1: at most one call fails,
+// later calls go over HTTP/1.1, counted as a fallback.
+#[tokio::test]
+async fn reconnect_to_http1_server_falls_back() {
+    let server = K8sServer::start().await.unwrap();
+    let pool = token_pool(&server);
+    let k = key("east");
+    all_ok(&burst(&pool, &k, 5).await);
+    server.serve_http2(false);
+    server.inject(NODES, Fault::reset().times(1));
+    let session = pool.session(&k).await.unwrap();
+    assert!(list_nodes(&session).await.is_err());
+    let mut failures = 0;
+    for _ in 0..3 {
+        if timeout(Duration::from_secs(10), list_pods(&session))
+            .await
+            .unwrap()
+            .is_err()
+        {
+            failures += 1;
+        }
+    }
+    assert!(failures <= 1, "{failures} calls failed after the switch");
+    server.clear_requests();
+    let results = timeout(
+        Duration::from_secs(10),
+        join_all((0..10).map(|_| list_pods(&session))),
+    )
+    .await
+    .unwrap();
+    all_ok(&results);
+    assert!(
+        versions(&server)
+            .iter()
+            .all(|v| *v == http::Version::HTTP_11)
+    );
+    assert!(pool.connection_stats().http1_fallbacks >= 1);
+    assert_eq!(pool.stats().creations, 1);
+}
+
+/// A source whose kubeconfig the test swaps (credential rotation).
+#[derive(Debug)]
+struct Rotating(Mutex<Kubeconfig>, AtomicU64);
+
+#[async_trait::async_trait]
+impl ClusterCredentials for Rotating {
+    async fn credentials(&self, _key: &SessionKey) -> Result<ClusterMaterial, CredentialsError> {
+        self.1.fetch_add(1, Ordering::SeqCst);
+        Ok(ClusterMaterial::new(self.0.lock().unwrap().clone()))
+    }
+}
+
+// T11/K7 over h2: a rotated (revoked) token gives the caller its 401, retires that session,
+// and the next call gets a rebuilt session on a new connection with the new token; the old
+// connection closes once its handles are gone.
+#[tokio::test]
+async fn rotated_token_over_h2() {
+    let server = K8sServer::start().await.unwrap();
+    server.add_token("token-one");
+    let source = Arc::new(Rotating(
+        Mutex::new(server.kubeconfig_with(KubeAuth::Token("token-one"))),
+        AtomicU64::new(0),
+    ));
+    let pool = SessionPool::builder_arc(source.clone())
+        .knobs_from(|_| None)
+        .build();
+    let k = key("east");
+    all_ok(&burst(&pool, &k, 20).await);
+    assert_eq!(server.tls_connections(), 1);
+    server.revoke_token("token-one");
+    server.add_token("token-two");
+    *source.0.lock().unwrap() = server.kubeconfig_with(KubeAuth::Token("token-two"));
+    let rejected = call(&pool, &k).await;
+    assert!(rejected.is_err(), "{rejected:?}");
+    assert_eq!(pool.rejections(), 1);
+    all_ok(&burst(&pool, &k, 20).await);
+    assert_eq!(source.1.load(Ordering::SeqCst), 2);
+    assert_eq!(pool.stats().creations, 2);
+    assert_eq!(server.tls_connections(), 2);
+    assert_eq!(pool.connection_stats().http2_connections, 2);
+    assert!(
+        wait_until(Duration::from_secs(5), || server.open_connections() == 1).await,
+        "the retired session's connection stays open: {}",
+        server.open_connections()
+    );
+}
+
+// K3/K6 over h2: past the pool TTL the next call builds a new session on a new connection; a
+// handle kept from before still works until dropped.
+#[tokio::test]
+async fn ttl_expiry_over_h2_rebuilds_and_closes_old_connection() {
+    let server = K8sServer::start().await.unwrap();
+    let pool = SessionPool::builder(KubeconfigSource::from_kubeconfig(server.kubeconfig_token()))
+        .knobs_from(|_| None)
+        .ttl(Duration::from_secs(5))
+        .http2_keep_alive(Duration::from_secs(3600), Duration::from_secs(3600))
+        .build();
+    let k = key("east");
+    all_ok(&burst(&pool, &k, 10).await);
+    let old = pool.session(&k).await.unwrap();
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_secs(6)).await;
+    tokio::time::resume();
+    let fresh = pool.session(&k).await.unwrap();
+    assert!(list_pods(&fresh).await.is_ok());
+    assert!(
+        list_pods(&old).await.is_ok(),
+        "a handle kept past the TTL still works"
+    );
+    assert_eq!(pool.stats().creations, 2);
+    assert_eq!(server.tls_connections(), 2);
+    drop(old);
+    drop(fresh);
+    assert!(
+        wait_until(Duration::from_secs(5), || server.open_connections() == 1).await,
+        "{}",
+        server.open_connections()
+    );
+}
+
+// K7 over h2: reset() while streams are in flight: they complete; the next call builds anew.
+// shutdown() then refuses sessions.
+#[tokio::test]
+async fn reset_with_streams_in_flight() {
+    let server = K8sServer::start().await.unwrap();
+    server.inject(PODS, Fault::latency(ms(300)).times(20));
+    let pool = token_pool(&server);
+    let k = key("east");
+    let (results, report) = tokio::join!(burst(&pool, &k, 20), async {
+        assert!(wait_until(Duration::from_secs(5), || server.in_flight() >= 20).await);
+        pool.reset().await
+    });
+    all_ok(&results);
+    assert_eq!(report.retired, 1, "{report:?}");
+    all_ok(&burst(&pool, &k, 5).await);
+    assert_eq!(pool.stats().creations, 2);
+    pool.shutdown().await;
+    assert!(matches!(
+        pool.session(&k).await,
+        Err(SessionError::ShutDown)
+    ));
+}
