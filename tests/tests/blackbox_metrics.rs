@@ -1,0 +1,757 @@
+//! Black-box review of issue 19 (metrics across the crates): every promised series exists with
+//! its documented type, unit and labels; label values stay bounded under hostile inputs; the
+//! counters agree with each crate's own `stats()`; nothing panics without a recorder.
+//!
+//! Each test installs a `metrics_util::debugging::DebuggingRecorder` for its own thread
+//! (`metrics::with_local_recorder`) around a current-thread runtime.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use metrics::Unit;
+use metrics_util::MetricKind;
+use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use pool_core::{Created, KeyedPool, PoolConfig, Retire};
+
+/// One observed series.
+#[derive(Debug)]
+struct Series {
+    kind: MetricKind,
+    name: String,
+    labels: BTreeMap<String, String>,
+    unit: Option<Unit>,
+    value: DebugValue,
+}
+
+impl Series {
+    fn counter(&self) -> u64 {
+        match &self.value {
+            DebugValue::Counter(v) => *v,
+            other => panic!("{} is not a counter: {other:?}", self.name),
+        }
+    }
+    fn gauge(&self) -> f64 {
+        match &self.value {
+            DebugValue::Gauge(v) => v.into_inner(),
+            other => panic!("{} is not a gauge: {other:?}", self.name),
+        }
+    }
+    fn samples(&self) -> Vec<f64> {
+        match &self.value {
+            DebugValue::Histogram(v) => v.iter().map(|x| x.into_inner()).collect(),
+            other => panic!("{} is not a histogram: {other:?}", self.name),
+        }
+    }
+}
+
+struct Observed(Vec<Series>);
+
+impl Observed {
+    fn named(&self, name: &str) -> Vec<&Series> {
+        self.0.iter().filter(|s| s.name == name).collect()
+    }
+    /// The series `name` whose labels include every pair of `labels`.
+    fn find(&self, name: &str, labels: &[(&str, &str)]) -> Vec<&Series> {
+        self.0
+            .iter()
+            .filter(|s| {
+                s.name == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+            })
+            .collect()
+    }
+    fn counter_sum(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+        self.find(name, labels).iter().map(|s| s.counter()).sum()
+    }
+    fn gauge_of(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let found = self.find(name, labels);
+        assert!(
+            found.len() <= 1,
+            "{name} {labels:?}: several series {found:#?}"
+        );
+        found.first().map(|s| s.gauge())
+    }
+    fn all_label_values(&self) -> Vec<(String, String, String)> {
+        self.0
+            .iter()
+            .flat_map(|s| {
+                s.labels
+                    .iter()
+                    .map(|(k, v)| (s.name.clone(), k.clone(), v.clone()))
+            })
+            .collect()
+    }
+    /// The type promised by the guide, and the unit if the recorder got a description (described
+    /// once per process: a recorder installed for a later test may see no description at all).
+    fn assert_shape(&self, name: &str, kind: MetricKind, unit: Option<Unit>) {
+        let found = self.named(name);
+        assert!(
+            !found.is_empty(),
+            "promised series {name} missing; have {:?}",
+            self.names()
+        );
+        for s in found {
+            assert_eq!(s.kind, kind, "{name}: type");
+            if let (Some(got), Some(want)) = (&s.unit, &unit) {
+                assert_eq!(got, want, "{name}: unit");
+            }
+        }
+    }
+    fn names(&self) -> BTreeSet<String> {
+        self.0.iter().map(|s| s.name.clone()).collect()
+    }
+}
+
+/// Run `f` on a fresh current-thread runtime under a local debugging recorder.
+fn observe<F, Fut, T>(paused: bool, f: F) -> (T, Observed)
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = T>,
+{
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let out = metrics::with_local_recorder(&recorder, || {
+        let mut b = tokio::runtime::Builder::new_current_thread();
+        b.enable_all();
+        if paused {
+            b.start_paused(true);
+        }
+        let rt = b.build().expect("runtime");
+        let out = rt.block_on(f());
+        drop(rt);
+        out
+    });
+    let series = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .map(|(ck, unit, _desc, value)| {
+            let (kind, key) = ck.into_parts();
+            let labels = key
+                .labels()
+                .map(|l| (l.key().to_owned(), l.value().to_owned()))
+                .collect();
+            Series {
+                kind,
+                name: key.name().to_owned(),
+                labels,
+                unit,
+                value,
+            }
+        })
+        .collect();
+    (out, Observed(series))
+}
+
+#[derive(Debug)]
+struct Plain;
+impl Retire for Plain {}
+
+type Pool = KeyedPool<String, Plain>;
+
+fn ok_created() -> impl Future<Output = Result<Created<Plain>, std::io::Error>> {
+    async { Ok(Created::new(Plain)) }
+}
+
+/// Values a request controls that must never show up as a label value.
+const HOSTILE: &[&str] = &[
+    "sk_live_4f9c2b7e11aa",
+    "acct-93c1f2d7",
+    "Bearer eyJhbGciOiJIUzI1NiJ9.tok",
+    "../../etc/passwd",
+    "a\"b,c=d}",
+    "\u{1F4A5}x\u{0}y",
+];
+
+fn assert_no_hostile_label(obs: &Observed, extra: &[&str]) {
+    for (name, key, value) in obs.all_label_values() {
+        for h in HOSTILE.iter().chain(extra) {
+            assert!(
+                !value.contains(h) && !(value.len() > 3 && h.contains(value.as_str())),
+                "{name}{{{key}={value:?}}} carries request-controlled text {h:?}"
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------- pool-core
+
+#[test]
+fn pool_1000_cold_callers_are_one_creation_and_999_coalesced() {
+    let (stats, obs) = observe(true, || async {
+        let pool: Arc<Pool> = Arc::new(KeyedPool::new(PoolConfig::default().name("cold")));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..1000 {
+            let pool = pool.clone();
+            let calls = calls.clone();
+            tasks.push(tokio::spawn(async move {
+                pool.get_or_create(&"k".to_owned(), || async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    Ok::<_, std::io::Error>(Created::new(Plain))
+                })
+                .await
+                .map(|_| ())
+                .expect("created")
+            }));
+        }
+        for t in tasks {
+            t.await.expect("join");
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "factory calls");
+        (pool.stats(), pool)
+    });
+    let (stats, _pool) = stats;
+    let l = [("pool.name", "cold")];
+    assert_eq!(stats.creations, 1);
+    assert_eq!(stats.coalesced, 999);
+    assert_eq!(obs.counter_sum("pool.creations", &l), 1);
+    assert_eq!(obs.counter_sum("pool.coalesced", &l), 999);
+    assert_eq!(obs.counter_sum("pool.misses", &l), stats.misses);
+    assert_eq!(obs.counter_sum("pool.hits", &l), stats.hits);
+    assert_eq!(obs.gauge_of("pool.entries", &l), Some(1.0));
+    let durations: Vec<f64> = obs
+        .find(
+            "pool.create.duration",
+            &[("pool.name", "cold"), ("outcome", "ok")],
+        )
+        .iter()
+        .flat_map(|s| s.samples())
+        .collect();
+    assert_eq!(durations.len(), 1, "one create.duration sample");
+    assert!(
+        (durations[0] - 0.1).abs() < 0.01,
+        "create.duration in seconds: {durations:?}"
+    );
+}
+
+#[test]
+fn pool_counters_match_stats_and_have_documented_shape() {
+    let (stats, obs) = observe(true, || async {
+        let pool: Pool = KeyedPool::new(
+            PoolConfig::default()
+                .name("shape")
+                .max_entries(4)
+                .ttl(Duration::from_secs(60)),
+        );
+        // misses and hits on many keys, including hostile ones
+        for round in 0..3 {
+            for (i, h) in HOSTILE.iter().enumerate() {
+                let key = format!("{h}/{i}");
+                let _ = pool.get_or_create(&key, ok_created).await.unwrap();
+                let _ = pool.get(&key);
+                let _ = round;
+            }
+        }
+        // 200 hits on one key (crosses the 64-hit flush more than once)
+        let _ = pool
+            .get_or_create(&"hot".to_owned(), ok_created)
+            .await
+            .unwrap();
+        for _ in 0..200 {
+            assert!(pool.get(&"hot".to_owned()).is_some());
+        }
+        // a failing factory
+        let err = pool
+            .get_or_create(&"bad".to_owned(), || async {
+                Err::<Created<Plain>, _>(std::io::Error::other("boom sk_live_4f9c2b7e11aa"))
+            })
+            .await;
+        assert!(err.is_err());
+        // a one-shot
+        let _ = pool
+            .get_or_create(&"once".to_owned(), || async {
+                Ok::<_, std::io::Error>(Created::one_shot(Plain))
+            })
+            .await
+            .unwrap();
+        // expiry, invalidation, reset
+        pool.invalidate(&"hot".to_owned()).await;
+        let _ = pool
+            .get_or_create(&"x".to_owned(), ok_created)
+            .await
+            .unwrap();
+        tokio::time::advance(Duration::from_secs(61)).await;
+        let _ = pool.get(&"x".to_owned());
+        let _ = pool
+            .get_or_create(&"y".to_owned(), ok_created)
+            .await
+            .unwrap();
+        pool.reset().await;
+        tokio::task::yield_now().await;
+        (pool.stats(), pool)
+    });
+    let (stats, _pool) = stats;
+    let l = [("pool.name", "shape")];
+    for (name, want) in [
+        ("pool.hits", stats.hits),
+        ("pool.misses", stats.misses),
+        ("pool.coalesced", stats.coalesced),
+        ("pool.creations", stats.creations),
+        ("pool.creation_failures", stats.creation_failures),
+        ("pool.one_shots", stats.one_shots),
+        ("pool.thrashing", stats.thrashing),
+        ("pool.retire_failures", stats.retire_failures),
+    ] {
+        assert_eq!(obs.counter_sum(name, &l), want, "{name} vs stats()");
+    }
+    assert!(stats.hits >= 200, "{stats:?}");
+    assert!(
+        stats.creation_failures >= 1 && stats.one_shots >= 1,
+        "{stats:?}"
+    );
+    let ev = &stats.evictions;
+    for (cause, want) in [
+        ("idle", ev.idle),
+        ("expired", ev.expired),
+        ("capacity", ev.capacity),
+        ("owner_gone", ev.owner_gone),
+        ("reset", ev.reset),
+        ("invalidated", ev.invalidated),
+    ] {
+        assert_eq!(
+            obs.counter_sum(
+                "pool.evictions",
+                &[("pool.name", "shape"), ("cause", cause)]
+            ),
+            want,
+            "pool.evictions{{cause={cause}}} vs stats()"
+        );
+    }
+    assert!(
+        ev.capacity > 0 && ev.reset > 0 && ev.invalidated > 0,
+        "{ev:?}"
+    );
+    assert_eq!(obs.gauge_of("pool.entries", &l), Some(stats.entries as f64));
+    assert_eq!(
+        obs.find(
+            "pool.create.duration",
+            &[("pool.name", "shape"), ("outcome", "error")]
+        )
+        .iter()
+        .map(|s| s.samples().len())
+        .sum::<usize>(),
+        stats.creation_failures as usize
+    );
+    use MetricKind::*;
+    for (name, kind, unit) in [
+        ("pool.entries", Gauge, Some(Unit::Count)),
+        ("pool.hits", Counter, Some(Unit::Count)),
+        ("pool.misses", Counter, Some(Unit::Count)),
+        ("pool.coalesced", Counter, Some(Unit::Count)),
+        ("pool.creations", Counter, Some(Unit::Count)),
+        ("pool.creation_failures", Counter, Some(Unit::Count)),
+        ("pool.one_shots", Counter, Some(Unit::Count)),
+        ("pool.create.duration", Histogram, Some(Unit::Seconds)),
+        ("pool.evictions", Counter, Some(Unit::Count)),
+        ("pool.retire_failures", Counter, Some(Unit::Count)),
+        ("pool.thrashing", Counter, Some(Unit::Count)),
+    ] {
+        obs.assert_shape(name, kind, unit);
+    }
+    // labels: only pool.name everywhere, plus outcome / cause from their fixed sets
+    for s in &obs.0 {
+        assert!(s.name.starts_with("pool."), "unexpected series {}", s.name);
+        for (k, v) in &s.labels {
+            match k.as_str() {
+                "pool.name" => assert_eq!(v, "shape"),
+                "outcome" => assert!(["ok", "error"].contains(&v.as_str()), "{v}"),
+                "cause" => assert!(
+                    [
+                        "idle",
+                        "expired",
+                        "capacity",
+                        "owner_gone",
+                        "reset",
+                        "invalidated"
+                    ]
+                    .contains(&v.as_str()),
+                    "{v}"
+                ),
+                other => panic!("{}: undocumented label {other}={v}", s.name),
+            }
+        }
+    }
+    assert_no_hostile_label(&obs, &["boom"]);
+}
+
+#[test]
+fn pool_hits_reach_the_metric_on_the_next_miss_without_a_stats_read() {
+    let (_, obs) = observe(true, || async {
+        let pool: Pool = KeyedPool::new(PoolConfig::default().name("flush"));
+        let _ = pool
+            .get_or_create(&"a".to_owned(), ok_created)
+            .await
+            .unwrap();
+        for _ in 0..10 {
+            assert!(pool.get(&"a".to_owned()).is_some());
+        }
+        // a miss publishes the striped hits ("exactly on each miss")
+        let _ = pool
+            .get_or_create(&"b".to_owned(), ok_created)
+            .await
+            .unwrap();
+    });
+    assert_eq!(obs.counter_sum("pool.hits", &[("pool.name", "flush")]), 10);
+    assert_eq!(obs.counter_sum("pool.misses", &[("pool.name", "flush")]), 2);
+}
+
+#[test]
+fn two_pools_with_different_names_have_separate_series_same_name_adds_up() {
+    let (_, obs) = observe(true, || async {
+        let a: Pool = KeyedPool::new(PoolConfig::default().name("alpha"));
+        let b: Pool = KeyedPool::new(PoolConfig::default().name("beta"));
+        let b2: Pool = KeyedPool::new(PoolConfig::default().name("beta"));
+        let gone: Pool = KeyedPool::new(PoolConfig::default().name("beta"));
+        for i in 0..3 {
+            let _ = a.get_or_create(&format!("a{i}"), ok_created).await.unwrap();
+        }
+        for i in 0..5 {
+            let _ = b.get_or_create(&format!("b{i}"), ok_created).await.unwrap();
+        }
+        for i in 0..2 {
+            let _ = b2
+                .get_or_create(&format!("c{i}"), ok_created)
+                .await
+                .unwrap();
+        }
+        for i in 0..7 {
+            let _ = gone
+                .get_or_create(&format!("d{i}"), ok_created)
+                .await
+                .unwrap();
+        }
+        let _ = a.get(&"a0".to_owned());
+        let _ = (a.stats(), b.stats(), b2.stats());
+        drop(gone); // takes its 7 entries back
+        tokio::task::yield_now().await;
+        (a, b, b2)
+    });
+    assert_eq!(
+        obs.gauge_of("pool.entries", &[("pool.name", "alpha")]),
+        Some(3.0)
+    );
+    assert_eq!(
+        obs.gauge_of("pool.entries", &[("pool.name", "beta")]),
+        Some(7.0)
+    );
+    assert_eq!(
+        obs.counter_sum("pool.creations", &[("pool.name", "alpha")]),
+        3
+    );
+    assert_eq!(
+        obs.counter_sum("pool.creations", &[("pool.name", "beta")]),
+        14
+    );
+    assert_eq!(obs.counter_sum("pool.hits", &[("pool.name", "alpha")]), 1);
+    assert_eq!(obs.counter_sum("pool.hits", &[("pool.name", "beta")]), 0);
+    let names: BTreeSet<_> = obs
+        .named("pool.creations")
+        .iter()
+        .map(|s| s.labels["pool.name"].clone())
+        .collect();
+    assert_eq!(
+        names,
+        BTreeSet::from(["alpha".to_owned(), "beta".to_owned()])
+    );
+}
+
+#[test]
+fn pool_default_name_is_pool() {
+    let (_, obs) = observe(true, || async {
+        let p: Pool = KeyedPool::new(PoolConfig::default());
+        let _ = p.get_or_create(&"k".to_owned(), ok_created).await.unwrap();
+    });
+    assert_eq!(
+        obs.counter_sum("pool.creations", &[("pool.name", "pool")]),
+        1
+    );
+}
+
+#[test]
+fn nothing_panics_without_a_recorder() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let pool: Pool = KeyedPool::new(PoolConfig::default().name("none").max_entries(2));
+        for i in 0..10 {
+            let _ = pool
+                .get_or_create(&format!("{i}"), ok_created)
+                .await
+                .unwrap();
+            let _ = pool.get(&format!("{i}"));
+        }
+        pool.reset().await;
+        let _ = pool.stats();
+        pool.shutdown().await;
+
+        let server = testkit::ratelimit::RateLimitServer::start().await.unwrap();
+        server.script(
+            "/x",
+            [
+                Answer::status(429).retry_after(RetryAfter::Seconds(0)),
+                Answer::ok(3),
+            ],
+        );
+        let client = RetryClient::new().unwrap();
+        let r = client
+            .send(client.get(server.url("/x").parse().unwrap()))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let _ = r.bytes().await;
+    });
+}
+
+// ---------------------------------------------------------------- retry-transport
+
+use retry_transport::{RetryClient, RetryPolicy};
+use testkit::ratelimit::{Answer, RateLimitServer, RetryAfter};
+
+#[test]
+fn retry_429_then_200_is_one_throttled_retry() {
+    let (stats, obs) = observe(false, || async {
+        let server = RateLimitServer::start().await.unwrap();
+        server.script(
+            "/r",
+            [
+                Answer::status(429).retry_after(RetryAfter::Seconds(0)),
+                Answer::ok(5),
+            ],
+        );
+        let client = RetryClient::new().unwrap();
+        let resp = client
+            .send(client.get(server.url("/r").parse().unwrap()))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.bytes().await.unwrap();
+        (client.stats(), client)
+    });
+    let (stats, _client) = stats;
+    let host = [("server.address", "127.0.0.1")];
+    assert_eq!(stats.retries.throttled, 1, "{stats:?}");
+    assert_eq!(
+        obs.counter_sum(
+            "http.client.retries",
+            &[("server.address", "127.0.0.1"), ("cause", "throttled")]
+        ),
+        1
+    );
+    assert_eq!(
+        obs.counter_sum("http.client.retries", &[]),
+        1,
+        "no other cause"
+    );
+    assert_eq!(obs.counter_sum("http.client.attempts", &host), 2);
+    assert_eq!(
+        obs.counter_sum("http.client.attempts", &host),
+        stats.attempts
+    );
+    let d = obs.find(
+        "http.client.request.duration",
+        &[
+            ("server.address", "127.0.0.1"),
+            ("http.request.method", "GET"),
+            ("http.response.status_code", "200"),
+        ],
+    );
+    assert_eq!(
+        d.len(),
+        1,
+        "{:#?}",
+        obs.named("http.client.request.duration")
+    );
+    assert_eq!(d[0].samples().len(), 1, "one duration sample per send");
+    assert!(
+        !d[0].labels.contains_key("error.type"),
+        "no error.type on a 200"
+    );
+    assert_eq!(
+        obs.gauge_of("http.client.active_requests", &host),
+        Some(0.0)
+    );
+    use MetricKind::*;
+    for (name, kind, unit) in [
+        (
+            "http.client.request.duration",
+            Histogram,
+            Some(Unit::Seconds),
+        ),
+        ("http.client.active_requests", Gauge, Some(Unit::Count)),
+        ("http.client.attempts", Counter, Some(Unit::Count)),
+        ("http.client.retries", Counter, Some(Unit::Count)),
+        ("http.client.slot.count", Gauge, Some(Unit::Count)),
+        ("http.client.slot.max", Gauge, Some(Unit::Count)),
+        (
+            "http.client.slot.pending_requests",
+            Gauge,
+            Some(Unit::Count),
+        ),
+        ("http.client.slot.wait_time", Histogram, Some(Unit::Seconds)),
+    ] {
+        obs.assert_shape(name, kind, unit);
+    }
+    // slots: all idle once the body is read
+    assert_eq!(
+        obs.gauge_of("http.client.slot.count", &[("state", "used")]),
+        Some(0.0)
+    );
+    assert_eq!(
+        obs.gauge_of("http.client.slot.max", &[]),
+        Some(stats.max_in_use as f64)
+    );
+}
+
+#[test]
+fn retry_503_to_the_end_is_one_attempts_exhausted_give_up() {
+    let (stats, obs) = observe(false, || async {
+        let server = RateLimitServer::start().await.unwrap();
+        server.set_default(Answer::status(503).retry_after(RetryAfter::Seconds(0)));
+        let client = RetryClient::builder()
+            .policy(RetryPolicy::default().max_attempts(3))
+            .build()
+            .unwrap();
+        let resp = client
+            .send(client.get(server.url("/u").parse().unwrap()))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 503);
+        drop(resp);
+        client.stats()
+    });
+    assert_eq!(stats.gave_up.attempts_exhausted, 1, "{stats:?}");
+    assert_eq!(
+        obs.counter_sum("http.client.give_ups", &[("reason", "attempts_exhausted")]),
+        1
+    );
+    assert_eq!(
+        obs.counter_sum("http.client.retries", &[("cause", "unavailable")]),
+        stats.retries.unavailable
+    );
+    assert_eq!(obs.counter_sum("http.client.attempts", &[]), 3);
+    let d = obs.find(
+        "http.client.request.duration",
+        &[("error.type", "503"), ("http.response.status_code", "503")],
+    );
+    assert_eq!(
+        d.len(),
+        1,
+        "{:#?}",
+        obs.named("http.client.request.duration")
+    );
+}
+
+#[test]
+fn hostile_paths_queries_headers_and_methods_never_become_labels() {
+    let (_, obs) = observe(false, || async {
+        let server = RateLimitServer::start().await.unwrap();
+        server.set_default(Answer::status(404));
+        let client = RetryClient::builder()
+            .policy(RetryPolicy::never())
+            .build()
+            .unwrap();
+        for (i, h) in HOSTILE.iter().enumerate() {
+            let path = format!(
+                "/accounts/acct-93c1f2d7/keys/sk_live_4f9c2b7e11aa/{i}?token={}&x=1",
+                urlencode(h)
+            );
+            let url: reqwest::Url = server.url(&path).parse().unwrap();
+            let req = client
+                .get(url.clone())
+                .header("x-api-key", "sk_live_4f9c2b7e11aa")
+                .header("authorization", "Bearer eyJhbGciOiJIUzI1NiJ9.tok");
+            let r = client.send(req).await.unwrap();
+            assert_eq!(r.status(), 404);
+            drop(r);
+            // a custom method
+            let method = reqwest::Method::from_bytes(b"ACCT93C1F2D7").unwrap();
+            let r = client.send(client.request(method, url)).await.unwrap();
+            drop(r);
+        }
+    });
+    assert_no_hostile_label(
+        &obs,
+        &["ACCT93C1F2D7", "acct93c1f2d7", "/accounts", "token="],
+    );
+    for s in obs.named("http.client.request.duration") {
+        let m = s.labels.get("http.request.method").map(String::as_str);
+        assert!(matches!(m, Some("GET") | Some("_OTHER")), "{:?}", s.labels);
+        assert_eq!(
+            s.labels.get("server.address").map(String::as_str),
+            Some("127.0.0.1")
+        );
+        assert_eq!(s.labels.get("error.type").map(String::as_str), Some("404"));
+    }
+    assert!(
+        !obs.find(
+            "http.client.request.duration",
+            &[("http.request.method", "_OTHER")]
+        )
+        .is_empty(),
+        "an unknown method is _OTHER"
+    );
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn more_than_64_hosts_share_other() {
+    let (_, obs) = observe(false, || async {
+        // nothing listens on 127.0.0.N:1 -> connection refused at once; one attempt each
+        let client = RetryClient::builder()
+            .policy(RetryPolicy::never())
+            .build()
+            .unwrap();
+        for n in 2..=101u32 {
+            let url: reqwest::Url = format!("http://127.0.0.{n}:1/acct-93c1f2d7")
+                .parse()
+                .unwrap();
+            let _ = client.send(client.get(url)).await;
+        }
+    });
+    let hosts: BTreeSet<String> = obs
+        .0
+        .iter()
+        .filter_map(|s| s.labels.get("server.address").cloned())
+        .collect();
+    assert!(
+        hosts.len() <= 65,
+        "{} distinct hosts: {hosts:?}",
+        hosts.len()
+    );
+    assert!(hosts.contains("_OTHER"), "{hosts:?}");
+    let total: usize = obs
+        .named("http.client.request.duration")
+        .iter()
+        .map(|s| s.samples().len())
+        .sum();
+    assert_eq!(total, 100, "every send has one duration sample");
+    for s in obs.named("http.client.request.duration") {
+        assert_eq!(
+            s.labels.get("error.type").map(String::as_str),
+            Some("transport"),
+            "{:?}",
+            s.labels
+        );
+        assert!(!s.labels.contains_key("http.response.status_code"));
+    }
+}
