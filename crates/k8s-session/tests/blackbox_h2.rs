@@ -770,3 +770,250 @@ async fn reset_with_streams_in_flight() {
         Err(SessionError::ShutDown)
     ));
 }
+
+// K8/K9: the FIRST request of a cold session is an exec (Upgrade): it must not be sent as the
+// HTTP/2 probe (the server answers upgrades over HTTP/2 with 400); it gets 101 over HTTP/1.1,
+// and a burst of lists beside it still shares one h2 connection.
+#[tokio::test]
+async fn cold_session_exec_first() {
+    let server = K8sServer::start().await.unwrap();
+    let pool = token_pool(&server);
+    let k = key("east");
+    let session = pool.session(&k).await.unwrap();
+    let (resp, lists) = timeout(Duration::from_secs(20), async {
+        tokio::join!(
+            session
+                .client()
+                .send(exec_request().map(kube::client::Body::from)),
+            join_all((0..20).map(|_| list_pods(&session)))
+        )
+    })
+    .await
+    .expect("hung");
+    let resp = resp.expect("exec failed");
+    assert_eq!(resp.status(), http::StatusCode::SWITCHING_PROTOCOLS);
+    all_ok(&lists);
+    assert_eq!(server.h2_connections(), 1);
+    assert!(
+        server.tls_connections() <= 2,
+        "{}",
+        server.tls_connections()
+    );
+}
+
+// K8: exec over a fallback (HTTP/1.1-only server) and over http2(false) still upgrades.
+#[tokio::test]
+async fn exec_over_fallback_and_http2_off() {
+    let server = K8sServer::start().await.unwrap();
+    server.serve_http2(false);
+    for h2 in [true, false] {
+        let pool =
+            SessionPool::builder(KubeconfigSource::from_kubeconfig(server.kubeconfig_token()))
+                .knobs_from(|_| None)
+                .http2(h2)
+                .build();
+        let session = pool.session(&key("east")).await.unwrap();
+        assert!(list_pods(&session).await.is_ok());
+        let resp = timeout(
+            Duration::from_secs(10),
+            session
+                .client()
+                .send(exec_request().map(kube::client::Body::from)),
+        )
+        .await
+        .expect("exec hung")
+        .expect("exec failed");
+        assert_eq!(
+            resp.status(),
+            http::StatusCode::SWITCHING_PROTOCOLS,
+            "http2({h2})"
+        );
+    }
+}
+
+// K10 edge: max_streams_per_session(Some(0)) is clamped to 1, never a deadlock; huge
+// keep-alive durations never panic.
+#[tokio::test]
+async fn extreme_bounds_still_serve() {
+    let server = K8sServer::start().await.unwrap();
+    server.inject(PODS, Fault::latency(ms(20)));
+    let pool = SessionPool::builder(KubeconfigSource::from_kubeconfig(server.kubeconfig_token()))
+        .knobs_from(|_| None)
+        .max_streams_per_session(Some(0))
+        .http2_keep_alive(Duration::MAX, Duration::MAX)
+        .connect_timeout(Some(Duration::MAX))
+        .read_timeout(Some(Duration::MAX))
+        .max_in_flight_per_session(0)
+        .build();
+    assert_eq!(pool.max_streams_per_session(), Some(1));
+    all_ok(&burst(&pool, &key("east"), 10).await);
+    assert_eq!(server.peak_in_flight(), 1);
+    assert_eq!(server.tls_connections(), 1);
+}
+
+// K10: the stream bound survives a reconnect (the new connection is bounded too).
+#[tokio::test]
+async fn stream_bound_holds_after_reconnect() {
+    let server = K8sServer::start().await.unwrap();
+    let pool = SessionPool::builder(KubeconfigSource::from_kubeconfig(server.kubeconfig_token()))
+        .knobs_from(|_| None)
+        .max_streams_per_session(Some(3))
+        .build();
+    let k = key("east");
+    call(&pool, &k).await.unwrap();
+    server.inject(NODES, Fault::reset().times(1));
+    let session = pool.session(&k).await.unwrap();
+    assert!(list_nodes(&session).await.is_err());
+    drop(session);
+    server.inject(PODS, Fault::latency(ms(100)));
+    all_ok(&burst(&pool, &k, 30).await);
+    assert!(server.peak_in_flight() <= 3, "{}", server.peak_in_flight());
+    assert_eq!(server.tls_connections(), 2);
+}
+
+// K10 + timeouts: a hung answer holds its stream only until the read timeout; with one stream
+// the next call then runs.
+#[tokio::test]
+async fn read_timeout_frees_the_only_stream() {
+    let server = K8sServer::start().await.unwrap();
+    let pool = SessionPool::builder(KubeconfigSource::from_kubeconfig(server.kubeconfig_token()))
+        .knobs_from(|_| None)
+        .max_streams_per_session(Some(1))
+        .read_timeout(Some(ms(300)))
+        .build();
+    let k = key("east");
+    call(&pool, &k).await.unwrap();
+    server.inject(PODS, Fault::latency(Duration::from_secs(5)).times(1));
+    let started = Instant::now();
+    let (hung, next) = timeout(Duration::from_secs(10), async {
+        tokio::join!(call(&pool, &k), async {
+            tokio::task::yield_now().await;
+            list_nodes(&*pool.session(&k).await.unwrap()).await
+        })
+    })
+    .await
+    .expect("hung");
+    assert!(hung.is_err());
+    assert!(next.is_ok(), "{next:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+// K10: a raw send whose body is held unread keeps its stream (the bound counts it); dropping
+// the body frees it.
+#[tokio::test]
+async fn held_body_holds_the_stream_until_dropped() {
+    let server = K8sServer::start().await.unwrap();
+    let pool = SessionPool::builder(KubeconfigSource::from_kubeconfig(server.kubeconfig_token()))
+        .knobs_from(|_| None)
+        .max_streams_per_session(Some(1))
+        .build();
+    let k = key("east");
+    let session = pool.session(&k).await.unwrap();
+    let held = session
+        .client()
+        .send(
+            http::Request::get(PODS)
+                .body(kube::client::Body::from(Vec::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        timeout(ms(300), list_nodes(&session)).await.is_err(),
+        "a second stream ran while the only one was held"
+    );
+    drop(held);
+    let next = timeout(Duration::from_secs(3), list_nodes(&session)).await;
+    assert!(matches!(next, Ok(Ok(_))), "{next:?}");
+}
+
+// T11/K1 over h2: 401s that arrive late on the OLD session (requests sent before the rotation)
+// must not retire the session already rebuilt with the new token.
+#[tokio::test]
+async fn late_401s_do_not_retire_the_rebuilt_session() {
+    let server = K8sServer::start().await.unwrap();
+    server.add_token("token-one");
+    let source = Arc::new(Rotating(
+        Mutex::new(server.kubeconfig_with(KubeAuth::Token("token-one"))),
+        AtomicU64::new(0),
+    ));
+    let pool = SessionPool::builder_arc(source.clone())
+        .knobs_from(|_| None)
+        .build();
+    let k = key("east");
+    let old = pool.session(&k).await.unwrap();
+    assert!(list_pods(&old).await.is_ok());
+    server.revoke_token("token-one");
+    server.add_token("token-two");
+    *source.0.lock().unwrap() = server.kubeconfig_with(KubeAuth::Token("token-two"));
+    server.inject(PODS, Fault::latency(ms(600)).times(10));
+    let (late, fresh) = timeout(Duration::from_secs(20), async {
+        tokio::join!(join_all((0..10).map(|_| list_pods(&old))), async {
+            assert!(wait_until(Duration::from_secs(5), || server.in_flight() >= 10).await);
+            assert!(list_nodes(&old).await.is_err(), "revoked token accepted");
+            let fresh = pool.session(&k).await.unwrap();
+            let r = list_nodes(&fresh).await;
+            (r, fresh)
+        })
+    })
+    .await
+    .unwrap();
+    assert!(late.iter().all(|r| r.is_err()));
+    assert!(fresh.0.is_ok(), "{:?}", fresh.0);
+    drop(fresh.1);
+    drop(old);
+    assert!(call(&pool, &k).await.is_ok());
+    assert_eq!(
+        pool.stats().creations,
+        2,
+        "late 401s of the old session retired the rebuilt one"
+    );
+}
+
+// K8/K9 under a multi-threaded flood with mTLS: one handshake, every request HTTP/2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_thread_cold_flood_cert() {
+    let server = K8sServer::start().await.unwrap();
+    server.inject(PODS, Fault::latency(ms(200)));
+    let pool = Arc::new(
+        SessionPool::builder(KubeconfigSource::from_kubeconfig(
+            server.kubeconfig_cert().unwrap(),
+        ))
+        .knobs_from(|_| None)
+        .build(),
+    );
+    let tasks: Vec<_> = (0..400)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move { call(&pool, &key("east")).await })
+        })
+        .collect();
+    let results = timeout(Duration::from_secs(30), join_all(tasks))
+        .await
+        .expect("flood hung");
+    let results: Vec<_> = results.into_iter().map(|r| r.unwrap()).collect();
+    all_ok(&results);
+    assert_eq!(server.tls_connections(), 1);
+    assert_eq!(server.tcp_connections(), 1);
+    assert!(server.peak_in_flight() <= 100);
+    assert_eq!(pool.connection_stats().http2_connections, 1);
+    assert_eq!(pool.stats().creations, 1);
+}
+
+// Flow control: bodies well beyond the default 64 KiB stream window, many at once on one
+// connection, all complete.
+#[tokio::test]
+async fn large_bodies_over_one_connection() {
+    let server = K8sServer::with_fixtures(testkit::k8s::Fixtures::warmup_cluster(1500))
+        .await
+        .unwrap();
+    let pool = token_pool(&server);
+    let results = burst(&pool, &key("east"), 30).await;
+    all_ok(&results);
+    assert!(results.iter().all(|r| *r.as_ref().unwrap() > 1500));
+    assert_eq!(server.tls_connections(), 1);
+}
