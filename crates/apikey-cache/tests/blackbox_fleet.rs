@@ -1113,7 +1113,6 @@ async fn a12_key_capacity_extremes_hold_and_eviction_keeps_answers_right() {
 // once by hand) does drop it: key_idle runs on moka's wall clock, not tokio::time, so it cannot
 // be tested with start_paused and disagrees with every other expiry of the crate.
 #[tokio::test(start_paused = true)]
-#[ignore = "defect: key_idle expiry uses a wall clock (moka), not tokio::time (SPEC §3 Time)"]
 async fn a12_key_idle_follows_tokio_time() {
     let store = MemoryStore::keyed();
     let writer = ApiKeyCache::new(store.clone(), CacheConfig::default());

@@ -33,9 +33,27 @@ pub(crate) struct Cached {
     /// `checked_at` + the safety revalidation, less up to a quarter of it picked by the key's
     /// hash: revalidations of keys cached together spread out instead of coming due at once.
     pub(crate) trust_until: Instant,
+    /// Milliseconds from `checked_at` to the key's latest use, on the runtime's clock, so
+    /// `key_idle` follows tokio time (paused tests included) like every other expiry of the
+    /// crate; moka's own idle eviction (wall clock) only bounds memory.
+    last_use_ms: AtomicU64,
 }
 
 impl Cached {
+    /// Whether the key went unused for longer than `idle` before this use, `age` after it was
+    /// confirmed; records this use otherwise (one store per millisecond at most).
+    fn idle_past(&self, age: Duration, idle: Duration) -> bool {
+        let now_ms = u64::try_from(age.as_millis()).unwrap_or(u64::MAX);
+        let last = self.last_use_ms.load(Ordering::Relaxed);
+        if Duration::from_millis(now_ms.saturating_sub(last)) > idle {
+            return true;
+        }
+        if last < now_ms {
+            self.last_use_ms.store(now_ms, Ordering::Relaxed);
+        }
+        false
+    }
+
     pub(crate) fn new(
         identity: Identity,
         revoked: bool,
@@ -53,6 +71,7 @@ impl Cached {
             revoked,
             checked_at,
             trust_until,
+            last_use_ms: AtomicU64::new(0),
         }
     }
 }
@@ -250,8 +269,12 @@ impl<S: KeyStore> ApiKeyCache<S> {
     /// revalidation.
     fn fresh(&self, entry: &Cached, now: Instant) -> bool {
         let ttl = self.inner.config.ttl;
-        now.saturating_duration_since(entry.checked_at) < ttl
-            || (now < entry.trust_until && self.keyed().feed.healthy(now, ttl))
+        let age = now.saturating_duration_since(entry.checked_at);
+        if entry.idle_past(age, self.inner.config.key_idle) {
+            // Unused for `key_idle`: as if dropped, the next use reads the store again (A12).
+            return false;
+        }
+        age < ttl || (now < entry.trust_until && self.keyed().feed.healthy(now, ttl))
     }
 
     /// The keyed hit path: the feed is not due and the key is cached and fresh.
