@@ -755,3 +755,348 @@ fn more_than_64_hosts_share_other() {
         assert!(!s.labels.contains_key("http.response.status_code"));
     }
 }
+
+// ---------------------------------------------------------------- pool-core, several threads
+
+#[test]
+fn pool_hits_from_many_threads_add_up_after_a_stats_read() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let (stats, _pool) = metrics::with_local_recorder(&recorder, || {
+        // the pool registers its handles here, on this thread, under the local recorder
+        let pool: Arc<Pool> = Arc::new(KeyedPool::new(PoolConfig::default().name("mt")));
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_all()
+            .build()
+            .unwrap();
+        let stats = rt.block_on({
+            let pool = pool.clone();
+            async move {
+                for k in 0..8 {
+                    let _ = pool
+                        .get_or_create(&format!("k{k}"), ok_created)
+                        .await
+                        .unwrap();
+                }
+                let mut tasks = Vec::new();
+                for t in 0..8 {
+                    let pool = pool.clone();
+                    tasks.push(tokio::spawn(async move {
+                        for i in 0..1_003u32 {
+                            assert!(pool.get(&format!("k{}", (i + t) % 8)).is_some());
+                            if i % 97 == 0 {
+                                tokio::task::yield_now().await;
+                            }
+                        }
+                    }));
+                }
+                for t in tasks {
+                    t.await.unwrap();
+                }
+                pool.stats()
+            }
+        });
+        drop(rt);
+        (stats, pool)
+    });
+    let obs = Observed(
+        snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .map(|(ck, unit, _, value)| {
+                let (kind, key) = ck.into_parts();
+                Series {
+                    kind,
+                    labels: key
+                        .labels()
+                        .map(|l| (l.key().to_owned(), l.value().to_owned()))
+                        .collect(),
+                    name: key.name().to_owned(),
+                    unit,
+                    value,
+                }
+            })
+            .collect(),
+    );
+    assert_eq!(stats.hits, 8 * 1_003);
+    assert_eq!(
+        obs.counter_sum("pool.hits", &[("pool.name", "mt")]),
+        stats.hits,
+        "hits published exactly on a stats() read"
+    );
+    assert_eq!(obs.counter_sum("pool.misses", &[("pool.name", "mt")]), 8);
+}
+
+#[test]
+#[ignore = "defect: up to 63 hits per thread never reach pool.hits when a pool is dropped (stats() has them)"]
+fn pool_hits_are_not_lost_when_the_pool_is_dropped() {
+    // Not promised in so many words ("every 64 hits per thread and exactly on each miss, stats
+    // read and sweep"): a pool dropped with fewer than 64 unpublished hits.
+    let (_, obs) = observe(true, || async {
+        let pool: Pool = KeyedPool::new(PoolConfig::default().name("dropped"));
+        let _ = pool
+            .get_or_create(&"a".to_owned(), ok_created)
+            .await
+            .unwrap();
+        for _ in 0..10 {
+            assert!(pool.get(&"a".to_owned()).is_some());
+        }
+        drop(pool);
+    });
+    assert_eq!(
+        obs.counter_sum("pool.hits", &[("pool.name", "dropped")]),
+        10
+    );
+}
+
+// ---------------------------------------------------------------- token-refresh
+
+use token_refresh::{BearerToken, Expiry, Fetched, RefreshConfig, TokenCache, TokenSource};
+
+const SECRET: &str = "eyJ0eXAiOiJKV1QiLCJhbGciOi.SECRETTOKEN";
+
+#[derive(Debug)]
+struct SlowSource {
+    calls: AtomicUsize,
+    fail: bool,
+}
+
+impl TokenSource for SlowSource {
+    type Token = BearerToken;
+    type Error = std::io::Error;
+    async fn fetch(&self) -> Result<Fetched<BearerToken>, std::io::Error> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if self.fail {
+            return Err(std::io::Error::other(format!(
+                "AADSTS7000215 invalid secret for acct-93c1f2d7 {SECRET}"
+            )));
+        }
+        Ok(Fetched::new(
+            BearerToken::new(SECRET),
+            Expiry::In(Duration::from_secs(3600)),
+        ))
+    }
+}
+
+#[test]
+fn token_100_cold_callers_are_one_blocking_refresh_and_100_waits() {
+    let (stats, obs) = observe(true, || async {
+        let cache = Arc::new(TokenCache::new(
+            SlowSource {
+                calls: AtomicUsize::new(0),
+                fail: false,
+            },
+            RefreshConfig::default(),
+        ));
+        let mut tasks = Vec::new();
+        for _ in 0..100 {
+            let cache = cache.clone();
+            tasks.push(tokio::spawn(async move { cache.token().await.unwrap() }));
+        }
+        for t in tasks {
+            assert_eq!(t.await.unwrap().secret(), SECRET);
+        }
+        for _ in 0..5 {
+            cache.token().await.unwrap();
+        }
+        assert_eq!(cache.source().calls.load(Ordering::SeqCst), 1);
+        (cache.stats(), cache)
+    });
+    let (stats, _cache) = stats;
+    assert_eq!(stats.blocking_fetches, 1, "{stats:?}");
+    assert_eq!(
+        obs.counter_sum("token.refresh.started", &[("mode", "blocking")]),
+        1
+    );
+    assert_eq!(
+        obs.counter_sum(
+            "token.refreshes",
+            &[("mode", "blocking"), ("outcome", "ok")]
+        ),
+        1
+    );
+    assert_eq!(
+        obs.counter_sum("token.calls", &[("outcome", "waited")]),
+        stats.waits
+    );
+    assert_eq!(
+        obs.counter_sum("token.calls", &[("outcome", "waited")]),
+        100
+    );
+    assert_eq!(
+        obs.counter_sum("token.calls", &[("outcome", "fresh")]),
+        stats.fresh_hits
+    );
+    assert_eq!(stats.fresh_hits, 5);
+    let waits: Vec<f64> = obs
+        .named("token.wait.duration")
+        .iter()
+        .flat_map(|s| s.samples())
+        .collect();
+    assert_eq!(waits.len(), 100);
+    assert!(waits.iter().all(|w| (w - 0.1).abs() < 0.01), "{waits:?}");
+    let exp = obs
+        .gauge_of("token.expires_in", &[])
+        .expect("token.expires_in");
+    assert!((3590.0..=3600.0).contains(&exp), "expires_in {exp}");
+    assert_eq!(
+        obs.gauge_of("token.backoff.active", &[]).unwrap_or(0.0),
+        0.0
+    );
+    use MetricKind::*;
+    for (name, kind, unit) in [
+        ("token.calls", Counter, Some(Unit::Count)),
+        ("token.refresh.started", Counter, Some(Unit::Count)),
+        ("token.refreshes", Counter, Some(Unit::Count)),
+        ("token.expires_in", Gauge, Some(Unit::Seconds)),
+        ("token.wait.duration", Histogram, Some(Unit::Seconds)),
+    ] {
+        obs.assert_shape(name, kind, unit);
+    }
+    assert_no_hostile_label(&obs, &[SECRET, "SECRETTOKEN"]);
+}
+
+#[test]
+fn token_failed_refresh_error_text_is_no_label() {
+    let (stats, obs) = observe(true, || async {
+        let cache = TokenCache::new(
+            SlowSource {
+                calls: AtomicUsize::new(0),
+                fail: true,
+            },
+            RefreshConfig::default(),
+        );
+        for _ in 0..3 {
+            assert!(cache.token().await.is_err());
+            tokio::time::advance(Duration::from_secs(30)).await;
+        }
+        cache.stats()
+    });
+    assert!(stats.blocking_failures >= 1, "{stats:?}");
+    assert_eq!(
+        obs.counter_sum(
+            "token.refreshes",
+            &[("mode", "blocking"), ("outcome", "failed")]
+        ),
+        stats.blocking_failures
+    );
+    for (name, key, value) in obs.all_label_values() {
+        assert!(
+            ["mode", "outcome"].contains(&key.as_str()),
+            "{name}: undocumented label {key}={value}"
+        );
+        assert!(
+            [
+                "blocking",
+                "background",
+                "ok",
+                "failed",
+                "superseded",
+                "discarded",
+                "fresh",
+                "stale",
+                "waited",
+                "served_during_backoff",
+                "cached_error",
+                "matched",
+                "ignored"
+            ]
+            .contains(&value.as_str()),
+            "{name}{{{key}={value}}}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------- warmup-fanout
+
+use warmup_fanout::{FanOut, FanOutConfig, ReadSpec};
+
+#[test]
+fn fanout_read_names_and_error_text_are_no_labels() {
+    let (_, obs) = observe(true, || async {
+        let mut fan = FanOut::new(FanOutConfig::default().default_timeout(Duration::from_secs(1)));
+        let ok = fan.read(
+            ReadSpec::new("log/acct-93c1f2d7/pod-sk_live_4f9c2b7e11aa", 0u32),
+            async {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                Ok::<_, std::io::Error>(7u32)
+            },
+        );
+        let bad = fan.read(
+            ReadSpec::new("node/Bearer eyJhbGciOiJIUzI1NiJ9.tok", 0u32),
+            async {
+                Err::<u32, _>(std::io::Error::other(
+                    "403 for acct-93c1f2d7 ../../etc/passwd",
+                ))
+            },
+        );
+        let slow = fan.read(ReadSpec::new("slow/\u{1F4A5}x\u{0}y", 0u32), async {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok::<_, std::io::Error>(1u32)
+        });
+        let report = fan.join().await;
+        assert_eq!(*ok.value(), 7);
+        assert_eq!(*bad.value(), 0);
+        assert_eq!(*slow.value(), 0);
+        report
+    });
+    assert_eq!(obs.counter_sum("fanout.reads", &[("outcome", "ok")]), 1);
+    assert_eq!(
+        obs.counter_sum(
+            "fanout.reads",
+            &[("outcome", "degraded"), ("reason", "error")]
+        ),
+        1
+    );
+    assert_eq!(
+        obs.counter_sum(
+            "fanout.reads",
+            &[("outcome", "degraded"), ("reason", "timeout")]
+        ),
+        1
+    );
+    for s in obs.find("fanout.reads", &[("outcome", "ok")]) {
+        assert!(!s.labels.contains_key("reason"), "{:?}", s.labels);
+    }
+    assert_no_hostile_label(&obs, &["log/", "node/", "slow/", "403"]);
+    for (name, key, value) in obs.all_label_values() {
+        match key.as_str() {
+            "outcome" => assert!(["ok", "degraded"].contains(&value.as_str())),
+            "reason" => {
+                assert!(["error", "timeout", "panic", "cancelled"].contains(&value.as_str()))
+            }
+            "phase" => {
+                assert!(value == "16+" || value.parse::<u8>().is_ok_and(|p| (1..=15).contains(&p)))
+            }
+            other => panic!("{name}: undocumented label {other}={value}"),
+        }
+    }
+    let phase1: Vec<f64> = obs
+        .find("fanout.phase.duration", &[("phase", "1")])
+        .iter()
+        .flat_map(|s| s.samples())
+        .collect();
+    assert_eq!(phase1.len(), 1, "{:#?}", obs.named("fanout.phase.duration"));
+    assert!(
+        (phase1[0] - 1.0).abs() < 0.01,
+        "phase 1 ends at the 1 s timeout: {phase1:?}"
+    );
+    let reads: usize = obs
+        .named("fanout.read.duration")
+        .iter()
+        .map(|s| s.samples().len())
+        .sum();
+    assert_eq!(reads, 3);
+    use MetricKind::*;
+    for (name, kind, unit) in [
+        ("fanout.reads", Counter, Some(Unit::Count)),
+        ("fanout.read.duration", Histogram, Some(Unit::Seconds)),
+        ("fanout.phase.duration", Histogram, Some(Unit::Seconds)),
+        ("fanout.duration", Histogram, Some(Unit::Seconds)),
+    ] {
+        obs.assert_shape(name, kind, unit);
+    }
+}
