@@ -1100,3 +1100,123 @@ fn fanout_read_names_and_error_text_are_no_labels() {
         obs.assert_shape(name, kind, unit);
     }
 }
+
+// ---------------------------------------------------------------- request-inspector
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use request_inspector::{InspectBody, Inspector, InspectorConfig};
+use tower::{Layer, ServiceExt};
+
+#[test]
+fn inspector_series_match_stats_and_paths_are_no_labels() {
+    let (out, obs) = observe(true, || async {
+        let inspector = Inspector::new(
+            InspectorConfig::new()
+                .capacity(4)
+                .body_limit(16)
+                .polling_prefixes(["/api/monitor/"])
+                .unwrap(),
+        );
+        let inner = tower::service_fn(|req: http::Request<InspectBody<Full<Bytes>>>| async move {
+            let _ = req.into_body().collect().await;
+            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from(vec![
+                b'r';
+                50
+            ]))))
+        });
+        let svc = inspector.layer().layer(inner);
+        for (i, h) in HOSTILE.iter().enumerate() {
+            for j in 0..2 {
+                let path = format!(
+                    "/api/accounts/acct-93c1f2d7/keys/sk_live_4f9c2b7e11aa/{i}{j}?k={}",
+                    urlencode(h)
+                );
+                let req = http::Request::post(path)
+                    .header("x-api-key", "sk_live_4f9c2b7e11aa")
+                    .header("x-owner", "acct-93c1f2d7")
+                    .body(Full::new(Bytes::from(vec![b'q'; 100])))
+                    .unwrap();
+                let resp = svc.clone().oneshot(req).await.unwrap();
+                let _ = resp.into_body().collect().await.unwrap();
+            }
+        }
+        for n in 0..3 {
+            let req = http::Request::get(format!("/api/monitor/acct-93c1f2d7/{n}"))
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let resp = svc.clone().oneshot(req).await.unwrap();
+            let _ = resp.into_body().collect().await.unwrap();
+        }
+        tokio::task::yield_now().await;
+        let limit = inspector.stats();
+        (limit, inspector)
+    });
+    let (stats, inspector) = out;
+    let n = 2 * HOSTILE.len() as u64;
+    assert_eq!(stats.captured, n, "{stats:?}");
+    assert_eq!(stats.passed_through, 3, "{stats:?}");
+    assert_eq!(
+        obs.counter_sum("inspector.requests", &[("mode", "captured")]),
+        stats.captured
+    );
+    assert_eq!(
+        obs.counter_sum("inspector.requests", &[("mode", "streamed")]),
+        stats.passed_through
+    );
+    assert_eq!(
+        obs.counter_sum("inspector.ring.evictions", &[]),
+        stats.evicted
+    );
+    assert_eq!(stats.evicted, n - 4);
+    assert_eq!(
+        obs.counter_sum("inspector.bodies.truncated", &[]),
+        stats.truncated_bodies
+    );
+    assert_eq!(
+        stats.truncated_bodies,
+        2 * n,
+        "request and response bodies are cut"
+    );
+    let limit = inspector_body_limit(&inspector);
+    assert_eq!(
+        obs.counter_sum("inspector.captured.bytes", &[("body", "request")]),
+        n * limit
+    );
+    assert_eq!(
+        obs.counter_sum("inspector.captured.bytes", &[("body", "response")]),
+        n * limit
+    );
+    assert_eq!(
+        obs.gauge_of("inspector.ring.entries", &[]),
+        Some(stats.ring_len as f64)
+    );
+    assert_eq!(
+        obs.gauge_of("inspector.ring.bytes", &[]),
+        Some((stats.ring_bytes + stats.ring_slot_bytes) as f64)
+    );
+    assert_no_hostile_label(&obs, &["/api/", "monitor"]);
+    for (name, key, value) in obs.all_label_values() {
+        match key.as_str() {
+            "mode" => assert!(["captured", "streamed", "unowned"].contains(&value.as_str())),
+            "body" => assert!(["request", "response"].contains(&value.as_str())),
+            other => panic!("{name}: undocumented label {other}={value}"),
+        }
+    }
+    use MetricKind::*;
+    for (name, kind, unit) in [
+        ("inspector.requests", Counter, Some(Unit::Count)),
+        ("inspector.captured.bytes", Counter, Some(Unit::Bytes)),
+        ("inspector.bodies.truncated", Counter, Some(Unit::Count)),
+        ("inspector.ring.evictions", Counter, Some(Unit::Count)),
+        ("inspector.ring.entries", Gauge, Some(Unit::Count)),
+        ("inspector.ring.bytes", Gauge, Some(Unit::Bytes)),
+    ] {
+        obs.assert_shape(name, kind, unit);
+    }
+}
+
+/// The configured body limit (16, unless the crate clamps it: then what it reports).
+fn inspector_body_limit(_inspector: &Inspector) -> u64 {
+    InspectorConfig::new().body_limit(16).body_limit_bytes() as u64
+}
