@@ -1220,3 +1220,135 @@ fn inspector_series_match_stats_and_paths_are_no_labels() {
 fn inspector_body_limit(_inspector: &Inspector) -> u64 {
     InspectorConfig::new().body_limit(16).body_limit_bytes() as u64
 }
+
+// ---------------------------------------------------------------- apikey-cache
+
+use apikey_cache::{ApiKeyCache, AuthError, CacheConfig, MemoryStore};
+
+/// A well-formed key issued by another store: unknown to the cache under test.
+fn foreign_key() -> String {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let other = ApiKeyCache::new(MemoryStore::new(), CacheConfig::default());
+        let acct = other.create_account("other", "Other").await.unwrap();
+        other
+            .issue_key(&acct)
+            .await
+            .unwrap()
+            .secret
+            .expose()
+            .to_owned()
+    })
+}
+
+#[test]
+fn apikey_outcomes_match_stats_and_keys_are_no_labels() {
+    let foreign = foreign_key();
+    let (out, obs) = observe(true, || {
+        let foreign = foreign.clone();
+        async move {
+            let cache = ApiKeyCache::new(MemoryStore::new(), CacheConfig::default());
+            cache.refresh().await.unwrap();
+            let acct = cache.create_account("acct-93c1f2d7", "Acme").await.unwrap();
+            let good = cache.issue_key(&acct).await.unwrap();
+            let bad = cache.issue_key(&acct).await.unwrap();
+            cache.revoke_key(&bad.identity.key).await.unwrap();
+            let mut seen = (0u64, 0u64, 0u64, 0u64);
+            for _ in 0..3 {
+                match cache.authenticate(good.secret.expose()).await {
+                    Ok(_) => seen.0 += 1,
+                    Err(e) => panic!("good key: {e:?}"),
+                }
+                match cache.authenticate(bad.secret.expose()).await {
+                    Err(AuthError::Revoked) => seen.1 += 1,
+                    other => panic!("revoked key: {other:?}"),
+                }
+                match cache.authenticate(&foreign).await {
+                    Err(AuthError::Unknown) => seen.2 += 1,
+                    other => panic!("foreign key: {other:?}"),
+                }
+                for h in HOSTILE {
+                    match cache.authenticate(h).await {
+                        Err(AuthError::Malformed | AuthError::Unknown) => seen.3 += 1,
+                        other => panic!("hostile {h:?}: {other:?}"),
+                    }
+                }
+            }
+            let secrets = [
+                good.secret.expose().to_owned(),
+                bad.secret.expose().to_owned(),
+            ];
+            (cache.stats(), seen, secrets, cache)
+        }
+    });
+    let (stats, seen, secrets, _cache) = out;
+    assert_eq!(
+        obs.counter_sum("apikey.authentications", &[("outcome", "ok")]),
+        seen.0
+    );
+    assert_eq!(
+        obs.counter_sum("apikey.authentications", &[("outcome", "revoked")]),
+        stats.rejected_revoked
+    );
+    assert_eq!(stats.rejected_revoked, seen.1);
+    assert_eq!(
+        obs.counter_sum("apikey.authentications", &[("outcome", "unknown")]),
+        stats.rejected_unknown
+    );
+    assert_eq!(
+        obs.counter_sum("apikey.authentications", &[("outcome", "malformed")]),
+        stats.rejected_malformed
+    );
+    assert_eq!(
+        obs.counter_sum("apikey.authentications", &[]),
+        seen.0 + seen.1 + seen.2 + seen.3,
+        "every authenticate answer counted once"
+    );
+    assert_eq!(
+        obs.gauge_of("apikey.negative_cache.entries", &[])
+            .unwrap_or(0.0),
+        stats.negative_entries as f64
+    );
+    assert_eq!(
+        obs.counter_sum("apikey.reload.failures", &[]),
+        stats.reload_failures
+    );
+    let extra: Vec<&str> = secrets
+        .iter()
+        .map(String::as_str)
+        .chain([foreign.as_str(), "acct-93c1f2d7", "Acme"])
+        .collect();
+    assert_no_hostile_label(&obs, &extra);
+    for (name, key, value) in obs.all_label_values() {
+        match key.as_str() {
+            "outcome" => assert!(
+                [
+                    "ok",
+                    "unknown",
+                    "revoked",
+                    "unavailable",
+                    "malformed",
+                    "error"
+                ]
+                .contains(&value.as_str()),
+                "{name} {value}"
+            ),
+            "operation" => assert!(
+                ["load", "get_record", "read_feed"].contains(&value.as_str()),
+                "{name} {value}"
+            ),
+            other => panic!("{name}: undocumented label {other}={value}"),
+        }
+    }
+    use MetricKind::*;
+    for (name, kind, unit) in [
+        ("apikey.authentications", Counter, Some(Unit::Count)),
+        ("apikey.store.reads", Counter, Some(Unit::Count)),
+        ("apikey.store.read.duration", Histogram, Some(Unit::Seconds)),
+    ] {
+        obs.assert_shape(name, kind, unit);
+    }
+}
