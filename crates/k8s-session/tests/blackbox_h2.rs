@@ -1017,3 +1017,240 @@ async fn large_bodies_over_one_connection() {
     assert!(results.iter().all(|r| *r.as_ref().unwrap() > 1500));
     assert_eq!(server.tls_connections(), 1);
 }
+
+// K8/in-flight bound: an exec holds an HTTP/1.1 slot only while it is open: with a bound of
+// one, lists over h2 are not blocked by an open exec, and a second exec runs once the first
+// one's stream is dropped.
+#[tokio::test]
+async fn exec_slot_freed_when_upgrade_ends() {
+    let server = K8sServer::start().await.unwrap();
+    let pool = SessionPool::builder(KubeconfigSource::from_kubeconfig(server.kubeconfig_token()))
+        .knobs_from(|_| None)
+        .max_in_flight_per_session(1)
+        .build();
+    let session = pool.session(&key("east")).await.unwrap();
+    assert!(list_pods(&session).await.is_ok());
+    let exec = || async {
+        let resp = session
+            .client()
+            .send(exec_request().map(kube::client::Body::from))
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        assert_eq!(resp.status(), http::StatusCode::SWITCHING_PROTOCOLS);
+        hyper::upgrade::on(resp).await.map_err(|e| format!("{e:?}"))
+    };
+    let first = timeout(Duration::from_secs(5), exec())
+        .await
+        .unwrap()
+        .unwrap();
+    let lists = timeout(
+        Duration::from_secs(5),
+        join_all((0..10).map(|_| list_pods(&session))),
+    )
+    .await
+    .expect("an open exec blocked h2 lists");
+    all_ok(&lists);
+    drop(first);
+    let second = timeout(Duration::from_secs(5), exec()).await;
+    assert!(
+        matches!(second, Ok(Ok(_))),
+        "a second exec after the first ended: {:?}",
+        second.map(|r| r.map(|_| ()))
+    );
+}
+
+type Recorded = Vec<(
+    metrics_util::CompositeKey,
+    Option<metrics::Unit>,
+    Option<metrics::SharedString>,
+    metrics_util::debugging::DebugValue,
+)>;
+
+fn metric(recorded: &Recorded, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    use metrics_util::debugging::DebugValue;
+    recorded.iter().find_map(|(key, _, _, value)| {
+        let mut found: Vec<(String, String)> = key
+            .key()
+            .labels()
+            .map(|l| (l.key().to_owned(), l.value().to_owned()))
+            .collect();
+        let mut wanted: Vec<(String, String)> = labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        found.sort();
+        wanted.sort();
+        (key.key().name() == name && found == wanted).then(|| match value {
+            DebugValue::Counter(n) => *n as f64,
+            DebugValue::Gauge(g) => g.into_inner(),
+            DebugValue::Histogram(h) => h.len() as f64,
+        })
+    })
+}
+
+// Metrics consistent with the server after every failure path over h2: the active-requests
+// gauge returns to 0 (no stream leaked by a connection reset, a stall, a cancelled call, a read
+// timeout, a stream reset), and the connections counter matches connection_stats and the server.
+#[test]
+fn metrics_consistent_after_failures() {
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let (stats, server_tls, server_h2) = metrics::with_local_recorder(&recorder, || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let server = K8sServer::start().await.unwrap();
+                let pool = SessionPool::builder(KubeconfigSource::from_kubeconfig(
+                    server.kubeconfig_token(),
+                ))
+                .knobs_from(|_| None)
+                .http2_keep_alive(ms(100), ms(200))
+                .read_timeout(Some(ms(300)))
+                .build();
+                let k = key("metered");
+                all_ok(&burst(&pool, &k, 20).await);
+                let session = pool.session(&k).await.unwrap();
+                // Connection reset with streams in flight.
+                server.inject(PODS, Fault::latency(ms(200)).times(5));
+                server.inject(NODES, Fault::reset().with_latency(ms(50)).times(1));
+                let _ = tokio::join!(
+                    join_all((0..5).map(|_| list_pods(&session))),
+                    list_nodes(&session)
+                );
+                // Stream reset.
+                server.inject(NODES, Fault::reset_stream().times(1));
+                let _ = list_nodes(&session).await;
+                // Cancelled call.
+                server.inject(PODS, Fault::latency(Duration::from_secs(1)).times(1));
+                let _ = timeout(ms(50), list_pods(&session)).await;
+                // Read timeout.
+                server.inject(PODS, Fault::latency(Duration::from_secs(2)).times(1));
+                let _ = list_pods(&session).await;
+                // Stall.
+                server.inject(NODES, Fault::stall_connection().times(1));
+                let _ = timeout(Duration::from_secs(10), list_nodes(&session)).await;
+                server.clear_faults();
+                all_ok(&burst(&pool, &k, 5).await);
+                drop(session);
+                for _ in 0..50 {
+                    tokio::task::yield_now().await;
+                }
+                (
+                    pool.connection_stats(),
+                    server.tls_connections(),
+                    server.h2_connections(),
+                )
+            })
+    });
+    let recorded = snapshotter.snapshot().into_vec();
+    let cluster = [("k8s.cluster.name", "metered")];
+    assert_eq!(
+        metric(&recorded, "k8s.session.active_requests", &cluster),
+        Some(0.0),
+        "leaked active requests"
+    );
+    assert_eq!(
+        metric(&recorded, "k8s.session.sessions.in_use", &cluster),
+        Some(0.0)
+    );
+    let h2 = metric(
+        &recorded,
+        "k8s.session.connections",
+        &[
+            ("k8s.cluster.name", "metered"),
+            ("network.protocol.version", "2"),
+        ],
+    );
+    assert_eq!(h2, Some(stats.http2_connections as f64), "{stats:?}");
+    assert_eq!(stats.http2_connections, server_h2);
+    assert_eq!(
+        stats.http2_connections + stats.http1_connections,
+        server_tls
+    );
+    assert!(stats.http2_connections >= 3, "{stats:?}");
+}
+
+fn fallback_pool(server: &K8sServer, bound: usize) -> SessionPool {
+    server.serve_http2(false);
+    SessionPool::builder(KubeconfigSource::from_kubeconfig(server.kubeconfig_token()))
+        .knobs_from(|_| None)
+        .max_in_flight_per_session(bound)
+        .read_timeout(Some(ms(300)))
+        .build()
+}
+
+// Over the fallback (HTTP/1.1): a hung answer and a stalled connection fail at the read timeout
+// (no PINGs there), free their slot, and a stream reset fails only its own call.
+#[tokio::test]
+async fn fallback_failures_are_bounded_and_isolated() {
+    let server = K8sServer::start().await.unwrap();
+    let pool = fallback_pool(&server, 2);
+    let k = key("east");
+    call(&pool, &k).await.unwrap();
+    let session = pool.session(&k).await.unwrap();
+    // Hung answer and stall, with a bound of 2: both slots taken, then freed.
+    server.inject(PODS, Fault::latency(Duration::from_secs(4)).times(1));
+    server.inject(NODES, Fault::stall_connection().times(1));
+    let started = Instant::now();
+    let (hung, stalled) = timeout(Duration::from_secs(10), async {
+        tokio::join!(list_pods(&session), list_nodes(&session))
+    })
+    .await
+    .expect("fallback calls hung");
+    assert!(hung.is_err() && stalled.is_err());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let next = timeout(Duration::from_secs(3), list_pods(&session)).await;
+    assert!(matches!(next, Ok(Ok(_))), "slots not freed: {next:?}");
+    // Stream reset = that request's connection: only it fails.
+    server.clear_faults();
+    server.inject(PODS, Fault::latency(ms(100)).times(6));
+    server.inject(NODES, Fault::reset_stream().times(1));
+    let (lists, node) = timeout(Duration::from_secs(10), async {
+        tokio::join!(
+            join_all((0..6).map(|_| list_pods(&session))),
+            list_nodes(&session)
+        )
+    })
+    .await
+    .unwrap();
+    assert!(node.is_err());
+    all_ok(&lists);
+    assert_eq!(pool.connection_stats().http1_fallbacks, 1);
+    assert_eq!(pool.stats().creations, 1);
+}
+
+// The API server goes away with streams in flight: they fail promptly (no hang), and later
+// calls fail fast instead of waiting.
+#[tokio::test]
+async fn server_gone_fails_fast() {
+    let server = K8sServer::start().await.unwrap();
+    let pool = SessionPool::builder(KubeconfigSource::from_kubeconfig(server.kubeconfig_token()))
+        .knobs_from(|_| None)
+        .connect_timeout(Some(Duration::from_secs(2)))
+        .build();
+    let k = key("east");
+    call(&pool, &k).await.unwrap();
+    server.inject(PODS, Fault::latency(Duration::from_secs(30)));
+    let session = pool.session(&k).await.unwrap();
+    let started = Instant::now();
+    let (lists, ()) = timeout(Duration::from_secs(10), async {
+        tokio::join!(join_all((0..10).map(|_| list_pods(&session))), async {
+            assert!(wait_until(Duration::from_secs(5), || server.in_flight() >= 10).await);
+            drop(server);
+        })
+    })
+    .await
+    .expect("streams of a vanished server hung");
+    assert!(lists.iter().all(|r| r.is_err()));
+    let after = timeout(Duration::from_secs(5), list_pods(&session))
+        .await
+        .expect("a call after the server went away hung");
+    assert!(after.is_err());
+    assert!(started.elapsed() < Duration::from_secs(8));
+}
