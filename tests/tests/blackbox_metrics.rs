@@ -1352,3 +1352,113 @@ fn apikey_outcomes_match_stats_and_keys_are_no_labels() {
         obs.assert_shape(name, kind, unit);
     }
 }
+
+// ---------------------------------------------------------------- retry-transport slots
+
+use retry_transport::Limits;
+
+#[test]
+fn slot_gauges_follow_an_unread_body_and_a_pool_timeout() {
+    let (out, obs_mid_and_end) = observe(false, || async {
+        let server = RateLimitServer::start().await.unwrap();
+        server.set_default(Answer::ok(10));
+        let client = RetryClient::builder()
+            .limits(
+                Limits::default()
+                    .max_in_use(1)
+                    .acquire_timeout(Duration::from_millis(200)),
+            )
+            .policy(RetryPolicy::never())
+            .build()
+            .unwrap();
+        let other = RetryClient::builder()
+            .limits(Limits::default().max_in_use(3))
+            .build()
+            .unwrap();
+        let url: reqwest::Url = server.url("/held").parse().unwrap();
+        let held = client.send(client.get(url.clone())).await.unwrap();
+        let err = client.send(client.get(url.clone())).await.unwrap_err();
+        assert!(err.is_pool_timeout(), "{err:?}");
+        let stats = client.stats();
+        drop(held);
+        drop(other);
+        (stats, client)
+    });
+    let (stats, _client) = out;
+    let obs = obs_mid_and_end;
+    assert_eq!(stats.pool_timeouts, 1, "{stats:?}");
+    assert_eq!(obs.counter_sum("http.client.slot.timeouts", &[]), 1);
+    let d = obs.find(
+        "http.client.request.duration",
+        &[("error.type", "pool_timeout")],
+    );
+    assert_eq!(
+        d.len(),
+        1,
+        "{:#?}",
+        obs.named("http.client.request.duration")
+    );
+    assert!(!d[0].labels.contains_key("http.response.status_code"));
+    let waits: Vec<f64> = obs
+        .named("http.client.slot.wait_time")
+        .iter()
+        .flat_map(|s| s.samples())
+        .collect();
+    assert!(
+        waits.iter().any(|w| (0.19..1.0).contains(w)),
+        "the timed-out wait is in wait_time: {waits:?}"
+    );
+    // after the body is dropped and the other client is gone
+    assert_eq!(
+        obs.gauge_of("http.client.slot.count", &[("state", "used")]),
+        Some(0.0)
+    );
+    assert_eq!(
+        obs.gauge_of("http.client.slot.count", &[("state", "idle")]),
+        Some(1.0)
+    );
+    assert_eq!(obs.gauge_of("http.client.slot.max", &[]), Some(1.0));
+    assert_eq!(
+        obs.gauge_of("http.client.slot.pending_requests", &[]),
+        Some(0.0)
+    );
+    assert_eq!(
+        obs.gauge_of(
+            "http.client.active_requests",
+            &[("server.address", "127.0.0.1")]
+        ),
+        Some(0.0)
+    );
+}
+
+#[test]
+fn url_userinfo_and_port_never_reach_server_address() {
+    let (_, obs) = observe(false, || async {
+        let server = RateLimitServer::start().await.unwrap();
+        server.set_default(Answer::ok(1));
+        let client = RetryClient::new().unwrap();
+        let port = server.addr().port();
+        let url: reqwest::Url = format!(
+            "http://acct-93c1f2d7:sk_live_4f9c2b7e11aa@127.0.0.1:{port}/x#frag-acct-93c1f2d7"
+        )
+        .parse()
+        .unwrap();
+        let r = client.send(client.get(url)).await.unwrap();
+        let _ = r.bytes().await;
+        // the same host in upper case and as localhost
+        let url: reqwest::Url = format!("http://LOCALHOST:{port}/y").parse().unwrap();
+        if let Ok(r) = client.send(client.get(url)).await {
+            let _ = r.bytes().await;
+        }
+    });
+    assert_no_hostile_label(&obs, &[":sk_", "@", "frag"]);
+    let hosts: BTreeSet<String> = obs
+        .0
+        .iter()
+        .filter_map(|s| s.labels.get("server.address").cloned())
+        .collect();
+    for h in &hosts {
+        assert!(!h.contains(':'), "server.address has no port: {h}");
+    }
+    assert!(hosts.contains("127.0.0.1"), "{hosts:?}");
+}
