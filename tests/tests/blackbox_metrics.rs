@@ -102,6 +102,9 @@ impl Observed {
             }
         }
     }
+    fn units(&self) -> Vec<(String, Option<Unit>)> {
+        self.0.iter().map(|s| (s.name.clone(), s.unit)).collect()
+    }
     fn names(&self) -> BTreeSet<String> {
         self.0.iter().map(|s| s.name.clone()).collect()
     }
@@ -1461,4 +1464,143 @@ fn url_userinfo_and_port_never_reach_server_address() {
         assert!(!h.contains(':'), "server.address has no port: {h}");
     }
     assert!(hosts.contains("127.0.0.1"), "{hosts:?}");
+}
+
+/// Run alone (`cargo test ... units_ -- --exact`), so this test's recorder is the first to see
+/// each crate's one-per-process `describe_*!`: every promised series carries its unit.
+#[test]
+#[ignore = "run alone: descriptions are sent once per process, to whichever recorder is current"]
+fn units_when_run_alone() {
+    let (_, obs) = observe(true, || async {
+        let pool: Pool = KeyedPool::new(PoolConfig::default().name("units"));
+        let _ = pool
+            .get_or_create(&"k".to_owned(), ok_created)
+            .await
+            .unwrap();
+        pool
+    });
+    eprintln!("{:#?}", obs.units());
+    for (name, unit) in obs.units() {
+        let want = match name.as_str() {
+            "pool.create.duration" => Unit::Seconds,
+            _ => Unit::Count,
+        };
+        assert_eq!(unit, Some(want), "{name}");
+    }
+}
+
+#[test]
+fn pool_1000_cold_callers_of_a_failing_factory_are_one_failure() {
+    let (out, obs) = observe(true, || async {
+        let pool: Arc<Pool> = Arc::new(KeyedPool::new(PoolConfig::default().name("failing")));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..1000 {
+            let pool = pool.clone();
+            let calls = calls.clone();
+            tasks.push(tokio::spawn(async move {
+                pool.get_or_create(&"sk_live_4f9c2b7e11aa".to_owned(), || async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    Err::<Created<Plain>, _>(std::io::Error::other("acct-93c1f2d7 denied"))
+                })
+                .await
+                .is_err()
+            }));
+        }
+        for t in tasks {
+            assert!(t.await.unwrap());
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "one factory call shared");
+        (pool.stats(), pool)
+    });
+    let (stats, _pool) = out;
+    let l = [("pool.name", "failing")];
+    assert_eq!(stats.creation_failures, 1, "{stats:?}");
+    assert_eq!(obs.counter_sum("pool.creation_failures", &l), 1);
+    assert_eq!(obs.counter_sum("pool.creations", &l), 0);
+    assert_eq!(obs.counter_sum("pool.coalesced", &l), stats.coalesced);
+    assert_eq!(obs.counter_sum("pool.misses", &l), stats.misses);
+    let errs: usize = obs
+        .find(
+            "pool.create.duration",
+            &[("pool.name", "failing"), ("outcome", "error")],
+        )
+        .iter()
+        .map(|s| s.samples().len())
+        .sum();
+    assert_eq!(errs, 1);
+    assert_eq!(obs.gauge_of("pool.entries", &l).unwrap_or(0.0), 0.0);
+    assert_no_hostile_label(&obs, &["denied"]);
+}
+
+#[test]
+fn pool_entries_gauge_is_zero_after_shutdown_and_after_reset() {
+    let (out, obs) = observe(true, || async {
+        let a: Pool = KeyedPool::new(PoolConfig::default().name("shut"));
+        let b: Pool = KeyedPool::new(PoolConfig::default().name("rst"));
+        for i in 0..5 {
+            let _ = a.get_or_create(&format!("{i}"), ok_created).await.unwrap();
+            let _ = b.get_or_create(&format!("{i}"), ok_created).await.unwrap();
+        }
+        let report = a.shutdown().await;
+        b.reset().await;
+        tokio::task::yield_now().await;
+        (report, a.stats(), b.stats(), a, b)
+    });
+    let (_report, sa, sb, _a, _b) = out;
+    assert_eq!(sa.entries, 0);
+    assert_eq!(sb.entries, 0);
+    assert_eq!(
+        obs.gauge_of("pool.entries", &[("pool.name", "shut")]),
+        Some(0.0)
+    );
+    assert_eq!(
+        obs.gauge_of("pool.entries", &[("pool.name", "rst")]),
+        Some(0.0)
+    );
+    assert_eq!(
+        obs.counter_sum(
+            "pool.evictions",
+            &[("pool.name", "rst"), ("cause", "reset")]
+        ),
+        5
+    );
+}
+
+#[test]
+fn pool_capacity_evictions_and_thrashing_match_stats() {
+    let (out, obs) = observe(true, || async {
+        let pool: Pool = KeyedPool::new(PoolConfig::default().name("cap").max_entries(3));
+        for round in 0..5 {
+            for k in 0..6 {
+                let _ = pool
+                    .get_or_create(&format!("k{k}"), ok_created)
+                    .await
+                    .unwrap();
+                let _ = round;
+            }
+        }
+        (pool.stats(), pool)
+    });
+    let (stats, _pool) = out;
+    assert!(
+        stats.evictions.capacity > 0 && stats.thrashing > 0,
+        "{stats:?}"
+    );
+    assert_eq!(
+        obs.counter_sum(
+            "pool.evictions",
+            &[("pool.name", "cap"), ("cause", "capacity")]
+        ),
+        stats.evictions.capacity
+    );
+    assert_eq!(
+        obs.counter_sum("pool.thrashing", &[("pool.name", "cap")]),
+        stats.thrashing
+    );
+    assert_eq!(
+        obs.gauge_of("pool.entries", &[("pool.name", "cap")]),
+        Some(3.0)
+    );
 }
