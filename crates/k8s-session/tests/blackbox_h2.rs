@@ -252,7 +252,7 @@ async fn cancelled_probe_does_not_strand_the_burst() {
     let probe = timeout(Duration::from_micros(1), list_pods(&session));
     let others = join_all((0..10).map(|_| list_pods(&session)));
     let (probe, others) = timeout(Duration::from_secs(10), async {
-        tokio::join!(probe, others)
+        tokio::join!(biased; probe, others)
     })
     .await
     .expect("calls waiting on a cancelled probe hung");
@@ -886,8 +886,8 @@ async fn read_timeout_frees_the_only_stream() {
     server.inject(PODS, Fault::latency(Duration::from_secs(5)).times(1));
     let started = Instant::now();
     let (hung, next) = timeout(Duration::from_secs(10), async {
-        tokio::join!(call(&pool, &k), async {
-            tokio::task::yield_now().await;
+        tokio::join!(biased; call(&pool, &k), async {
+            assert!(wait_until(Duration::from_secs(5), || server.in_flight() >= 1).await);
             list_nodes(&*pool.session(&k).await.unwrap()).await
         })
     })
@@ -1253,4 +1253,85 @@ async fn server_gone_fails_fast() {
         .expect("a call after the server went away hung");
     assert!(after.is_err());
     assert!(started.elapsed() < Duration::from_secs(8));
+}
+
+// K4/K7 over h2: one-shot sessions (TTL 0) each use a connection of their own and close it when
+// dropped; shutdown() closes the pooled sessions' connections once their handles are gone.
+#[tokio::test]
+async fn one_shot_and_shutdown_close_their_connections() {
+    let server = K8sServer::start().await.unwrap();
+    let one_shot =
+        SessionPool::builder(KubeconfigSource::from_kubeconfig(server.kubeconfig_token()))
+            .knobs_from(|_| None)
+            .ttl(Duration::ZERO)
+            .build();
+    for _ in 0..5 {
+        let session = one_shot.session(&key("east")).await.unwrap();
+        assert!(!session.is_pooled());
+        assert!(list_pods(&session).await.is_ok());
+    }
+    assert_eq!(server.tls_connections(), 5);
+    assert!(
+        wait_until(Duration::from_secs(5), || server.open_connections() == 0).await,
+        "one-shot connections left open: {}",
+        server.open_connections()
+    );
+    let pool = token_pool(&server);
+    for name in ["a", "b", "c"] {
+        all_ok(&burst(&pool, &key(name), 10).await);
+    }
+    assert!(wait_until(Duration::from_secs(2), || server.open_connections() == 3).await);
+    pool.shutdown().await;
+    assert!(
+        wait_until(Duration::from_secs(5), || server.open_connections() == 0).await,
+        "connections left open after shutdown: {}",
+        server.open_connections()
+    );
+}
+
+// K10: callers that give up while WAITING for a stream (the bound is full) leave the queue;
+// the next caller runs as soon as the stream frees.
+#[tokio::test]
+async fn cancelled_waiters_leave_the_queue() {
+    let server = K8sServer::start().await.unwrap();
+    let pool = SessionPool::builder(KubeconfigSource::from_kubeconfig(server.kubeconfig_token()))
+        .knobs_from(|_| None)
+        .max_streams_per_session(Some(1))
+        .build();
+    let k = key("east");
+    let session = pool.session(&k).await.unwrap();
+    assert!(list_pods(&session).await.is_ok());
+    server.inject(PODS, Fault::latency(ms(500)).times(1));
+    let (long, waiters, next) = timeout(Duration::from_secs(10), async {
+        tokio::join!(
+            list_pods(&session),
+            async {
+                // the long call holds the only stream (tokio::join! rotates its first poll)
+                assert!(wait_until(Duration::from_secs(5), || server.in_flight() >= 1).await);
+                join_all((0..10).map(|_| timeout(ms(100), list_nodes(&session)))).await
+            },
+            async {
+                tokio::time::sleep(ms(200)).await; // after the waiters gave up
+                let started = Instant::now();
+                let r = list_nodes(&session).await;
+                (r, started.elapsed())
+            }
+        )
+    })
+    .await
+    .expect("a cancelled waiter stranded the queue");
+    assert!(long.is_ok());
+    assert!(
+        waiters.iter().all(|w| w.is_err()),
+        "the bound let waiters through: {waiters:?} {:?} peak {}",
+        server
+            .requests()
+            .iter()
+            .map(|r| (r.path.clone(), r.connection))
+            .collect::<Vec<_>>(),
+        server.peak_in_flight()
+    );
+    assert!(next.0.is_ok(), "{:?}", next.0);
+    assert!(next.1 < Duration::from_secs(1), "{:?}", next.1);
+    assert!(server.peak_in_flight() <= 1);
 }
