@@ -178,9 +178,25 @@ fn hits_between_publications_lag_by_less_than_a_batch() {
         for _ in 0..130 {
             pool.get(&"east").expect("hit");
         }
+        pool
     });
     // Two full batches of 64 are published; the last 2 wait for the next publication.
     assert_eq!(counter(&recorded, "pool.hits", &[POOL]), 128);
+}
+
+// A dropped pool publishes the hits it had not published yet.
+#[test]
+fn dropped_pool_publishes_its_last_hits() {
+    let recorded = recorded(|| async {
+        let pool: KeyedPool<&str, Client> = KeyedPool::new(PoolConfig::default().name("clusters"));
+        pool.get_or_create(&"east", || async { Ok::<_, Unavailable>(client()) })
+            .await
+            .expect("create");
+        for _ in 0..130 {
+            pool.get(&"east").expect("hit");
+        }
+    });
+    assert_eq!(counter(&recorded, "pool.hits", &[POOL]), 130);
 }
 
 // covers P2-P4, P6, P9 and issue 19: evictions by cause, one-shots, failures, retire failures,

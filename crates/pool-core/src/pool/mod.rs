@@ -724,8 +724,10 @@ where
 
 impl<K, V> Drop for Inner<K, V> {
     fn drop(&mut self) {
-        // Entries dropped with the pool (never drained) leave the `pool.entries` gauge too.
+        // Entries dropped with the pool (never drained) leave the `pool.entries` gauge too,
+        // and hits not yet published reach `pool.hits`.
         self.counters.entries.sub(self.map.len());
+        self.counters.hits.publish();
     }
 }
 
