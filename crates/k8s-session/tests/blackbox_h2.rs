@@ -1335,3 +1335,105 @@ async fn cancelled_waiters_leave_the_queue() {
     assert!(next.1 < Duration::from_secs(1), "{:?}", next.1);
     assert!(server.peak_in_flight() <= 1);
 }
+
+// K8: the HTTP/1.1 (upgrade) side authenticates like the h2 side: a client certificate for an
+// mTLS session, the bearer token for a token session.
+#[tokio::test]
+async fn exec_carries_the_sessions_credentials() {
+    use testkit::k8s::AuthMethod;
+    let server = K8sServer::start().await.unwrap();
+    for (kubeconfig, want) in [
+        (server.kubeconfig_cert().unwrap(), AuthMethod::ClientCert),
+        (server.kubeconfig_token(), AuthMethod::Bearer),
+    ] {
+        server.clear_requests();
+        let pool = SessionPool::builder(KubeconfigSource::from_kubeconfig(kubeconfig))
+            .knobs_from(|_| None)
+            .build();
+        let session = pool.session(&key("east")).await.unwrap();
+        assert!(list_pods(&session).await.is_ok());
+        let resp = timeout(
+            Duration::from_secs(10),
+            session
+                .client()
+                .send(exec_request().map(kube::client::Body::from)),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(resp.status(), http::StatusCode::SWITCHING_PROTOCOLS);
+        let records = server.requests();
+        assert!(
+            records.iter().all(|r| r.auth == want),
+            "{want:?}: {records:?}"
+        );
+    }
+}
+
+// K3 over h2: a static JWT bearer token's session lives until exp − 60 s; past it the next call
+// builds a new session on a new connection (virtual time moved only with no I/O in flight).
+#[tokio::test]
+async fn jwt_expiry_over_h2_rebuilds() {
+    let server = K8sServer::start().await.unwrap();
+    let jwt = testkit::k8s::unsigned_jwt("aud", 180, "oid");
+    server.add_token(jwt.clone());
+    let pool = SessionPool::builder(KubeconfigSource::from_kubeconfig(
+        server.kubeconfig_with(KubeAuth::Token(&jwt)),
+    ))
+    .knobs_from(|_| None)
+    .http2_keep_alive(Duration::from_secs(3600), Duration::from_secs(3600))
+    .build();
+    let k = key("east");
+    all_ok(&burst(&pool, &k, 10).await);
+    {
+        let s = pool.session(&k).await.unwrap();
+        let ttl = s.effective_ttl();
+        assert!(ttl.is_poolable(), "{ttl:?}");
+        let left = s.deadline().unwrap() - Instant::now();
+        assert!(
+            left <= Duration::from_secs(120) && left > Duration::from_secs(100),
+            "{left:?}"
+        );
+    }
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_secs(121)).await;
+    tokio::time::resume();
+    all_ok(&burst(&pool, &k, 10).await);
+    assert_eq!(pool.stats().creations, 2);
+    assert_eq!(server.tls_connections(), 2);
+    assert_eq!(server.h2_connections(), 2);
+}
+
+// K9 under a multi-threaded cold flood against an HTTP/1.1-only server: every call succeeds,
+// one fallback, the in-flight bound holds at the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_thread_cold_flood_fallback() {
+    let server = K8sServer::start().await.unwrap();
+    server.inject(PODS, Fault::latency(ms(20)));
+    let pool = Arc::new(fallback_pool(&server, 8));
+    let tasks: Vec<_> = (0..200)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move { call(&pool, &key("east")).await })
+        })
+        .collect();
+    let results = timeout(Duration::from_secs(30), join_all(tasks))
+        .await
+        .expect("flood hung");
+    let results: Vec<_> = results.into_iter().map(|r| r.unwrap()).collect();
+    all_ok(&results);
+    assert!(server.peak_in_flight() <= 8, "{}", server.peak_in_flight());
+    assert!(
+        server.tls_connections() <= 12,
+        "{}",
+        server.tls_connections()
+    );
+    assert_eq!(server.h2_connections(), 0);
+    let stats = pool.connection_stats();
+    assert_eq!(stats.http1_fallbacks, 1, "{stats:?}");
+    assert_eq!(
+        stats.http1_connections,
+        server.tls_connections(),
+        "{stats:?}"
+    );
+}
