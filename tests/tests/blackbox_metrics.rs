@@ -1604,3 +1604,159 @@ fn pool_capacity_evictions_and_thrashing_match_stats() {
         Some(3.0)
     );
 }
+
+// ---------------------------------------------------------------- k8s-session
+
+use k8s_session::{KubeconfigSource, SessionKey, SessionPool};
+use metrics_util::debugging::Snapshotter;
+use testkit::k8s::{Fixtures, K8sServer};
+
+fn observed_now(snapshotter: &Snapshotter) -> Observed {
+    Observed(
+        snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .map(|(ck, unit, _, value)| {
+                let (kind, key) = ck.into_parts();
+                Series {
+                    kind,
+                    labels: key
+                        .labels()
+                        .map(|l| (l.key().to_owned(), l.value().to_owned()))
+                        .collect(),
+                    name: key.name().to_owned(),
+                    unit,
+                    value,
+                }
+            })
+            .collect(),
+    )
+}
+
+/// One run against a fresh test API server: take `n` sessions, optionally use the first, then
+/// either snapshot while they are held, or return them (drop or `close`) and snapshot. The
+/// debugging recorder's snapshot swaps counters and gauges to 0, so each run snapshots once.
+fn k8s_run(
+    n: usize,
+    use_client: bool,
+    ret: Option<bool>,
+) -> (
+    Observed,
+    pool_core::PoolStats,
+    k8s_session::ConnectionStats,
+) {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let server = K8sServer::with_fixtures(Fixtures::sample()).await.unwrap();
+            let pool =
+                SessionPool::builder(KubeconfigSource::from_kubeconfig(server.kubeconfig_token()))
+                    .knobs_from(|_| None)
+                    .build();
+            let key = SessionKey::new("sub-93c1f2d7-0000", "rg-acct-93c1f2d7", "local");
+            let mut sessions = Vec::new();
+            for _ in 0..n {
+                sessions.push(pool.session(&key).await.unwrap());
+            }
+            if use_client {
+                let _ = sessions[0].client().apiserver_version().await.unwrap();
+            }
+            if let Some(close) = ret {
+                for s in sessions.drain(..) {
+                    if close {
+                        let _ = s.close();
+                    } else {
+                        drop(s);
+                    }
+                }
+                tokio::task::yield_now().await;
+            }
+            let stats = pool.stats();
+            let conn = pool.connection_stats();
+            let obs = observed_now(&snapshotter);
+            drop(sessions);
+            drop(pool);
+            (obs, stats, conn)
+        })
+    })
+}
+
+#[test]
+fn k8s_sessions_in_use_and_pool_series_are_labelled_by_cluster_only() {
+    let c = [("k8s.cluster.name", "local")];
+    let mut wrong = Vec::new();
+    for (variant, n, use_client, ret) in [
+        ("one held, unused", 1, false, None),
+        ("two held, used", 2, true, None),
+        ("one dropped, unused", 1, false, Some(false)),
+        ("one dropped, used", 1, true, Some(false)),
+        ("one closed, used", 1, true, Some(true)),
+        ("two dropped, used", 2, true, Some(false)),
+    ] {
+        let (obs, stats, conn) = k8s_run(n, use_client, ret);
+        let want = if ret.is_some() { 0.0 } else { n as f64 };
+        let got = obs.gauge_of("k8s.session.sessions.in_use", &c);
+        if got != Some(want) {
+            wrong.push(format!("{variant}: sessions.in_use {got:?}, want {want}"));
+        }
+        let active = obs
+            .gauge_of("k8s.session.active_requests", &c)
+            .unwrap_or(0.0);
+        if active != 0.0 {
+            wrong.push(format!("{variant}: active_requests {active}"));
+        }
+        let p = [("pool.name", "k8s-session")];
+        for (name, want) in [
+            ("pool.creations", stats.creations),
+            ("pool.misses", stats.misses),
+            ("pool.hits", stats.hits),
+            ("pool.coalesced", stats.coalesced),
+        ] {
+            let got = obs.counter_sum(name, &p);
+            if got != want {
+                wrong.push(format!("{variant}: {name} {got}, stats {want}"));
+            }
+        }
+        let entries = obs.gauge_of("pool.entries", &p);
+        if entries != Some(stats.entries as f64) {
+            wrong.push(format!(
+                "{variant}: pool.entries {entries:?}, stats {}",
+                stats.entries
+            ));
+        }
+        let conns = obs.counter_sum("k8s.session.connections", &c);
+        if conns != conn.http2_connections + conn.http1_connections {
+            wrong.push(format!("{variant}: connections {conns} vs {conn:?}"));
+        }
+        if use_client && conns == 0 {
+            wrong.push(format!(
+                "{variant}: a used session opened no counted connection"
+            ));
+        }
+        let fallbacks = obs.counter_sum("k8s.session.http1_fallbacks", &c);
+        if fallbacks != conn.http1_fallbacks {
+            wrong.push(format!(
+                "{variant}: http1_fallbacks {fallbacks} vs {conn:?}"
+            ));
+        }
+        for s in &obs.0 {
+            for (k, v) in &s.labels {
+                match k.as_str() {
+                    "k8s.cluster.name" => assert_eq!(v, "local"),
+                    "pool.name" => assert_eq!(v, "k8s-session"),
+                    "network.protocol.version" => assert!(v == "2" || v == "1.1", "{v}"),
+                    "outcome" | "cause" => {}
+                    other => panic!("{}: undocumented label {other}={v}", s.name),
+                }
+                assert!(!v.contains("93c1f2d7"), "{}: {k}={v}", s.name);
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
