@@ -1641,11 +1641,7 @@ fn k8s_run(
     n: usize,
     use_client: bool,
     ret: Option<bool>,
-) -> (
-    Observed,
-    pool_core::PoolStats,
-    k8s_session::ConnectionStats,
-) {
+) -> (Observed, pool_core::PoolStats, k8s_session::ConnectionStats) {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     metrics::with_local_recorder(&recorder, || {
@@ -1759,4 +1755,86 @@ fn k8s_sessions_in_use_and_pool_series_are_labelled_by_cluster_only() {
         }
     }
     assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+#[test]
+fn retry_after_over_cap_is_a_give_up_and_the_429_duration() {
+    let (out, obs) = observe(false, || async {
+        let server = RateLimitServer::start().await.unwrap();
+        server.set_default(Answer::status(429).retry_after(RetryAfter::Seconds(3600)));
+        let client = RetryClient::new().unwrap();
+        let r = client
+            .send(client.get(server.url("/acct-93c1f2d7/cap").parse().unwrap()))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 429);
+        drop(r);
+        (client.stats(), client)
+    });
+    let (stats, _client) = out;
+    assert_eq!(stats.gave_up.retry_after_over_cap, 1, "{stats:?}");
+    assert_eq!(
+        obs.counter_sum(
+            "http.client.give_ups",
+            &[("reason", "retry_after_over_cap")]
+        ),
+        1
+    );
+    assert_eq!(obs.counter_sum("http.client.retries", &[]), 0);
+    let d = obs.find(
+        "http.client.request.duration",
+        &[("error.type", "429"), ("http.response.status_code", "429")],
+    );
+    assert_eq!(
+        d.len(),
+        1,
+        "{:#?}",
+        obs.named("http.client.request.duration")
+    );
+    assert_no_hostile_label(&obs, &["/cap"]);
+}
+
+#[test]
+fn inspector_unowned_requests_are_counted_not_labelled() {
+    let (out, obs) = observe(true, || async {
+        fn owner(ext: &http::Extensions) -> Option<String> {
+            ext.get::<String>().cloned()
+        }
+        let inspector =
+            Inspector::new(InspectorConfig::new().owner_from(owner).require_owner(true));
+        let inner = tower::service_fn(|req: http::Request<InspectBody<Full<Bytes>>>| async move {
+            let _ = req.into_body().collect().await;
+            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from_static(
+                b"ok",
+            ))))
+        });
+        let svc = inspector.layer().layer(inner);
+        for i in 0..5 {
+            let mut req = http::Request::post(format!("/api/jobs/acct-93c1f2d7/{i}"))
+                .body(Full::new(Bytes::from_static(b"x")))
+                .unwrap();
+            if i % 2 == 0 {
+                req.extensions_mut().insert("acct-93c1f2d7".to_owned());
+            }
+            let resp = svc.clone().oneshot(req).await.unwrap();
+            let _ = resp.into_body().collect().await.unwrap();
+        }
+        tokio::task::yield_now().await;
+        (inspector.stats(), inspector)
+    });
+    let (stats, _inspector) = out;
+    assert_eq!(stats.not_recorded_unowned, 2, "{stats:?}");
+    assert_eq!(stats.captured, 3, "{stats:?}");
+    assert_eq!(
+        obs.counter_sum("inspector.requests", &[("mode", "unowned")]),
+        2
+    );
+    assert_eq!(
+        obs.counter_sum("inspector.requests", &[("mode", "captured")]),
+        3
+    );
+    assert_no_hostile_label(&obs, &["/api/jobs"]);
+    for (name, key, _) in obs.all_label_values() {
+        assert!(key == "mode" || key == "body", "{name}: label {key}");
+    }
 }
