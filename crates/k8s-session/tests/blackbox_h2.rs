@@ -1437,3 +1437,58 @@ async fn multi_thread_cold_flood_fallback() {
         "{stats:?}"
     );
 }
+
+// K9: the probe's own request is reset (RST_STREAM): only it fails; the burst waiting on the
+// probe runs on that same connection.
+#[tokio::test]
+async fn probe_stream_reset_fails_only_the_probe_call() {
+    let server = K8sServer::start().await.unwrap();
+    server.inject(NODES, Fault::reset_stream().times(1));
+    let pool = token_pool(&server);
+    let session = pool.session(&key("east")).await.unwrap();
+    let (node, lists) = timeout(Duration::from_secs(10), async {
+        tokio::join!(biased; list_nodes(&session), join_all((0..20).map(|_| list_pods(&session))))
+    })
+    .await
+    .expect("hung");
+    assert!(node.is_err());
+    all_ok(&lists);
+    assert_eq!(server.tls_connections(), 1);
+}
+
+// K9 cold on an HTTP/1.1-only server, the first request an exec: 101, one fallback.
+#[tokio::test]
+async fn cold_exec_on_http1_only_server() {
+    let server = K8sServer::start().await.unwrap();
+    let pool = fallback_pool(&server, 4);
+    let session = pool.session(&key("east")).await.unwrap();
+    let (resp, lists) = timeout(Duration::from_secs(10), async {
+        tokio::join!(
+            biased;
+            session.client().send(exec_request().map(kube::client::Body::from)),
+            join_all((0..10).map(|_| list_pods(&session)))
+        )
+    })
+    .await
+    .expect("hung");
+    assert_eq!(
+        resp.unwrap().status(),
+        http::StatusCode::SWITCHING_PROTOCOLS
+    );
+    all_ok(&lists);
+    assert_eq!(server.h2_connections(), 0);
+    assert_eq!(pool.connection_stats().http1_fallbacks, 1);
+}
+
+// kube_retry is off by default over h2: a 503 reaches the caller after ONE request.
+#[tokio::test]
+async fn no_hidden_retry_over_h2() {
+    let server = K8sServer::start().await.unwrap();
+    let pool = token_pool(&server);
+    let k = key("east");
+    call(&pool, &k).await.unwrap();
+    server.clear_requests();
+    server.inject(PODS, Fault::status(503).with_retry_after(0).times(3));
+    assert!(call(&pool, &k).await.is_err());
+    assert_eq!(server.count(PODS), 1);
+}
