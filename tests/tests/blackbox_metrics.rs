@@ -1838,3 +1838,40 @@ fn inspector_unowned_requests_are_counted_not_labelled() {
         assert!(key == "mode" || key == "body", "{name}: label {key}");
     }
 }
+
+/// "at most 64 per client, later ones share `_OTHER`": a client's views (`with_policy`,
+/// `with_partition`) and its `reset()` are the same client, so the cap holds across them.
+#[test]
+fn host_cap_holds_across_views_and_resets() {
+    let (_, obs) = observe(false, || async {
+        let client = RetryClient::builder()
+            .policy(RetryPolicy::never())
+            .build()
+            .unwrap();
+        let mut n = 2u32;
+        for round in 0..3 {
+            for _ in 0..40 {
+                let view = match n % 2 {
+                    0 => client.with_policy(RetryPolicy::never()),
+                    _ => client.with_partition(format!("p{n}")),
+                };
+                let url: reqwest::Url = format!("http://127.0.1.{n}:1/x").parse().unwrap();
+                let _ = view.send(view.get(url)).await;
+                n += 1;
+            }
+            if round < 2 {
+                client.reset().unwrap();
+            }
+        }
+    });
+    let hosts: BTreeSet<String> = obs
+        .0
+        .iter()
+        .filter_map(|s| s.labels.get("server.address").cloned())
+        .collect();
+    assert!(
+        hosts.len() <= 65,
+        "{} distinct server.address values",
+        hosts.len()
+    );
+}
