@@ -1875,3 +1875,42 @@ fn host_cap_holds_across_views_and_resets() {
         hosts.len()
     );
 }
+
+#[test]
+fn token_invalidations_by_outcome_match_stats() {
+    let (out, obs) = observe(true, || async {
+        let cache = TokenCache::new(
+            SlowSource {
+                calls: AtomicUsize::new(0),
+                fail: false,
+            },
+            RefreshConfig::default(),
+        );
+        let t = cache.token().await.unwrap();
+        assert!(!cache.invalidate_token(&BearerToken::new("sk_live_4f9c2b7e11aa")));
+        assert!(cache.invalidate_token(&t));
+        let t2 = cache.token().await.unwrap();
+        assert_eq!(t2.secret(), SECRET);
+        (cache.stats(), cache)
+    });
+    let (stats, _cache) = out;
+    assert_eq!(
+        obs.counter_sum("token.invalidations", &[("outcome", "matched")]),
+        stats.invalidations
+    );
+    assert_eq!(
+        obs.counter_sum("token.invalidations", &[("outcome", "ignored")]),
+        stats.invalidations_ignored
+    );
+    assert_eq!(stats.invalidations, 1, "{stats:?}");
+    assert_eq!(stats.invalidations_ignored, 1, "{stats:?}");
+    assert_eq!(
+        obs.counter_sum("token.invalidated_refreshes", &[]),
+        stats.invalidated_refreshes
+    );
+    assert_eq!(
+        obs.counter_sum("token.refresh.started", &[("mode", "blocking")]),
+        2
+    );
+    assert_no_hostile_label(&obs, &[SECRET]);
+}
