@@ -888,7 +888,7 @@ async fn read_timeout_frees_the_only_stream() {
     let (hung, next) = timeout(Duration::from_secs(10), async {
         tokio::join!(biased; call(&pool, &k), async {
             assert!(wait_until(Duration::from_secs(5), || server.in_flight() >= 1).await);
-            list_nodes(&*pool.session(&k).await.unwrap()).await
+            list_nodes(&pool.session(&k).await.unwrap()).await
         })
     })
     .await
