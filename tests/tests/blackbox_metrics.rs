@@ -1914,3 +1914,63 @@ fn token_invalidations_by_outcome_match_stats() {
     );
     assert_no_hostile_label(&obs, &[SECRET]);
 }
+
+#[test]
+fn apikey_negative_cache_gauge_is_bounded_by_its_capacity_under_a_scan() {
+    // 200 well-formed keys from another store: a scan of unknown keys.
+    let keys: Vec<String> = {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let other = ApiKeyCache::new(MemoryStore::new(), CacheConfig::default());
+            let acct = other.create_account("other", "Other").await.unwrap();
+            let mut keys = Vec::new();
+            for _ in 0..200 {
+                keys.push(
+                    other
+                        .issue_key(&acct)
+                        .await
+                        .unwrap()
+                        .secret
+                        .expose()
+                        .to_owned(),
+                );
+            }
+            keys
+        })
+    };
+    let (out, obs) = observe(true, || {
+        let keys = keys.clone();
+        async move {
+            let cache = ApiKeyCache::new(
+                MemoryStore::new(),
+                CacheConfig::default().negative_capacity(16),
+            );
+            cache.refresh().await.unwrap();
+            let mut unknown = 0u64;
+            for k in &keys {
+                if matches!(cache.authenticate(k).await, Err(AuthError::Unknown)) {
+                    unknown += 1;
+                }
+                tokio::time::advance(Duration::from_millis(100)).await;
+            }
+            (cache.stats(), unknown, cache)
+        }
+    });
+    let (stats, unknown, _cache) = out;
+    assert_eq!(unknown, 200);
+    assert!(stats.negative_entries <= 16, "{stats:?}");
+    let g = obs
+        .gauge_of("apikey.negative_cache.entries", &[])
+        .expect("negative_cache.entries");
+    assert!(g <= 16.0 && g >= 0.0, "gauge {g}");
+    assert_eq!(g, stats.negative_entries as f64);
+    assert_eq!(
+        obs.counter_sum("apikey.authentications", &[("outcome", "unknown")]),
+        200
+    );
+    let extra: Vec<&str> = keys.iter().map(String::as_str).collect();
+    assert_no_hostile_label(&obs, &extra);
+}
