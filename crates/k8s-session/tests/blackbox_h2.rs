@@ -1492,3 +1492,100 @@ async fn no_hidden_retry_over_h2() {
     assert!(call(&pool, &k).await.is_err());
     assert_eq!(server.count(PODS), 1);
 }
+
+// K10: a connection that stalls and then sits idle (its only caller gave up) is still detected
+// by keep-alive; the session's next call opens a new connection and succeeds instead of being
+// sent into the dead one.
+#[tokio::test]
+async fn idle_stalled_connection_is_replaced() {
+    let server = K8sServer::start().await.unwrap();
+    let pool = SessionPool::builder(KubeconfigSource::from_kubeconfig(server.kubeconfig_token()))
+        .knobs_from(|_| None)
+        .http2_keep_alive(ms(100), ms(200))
+        .max_streams_per_session(Some(1))
+        .build();
+    let k = key("east");
+    call(&pool, &k).await.unwrap();
+    server.inject(NODES, Fault::stall_connection().times(1));
+    let session = pool.session(&k).await.unwrap();
+    assert!(timeout(ms(50), list_nodes(&session)).await.is_err());
+    // Several keep-alive rounds (100 ms + 200 ms) with the connection idle.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let next = timeout(Duration::from_secs(5), list_pods(&session)).await;
+    assert!(matches!(next, Ok(Ok(_))), "{next:?}");
+    assert_eq!(server.tls_connections(), 2);
+}
+
+// Timeouts on the upgrade side: an exec to a server that accepts TCP and never speaks TLS fails
+// at the connect timeout too (its connection is its own, not the probe's).
+#[tokio::test]
+async fn exec_to_silent_server_fails_at_connect_timeout() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let held = Arc::new(Mutex::new(Vec::new()));
+    {
+        let held = held.clone();
+        tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                held.lock().unwrap().push(sock);
+            }
+        });
+    }
+    let server = K8sServer::start().await.unwrap();
+    let pool = SessionPool::builder(KubeconfigSource::from_kubeconfig(redirect(
+        server.kubeconfig_token(),
+        port,
+    )))
+    .knobs_from(|_| None)
+    .connect_timeout(Some(ms(300)))
+    .read_timeout(None)
+    .build();
+    let session = pool.session(&key("east")).await.unwrap();
+    let started = Instant::now();
+    let resp = timeout(
+        Duration::from_secs(10),
+        session
+            .client()
+            .send(exec_request().map(kube::client::Body::from)),
+    )
+    .await
+    .expect("an exec to a silent server hung");
+    assert!(resp.is_err());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+// Timeouts on the upgrade side: an exec whose answer hangs fails at the read timeout.
+#[tokio::test]
+async fn hung_exec_fails_at_read_timeout() {
+    let server = K8sServer::start().await.unwrap();
+    let pool = SessionPool::builder(KubeconfigSource::from_kubeconfig(server.kubeconfig_token()))
+        .knobs_from(|_| None)
+        .read_timeout(Some(ms(300)))
+        .build();
+    let session = pool.session(&key("east")).await.unwrap();
+    assert!(list_pods(&session).await.is_ok());
+    server.inject(
+        format!("{PODS}/warmup-0-pod/exec").as_str(),
+        Fault::latency(Duration::from_secs(5)),
+    );
+    let started = Instant::now();
+    let resp = timeout(
+        Duration::from_secs(10),
+        session
+            .client()
+            .send(exec_request().map(kube::client::Body::from)),
+    )
+    .await
+    .expect("a hung exec hung the caller");
+    assert!(resp.is_err(), "{:?}", resp.map(|r| r.status()));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(list_pods(&session).await.is_ok());
+}
