@@ -2026,3 +2026,77 @@ fn fanout_panics_and_deep_phases_are_bounded_labels() {
     assert!(deep >= 1, "phases 16..=20 land in 16+");
     assert_no_hostile_label(&obs, &["leaked", "step-", "panics-"]);
 }
+
+#[derive(Debug)]
+struct FailingThenOkCredential {
+    calls: AtomicUsize,
+    fail_all: bool,
+}
+
+impl retry_transport::Credential for FailingThenOkCredential {
+    fn authorization(
+        &self,
+        _refresh: bool,
+    ) -> futures::future::BoxFuture<'_, Result<http::HeaderValue, retry_transport::BoxError>> {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst);
+        let fail = self.fail_all;
+        Box::pin(async move {
+            if fail {
+                return Err("AADSTS700016 app acct-93c1f2d7 not found".into());
+            }
+            Ok(http::HeaderValue::from_str(&format!("Bearer sk_live_4f9c2b7e11aa{n}")).unwrap())
+        })
+    }
+}
+
+#[test]
+fn a_401_is_one_unauthorized_retry_and_a_failing_credential_is_error_type_credential() {
+    let (out, obs) = observe(false, || async {
+        let server = RateLimitServer::start().await.unwrap();
+        server.script("/auth", [Answer::status(401), Answer::ok(2)]);
+        server.set_default(Answer::ok(1));
+        let client = RetryClient::builder()
+            .credential(Arc::new(FailingThenOkCredential {
+                calls: AtomicUsize::new(0),
+                fail_all: false,
+            }))
+            .build()
+            .unwrap();
+        let r = client
+            .send(client.get(server.url("/auth").parse().unwrap()))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let _ = r.bytes().await;
+        let broken = RetryClient::builder()
+            .credential(Arc::new(FailingThenOkCredential {
+                calls: AtomicUsize::new(0),
+                fail_all: true,
+            }))
+            .policy(RetryPolicy::never())
+            .build()
+            .unwrap();
+        let e = broken
+            .send(broken.get(server.url("/nope").parse().unwrap()))
+            .await;
+        assert!(e.is_err());
+        (client.stats(), client, broken)
+    });
+    let (stats, _c, _b) = out;
+    assert_eq!(stats.retries.unauthorized, 1, "{stats:?}");
+    assert_eq!(
+        obs.counter_sum("http.client.retries", &[("cause", "unauthorized")]),
+        1
+    );
+    let cred = obs.find(
+        "http.client.request.duration",
+        &[("error.type", "credential")],
+    );
+    assert_eq!(
+        cred.len(),
+        1,
+        "{:#?}",
+        obs.named("http.client.request.duration")
+    );
+    assert_no_hostile_label(&obs, &["AADSTS", "Bearer"]);
+}
