@@ -157,8 +157,8 @@ impl Retire for Plain {}
 
 type Pool = KeyedPool<String, Plain>;
 
-fn ok_created() -> impl Future<Output = Result<Created<Plain>, std::io::Error>> {
-    async { Ok(Created::new(Plain)) }
+async fn ok_created() -> Result<Created<Plain>, std::io::Error> {
+    Ok(Created::new(Plain))
 }
 
 /// Values a request controls that must never show up as a label value.
@@ -1665,7 +1665,7 @@ fn k8s_run(
             if let Some(close) = ret {
                 for s in sessions.drain(..) {
                     if close {
-                        let _ = s.close();
+                        s.close();
                     } else {
                         drop(s);
                     }
@@ -1964,7 +1964,7 @@ fn apikey_negative_cache_gauge_is_bounded_by_its_capacity_under_a_scan() {
     let g = obs
         .gauge_of("apikey.negative_cache.entries", &[])
         .expect("negative_cache.entries");
-    assert!(g <= 16.0 && g >= 0.0, "gauge {g}");
+    assert!((0.0..=16.0).contains(&g), "gauge {g}");
     assert_eq!(g, stats.negative_entries as f64);
     assert_eq!(
         obs.counter_sum("apikey.authentications", &[("outcome", "unknown")]),
