@@ -50,7 +50,7 @@ pub fn run(name: &str, data: &[u8]) -> bool {
 fn runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RT.get_or_init(|| {
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

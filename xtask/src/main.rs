@@ -8,6 +8,7 @@ mod demo;
 mod fuzz;
 mod it;
 mod kind;
+mod package;
 mod setup;
 mod shell;
 mod soak;
@@ -36,6 +37,11 @@ commands:
                      `demo --serve`; screenshots in target/browser/ (--screenshot-docs: also
                      docs/dashboard.png)
   bench [scenario..] run benchmarks (all, or the named scenarios); rewrites docs/benchmarks.md
+  package            the library crates as `cargo package` ships them: a listing check (no
+                     test, bench or unpublished crate ships; README and licences do), then
+                     every crate compiled from its .crate (verification)
+  check-latest       clippy and docs on a copy of the workspace after `cargo update` (the
+                     newest semver-compatible dependencies; the committed lock is untouched)
   kind up|down       create or delete a kind cluster for `it --k8s kind` (needs Docker)
   fuzz <target> [--secs N] [--cmin]
                      a fuzzing campaign on fuzz/corpus/<target> (AddressSanitizer: needs nightly)
@@ -68,6 +74,8 @@ fn run(args: &[String]) -> Result<()> {
         "browser" => browser::run(rest),
         "soak" => soak::run(rest),
         "kind" => kind::run(rest),
+        "package" => package::run_package(rest),
+        "check-latest" => package::run_check_latest(rest),
         "fuzz" => fuzz::run(rest),
         "help" | "-h" | "--help" => {
             print!("{USAGE}");

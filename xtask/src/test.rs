@@ -37,6 +37,8 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
             .args(["doc", "--workspace", "--no-deps", "--locked"])
             .env("RUSTDOCFLAGS", "-D warnings"),
     )?;
+    // Issue #20: what ships builds for a user (the full verify is `cargo xtask package`).
+    crate::package::run_quick()?;
     crate::it::run_suites("local")?;
     // Issue #21: the page in headless Chromium against `demo --serve` (the debug binary the
     // suites just built; ~40 s).

@@ -56,6 +56,11 @@
 //! # }
 //! ```
 
+// The README's example compiles (and runs) as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 mod cache;
 mod config;
 mod document;

@@ -245,7 +245,7 @@ fn b8_the_pools_transport_has_a_finite_read_timeout_by_default() {
 // after the transport's read timeout (200 ms here, real IO), and the connection slot is free.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn b8_a_blob_call_to_a_black_hole_times_out_and_frees_its_slot() {
-    testkit::tls::install_ring_provider();
+    testkit::tls::install_crypto_provider();
     let hole = RateLimitServer::start().await.unwrap();
     hole.set_default(Answer::hang());
     let ca = TestCa::new("blob-pool-seed").unwrap();

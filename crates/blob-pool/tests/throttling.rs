@@ -84,7 +84,7 @@ mod futures_gate {
 // is only possible because none of them holds a slot (or a server request) while it waits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttled_calls_hold_no_connection_while_they_wait() {
-    testkit::tls::install_ring_provider();
+    testkit::tls::install_crypto_provider();
     let server = RateLimitServer::start().await.unwrap();
     server.set_default(Answer::status(201));
     let ca = TestCa::new("blob-pool-throttling").unwrap();
@@ -232,7 +232,7 @@ fn pool_behind(ca: &TestCa) -> BlobPool {
 // expires an hour later.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejected_token_is_replaced_on_the_next_request() {
-    testkit::tls::install_ring_provider();
+    testkit::tls::install_crypto_provider();
     for (status, error_code) in [(401, None), (403, Some("AuthenticationFailed"))] {
         let server = RateLimitServer::start().await.unwrap();
         server.set_default(Answer::status(201));

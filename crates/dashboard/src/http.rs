@@ -2,12 +2,12 @@
 
 use crate::error::StartError;
 
-/// Install rustls' ring provider as the process default unless one is installed already
-/// (the workspace compiles ring only; kube and reqwest need a default provider).
+/// Install rustls' aws-lc-rs provider as the process default unless one is installed already:
+/// the application's choice (a binary), so kube and reqwest all use the same one.
 pub fn ensure_crypto_provider() {
     if rustls::crypto::CryptoProvider::get_default().is_none() {
         // Losing a race with another installer is fine: a provider is installed either way.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     }
 }
 

@@ -148,6 +148,10 @@ pub enum BuildError {
     /// kube could not build a client from the configuration.
     #[error("building the kube client failed")]
     Client(#[source] kube::Error),
+    /// No rustls crypto provider: the `aws-lc-rs` feature is off and the application has not
+    /// installed one.
+    #[error("{}", crate::NO_CRYPTO_PROVIDER)]
+    NoCryptoProvider,
 }
 
 impl From<CredentialsError> for BuildError {

@@ -65,6 +65,11 @@
 //! # }
 //! ```
 
+// The README's example compiles (and runs) as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 mod clock;
 mod error;
 mod key;
@@ -88,11 +93,13 @@ pub use source::{
 };
 pub use ttl::{EffectiveTtl, Expiries, TOKEN_EXPIRY_MARGIN, TtlBound, effective_ttl};
 
-/// Install rustls' ring provider as the process default unless one is installed already
-/// (kube and reqwest need one; the workspace compiles ring only).
-pub(crate) fn ensure_crypto_provider() {
-    if rustls::crypto::CryptoProvider::get_default().is_none() {
-        // Losing a race with another installer is fine: a provider is installed either way.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    }
+/// Whether kube and reqwest will find a rustls crypto provider. They read the one the
+/// application installed; with the `aws-lc-rs` feature they fall back to aws-lc-rs (reqwest per
+/// client; kube installs it as the process default, its own behaviour). This crate never
+/// installs one: without either, building fails with a typed error instead of their panic.
+pub(crate) fn crypto_provider_ready() -> bool {
+    cfg!(feature = "aws-lc-rs") || rustls::crypto::CryptoProvider::get_default().is_some()
 }
+
+/// What to do when [`crypto_provider_ready`] is false.
+pub(crate) const NO_CRYPTO_PROVIDER: &str = "no rustls crypto provider: enable k8s-session's `aws-lc-rs` feature, or install one at start-up (e.g. `rustls::crypto::ring::default_provider().install_default()` with the `ring` feature)";

@@ -85,6 +85,11 @@
 //! # }
 //! ```
 
+// The README's example compiles (and runs) as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 mod body;
 mod capture;
 mod config;

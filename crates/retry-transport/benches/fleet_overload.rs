@@ -298,7 +298,7 @@ fn seconds(name: &str, default: u64) -> Duration {
 }
 
 fn main() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let overload = seconds("FLEET_OVERLOAD_SECONDS", 20);
     let recovery = seconds("FLEET_RECOVERY_SECONDS", 10);
     let runtime = tokio::runtime::Builder::new_multi_thread()

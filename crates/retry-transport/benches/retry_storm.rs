@@ -200,7 +200,7 @@ fn report(name: &str, outcome: &Outcome) {
 }
 
 fn main() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

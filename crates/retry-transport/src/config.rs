@@ -240,9 +240,14 @@ impl fmt::Debug for ClientConfig {
 impl ClientConfig {
     /// Build a reqwest client: customizations first, then the limits, which always win (R5).
     pub(crate) fn build(&self) -> Result<reqwest::Client, Error> {
-        // reqwest is built with `rustls-no-provider`: make sure a provider exists (ring, the
-        // workspace's one). An already installed provider is kept.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        // reqwest uses the rustls provider the application installed, else (feature `aws-lc-rs`)
+        // aws-lc-rs for this client. Nothing is installed process-wide here; with neither,
+        // reqwest would panic: a typed error instead.
+        if !cfg!(feature = "aws-lc-rs") && rustls::crypto::CryptoProvider::get_default().is_none() {
+            return Err(Error::Config(
+                "no rustls crypto provider: enable retry-transport's `aws-lc-rs` feature, or install one at start-up (e.g. `rustls::crypto::ring::default_provider().install_default()` with the `ring` feature)",
+            ));
+        }
         let mut builder = reqwest::Client::builder();
         if let Some(customize) = &self.customize {
             builder = customize(builder);

@@ -81,6 +81,11 @@
 //! # }
 //! ```
 
+// The README's example compiles (and runs) as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 #[cfg(feature = "azure")]
 mod azure;
 mod budget;

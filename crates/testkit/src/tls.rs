@@ -52,16 +52,21 @@ pub enum TlsError {
     Verifier(#[source] rustls::server::VerifierBuilderError),
 }
 
-/// Install ring as the process-wide rustls provider, if no provider is installed yet.
+/// Install aws-lc-rs (the libraries' default) as the process-wide rustls provider, if no
+/// provider is installed yet: tests are applications, and the choice is theirs.
 ///
 /// Idempotent and cheap; every testkit fixture calls it, so kube and reqwest (which use the
-/// process default) work in tests without further setup.
-pub fn install_ring_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+/// process default) all use one provider in tests without further setup.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
-fn ring() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+/// The process default (installing aws-lc-rs first if none is).
+fn provider() -> Arc<CryptoProvider> {
+    install_crypto_provider();
+    CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
 }
 
 /// Whether a server asks for client certificates.
@@ -234,7 +239,7 @@ impl TestCa {
         leaf: &Leaf,
         client_auth: ClientAuth,
     ) -> Result<Arc<ServerConfig>, TlsError> {
-        let builder = ServerConfig::builder_with_provider(ring())
+        let builder = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(TlsError::Config)?;
         let builder = match client_auth {
@@ -242,7 +247,7 @@ impl TestCa {
             ClientAuth::Optional | ClientAuth::Required => {
                 let verifier = WebPkiClientVerifier::builder_with_provider(
                     Arc::new(self.root_store()),
-                    ring(),
+                    provider(),
                 );
                 let verifier = if client_auth == ClientAuth::Optional {
                     verifier.allow_unauthenticated()
@@ -293,7 +298,7 @@ impl TestCa {
 
     /// A rustls client config trusting only this CA, presenting `identity` if given.
     pub fn client_config(&self, identity: Option<&Leaf>) -> Result<Arc<ClientConfig>, TlsError> {
-        let builder = ClientConfig::builder_with_provider(ring())
+        let builder = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(TlsError::Config)?
             .with_root_certificates(self.root_store());
@@ -319,7 +324,7 @@ mod tests {
         let der = leaf.cert_der();
         let end_entity = rustls::server::ParsedCertificate::try_from(&der).unwrap();
         let now = rustls_pki_types::UnixTime::now();
-        let algs = rustls::crypto::ring::default_provider().signature_verification_algorithms;
+        let algs = rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms;
         let verify = |roots: &RootCertStore| {
             rustls::client::verify_server_cert_signed_by_trust_anchor(
                 &end_entity,

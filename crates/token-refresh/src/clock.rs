@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use azure_core::time::OffsetDateTime;
+use time::OffsetDateTime;
 use tokio::time::Instant;
 
 /// When a fetched token expires, in whichever form its source reports it.
@@ -108,7 +108,7 @@ impl WallClock for SystemClock {
 /// `tokio::time::advance` moves it too. For tests in paused time.
 ///
 /// ```
-/// use azure_core::time::OffsetDateTime;
+/// use time::OffsetDateTime;
 /// use token_refresh::{VirtualClock, WallClock};
 ///
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
@@ -116,7 +116,7 @@ impl WallClock for SystemClock {
 /// let start = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
 /// let clock = VirtualClock::starting_at(start);
 /// tokio::time::advance(std::time::Duration::from_secs(90)).await;
-/// assert_eq!(clock.now(), start + azure_core::time::Duration::seconds(90));
+/// assert_eq!(clock.now(), start + time::Duration::seconds(90));
 /// # }
 /// ```
 #[derive(Debug, Clone, Copy)]
@@ -138,8 +138,7 @@ impl VirtualClock {
 impl WallClock for VirtualClock {
     fn now(&self) -> OffsetDateTime {
         let elapsed = Instant::now().saturating_duration_since(self.origin);
-        let elapsed = azure_core::time::Duration::try_from(elapsed)
-            .unwrap_or(azure_core::time::Duration::MAX);
+        let elapsed = time::Duration::try_from(elapsed).unwrap_or(time::Duration::MAX);
         self.wall.saturating_add(elapsed)
     }
 }
@@ -147,7 +146,7 @@ impl WallClock for VirtualClock {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use azure_core::time::Duration as WallDuration;
+    use time::Duration as WallDuration;
 
     fn start() -> OffsetDateTime {
         OffsetDateTime::from_unix_timestamp(1_700_000_000).expect("in range")
@@ -162,7 +161,7 @@ mod tests {
         let expected = Some(now + Duration::from_secs(3600));
         let utc = start() + WallDuration::hours(1);
         // 1_700_000_000 is 2023-11-14T22:13:20Z; one hour later, written at +02:00.
-        let plus_two = azure_core::time::parse_rfc3339("2023-11-15T01:13:20+02:00").expect("date");
+        let plus_two = time::macros::datetime!(2023-11-15 01:13:20 +02:00);
         assert_eq!(plus_two, utc);
         let system = UNIX_EPOCH + Duration::from_secs(1_700_000_000 + 3600);
         for expiry in [

@@ -28,6 +28,50 @@
 //!
 //! # Example
 //!
+//! What an application writes: a [`TokenSource`] that calls the identity endpoint, one
+//! [`TokenCache`] built at start-up and shared, and every request asking it for the token.
+//!
+//! ```
+//! use std::time::Duration;
+//! use token_refresh::{BearerToken, Expiry, Fetched, RefreshConfig, TokenCache, TokenSource};
+//!
+//! #[derive(Debug)]
+//! struct Endpoint;
+//!
+//! impl TokenSource for Endpoint {
+//!     type Token = BearerToken;
+//!     type Error = std::io::Error;
+//!
+//!     async fn fetch(&self) -> Result<Fetched<BearerToken>, std::io::Error> {
+//!         // Call your identity endpoint here; say when the token expires.
+//!         Ok(Fetched::new(
+//!             BearerToken::new("eyJ0eXAi..."),
+//!             Expiry::In(Duration::from_secs(3600)),
+//!         ))
+//!     }
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), token_refresh::RefreshError> {
+//!     let cache = TokenCache::new(Endpoint, RefreshConfig::default());
+//!     for _request in 0..3 {
+//!         let token = cache.token().await?; // one fetch, then cached until stale
+//!         let _header = format!("Bearer {}", token.secret());
+//!     }
+//!     assert_eq!(cache.stats().fetches(), 1);
+//!     Ok(())
+//! }
+//! ```
+//!
+//! With the `azure` feature (on by default), [`CachingCredential`] puts the same cache in
+//! front of any azure_core `TokenCredential`. Without it the crate needs neither azure_core
+//! nor reqwest.
+//!
+//! # Testing
+//!
+//! Every deadline is a [`tokio::time::Instant`], so your tests can move through a token's life
+//! in paused virtual time (tokio's `test-util` feature, in your dev-dependencies):
+//!
 //! ```
 //! use std::sync::atomic::{AtomicUsize, Ordering};
 //! use std::time::Duration;
@@ -53,6 +97,7 @@
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() -> Result<(), token_refresh::RefreshError> {
+//! // In your tests: #[tokio::test(start_paused = true)]
 //! let cache = TokenCache::new(Endpoint::default(), RefreshConfig::default().jitter(0.0));
 //! assert_eq!(cache.token().await?.secret(), "token-0"); // empty: one blocking fetch
 //! assert_eq!(cache.token().await?.secret(), "token-0"); // fresh: cached
@@ -67,6 +112,12 @@
 //! # }
 //! ```
 
+// The README's example compiles (and runs) as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
+#[cfg(feature = "azure")]
 mod azure;
 mod cache;
 mod clock;
@@ -76,6 +127,7 @@ mod source;
 mod stats;
 mod telemetry;
 
+#[cfg(feature = "azure")]
 pub use azure::{CachingCredential, CredentialSource};
 pub use cache::{TokenCache, TokenState};
 pub use clock::{Expiry, SystemClock, VirtualClock, WallClock};

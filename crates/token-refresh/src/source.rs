@@ -89,6 +89,7 @@ impl<T> fmt::Debug for Fetched<T> {
     }
 }
 
+#[cfg(feature = "azure")]
 impl From<azure_core::credentials::AccessToken> for Fetched<azure_core::credentials::AccessToken> {
     /// An Azure access token, expiring at its (wall-clock) `expires_on`.
     fn from(token: azure_core::credentials::AccessToken) -> Self {

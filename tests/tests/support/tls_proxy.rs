@@ -30,7 +30,7 @@ pub(crate) struct TlsProxy {
 impl TlsProxy {
     /// Listen on a free loopback port, with a certificate from a fresh CA.
     pub(crate) async fn start() -> Self {
-        testkit::tls::install_ring_provider();
+        testkit::tls::install_crypto_provider();
         let ca = TestCa::new("proxy").expect("proxy CA");
         let leaf = ca.server_leaf().expect("proxy leaf");
         let acceptor = TlsAcceptor::from(

@@ -130,7 +130,9 @@ pub(crate) async fn build(
     config.default_retry = options.kube_retry;
     config.connect_timeout = options.connect_timeout;
     config.read_timeout = options.read_timeout;
-    crate::ensure_crypto_provider();
+    if !crate::crypto_provider_ready() {
+        return Err(BuildError::NoCryptoProvider);
+    }
     let rejection = RejectionLayer::new(on_rejected(aad_token));
     let client = if options.http2 && config.proxy_url.is_none() {
         own_stack(&config, options, counters, metrics)?

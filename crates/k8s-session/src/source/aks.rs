@@ -180,7 +180,11 @@ impl AksSourceBuilder {
         let http = match self.http {
             Some(http) => http,
             None => {
-                crate::ensure_crypto_provider();
+                if !crate::crypto_provider_ready() {
+                    return Err(CredentialsError::Config {
+                        reason: crate::NO_CRYPTO_PROVIDER.into(),
+                    });
+                }
                 reqwest::Client::builder()
                     .build()
                     .map_err(|error| CredentialsError::Config {

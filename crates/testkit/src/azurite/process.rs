@@ -15,7 +15,7 @@ use azure_storage_blob::{BlobServiceClient, BlobServiceClientOptions};
 
 use super::error::AzuriteError;
 use super::locate::azurite_bin;
-use crate::tls::{Leaf, TestCa, install_ring_provider};
+use crate::tls::{Leaf, TestCa, install_crypto_provider};
 
 /// The account every Azurite serves.
 pub const ACCOUNT: &str = "devstoreaccount1";
@@ -101,7 +101,7 @@ impl Azurite {
 
     /// Start Azurite and wait until it answers HTTPS requests.
     pub async fn start_with(options: AzuriteOptions) -> Result<Self, AzuriteError> {
-        install_ring_provider();
+        install_crypto_provider();
         let binary = options
             .binary
             .clone()

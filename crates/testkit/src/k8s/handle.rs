@@ -16,7 +16,7 @@ use super::fixtures::Fixtures;
 use super::kubeconfig::{KubeAuth, build_kubeconfig, kube_client};
 use super::log::{REQUEST_LOG_CAPACITY, RequestLog};
 use super::server::{Gauge, Shared, random_token, spawn};
-use crate::tls::{ClientAuth, TestCa, install_ring_provider};
+use crate::tls::{ClientAuth, TestCa, install_crypto_provider};
 
 /// The user name of [`K8sServer::kubeconfig_cert`]'s client certificate.
 pub const ADMIN_USER: &str = "testkit-admin";
@@ -56,7 +56,7 @@ impl K8sServer {
 
     /// Start serving `fixtures` on a free loopback port, on the current tokio runtime.
     pub async fn with_fixtures(fixtures: Fixtures) -> Result<Self, K8sError> {
-        install_ring_provider();
+        install_crypto_provider();
         let ca = TestCa::new("k8s").map_err(K8sError::Tls)?;
         let leaf = ca.server_leaf().map_err(K8sError::Tls)?;
         let config = ca

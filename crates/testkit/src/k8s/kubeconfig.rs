@@ -6,7 +6,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde_json::json;
 
 use super::error::K8sError;
-use crate::tls::{Leaf, install_ring_provider};
+use crate::tls::{Leaf, install_crypto_provider};
 
 /// How a kubeconfig's user authenticates.
 #[derive(Debug, Clone, Copy)]
@@ -57,7 +57,7 @@ pub fn kubeconfig_text(kubeconfig: &Kubeconfig) -> String {
 /// test that injects 429/503 sees it instead of 15 silent retries). Installs the ring rustls
 /// provider first. Build one per test: a client is bound to the runtime it was built on.
 pub async fn kube_client(kubeconfig: Kubeconfig) -> Result<kube::Client, K8sError> {
-    install_ring_provider();
+    install_crypto_provider();
     let mut config =
         kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
             .await

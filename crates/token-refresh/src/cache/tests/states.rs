@@ -181,7 +181,7 @@ async fn jitter_spreads_the_stale_threshold() {
 // covers T6 at the cache: a wall-clock expiry is converted with the injected clock.
 #[tokio::test(start_paused = true)]
 async fn wall_clock_expiry_uses_the_injected_clock() {
-    use azure_core::time::{Duration as WallDuration, OffsetDateTime};
+    use time::{Duration as WallDuration, OffsetDateTime};
 
     #[derive(Debug)]
     struct Wall(OffsetDateTime);
