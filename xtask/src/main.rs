@@ -37,9 +37,11 @@ commands:
                      `demo --serve`; screenshots in target/browser/ (--screenshot-docs: also
                      docs/dashboard.png)
   bench [scenario..] run benchmarks (all, or the named scenarios); rewrites docs/benchmarks.md
-  package            the library crates as `cargo package` ships them: a listing check (no
-                     test, bench or unpublished crate ships; README and licences do), then
-                     every crate compiled from its .crate (verification)
+  package [--no-verify]
+                     the library crates as `cargo package` ships them: a listing check (no
+                     test, bench or unpublished crate ships; README and licences do), a lean
+                     features check (cargo tree), then every crate compiled from its .crate
+                     (`--no-verify`: packaged only, what `cargo xtask test` runs)
   check-latest       clippy and docs on a copy of the workspace after `cargo update` (the
                      newest semver-compatible dependencies; the committed lock is untouched)
   kind up|down       create or delete a kind cluster for `it --k8s kind` (needs Docker)

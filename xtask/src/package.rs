@@ -45,19 +45,24 @@ fn allowed(path: &str) -> bool {
 const UNPUBLISHED: [&str; 3] = ["testkit", "integration_tests", "dashboard"];
 
 pub(crate) fn run_package(args: &[String]) -> Result<()> {
-    if let Some(extra) = args.first() {
-        bail!("`cargo xtask package` takes no arguments (got `{extra}`)");
+    match args {
+        [] => {}
+        [flag] if flag == "--no-verify" => return run_quick(),
+        [extra, ..] => bail!("usage: cargo xtask package [--no-verify] (got `{extra}`)"),
     }
     check_listing()?;
+    check_lean()?;
     step(
         "cargo package (the library crates, verified)",
         &mut package_command(&["--locked", "--allow-dirty"]),
     )
 }
 
-/// The packaging step of `cargo xtask test`: the listing check, then `--no-verify`.
+/// The packaging step of `cargo xtask test`: the listing and lean-features checks, then
+/// `--no-verify`.
 pub(crate) fn run_quick() -> Result<()> {
     check_listing()?;
+    check_lean()?;
     step(
         "cargo package --no-verify (the library crates)",
         &mut package_command(&["--no-verify", "--locked", "--allow-dirty"]),
@@ -121,6 +126,89 @@ pub(crate) fn check_listing() -> Result<()> {
     }
     println!("==> package listing check: ok");
     Ok(())
+}
+
+/// What each crate must not pull without its default features (its core), and what no crate
+/// pulls with them: ring (one crypto provider, aws-lc-rs, is compiled by default).
+const LEAN: [(&str, &[&str]); 8] = [
+    (
+        "pool-core",
+        &["reqwest", "hyper", "kube", "azure_core", "axum"],
+    ),
+    ("token-refresh", &["azure_core", "reqwest", "hyper"]),
+    (
+        "retry-transport",
+        &["azure_core", "token-refresh", "aws-lc-rs", "ring"],
+    ),
+    ("blob-pool", &["aws-lc-rs", "ring"]),
+    ("k8s-session", &["aws-lc-rs", "ring"]),
+    (
+        "warmup-fanout",
+        &["rustls", "aws-lc-rs", "ring", "reqwest", "azure_core"],
+    ),
+    ("request-inspector", &["axum", "hyper", "reqwest"]),
+    (
+        "apikey-cache",
+        &["azure_core", "blob-pool", "reqwest", "aws-lc-rs", "ring"],
+    ),
+];
+
+/// `cargo tree -e normal` per crate: without default features, none of its [`LEAN`] crates;
+/// with them, no ring.
+pub(crate) fn check_lean() -> Result<()> {
+    println!("==> lean features check");
+    let mut problems = Vec::new();
+    for (name, forbidden) in LEAN {
+        let lean = tree(name, true)?;
+        for dep in forbidden {
+            if lean.iter().any(|pulled| pulled == dep) {
+                problems.push(format!("{name} --no-default-features pulls {dep}"));
+            }
+        }
+        let full = tree(name, false)?;
+        if full.iter().any(|pulled| pulled == "ring") {
+            problems.push(format!(
+                "{name} (default features) compiles ring beside aws-lc-rs"
+            ));
+        }
+        println!(
+            "    {name}: {} crates, {} without default features",
+            full.len(),
+            lean.len()
+        );
+    }
+    if !problems.is_empty() {
+        bail!("lean features check failed:\n  {}", problems.join("\n  "));
+    }
+    println!("==> lean features check: ok");
+    Ok(())
+}
+
+/// The names of the crates `name` pulls (itself included), deduplicated.
+fn tree(name: &str, no_default: bool) -> Result<Vec<String>> {
+    let mut command = cargo();
+    command.args([
+        "tree", "--locked", "-e", "normal", "--prefix", "none", "--format", "{p}", "-p", name,
+    ]);
+    if no_default {
+        command.arg("--no-default-features");
+    }
+    let output = command
+        .output()
+        .with_context(|| format!("could not run `cargo tree -p {name}`"))?;
+    if !output.status.success() {
+        bail!(
+            "`cargo tree -p {name}` failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let mut names: Vec<String> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| line.split_whitespace().next().map(str::to_string))
+        .collect();
+    names.sort();
+    names.dedup();
+    Ok(names)
 }
 
 /// Whether Rust source `text` names `crate_name` as a path root (`use x::`, `x::`, `extern crate x`).
