@@ -37,7 +37,9 @@
 //! token file or an exec plugin), so a bearer session's deadline follows its token: the pool
 //! builds a new client, with a fresh token, when the old token is 60 s from expiry.
 //!
-//! The pool installs rustls' ring provider as the process default if none is installed yet.
+//! The pool installs no rustls crypto provider: it uses the one the application installed,
+//! else aws-lc-rs (feature `aws-lc-rs`, default); with the `ring` feature, install ring at
+//! start-up. No provider at all is a typed error ([`BuildError::NoCryptoProvider`]).
 //!
 //! # Example
 //!
@@ -94,12 +96,14 @@ pub use source::{
 pub use ttl::{EffectiveTtl, Expiries, TOKEN_EXPIRY_MARGIN, TtlBound, effective_ttl};
 
 /// Whether kube and reqwest will find a rustls crypto provider. They read the one the
-/// application installed; with the `aws-lc-rs` feature they fall back to aws-lc-rs (reqwest per
-/// client; kube installs it as the process default, its own behaviour). This crate never
-/// installs one: without either, building fails with a typed error instead of their panic.
+/// application installed; with the `aws-lc-rs` feature alone they fall back to aws-lc-rs
+/// (reqwest per client; kube and rustls record it as the process default, their behaviour).
+/// This crate never installs one: with no provider installed and none or both features on,
+/// building fails with a typed error instead of their panic.
 pub(crate) fn crypto_provider_ready() -> bool {
-    cfg!(feature = "aws-lc-rs") || rustls::crypto::CryptoProvider::get_default().is_some()
+    (cfg!(feature = "aws-lc-rs") && !cfg!(feature = "ring"))
+        || rustls::crypto::CryptoProvider::get_default().is_some()
 }
 
 /// What to do when [`crypto_provider_ready`] is false.
-pub(crate) const NO_CRYPTO_PROVIDER: &str = "no rustls crypto provider: enable k8s-session's `aws-lc-rs` feature, or install one at start-up (e.g. `rustls::crypto::ring::default_provider().install_default()` with the `ring` feature)";
+pub(crate) const NO_CRYPTO_PROVIDER: &str = "no rustls crypto provider installed: install one at start-up (e.g. `rustls::crypto::ring::default_provider().install_default()` with the `ring` feature), or use k8s-session's default `aws-lc-rs` feature alone";

@@ -7,7 +7,8 @@
 //! - [`TestCa::server_leaf`]: `CA:FALSE`, serverAuth, SAN `IP:127.0.0.1` and `DNS:localhost`.
 //! - [`TestCa::client_leaf`]: clientAuth, `CN=<user>` and `O=<group>` (how kube-apiserver
 //!   names a client-certificate user).
-//! - [`TestCa::server_config`] / [`TestCa::client_config`]: rustls configs on the ring provider.
+//! - [`TestCa::server_config`] / [`TestCa::client_config`]: rustls configs on the process-default
+//!   provider (aws-lc-rs unless the test installed another).
 //!
 //! Private keys are kept in [`Leaf`], whose `Debug` never prints them.
 //!
