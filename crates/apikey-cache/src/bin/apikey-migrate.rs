@@ -182,7 +182,7 @@ fn main() -> ExitCode {
     };
     // A binary may choose the process's TLS crypto provider; the library never does.
     if rustls::crypto::CryptoProvider::get_default().is_none() {
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     }
     let (from, to) = match (source(&from), target(&to)) {
         (Ok(from), Ok(to)) => (from, to),
