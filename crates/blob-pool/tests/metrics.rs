@@ -2,15 +2,14 @@
 //! pool-core's series under `pool.name = "blob-pool"` and blob-pool's own counters, driven
 //! through the public API (no IO: building a client sends nothing).
 
-use std::future::Future;
 use std::sync::Arc;
 
 use azure_core::credentials::{AccessToken, TokenCredential, TokenRequestOptions};
 use azure_core::time::{Duration as AzDuration, OffsetDateTime};
 use blob_pool::{BlobPool, BlobPoolConfig, Endpoint};
-use metrics::{SharedString, Unit};
-use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-use metrics_util::{CompositeKey, MetricKind};
+use metrics_util::MetricKind;
+use metrics_util::debugging::DebugValue;
+use testkit::metrics::{counter, recorded, series};
 
 #[derive(Debug)]
 struct Cred;
@@ -26,54 +25,6 @@ impl TokenCredential for Cred {
             "token",
             OffsetDateTime::now_utc() + AzDuration::hours(1),
         ))
-    }
-}
-
-type Recorded = Vec<(CompositeKey, Option<Unit>, Option<SharedString>, DebugValue)>;
-
-/// Run `test` on a paused current-thread runtime with a fresh debugging recorder for this
-/// thread only; what it returns stays alive until the snapshot is taken.
-fn recorded<F, Fut, T>(test: F) -> Recorded
-where
-    F: FnOnce() -> Fut,
-    Fut: Future<Output = T>,
-{
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    let _kept = metrics::with_local_recorder(&recorder, || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .build()
-            .expect("runtime")
-            .block_on(test())
-    });
-    snapshotter.snapshot().into_vec()
-}
-
-fn value<'a>(
-    recorded: &'a Recorded,
-    kind: MetricKind,
-    name: &str,
-    labels: &[(&str, &str)],
-) -> Option<&'a DebugValue> {
-    recorded
-        .iter()
-        .find(|(key, ..)| {
-            let mut found: Vec<(&str, &str)> =
-                key.key().labels().map(|l| (l.key(), l.value())).collect();
-            let mut wanted = labels.to_vec();
-            found.sort();
-            wanted.sort();
-            key.kind() == kind && key.key().name() == name && found == wanted
-        })
-        .map(|(.., value)| value)
-}
-
-fn counter(recorded: &Recorded, name: &str, labels: &[(&str, &str)]) -> u64 {
-    match value(recorded, MetricKind::Counter, name, labels) {
-        Some(DebugValue::Counter(value)) => *value,
-        other => panic!("counter {name} {labels:?}: {other:?}"),
     }
 }
 
@@ -114,7 +65,7 @@ fn pool_series_are_named_blob_pool_and_dropped_credentials_are_counted() {
     );
     assert_eq!(counter(&recorded, "blob_pool.tokens_rejected", &[POOL]), 0);
     assert_eq!(
-        value(&recorded, MetricKind::Gauge, "pool.entries", &[POOL]),
+        series(&recorded, MetricKind::Gauge, "pool.entries", &[POOL]),
         Some(&DebugValue::Gauge(0.0.into()))
     );
 }

@@ -2,80 +2,12 @@
 //! series names, the `k8s.cluster.name` and `pool.name` labels and their values, driven through
 //! the public API against testkit's Kubernetes API server (real sockets, so real time).
 
-use std::future::Future;
-
 use k8s_openapi::api::core::v1::Pod;
 use k8s_session::{KubeconfigSource, SessionKey, SessionPool};
 use kube::Api;
-use metrics::{SharedString, Unit};
-use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-use metrics_util::{CompositeKey, MetricKind};
+use metrics::Unit;
 use testkit::k8s::{K8sServer, SAMPLE_NAMESPACE};
-
-type Recorded = Vec<(CompositeKey, Option<Unit>, Option<SharedString>, DebugValue)>;
-
-/// Run `test` on a current-thread runtime with a debugging recorder installed for this thread
-/// only (every task of the runtime runs here), and hand back what it recorded. What the test
-/// returns stays alive until the snapshot is taken.
-fn recorded<F, Fut, T>(test: F) -> Recorded
-where
-    F: FnOnce() -> Fut,
-    Fut: Future<Output = T>,
-{
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    let _kept = metrics::with_local_recorder(&recorder, || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime")
-            .block_on(test())
-    });
-    snapshotter.snapshot().into_vec()
-}
-
-fn value<'a>(
-    recorded: &'a Recorded,
-    kind: MetricKind,
-    name: &str,
-    labels: &[(&str, &str)],
-) -> Option<&'a DebugValue> {
-    recorded.iter().find_map(|(key, _, _, value)| {
-        let mut found: Vec<(String, String)> = key
-            .key()
-            .labels()
-            .map(|l| (l.key().to_owned(), l.value().to_owned()))
-            .collect();
-        let mut wanted: Vec<(String, String)> = labels
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        found.sort();
-        wanted.sort();
-        (key.kind() == kind && key.key().name() == name && found == wanted).then_some(value)
-    })
-}
-
-fn counter(recorded: &Recorded, name: &str, labels: &[(&str, &str)]) -> u64 {
-    match value(recorded, MetricKind::Counter, name, labels) {
-        Some(DebugValue::Counter(n)) => *n,
-        other => panic!("counter {name} {labels:?}: {other:?}"),
-    }
-}
-
-fn gauge(recorded: &Recorded, name: &str, labels: &[(&str, &str)]) -> f64 {
-    match value(recorded, MetricKind::Gauge, name, labels) {
-        Some(DebugValue::Gauge(n)) => n.into_inner(),
-        other => panic!("gauge {name} {labels:?}: {other:?}"),
-    }
-}
-
-fn unit(recorded: &Recorded, name: &str) -> Option<Unit> {
-    recorded
-        .iter()
-        .find(|(key, ..)| key.key().name() == name)
-        .and_then(|(_, unit, ..)| *unit)
-}
+use testkit::metrics::{counter, gauge, recorded_real_time, unit};
 
 const EAST: &[(&str, &str)] = &[("k8s.cluster.name", "east")];
 const WEST: &[(&str, &str)] = &[("k8s.cluster.name", "west")];
@@ -87,7 +19,7 @@ const WEST: &[(&str, &str)] = &[("k8s.cluster.name", "west")];
 // series carry `pool.name = k8s-session`.
 #[test]
 fn sessions_requests_connections_and_fallbacks_per_cluster() {
-    let recorded = recorded(|| async {
+    let recorded = recorded_real_time(|| async {
         let east_server = K8sServer::start().await.unwrap();
         let west_server = K8sServer::start().await.unwrap();
         west_server.serve_http2(false);

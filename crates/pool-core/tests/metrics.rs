@@ -1,13 +1,10 @@
 //! The metrics a pool records (issue 19), read back from `metrics`' debugging recorder: series
 //! names, the `pool.name` label, and values, driven through the public API in virtual time.
 
-use std::future::Future;
 use std::time::Duration;
 
-use metrics::{SharedString, Unit};
-use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-use metrics_util::{CompositeKey, MetricKind};
 use pool_core::{BoxError, Created, EvictionCause, KeyedPool, PoolConfig, Retire};
+use testkit::metrics::{counter, gauge, histogram, recorded};
 
 #[derive(Debug, thiserror::Error)]
 #[error("backend unavailable")]
@@ -30,79 +27,6 @@ impl Retire for Client {
 
 fn client() -> Created<Client> {
     Created::new(Client { fail_retire: false })
-}
-
-/// Everything one test recorded (a debugging snapshot resets the recorder: take it once).
-type Recorded = Vec<(CompositeKey, Option<Unit>, Option<SharedString>, DebugValue)>;
-
-/// Run `test` on a paused current-thread runtime with a fresh debugging recorder installed for
-/// this thread only, and hand back what it recorded.
-/// What the test returns (the pool) stays alive until the snapshot is taken.
-fn recorded<F, Fut, T>(test: F) -> Recorded
-where
-    F: FnOnce() -> Fut,
-    Fut: Future<Output = T>,
-{
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    let _kept = metrics::with_local_recorder(&recorder, || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .build()
-            .expect("runtime")
-            .block_on(test())
-    });
-    snapshotter.snapshot().into_vec()
-}
-
-/// The value of the series `name` with exactly `labels`, if recorded.
-fn series<'a>(
-    recorded: &'a Recorded,
-    kind: MetricKind,
-    name: &str,
-    labels: &[(&str, &str)],
-) -> Option<&'a DebugValue> {
-    recorded
-        .iter()
-        .find(|(key, ..)| matches(key, kind, name, labels))
-        .map(|(.., value)| value)
-}
-
-fn matches(key: &CompositeKey, kind: MetricKind, name: &str, labels: &[(&str, &str)]) -> bool {
-    let mut found: Vec<(String, String)> = key
-        .key()
-        .labels()
-        .map(|l| (l.key().to_owned(), l.value().to_owned()))
-        .collect();
-    let mut wanted: Vec<(String, String)> = labels
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-    found.sort();
-    wanted.sort();
-    key.kind() == kind && key.key().name() == name && found == wanted
-}
-
-fn counter(recorded: &Recorded, name: &str, labels: &[(&str, &str)]) -> u64 {
-    match series(recorded, MetricKind::Counter, name, labels) {
-        Some(DebugValue::Counter(value)) => *value,
-        other => panic!("counter {name} {labels:?}: {other:?}"),
-    }
-}
-
-fn gauge(recorded: &Recorded, name: &str, labels: &[(&str, &str)]) -> f64 {
-    match series(recorded, MetricKind::Gauge, name, labels) {
-        Some(DebugValue::Gauge(value)) => value.into_inner(),
-        other => panic!("gauge {name} {labels:?}: {other:?}"),
-    }
-}
-
-fn histogram(recorded: &Recorded, name: &str, labels: &[(&str, &str)]) -> Vec<f64> {
-    match series(recorded, MetricKind::Histogram, name, labels) {
-        Some(DebugValue::Histogram(values)) => values.iter().map(|v| v.into_inner()).collect(),
-        other => panic!("histogram {name} {labels:?}: {other:?}"),
-    }
 }
 
 const POOL: (&str, &str) = ("pool.name", "clusters");

@@ -2,15 +2,12 @@
 //! OpenTelemetry HTTP-client series, retries by cause, give-ups by reason, connection slots,
 //! driven through the public API against testkit's scripted server.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use metrics::{SharedString, Unit};
-use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-use metrics_util::{CompositeKey, MetricKind};
 use retry_transport::{Error, Limits, RetryClient, RetryPolicy, Sleeper};
+use testkit::metrics::{counter, gauge, histogram, recorded, recorded_real_time};
 use testkit::ratelimit::{Answer, RateLimitServer, RetryAfter};
 
 /// Returns at once: retries need no real or virtual sleep.
@@ -41,76 +38,13 @@ fn url(server: &RateLimitServer, path: &str) -> reqwest::Url {
     server.url(path).parse().expect("valid url")
 }
 
-/// Everything one test recorded (a debugging snapshot resets the recorder: take it once).
-type Recorded = Vec<(CompositeKey, Option<Unit>, Option<SharedString>, DebugValue)>;
-
-/// Run `test` on a current-thread runtime (paused or not) with a fresh debugging recorder for
-/// this thread only. What the test returns stays alive until the snapshot is taken.
-fn recorded<F, Fut, T>(paused: bool, test: F) -> Recorded
-where
-    F: FnOnce() -> Fut,
-    Fut: Future<Output = T>,
-{
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    let _kept = metrics::with_local_recorder(&recorder, || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(paused)
-            .build()
-            .expect("runtime")
-            .block_on(test())
-    });
-    snapshotter.snapshot().into_vec()
-}
-
-fn series<'a>(
-    recorded: &'a Recorded,
-    kind: MetricKind,
-    name: &str,
-    labels: &[(&str, &str)],
-) -> Option<&'a DebugValue> {
-    recorded
-        .iter()
-        .find(|(key, ..)| {
-            let mut found: Vec<(&str, &str)> =
-                key.key().labels().map(|l| (l.key(), l.value())).collect();
-            let mut wanted = labels.to_vec();
-            found.sort();
-            wanted.sort();
-            key.kind() == kind && key.key().name() == name && found == wanted
-        })
-        .map(|(.., value)| value)
-}
-
-fn counter(recorded: &Recorded, name: &str, labels: &[(&str, &str)]) -> u64 {
-    match series(recorded, MetricKind::Counter, name, labels) {
-        Some(DebugValue::Counter(value)) => *value,
-        other => panic!("counter {name} {labels:?}: {other:?}"),
-    }
-}
-
-fn gauge(recorded: &Recorded, name: &str, labels: &[(&str, &str)]) -> f64 {
-    match series(recorded, MetricKind::Gauge, name, labels) {
-        Some(DebugValue::Gauge(value)) => value.into_inner(),
-        other => panic!("gauge {name} {labels:?}: {other:?}"),
-    }
-}
-
-fn histogram(recorded: &Recorded, name: &str, labels: &[(&str, &str)]) -> Vec<f64> {
-    match series(recorded, MetricKind::Histogram, name, labels) {
-        Some(DebugValue::Histogram(values)) => values.iter().map(|v| v.into_inner()).collect(),
-        other => panic!("histogram {name} {labels:?}: {other:?}"),
-    }
-}
-
 const HOST: (&str, &str) = ("server.address", "127.0.0.1");
 
 // covers R2 and issue 19: a 429 then a 200 is one send, two attempts, one retry with cause
 // throttled; the slot is back once the body is read.
 #[test]
 fn throttled_then_ok_records_one_retry_with_cause_throttled() {
-    let recorded = recorded(false, || async {
+    let recorded = recorded_real_time(|| async {
         let server = RateLimitServer::start().await.expect("server");
         server.script(
             "/items",
@@ -172,7 +106,7 @@ fn throttled_then_ok_records_one_retry_with_cause_throttled() {
 // attempts_exhausted, and the send's duration carries the status as `error.type`.
 #[test]
 fn unavailable_to_the_end_gives_up_with_attempts_exhausted() {
-    let recorded = recorded(false, || async {
+    let recorded = recorded_real_time(|| async {
         let server = RateLimitServer::start().await.expect("server");
         server.set_default(Answer::status(503).body_len(4));
         let client = client(limits(4), RetryPolicy::default().max_attempts(3));
@@ -223,7 +157,7 @@ fn unavailable_to_the_end_gives_up_with_attempts_exhausted() {
 // fails with error.type pool_timeout.
 #[test]
 fn pool_timeout_records_wait_time_and_error_type() {
-    let recorded = recorded(true, || async {
+    let recorded = recorded(|| async {
         let server = RateLimitServer::start().await.expect("server");
         server.set_default(Answer::ok(1000).stall_body_after(10));
         let client = client(
@@ -275,7 +209,7 @@ fn pool_timeout_records_wait_time_and_error_type() {
 // A dropped client takes its share of the slot gauges with it.
 #[test]
 fn dropped_client_leaves_the_slot_gauges() {
-    let recorded = recorded(false, || async {
+    let recorded = recorded_real_time(|| async {
         let kept = client(limits(3), RetryPolicy::default());
         drop(client(limits(5), RetryPolicy::default()));
         kept

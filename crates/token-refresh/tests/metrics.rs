@@ -2,14 +2,11 @@
 //! refreshes by mode and outcome, blocking waits and their duration, back-off, expiry,
 //! invalidations, driven through the public API in virtual time.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use metrics::{SharedString, Unit};
-use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-use metrics_util::{CompositeKey, MetricKind};
+use testkit::metrics::{counter, gauge, histogram, recorded};
 use token_refresh::{BearerToken, Expiry, Fetched, RefreshConfig, TokenCache, TokenSource};
 
 #[derive(Debug, thiserror::Error)]
@@ -50,68 +47,6 @@ fn config() -> RefreshConfig {
         .jitter(0.0)
 }
 
-type Recorded = Vec<(CompositeKey, Option<Unit>, Option<SharedString>, DebugValue)>;
-
-/// Run `test` on a paused current-thread runtime with a fresh debugging recorder for this
-/// thread only; what it returns stays alive until the snapshot is taken.
-fn recorded<F, Fut, T>(test: F) -> Recorded
-where
-    F: FnOnce() -> Fut,
-    Fut: Future<Output = T>,
-{
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    let _kept = metrics::with_local_recorder(&recorder, || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .build()
-            .expect("runtime")
-            .block_on(test())
-    });
-    snapshotter.snapshot().into_vec()
-}
-
-fn series<'a>(
-    recorded: &'a Recorded,
-    kind: MetricKind,
-    name: &str,
-    labels: &[(&str, &str)],
-) -> Option<&'a DebugValue> {
-    recorded
-        .iter()
-        .find(|(key, ..)| {
-            let mut found: Vec<(&str, &str)> =
-                key.key().labels().map(|l| (l.key(), l.value())).collect();
-            let mut wanted = labels.to_vec();
-            found.sort();
-            wanted.sort();
-            key.kind() == kind && key.key().name() == name && found == wanted
-        })
-        .map(|(.., value)| value)
-}
-
-fn counter(recorded: &Recorded, name: &str, labels: &[(&str, &str)]) -> u64 {
-    match series(recorded, MetricKind::Counter, name, labels) {
-        Some(DebugValue::Counter(value)) => *value,
-        other => panic!("counter {name} {labels:?}: {other:?}"),
-    }
-}
-
-fn gauge(recorded: &Recorded, name: &str) -> f64 {
-    match series(recorded, MetricKind::Gauge, name, &[]) {
-        Some(DebugValue::Gauge(value)) => value.into_inner(),
-        other => panic!("gauge {name}: {other:?}"),
-    }
-}
-
-fn histogram(recorded: &Recorded, name: &str) -> Vec<f64> {
-    match series(recorded, MetricKind::Histogram, name, &[]) {
-        Some(DebugValue::Histogram(values)) => values.iter().map(|v| v.into_inner()).collect(),
-        other => panic!("histogram {name}: {other:?}"),
-    }
-}
-
 // covers T1 and issue 19: 100 concurrent cold calls are one blocking refresh, 100 waits of
 // 100 ms each, and a token with 60 s left.
 #[test]
@@ -145,9 +80,9 @@ fn cold_callers_wait_for_one_blocking_refresh() {
         counter(&recorded, "token.calls", &[("outcome", "fresh")]),
         1
     );
-    assert_eq!(histogram(&recorded, "token.wait.duration"), [0.1; 100]);
-    assert_eq!(gauge(&recorded, "token.expires_in"), 60.0);
-    assert_eq!(gauge(&recorded, "token.backoff.active"), 0.0);
+    assert_eq!(histogram(&recorded, "token.wait.duration", &[]), [0.1; 100]);
+    assert_eq!(gauge(&recorded, "token.expires_in", &[]), 60.0);
+    assert_eq!(gauge(&recorded, "token.backoff.active", &[]), 0.0);
 }
 
 // covers T1, T4, T11 and issue 19: a stale call starts a background refresh; its failure
@@ -211,8 +146,8 @@ fn background_failure_backs_off_and_invalidations_are_counted() {
         counter(&recorded, "token.invalidations", &[("outcome", "ignored")]),
         1
     );
-    assert_eq!(gauge(&recorded, "token.backoff.active"), 0.0);
-    assert_eq!(gauge(&recorded, "token.expires_in"), 60.0);
+    assert_eq!(gauge(&recorded, "token.backoff.active", &[]), 0.0);
+    assert_eq!(gauge(&recorded, "token.expires_in", &[]), 60.0);
 }
 
 // covers T4 and issue 19: while a failed refresh's back-off runs, the gauge says so.
@@ -228,7 +163,7 @@ fn backoff_gauge_is_one_while_backing_off() {
         tokio::time::sleep(Duration::from_millis(200)).await;
         cache
     });
-    assert_eq!(gauge(&recorded, "token.backoff.active"), 1.0);
+    assert_eq!(gauge(&recorded, "token.backoff.active", &[]), 1.0);
     // Seen by the stale call 41 s after the token came: 19 s left.
-    assert_eq!(gauge(&recorded, "token.expires_in"), 19.0);
+    assert_eq!(gauge(&recorded, "token.expires_in", &[]), 19.0);
 }

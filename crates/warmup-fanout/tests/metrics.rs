@@ -1,69 +1,11 @@
 //! The metrics a fan-out records (issue 19), read back from `metrics`' debugging recorder: reads
 //! by outcome (ok, degraded with a bounded reason) and phase durations, in virtual time.
 
-use std::future::Future;
 use std::time::Duration;
 
-use metrics::{SharedString, Unit};
-use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-use metrics_util::{CompositeKey, MetricKind};
+use testkit::metrics::{counter, histogram, recorded};
 use tokio::time::sleep;
 use warmup_fanout::{BoxError, FanOut, FanOutConfig, ReadSpec};
-
-type Recorded = Vec<(CompositeKey, Option<Unit>, Option<SharedString>, DebugValue)>;
-
-/// Run `test` on a paused current-thread runtime with a fresh debugging recorder for this
-/// thread only.
-fn recorded<F, Fut>(test: F) -> Recorded
-where
-    F: FnOnce() -> Fut,
-    Fut: Future<Output = ()>,
-{
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    metrics::with_local_recorder(&recorder, || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .build()
-            .expect("runtime")
-            .block_on(test())
-    });
-    snapshotter.snapshot().into_vec()
-}
-
-fn value<'a>(
-    recorded: &'a Recorded,
-    kind: MetricKind,
-    name: &str,
-    labels: &[(&str, &str)],
-) -> Option<&'a DebugValue> {
-    recorded
-        .iter()
-        .find(|(key, ..)| {
-            let mut found: Vec<(&str, &str)> =
-                key.key().labels().map(|l| (l.key(), l.value())).collect();
-            let mut wanted = labels.to_vec();
-            found.sort();
-            wanted.sort();
-            key.kind() == kind && key.key().name() == name && found == wanted
-        })
-        .map(|(.., value)| value)
-}
-
-fn counter(recorded: &Recorded, name: &str, labels: &[(&str, &str)]) -> u64 {
-    match value(recorded, MetricKind::Counter, name, labels) {
-        Some(DebugValue::Counter(value)) => *value,
-        other => panic!("counter {name} {labels:?}: {other:?}"),
-    }
-}
-
-fn histogram(recorded: &Recorded, name: &str, labels: &[(&str, &str)]) -> Vec<f64> {
-    match value(recorded, MetricKind::Histogram, name, labels) {
-        Some(DebugValue::Histogram(values)) => values.iter().map(|v| v.into_inner()).collect(),
-        other => panic!("histogram {name} {labels:?}: {other:?}"),
-    }
-}
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
