@@ -128,28 +128,55 @@ pub(crate) fn check_listing() -> Result<()> {
     Ok(())
 }
 
-/// What each crate must not pull without its default features (its core), and what no crate
-/// pulls with them: ring (one crypto provider, aws-lc-rs, is compiled by default).
+/// What each crate must not pull without its default features (its core; `metrics` is a
+/// default feature everywhere), and what no crate pulls with them: ring (one crypto provider,
+/// aws-lc-rs, is compiled by default).
 const LEAN: [(&str, &[&str]); 8] = [
     (
         "pool-core",
-        &["reqwest", "hyper", "kube", "azure_core", "axum"],
+        &["reqwest", "hyper", "kube", "azure_core", "axum", "metrics"],
     ),
-    ("token-refresh", &["azure_core", "reqwest", "hyper"]),
+    (
+        "token-refresh",
+        &["azure_core", "reqwest", "hyper", "metrics"],
+    ),
     (
         "retry-transport",
-        &["azure_core", "token-refresh", "aws-lc-rs", "ring"],
+        &[
+            "azure_core",
+            "token-refresh",
+            "aws-lc-rs",
+            "ring",
+            "metrics",
+        ],
     ),
-    ("blob-pool", &["aws-lc-rs", "ring"]),
-    ("k8s-session", &["aws-lc-rs", "ring"]),
+    ("blob-pool", &["aws-lc-rs", "ring", "metrics"]),
+    ("k8s-session", &["aws-lc-rs", "ring", "metrics"]),
     (
         "warmup-fanout",
-        &["rustls", "aws-lc-rs", "ring", "reqwest", "azure_core"],
+        &[
+            "rustls",
+            "aws-lc-rs",
+            "ring",
+            "reqwest",
+            "azure_core",
+            "metrics",
+        ],
     ),
-    ("request-inspector", &["axum", "hyper", "reqwest"]),
+    (
+        "request-inspector",
+        &["axum", "hyper", "reqwest", "metrics"],
+    ),
     (
         "apikey-cache",
-        &["azure_core", "blob-pool", "reqwest", "aws-lc-rs", "ring"],
+        &[
+            "azure_core",
+            "blob-pool",
+            "reqwest",
+            "aws-lc-rs",
+            "ring",
+            "metrics",
+        ],
     ),
 ];
 

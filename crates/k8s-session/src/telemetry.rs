@@ -5,13 +5,17 @@
 //! nothing is recorded unless the application installed a recorder before the session was built.
 
 /// Sessions handed out and not yet returned, per cluster.
-pub(crate) const SESSIONS_IN_USE: &str = "k8s.session.sessions.in_use";
+#[cfg(feature = "metrics")]
+const SESSIONS_IN_USE: &str = "k8s.session.sessions.in_use";
 /// Requests holding an in-flight slot or an HTTP/2 stream, per cluster.
-pub(crate) const ACTIVE_REQUESTS: &str = "k8s.session.active_requests";
+#[cfg(feature = "metrics")]
+const ACTIVE_REQUESTS: &str = "k8s.session.active_requests";
 /// TLS connections opened by sessions, per cluster and protocol.
-pub(crate) const CONNECTIONS: &str = "k8s.session.connections";
+#[cfg(feature = "metrics")]
+const CONNECTIONS: &str = "k8s.session.connections";
 /// Sessions whose API server answered HTTP/1.1 although HTTP/2 was offered, per cluster.
-pub(crate) const HTTP1_FALLBACKS: &str = "k8s.session.http1_fallbacks";
+#[cfg(feature = "metrics")]
+const HTTP1_FALLBACKS: &str = "k8s.session.http1_fallbacks";
 
 /// The label every series here carries.
 #[cfg(feature = "metrics")]
