@@ -131,7 +131,7 @@ pub(crate) fn check_listing() -> Result<()> {
 /// What each crate must not pull without its default features (its core; `metrics` is a
 /// default feature everywhere), and what no crate pulls with them: ring (one crypto provider,
 /// aws-lc-rs, is compiled by default).
-const LEAN: [(&str, &[&str]); 8] = [
+pub(crate) const LEAN: [(&str, &[&str]); 8] = [
     (
         "pool-core",
         &["reqwest", "hyper", "kube", "azure_core", "axum", "metrics"],
