@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -10,8 +10,9 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
 use crate::Outcome;
-use crate::capture::{CaptureBuf, Finisher, lock};
+use crate::capture::Finisher;
 use crate::inspector::Shared;
+use crate::record::Record;
 
 pin_project! {
     /// The request and response body type of [`InspectorService`](crate::InspectorService).
@@ -32,11 +33,11 @@ pub(crate) enum Tap {
     None,
     /// A captured request's body, read by the inner service.
     Request {
-        buf: Arc<Mutex<CaptureBuf>>,
+        record: Arc<Record>,
         shared: Arc<Shared>,
     },
     /// A captured response's body; its end records the entry.
-    Response(Box<Finisher>),
+    Response(Finisher),
 }
 
 impl<B> InspectBody<B> {
@@ -60,27 +61,20 @@ impl<B: Body> InspectBody<B> {
 }
 
 impl Tap {
-    fn on_data(&mut self, data: &[u8]) {
+    /// `remaining`: the body's announced rest (`size_hint().lower()`) after this frame.
+    fn on_data(&mut self, data: &[u8], remaining: u64) {
         match self {
             Tap::None => {}
-            Tap::Request { buf, shared } => lock(buf).append(data, shared),
-            Tap::Response(finisher) => {
-                let Finisher {
-                    shared, response, ..
-                } = &mut **finisher;
-                response.append(data, shared);
-            }
+            Tap::Request { record, shared } => record.append(false, data, remaining, shared),
+            Tap::Response(finisher) => finisher.append(data, remaining),
         }
     }
 
     fn on_end(&mut self) {
         match self {
             Tap::None => {}
-            Tap::Request { buf, .. } => lock(buf).complete = true,
-            Tap::Response(finisher) => {
-                finisher.response.complete = true;
-                finisher.finish(Outcome::Complete);
-            }
+            Tap::Request { record, .. } => record.body_complete(false),
+            Tap::Response(finisher) => finisher.finish(Outcome::Complete),
         }
     }
 
@@ -106,8 +100,11 @@ where
         let polled = ready!(this.inner.as_mut().poll_frame(cx));
         match &polled {
             Some(Ok(frame)) => {
-                if let Some(data) = frame.data_ref() {
-                    this.tap.on_data(data);
+                if let Some(data) = frame.data_ref()
+                    && !matches!(this.tap, Tap::None)
+                {
+                    let remaining = this.inner.size_hint().lower();
+                    this.tap.on_data(data, remaining);
                 }
                 // Servers stop polling once `is_end_stream` says so: record the end now.
                 if this.inner.is_end_stream() {

@@ -1,13 +1,10 @@
-//! What the ring holds: one captured exchange, its headers and its (bounded) bodies.
+//! What a reader of the ring gets: one captured exchange, its headers and its (bounded) bodies,
+//! copied out of the ring's compact record (`record.rs`).
 
 use std::fmt;
 
 use bytes::Bytes;
-use http::HeaderMap;
 use serde::{Serialize, Serializer};
-
-use crate::InspectorConfig;
-use crate::config::{HEADERS_CUT, REDACTED};
 
 /// One captured request/response exchange, as served by the JSON handler.
 #[derive(Debug, Clone, Serialize)]
@@ -21,7 +18,7 @@ pub struct Entry {
     pub method: String,
     /// The request path, without the query.
     pub path: String,
-    /// The query string with every credential parameter's value replaced by [`REDACTED`]
+    /// The query string with every credential parameter's value replaced by [`REDACTED`](crate::REDACTED)
     /// (see [`REDACTED_QUERY_PARAMS`](crate::REDACTED_QUERY_PARAMS)), cut at the header limit;
     /// `None` when the request had no query.
     pub query: Option<String>,
@@ -46,37 +43,23 @@ pub struct Entry {
     pub request_body: CapturedBody,
     /// The response body, up to the body limit.
     pub response_body: CapturedBody,
+    /// What the ring holds for this entry, in bytes ([`retained_bytes`](Self::retained_bytes)).
+    #[serde(skip)]
+    pub(crate) ring_bytes: usize,
 }
 
 impl Entry {
-    /// Bytes this entry keeps alive, as the allocator sees them: the entry itself (in its `Arc`),
-    /// the capacity of each of its strings and header lists, and its body copies.
+    /// Bytes the ring keeps alive for this entry, as the allocator sees them: its compact
+    /// record (the record in its `Arc`, one text arena holding the request id, method, path,
+    /// query, owner and every recorded header name and value, and the two body copies, each
+    /// allocated to size). This `Entry` is a copy made when the ring was read and is not part
+    /// of it.
     ///
-    /// This is a size model, not an estimate: `tests/memory.rs` checks it against a counting
-    /// allocator (issue #23: counting only text lengths missed a third of an entry).
+    /// This is a size model, not an estimate: `tests/memory.rs` checks the sum over the ring
+    /// against a counting allocator (issue #23).
     pub fn retained_bytes(&self) -> usize {
-        // `Arc<Entry>`: the strong and weak counts, then the entry.
-        2 * size_of::<usize>()
-            + size_of::<Entry>()
-            + self.request_id.capacity()
-            + self.method.capacity()
-            + self.path.capacity()
-            + self.query.as_ref().map_or(0, String::capacity)
-            + self.owner.as_ref().map_or(0, String::capacity)
-            + headers_bytes(&self.request_headers)
-            + headers_bytes(&self.response_headers)
-            + self.request_body.held_bytes()
-            + self.response_body.held_bytes()
+        self.ring_bytes
     }
-}
-
-/// The bytes a recorded header list holds: its buffer and each name's and value's.
-pub(crate) fn headers_bytes(headers: &Vec<Header>) -> usize {
-    headers.capacity() * size_of::<Header>()
-        + headers
-            .iter()
-            .map(|h| h.name.capacity() + h.value.capacity())
-            .sum::<usize>()
 }
 
 /// How a captured exchange ended.
@@ -96,89 +79,14 @@ pub enum Outcome {
     Cancelled,
 }
 
-/// One header as recorded: lowercase name, value as text (lossy UTF-8) or [`REDACTED`].
+/// One header as recorded: lowercase name, value as text (lossy UTF-8) or [`REDACTED`](crate::REDACTED).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct Header {
     /// The lowercase header name.
     pub name: String,
-    /// The value, or [`REDACTED`] for a secret header.
+    /// The value, or [`REDACTED`](crate::REDACTED) for a secret header.
     pub value: String,
-}
-
-/// Record `headers`, replacing the values of redacted headers (I5, I6), keeping at most the
-/// configured header limit of name and value bytes; what is left out is summed up in a last
-/// [`HEADERS_CUT`] pseudo-header (I6).
-pub(crate) fn record_headers(headers: &HeaderMap, config: &InspectorConfig) -> Vec<Header> {
-    let limit = config.header_limit_bytes();
-    let mut kept = Vec::with_capacity(headers.len());
-    let (mut used, mut cut, mut cut_bytes) = (0_usize, 0_usize, 0_usize);
-    for (name, value) in headers {
-        let redacted = config.is_redacted(name);
-        let kept_len = if redacted {
-            REDACTED.len()
-        } else {
-            value.len()
-        };
-        let size = name.as_str().len().saturating_add(kept_len);
-        if cut == 0 && used.saturating_add(size) <= limit {
-            used += size;
-            let value = if redacted {
-                REDACTED.to_owned()
-            } else {
-                String::from_utf8_lossy(value.as_bytes()).into_owned()
-            };
-            kept.push(Header {
-                name: name.as_str().to_owned(),
-                value,
-            });
-        } else {
-            // Once one header is cut, the rest are too: the record stays a prefix of the list.
-            cut += 1;
-            cut_bytes = cut_bytes.saturating_add(size);
-        }
-    }
-    if cut > 0 {
-        kept.push(Header {
-            name: HEADERS_CUT.to_owned(),
-            value: format!("{cut} headers ({cut_bytes} bytes) not recorded"),
-        });
-    }
-    kept
-}
-
-/// Record `query` with the values of credential parameters replaced by [`REDACTED`] (I6), cut
-/// at the configured header limit (on a character boundary). Parameters are split on `&`; a
-/// parameter's name is its text before `=`, percent-decoded before it is matched (`%73ig` is
-/// `sig`, `access%5Ftoken` is `access_token`) and recorded as written.
-pub(crate) fn record_query(query: &str, config: &InspectorConfig) -> String {
-    let limit = config.header_limit_bytes();
-    let mut out = String::with_capacity(query.len().min(limit));
-    for (i, pair) in query.split('&').enumerate() {
-        if i > 0 {
-            out.push('&');
-        }
-        match pair.split_once('=') {
-            Some((name, _)) if config.is_redacted_query_param(name) => {
-                out.push_str(name);
-                out.push('=');
-                out.push_str(REDACTED);
-            }
-            _ => out.push_str(pair),
-        }
-        if out.len() > limit {
-            break;
-        }
-    }
-    if out.len() > limit {
-        let mut cut = limit;
-        while !out.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        out.truncate(cut);
-    }
-    out.shrink_to_fit();
-    out
 }
 
 /// Up to the body limit of one body, with what was seen of the whole.
@@ -215,11 +123,6 @@ impl CapturedBody {
     /// unread when the exchange ended).
     pub fn complete(&self) -> bool {
         self.complete
-    }
-
-    /// The bytes of memory the copy holds (its buffer is allocated to size, never cloned).
-    pub(crate) fn held_bytes(&self) -> usize {
-        self.bytes.len()
     }
 
     /// The captured bytes as text (invalid UTF-8 replaced by U+FFFD).
@@ -262,7 +165,14 @@ impl Serialize for CapturedBody {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::InspectorConfig;
+
+    /// The query as the record writes it into its arena.
+    fn record_query(query: &str, config: &InspectorConfig) -> String {
+        let mut arena = Vec::new();
+        crate::record::write_query(&mut arena, query, config);
+        String::from_utf8(arena).expect("the recorded query is text")
+    }
 
     // covers I6: a SAS URL and an OAuth callback keep their shape, not their secrets.
     #[test]

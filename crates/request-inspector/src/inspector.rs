@@ -67,9 +67,9 @@ impl Inspector {
         let snapshot = self.shared.ring.snapshot();
         snapshot
             .iter()
-            .filter(|e| filter.matches(e))
+            .filter(|record| record.matches(filter))
             .take(filter.limit.unwrap_or(usize::MAX))
-            .cloned()
+            .map(|record| Arc::new(record.to_entry()))
             .collect()
     }
 
@@ -172,21 +172,35 @@ impl EntryFilter {
         self
     }
 
-    /// Whether `entry` passes the method and status filters.
+    /// Whether `entry` passes the method, status and owner filters.
     pub fn matches(&self, entry: &Entry) -> bool {
+        self.matches_parts(
+            entry.method.as_bytes(),
+            entry.status,
+            entry.owner.as_deref().map(str::as_bytes),
+        )
+    }
+
+    /// [`matches`](Self::matches) on a record's fields, before any entry is made of it.
+    pub(crate) fn matches_parts(
+        &self,
+        method: &[u8],
+        status: Option<u16>,
+        owner: Option<&[u8]>,
+    ) -> bool {
         let method_ok = self
             .method
             .as_ref()
-            .is_none_or(|m| m.as_str() == entry.method);
+            .is_none_or(|m| m.as_str().as_bytes() == method);
         let status_ok = match self.status {
             None => true,
-            Some(StatusFilter::Code(code)) => entry.status == Some(code),
-            Some(StatusFilter::Class(class)) => entry.status.is_some_and(|s| s / 100 == class),
+            Some(StatusFilter::Code(code)) => status == Some(code),
+            Some(StatusFilter::Class(class)) => status.is_some_and(|s| s / 100 == class),
         };
         let owner_ok = self
             .owner
             .as_ref()
-            .is_none_or(|o| entry.owner.as_deref() == Some(o.as_str()));
+            .is_none_or(|o| owner == Some(o.as_bytes()));
         method_ok && status_ok && owner_ok
     }
 }

@@ -99,6 +99,7 @@ mod error;
 mod handler;
 mod inspector;
 mod matcher;
+mod record;
 mod request_id;
 mod ring;
 mod service;

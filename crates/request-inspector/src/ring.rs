@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde::Serialize;
 
 use crate::Entry;
+use crate::record::Record;
 use crate::telemetry::Metrics;
 
 /// Entries per chunk of the ring.
@@ -15,14 +16,14 @@ const CHUNK: usize = 64;
 /// Oldest entries first. Shared (`Arc`) so that a reader copies a chunk handle under the lock,
 /// not every entry handle; a writer clones a chunk (at most [`CHUNK`] handles) only when a
 /// reader still holds it.
-type Chunk = Arc<Vec<Arc<Entry>>>;
+type Chunk = Arc<Vec<Arc<Record>>>;
 
 /// The bytes one chunk holds: its `Arc` allocation (two counts and the `Vec`) and its buffer of
 /// [`CHUNK`] entry handles. Counted in `ring_slot_bytes` while the chunk is in the ring.
 pub(crate) const CHUNK_BYTES: usize =
-    2 * size_of::<usize>() + size_of::<Vec<Arc<Entry>>>() + CHUNK * size_of::<Arc<Entry>>();
+    2 * size_of::<usize>() + size_of::<Vec<Arc<Record>>>() + CHUNK * size_of::<Arc<Record>>();
 
-/// Newest-first ring of entries, stored oldest first in chunks of [`CHUNK`] entries.
+/// Newest-first ring of records, stored oldest first in chunks of [`CHUNK`] records.
 ///
 /// The lock is held only to push (and evict) one entry or to copy the chunk handles out —
 /// `capacity / 64` handles, not `capacity` — and never across an `.await`; readers build their
@@ -43,14 +44,14 @@ pub(crate) struct Snapshot(Vec<Chunk>);
 
 impl Snapshot {
     /// The entries, newest first.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = &Arc<Entry>> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Arc<Record>> {
         self.0.iter().rev().flat_map(|chunk| chunk.iter().rev())
     }
 }
 
 /// `chunk`'s entries, cloned first if a reader still holds it (at most [`CHUNK`] handles; the
 /// copy keeps the full chunk capacity, so [`CHUNK_BYTES`] stays exact).
-fn writable(chunk: &mut Chunk) -> &mut Vec<Arc<Entry>> {
+fn writable(chunk: &mut Chunk) -> &mut Vec<Arc<Record>> {
     if Arc::get_mut(chunk).is_none() {
         let mut copy = Vec::with_capacity(CHUNK);
         copy.extend(chunk.iter().cloned());
@@ -75,15 +76,16 @@ impl Ring {
         self.chunks.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Push the newest entry; the oldest one beyond capacity is returned (dropped by the
-    /// caller, outside the lock).
+    /// Push the newest record, which keeps `added` bytes alive; the oldest one beyond capacity
+    /// is returned (dropped by the caller, outside the lock). Under the lock: a pointer pushed,
+    /// maybe one popped, and the counts.
     pub(crate) fn push(
         &self,
-        entry: Arc<Entry>,
+        entry: Arc<Record>,
+        added: usize,
         counters: &Counters,
         metrics: &Metrics,
-    ) -> Option<Arc<Entry>> {
-        let added = entry.retained_bytes();
+    ) -> Option<Arc<Record>> {
         let (mut removed, mut slots_added, mut slots_removed) = (0, 0, 0);
         let mut chunks = self.lock();
         match chunks.back_mut() {
@@ -136,11 +138,11 @@ impl Ring {
         Snapshot(chunks.iter().cloned().collect())
     }
 
-    /// The entries, newest first (handles cloned outside the lock).
+    /// The entries, newest first, made from the records outside the lock.
     pub(crate) fn entries(&self) -> Vec<Arc<Entry>> {
         let snapshot = self.snapshot();
         let mut entries = Vec::with_capacity(snapshot.0.iter().map(|c| c.len()).sum());
-        entries.extend(snapshot.iter().cloned());
+        entries.extend(snapshot.iter().map(|record| Arc::new(record.to_entry())));
         entries
     }
 
@@ -178,7 +180,8 @@ pub(crate) struct Counters {
     pub(crate) truncated_bodies: AtomicU64,
     pub(crate) next_id: AtomicU64,
     pub(crate) in_flight_bytes: AtomicUsize,
-    /// [`Entry::retained_bytes`] summed over the ring; written under the ring's lock.
+    /// The records' retained bytes ([`Entry::retained_bytes`]) summed over the ring; written
+    /// under the ring's lock.
     pub(crate) ring_bytes: AtomicUsize,
     /// The ring's chunks ([`CHUNK_BYTES`] each); written under the ring's lock.
     pub(crate) slot_bytes: AtomicUsize,
@@ -265,26 +268,23 @@ pub struct InspectorStats {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{CapturedBody, Outcome};
+    use crate::InspectorConfig;
+    use crate::inspector::Shared;
+    use crate::record::tests::finished;
 
-    fn entry(id: u64) -> Arc<Entry> {
-        Arc::new(Entry {
-            id,
-            request_id: format!("req-{id}"),
-            method: "POST".to_owned(),
-            path: "/api/jobs".to_owned(),
-            query: None,
-            owner: None,
-            status: Some(200),
-            started_at_unix_ms: 0,
-            response_after_us: None,
-            duration_us: 0,
-            outcome: Outcome::Complete,
-            request_headers: Vec::new(),
-            response_headers: Vec::new(),
-            request_body: CapturedBody::default(),
-            response_body: CapturedBody::default(),
-        })
+    fn shared() -> Shared {
+        Shared {
+            config: InspectorConfig::new(),
+            ring: Ring::new(1),
+            counters: Counters::default(),
+            metrics: Metrics::new(),
+        }
+    }
+
+    fn push(ring: &Ring, shared: &Shared, id: u64) -> Option<Arc<Record>> {
+        let record = finished(shared, id);
+        let bytes = record.retained_bytes();
+        ring.push(record, bytes, &shared.counters, &shared.metrics)
     }
 
     fn ids(entries: &[Arc<Entry>]) -> Vec<u64> {
@@ -294,12 +294,13 @@ mod tests {
     // Newest first across chunks, bounded, and the counts follow the chunks.
     #[test]
     fn ring_spans_chunks_newest_first_and_evicts_the_oldest() {
-        let (counters, metrics) = (Counters::default(), Metrics::new());
+        let shared = shared();
+        let (counters, metrics) = (&shared.counters, &shared.metrics);
         let ring = Ring::new(150);
         for id in 1..=200 {
-            let evicted = ring.push(entry(id), &counters, &metrics);
+            let evicted = push(&ring, &shared, id);
             assert_eq!(
-                evicted.map(|e| e.id),
+                evicted.map(|e| e.to_entry().id),
                 id.checked_sub(150).filter(|&n| n > 0)
             );
         }
@@ -314,7 +315,7 @@ mod tests {
         );
         // Entries 51..=64 are left of the first chunk, then 65..=128, 129..=192, 193..=200.
         assert_eq!(stats.ring_slot_bytes, 4 * CHUNK_BYTES);
-        drop(ring.clear(&counters, &metrics));
+        drop(ring.clear(counters, metrics));
         let stats = counters.snapshot(ring.len());
         assert_eq!(
             (stats.ring_len, stats.ring_bytes, stats.ring_slot_bytes),
@@ -327,18 +328,18 @@ mod tests {
     // snapshot stays intact while writers push and evict (they copy a chunk a reader holds).
     #[test]
     fn snapshot_copies_chunk_handles_not_entries() {
-        let (counters, metrics) = (Counters::default(), Metrics::new());
+        let shared = shared();
         let ring = Ring::new(1000);
         for id in 1..=1000 {
-            ring.push(entry(id), &counters, &metrics);
+            push(&ring, &shared, id);
         }
         let snapshot = ring.snapshot();
         assert_eq!(snapshot.0.len(), 1000_usize.div_ceil(CHUNK));
         assert!(snapshot.iter().all(|e| Arc::strong_count(e) == 1));
         for id in 1001..=1100 {
-            ring.push(entry(id), &counters, &metrics);
+            push(&ring, &shared, id);
         }
-        let held: Vec<u64> = snapshot.iter().map(|e| e.id).collect();
+        let held: Vec<u64> = snapshot.iter().map(|e| e.to_entry().id).collect();
         assert_eq!(held, (1..=1000).rev().collect::<Vec<_>>());
         drop(snapshot);
         assert_eq!(ids(&ring.entries()), (101..=1100).rev().collect::<Vec<_>>());

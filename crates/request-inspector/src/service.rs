@@ -3,8 +3,8 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -16,9 +16,9 @@ use tower_service::Service;
 use tracing::Span;
 
 use crate::body::Tap;
-use crate::capture::{CaptureBuf, Finisher};
-use crate::entry::{record_headers, record_query};
+use crate::capture::Finisher;
 use crate::inspector::Shared;
+use crate::record::{Record, RequestParts};
 use crate::{InspectBody, Outcome, REQUEST_ID_HEADER, RequestId};
 
 /// The tower layer made by [`Inspector::layer`](crate::Inspector::layer).
@@ -115,24 +115,20 @@ where
 
         let (request, finisher) = if capture {
             let shared = &self.shared;
-            let headers = record_headers(request.headers(), &shared.config);
-            let query = request
-                .uri()
-                .query()
-                .map(|q| record_query(q, &shared.config));
-            let buf = Arc::new(Mutex::new(CaptureBuf::new(shared.config.body_limit)));
-            let finisher = Finisher::new(
-                Arc::clone(shared),
-                id.as_str().to_owned(),
-                request.method().as_str().to_owned(),
-                request.uri().path().to_owned(),
-                query,
-                owner,
-                headers,
-                Arc::clone(&buf),
+            let record = Record::start(
+                shared,
+                RequestParts {
+                    request_id: id.as_str(),
+                    method: request.method().as_str(),
+                    path: request.uri().path(),
+                    query: request.uri().query(),
+                    owner,
+                    headers: request.headers(),
+                },
             );
+            let finisher = Finisher::new(Arc::clone(&record), Arc::clone(shared));
             let tap = Tap::Request {
-                buf,
+                record,
                 shared: Arc::clone(shared),
             };
             let request = request.map(|body| {
@@ -140,7 +136,7 @@ where
                 body.end_if_empty();
                 body
             });
-            (request, Some(Box::new(finisher)))
+            (request, Some(finisher))
         } else {
             let shared = &self.shared;
             let (counter, metric) = if unowned {
@@ -174,7 +170,7 @@ pin_project! {
         inner: F,
         span: Span,
         request_id: RequestId,
-        finisher: Option<Box<Finisher>>,
+        finisher: Option<Finisher>,
     }
 }
 
@@ -207,8 +203,7 @@ where
                 let tap = match this.finisher.take() {
                     None => Tap::None,
                     Some(mut finisher) => {
-                        let headers = record_headers(&parts.headers, &finisher.shared.config);
-                        finisher.response(parts.status.as_u16(), headers);
+                        finisher.response(parts.status.as_u16(), &parts.headers);
                         Tap::Response(finisher)
                     }
                 };

@@ -1,0 +1,583 @@
+//! The compact record the ring holds for one captured exchange, written while the exchange is in
+//! flight and turned into a public [`Entry`] only when someone reads the ring.
+//!
+//! Issue #23: an `Entry` costs about twenty small allocations (a `String` per field and per
+//! header name and value, two header lists, two body copies, its `Arc`). A record costs four:
+//! its `Arc` (the in-flight state, which becomes the ring's entry as it is), one text arena
+//! (request id, method, path, redacted query, owner, and every recorded header name and value,
+//! each header preceded by its two lengths), and one buffer per body, each allocated to size when
+//! the body's size is known. Readers copy what they need out of it outside the ring's lock.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::HeaderMap;
+use tokio::time::Instant;
+
+use crate::config::{HEADERS_CUT, REDACTED};
+use crate::entry::{CapturedBody, Header};
+use crate::inspector::Shared;
+use crate::{Entry, EntryFilter, InspectorConfig, Outcome};
+
+/// Bytes of an `Arc`'s allocation besides its value: the strong and weak counts.
+const ARC_COUNTS: usize = 2 * size_of::<usize>();
+
+/// Room left in the text arena for the response's headers when the request's part is written,
+/// so that a typical response (a content type, a length, the request id) needs no reallocation.
+const RESPONSE_HEADERS_ROOM: usize = 128;
+
+/// Unused arena capacity kept when the record is finished; more is given back (one `realloc`).
+const SLACK_KEPT: usize = 64;
+
+/// One captured exchange: in flight until [`Record::finish`], then the ring's entry.
+#[derive(Debug)]
+pub(crate) struct Record {
+    state: Mutex<State>,
+    /// [`Record::retained_bytes`], set once when the record is finished (before the ring sees it),
+    /// so the ring can count an evicted record without locking it.
+    retained: AtomicUsize,
+}
+
+/// Where each field of the text arena ends (its start is the previous field's end).
+#[derive(Debug, Clone, Copy, Default)]
+struct Ends {
+    request_id: usize,
+    method: usize,
+    path: usize,
+    /// `query == path`: no query. Otherwise the query (possibly empty) is `path..query`.
+    query: usize,
+    has_query: bool,
+    owner: usize,
+    has_owner: bool,
+    request_headers: usize,
+    // The response headers run from `request_headers` to the end of the arena.
+}
+
+#[derive(Debug)]
+struct State {
+    id: u64,
+    started: Instant,
+    started_unix_ms: u64,
+    status: Option<u16>,
+    response_after_us: Option<u64>,
+    duration_us: u64,
+    outcome: Outcome,
+    finished: bool,
+    text: Vec<u8>,
+    ends: Ends,
+    request: BodyBuf,
+    response: BodyBuf,
+    /// Bytes counted in `Counters::in_flight_bytes` for this record until it is finished.
+    in_flight: usize,
+}
+
+/// The first `limit` bytes of one body, plus what was seen of the rest.
+#[derive(Debug, Default)]
+struct BodyBuf {
+    buf: Vec<u8>,
+    total: u64,
+    truncated: bool,
+    complete: bool,
+}
+
+impl BodyBuf {
+    /// Copy what fits under `limit`; everything beyond it is only counted (I5). `remaining` is
+    /// the body's `size_hint().lower()` after this frame: the buffer is allocated once for the
+    /// whole body (up to the limit) when its size is announced. Returns the bytes of capacity
+    /// added.
+    fn append(&mut self, data: &[u8], remaining: u64, limit: usize) -> usize {
+        self.total += data.len() as u64;
+        let len = self.buf.len();
+        let take = (limit - len).min(data.len());
+        if take < data.len() {
+            self.truncated = true;
+        }
+        if take == 0 {
+            return 0;
+        }
+        let before = self.buf.capacity();
+        let needed = len + take;
+        if needed > before {
+            // The announced rest of the body, or doubling, capped at the limit.
+            let announced = needed.saturating_add(usize::try_from(remaining).unwrap_or(usize::MAX));
+            let target = needed.max(announced.max(2 * before).min(limit));
+            self.buf.reserve_exact(target - len);
+        }
+        self.buf.extend_from_slice(&data[..take]);
+        self.buf.capacity() - before
+    }
+
+    /// Give back unused capacity (a body that grew frame by frame).
+    fn shrink(&mut self) {
+        if self.buf.capacity() > self.buf.len() {
+            self.buf.shrink_to_fit();
+        }
+    }
+
+    fn to_public(&self) -> CapturedBody {
+        CapturedBody {
+            bytes: Bytes::copy_from_slice(&self.buf),
+            total_bytes: self.total,
+            truncated: self.truncated,
+            complete: self.complete,
+        }
+    }
+}
+
+/// Text of the arena between `start` and `end` (always valid UTF-8: only `&str` and
+/// lossy-converted header values are written; the lossy read is a guard, not a path taken).
+fn text(arena: &[u8], start: usize, end: usize) -> String {
+    String::from_utf8_lossy(&arena[start..end]).into_owned()
+}
+
+fn put_len(arena: &mut Vec<u8>, len: usize) {
+    // Recorded names and values are bounded by the header limit (at most 1 MiB).
+    arena.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes());
+}
+
+fn get_len(arena: &[u8], at: usize) -> usize {
+    let mut raw = [0_u8; 4];
+    raw.copy_from_slice(&arena[at..at + 4]);
+    u32::from_le_bytes(raw) as usize
+}
+
+/// Append `headers` to the arena: for each one its name's and value's lengths (4 bytes each),
+/// then the lowercase name and the value as text (lossy UTF-8) or [`REDACTED`] (I5, I6); at most
+/// the configured header limit of name and value bytes; what is left out is summed up in a last
+/// [`HEADERS_CUT`] pseudo-header (I6).
+pub(crate) fn write_headers(arena: &mut Vec<u8>, headers: &HeaderMap, config: &InspectorConfig) {
+    let limit = config.header_limit_bytes();
+    let (mut used, mut cut, mut cut_bytes) = (0_usize, 0_usize, 0_usize);
+    for (name, value) in headers {
+        let redacted = config.is_redacted(name);
+        let kept_len = if redacted {
+            REDACTED.len()
+        } else {
+            value.len()
+        };
+        let size = name.as_str().len().saturating_add(kept_len);
+        if cut == 0 && used.saturating_add(size) <= limit {
+            used += size;
+            let name = name.as_str().as_bytes();
+            let lossy;
+            let value: &[u8] = if redacted {
+                REDACTED.as_bytes()
+            } else if std::str::from_utf8(value.as_bytes()).is_ok() {
+                value.as_bytes()
+            } else {
+                lossy = String::from_utf8_lossy(value.as_bytes()).into_owned();
+                lossy.as_bytes()
+            };
+            put_len(arena, name.len());
+            put_len(arena, value.len());
+            arena.extend_from_slice(name);
+            arena.extend_from_slice(value);
+        } else {
+            // Once one header is cut, the rest are too: the record stays a prefix of the list.
+            cut += 1;
+            cut_bytes = cut_bytes.saturating_add(size);
+        }
+    }
+    if cut > 0 {
+        let value = format!("{cut} headers ({cut_bytes} bytes) not recorded");
+        put_len(arena, HEADERS_CUT.len());
+        put_len(arena, value.len());
+        arena.extend_from_slice(HEADERS_CUT.as_bytes());
+        arena.extend_from_slice(value.as_bytes());
+    }
+}
+
+/// An upper bound of what [`write_headers`] appends for `headers` when nothing is cut and every
+/// value is valid UTF-8 (the common case): the arena is allocated once with it.
+fn headers_size(headers: &HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(name, value)| 8 + name.as_str().len() + value.len().max(REDACTED.len()))
+        .sum()
+}
+
+/// The recorded headers between `start` and `end` of the arena.
+fn read_headers(arena: &[u8], start: usize, end: usize) -> Vec<Header> {
+    let mut headers = Vec::new();
+    let mut at = start;
+    while at + 8 <= end {
+        let (name_len, value_len) = (get_len(arena, at), get_len(arena, at + 4));
+        let name_at = at + 8;
+        let value_at = name_at + name_len;
+        at = value_at + value_len;
+        headers.push(Header {
+            name: text(arena, name_at, value_at),
+            value: text(arena, value_at, at),
+        });
+    }
+    headers
+}
+
+/// What the request side of a capture knows when the layer sees the request.
+pub(crate) struct RequestParts<'a> {
+    pub(crate) request_id: &'a str,
+    pub(crate) method: &'a str,
+    pub(crate) path: &'a str,
+    pub(crate) query: Option<&'a str>,
+    pub(crate) owner: Option<String>,
+    pub(crate) headers: &'a HeaderMap,
+}
+
+impl Record {
+    /// Start recording an exchange: the request's text goes into a new arena, counted in
+    /// `in_flight_bytes`.
+    pub(crate) fn start(shared: &Shared, request: RequestParts<'_>) -> Arc<Self> {
+        let config = &shared.config;
+        let owner = request.owner.as_deref();
+        let query_room = request
+            .query
+            .map_or(0, |q| q.len().min(config.header_limit) + 32);
+        let room = request.request_id.len()
+            + request.method.len()
+            + request.path.len()
+            + query_room
+            + owner.map_or(0, str::len)
+            + headers_size(request.headers).min(config.header_limit.saturating_add(64))
+            + RESPONSE_HEADERS_ROOM;
+        let mut arena = Vec::with_capacity(room);
+        let mut ends = Ends::default();
+        arena.extend_from_slice(request.request_id.as_bytes());
+        ends.request_id = arena.len();
+        arena.extend_from_slice(request.method.as_bytes());
+        ends.method = arena.len();
+        arena.extend_from_slice(request.path.as_bytes());
+        ends.path = arena.len();
+        if let Some(query) = request.query {
+            write_query(&mut arena, query, config);
+            ends.has_query = true;
+        }
+        ends.query = arena.len();
+        if let Some(owner) = owner {
+            arena.extend_from_slice(owner.as_bytes());
+            ends.has_owner = true;
+        }
+        ends.owner = arena.len();
+        write_headers(&mut arena, request.headers, config);
+        ends.request_headers = arena.len();
+        let in_flight = arena.capacity();
+        shared.counters.hold(in_flight);
+        Arc::new(Self {
+            state: Mutex::new(State {
+                id: 0,
+                started: Instant::now(),
+                started_unix_ms: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                status: None,
+                response_after_us: None,
+                duration_us: 0,
+                outcome: Outcome::Cancelled,
+                finished: false,
+                text: arena,
+                ends,
+                request: BodyBuf::default(),
+                response: BodyBuf::default(),
+                in_flight,
+            }),
+            retained: AtomicUsize::new(0),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic elsewhere cannot leave the state inconsistent: keep using it.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Bytes of request (`response == false`) or response body data passed through; the first
+    /// `body_limit` are copied. Nothing changes once the record is finished.
+    pub(crate) fn append(&self, response: bool, data: &[u8], remaining: u64, shared: &Shared) {
+        let mut state = self.lock();
+        if state.finished {
+            return;
+        }
+        let limit = shared.config.body_limit;
+        let body = if response {
+            &mut state.response
+        } else {
+            &mut state.request
+        };
+        let grown = body.append(data, remaining, limit);
+        if grown > 0 {
+            state.in_flight += grown;
+            drop(state);
+            shared.counters.hold(grown);
+        }
+    }
+
+    /// The request or response body was seen to its end.
+    pub(crate) fn body_complete(&self, response: bool) {
+        let mut state = self.lock();
+        if !state.finished {
+            if response {
+                state.response.complete = true;
+            } else {
+                state.request.complete = true;
+            }
+        }
+    }
+
+    /// The response head arrived.
+    pub(crate) fn response(&self, status: u16, headers: &HeaderMap, shared: &Shared) {
+        let mut state = self.lock();
+        if state.finished {
+            return;
+        }
+        state.status = Some(status);
+        state.response_after_us = Some(micros(state.started.elapsed()));
+        let before = state.text.capacity();
+        write_headers(&mut state.text, headers, &shared.config);
+        let grown = state.text.capacity() - before;
+        if grown > 0 {
+            state.in_flight += grown;
+            drop(state);
+            shared.counters.hold(grown);
+        }
+    }
+
+    /// Finish the record (once; later calls do nothing) and push it into the ring.
+    pub(crate) fn finish(self: &Arc<Self>, outcome: Outcome, shared: &Shared) {
+        let counters = &shared.counters;
+        let metrics = &shared.metrics;
+        let (retained, in_flight, truncated) = {
+            let mut guard = self.lock();
+            let state = &mut *guard;
+            if std::mem::replace(&mut state.finished, true) {
+                return;
+            }
+            state.outcome = outcome;
+            if outcome == Outcome::Complete {
+                state.response.complete = true;
+            }
+            state.duration_us = micros(state.started.elapsed());
+            // Unused capacity is given back; the in-flight count drops by all it counted.
+            state.request.shrink();
+            state.response.shrink();
+            if state.text.capacity() - state.text.len() > SLACK_KEPT {
+                state.text.shrink_to_fit();
+            }
+            let retained = ARC_COUNTS
+                + size_of::<Self>()
+                + state.text.capacity()
+                + state.request.buf.capacity()
+                + state.response.buf.capacity();
+            metrics.request_bytes.add(state.request.buf.len() as u64);
+            metrics.response_bytes.add(state.response.buf.len() as u64);
+            state.id = counters.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::debug!(
+                request_id = %String::from_utf8_lossy(&state.text[..state.ends.request_id]),
+                status = ?state.status,
+                outcome = ?state.outcome,
+                "request captured"
+            );
+            let truncated =
+                u64::from(state.request.truncated) + u64::from(state.response.truncated);
+            (retained, std::mem::take(&mut state.in_flight), truncated)
+        };
+        self.retained.store(retained, Ordering::Relaxed);
+        if truncated > 0 {
+            counters
+                .truncated_bodies
+                .fetch_add(truncated, Ordering::Relaxed);
+            metrics.truncated.add(truncated);
+        }
+        // The in-flight bytes become the ring's.
+        counters.release(in_flight);
+        counters.captured.fetch_add(1, Ordering::Relaxed);
+        metrics.captured.add(1);
+        // Evicted records are dropped here, after the ring's lock is released.
+        let _evicted = shared
+            .ring
+            .push(Arc::clone(self), retained, counters, metrics);
+        counters.note_ring_peak();
+    }
+
+    /// The bytes this record keeps alive while the ring holds it, as the allocator sees them:
+    /// the record in its `Arc`, its text arena and its two body copies (capacities, all
+    /// allocated to size). Set when the record is finished.
+    pub(crate) fn retained_bytes(&self) -> usize {
+        self.retained.load(Ordering::Relaxed)
+    }
+
+    /// Whether `filter` keeps this record (read without materialising it).
+    pub(crate) fn matches(&self, filter: &EntryFilter) -> bool {
+        let state = self.lock();
+        let ends = &state.ends;
+        let method = &state.text[ends.request_id..ends.method];
+        let owner = ends.has_owner.then(|| &state.text[ends.query..ends.owner]);
+        filter.matches_parts(method, state.status, owner)
+    }
+
+    /// The public entry: every field copied out of the record.
+    pub(crate) fn to_entry(&self) -> Entry {
+        let retained = self.retained_bytes();
+        let state = self.lock();
+        let (arena, ends) = (&state.text, &state.ends);
+        Entry {
+            id: state.id,
+            request_id: text(arena, 0, ends.request_id),
+            method: text(arena, ends.request_id, ends.method),
+            path: text(arena, ends.method, ends.path),
+            query: ends.has_query.then(|| text(arena, ends.path, ends.query)),
+            owner: ends.has_owner.then(|| text(arena, ends.query, ends.owner)),
+            status: state.status,
+            started_at_unix_ms: state.started_unix_ms,
+            response_after_us: state.response_after_us,
+            duration_us: state.duration_us,
+            outcome: state.outcome,
+            request_headers: read_headers(arena, ends.owner, ends.request_headers),
+            response_headers: read_headers(arena, ends.request_headers, arena.len()),
+            request_body: state.request.to_public(),
+            response_body: state.response.to_public(),
+            ring_bytes: retained,
+        }
+    }
+}
+
+/// Append `query` with the values of credential parameters replaced by [`REDACTED`] (I6), cut
+/// at the configured header limit (on a character boundary). Parameters are split on `&`; a
+/// parameter's name is its text before `=`, percent-decoded before it is matched (`%73ig` is
+/// `sig`, `access%5Ftoken` is `access_token`) and recorded as written.
+pub(crate) fn write_query(arena: &mut Vec<u8>, query: &str, config: &InspectorConfig) {
+    let limit = config.header_limit_bytes();
+    let start = arena.len();
+    let out = |s: &str, arena: &mut Vec<u8>| arena.extend_from_slice(s.as_bytes());
+    for (i, pair) in query.split('&').enumerate() {
+        if i > 0 {
+            out("&", arena);
+        }
+        match pair.split_once('=') {
+            Some((name, _)) if config.is_redacted_query_param(name) => {
+                out(name, arena);
+                out("=", arena);
+                out(REDACTED, arena);
+            }
+            _ => out(pair, arena),
+        }
+        if arena.len() - start > limit {
+            break;
+        }
+    }
+    if arena.len() - start > limit {
+        // Only `&str`s were written: cut on a character boundary of the recorded text.
+        let recorded = &arena[start..];
+        let mut cut = limit;
+        while cut > 0 && (recorded[cut] & 0xc0) == 0x80 {
+            cut -= 1;
+        }
+        arena.truncate(start + cut);
+    }
+}
+
+/// Whole microseconds, saturating at `u64::MAX` instead of wrapping.
+fn micros(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    /// A finished record with `id`, for the ring's unit tests (not pushed anywhere).
+    pub(crate) fn finished(shared: &Shared, id: u64) -> Arc<Record> {
+        let headers = HeaderMap::new();
+        let request_id = format!("req-{id}");
+        let record = Record::start(
+            shared,
+            RequestParts {
+                request_id: &request_id,
+                method: "POST",
+                path: "/api/jobs",
+                query: None,
+                owner: None,
+                headers: &headers,
+            },
+        );
+        {
+            let mut state = record.lock();
+            state.finished = true;
+            state.id = id;
+            state.status = Some(200);
+            state.outcome = Outcome::Complete;
+            shared
+                .counters
+                .release(std::mem::take(&mut state.in_flight));
+            let retained = ARC_COUNTS + size_of::<Record>() + state.text.capacity();
+            record.retained.store(retained, Ordering::Relaxed);
+        }
+        record
+    }
+
+    // The arena's header encoding reads back what was written: names, values, redaction, lossy
+    // UTF-8, and the cut pseudo-header.
+    #[test]
+    fn headers_round_trip_through_the_arena() {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("application/json"));
+        headers.insert("authorization", HeaderValue::from_static("Bearer secret"));
+        headers.insert("x-latin", HeaderValue::from_bytes(b"caf\xe9").unwrap());
+        headers.insert("x-empty", HeaderValue::from_static(""));
+        let config = InspectorConfig::new();
+        let mut arena = b"prefix".to_vec();
+        write_headers(&mut arena, &headers, &config);
+        let end = arena.len();
+        let read = read_headers(&arena, 6, end);
+        let pairs: Vec<(&str, &str)> = read
+            .iter()
+            .map(|h| (h.name.as_str(), h.value.as_str()))
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                ("content-type", "application/json"),
+                ("authorization", REDACTED),
+                ("x-latin", "caf\u{fffd}"),
+                ("x-empty", ""),
+            ]
+        );
+        // Cut at the limit: a prefix of the list, then the pseudo-header.
+        let small = InspectorConfig::new().header_limit(40);
+        let mut arena = Vec::new();
+        write_headers(&mut arena, &headers, &small);
+        let end = arena.len();
+        let read = read_headers(&arena, 0, end);
+        assert_eq!(read.len(), 2);
+        assert_eq!(read[0].name, "content-type");
+        assert_eq!(read[1].name, HEADERS_CUT);
+        assert_eq!(read[1].value, "3 headers (41 bytes) not recorded");
+    }
+
+    // A body that arrives in many frames is copied up to the limit, flagged truncated past it,
+    // and its buffer ends allocated to size; an announced size is reserved once.
+    #[test]
+    fn bodies_split_over_many_frames_are_copied_up_to_the_limit() {
+        let mut body = BodyBuf::default();
+        let mut grown = 0;
+        for i in 0..100_u8 {
+            grown += body.append(&[i; 7], 0, 500);
+        }
+        assert_eq!(body.total, 700);
+        assert!(body.truncated);
+        assert_eq!(body.buf.len(), 500);
+        let expected: Vec<u8> = (0..100_u8).flat_map(|i| [i; 7]).take(500).collect();
+        assert_eq!(body.buf, expected);
+        assert!(grown >= 500);
+        body.shrink();
+        assert_eq!(body.buf.capacity(), 500);
+
+        let mut announced = BodyBuf::default();
+        assert_eq!(announced.append(&[1; 100], 300, 1000), 400);
+        for _ in 0..3 {
+            assert_eq!(announced.append(&[1; 100], 0, 1000), 0);
+        }
+        assert_eq!(announced.buf.capacity(), 400);
+        assert!(!announced.truncated);
+    }
+}
