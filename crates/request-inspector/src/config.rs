@@ -276,7 +276,11 @@ impl InspectorConfig {
     /// Whether `name`'s values are redacted: a configured or default name (I5), or a name that
     /// mentions a secret (I6, see [`REDACTED_NAME_WORDS`] and [`REDACTED_NAME_SEGMENTS`]).
     pub fn is_redacted(&self, name: &HeaderName) -> bool {
-        self.redact.contains(name) || names_a_secret(name.as_str())
+        if self.redact.contains(name) {
+            return true;
+        }
+        let name = name.as_str();
+        !is_common_harmless(name) && names_a_secret(name)
     }
 }
 
@@ -314,6 +318,38 @@ fn percent_decode(raw: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
+/// Header names on nearly every request or response that mention no secret (a unit test checks
+/// each against [`names_a_secret`]): recognised with one `match`, they skip the scan, which is
+/// most of a captured request's header recording (issue #23). A configured
+/// [`InspectorConfig::redact_header`] still applies to them.
+fn is_common_harmless(name: &str) -> bool {
+    matches!(
+        name,
+        "host"
+            | "accept"
+            | "accept-encoding"
+            | "accept-language"
+            | "content-type"
+            | "content-length"
+            | "content-encoding"
+            | "user-agent"
+            | "connection"
+            | "cache-control"
+            | "date"
+            | "server"
+            | "vary"
+            | "etag"
+            | "origin"
+            | "referer"
+            | "location"
+            | "x-request-id"
+            | "x-forwarded-for"
+            | "x-forwarded-proto"
+            | "x-forwarded-host"
+            | "transfer-encoding"
+    )
+}
+
 /// Whether a lowercase header name mentions a secret (I6).
 ///
 /// One pass over the name's bytes, comparing a word only where its first byte matches, and
@@ -321,12 +357,26 @@ fn percent_decode(raw: &str) -> std::borrow::Cow<'_, str> {
 /// per word (a searcher set up six times per header) was a sixth of a captured request's cost
 /// (issue #23).
 fn names_a_secret(name: &str) -> bool {
+    /// Which bytes start a word of [`REDACTED_NAME_WORDS`]: most positions of a name are
+    /// skipped with one table look-up.
+    const STARTS_A_WORD: [bool; 256] = {
+        let mut table = [false; 256];
+        let mut i = 0;
+        while i < REDACTED_NAME_WORDS.len() {
+            table[REDACTED_NAME_WORDS[i].as_bytes()[0] as usize] = true;
+            i += 1;
+        }
+        table
+    };
     let bytes = name.as_bytes();
     for (i, &byte) in bytes.iter().enumerate() {
+        if !STARTS_A_WORD[byte as usize] {
+            continue;
+        }
         let rest = &bytes[i..];
         if REDACTED_NAME_WORDS
             .iter()
-            .any(|word| word.as_bytes()[0] == byte && rest.starts_with(word.as_bytes()))
+            .any(|word| rest.starts_with(word.as_bytes()))
         {
             return true;
         }
@@ -406,6 +456,44 @@ mod tests {
                 "{name}"
             );
         }
+    }
+
+    // Issue #23: the names that skip the scan are harmless by the scan's own rule.
+    #[test]
+    fn common_harmless_names_mention_no_secret() {
+        let names = [
+            "host",
+            "accept",
+            "accept-encoding",
+            "accept-language",
+            "content-type",
+            "content-length",
+            "content-encoding",
+            "user-agent",
+            "connection",
+            "cache-control",
+            "date",
+            "server",
+            "vary",
+            "etag",
+            "origin",
+            "referer",
+            "location",
+            "x-request-id",
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+            "transfer-encoding",
+        ];
+        for name in names {
+            assert!(is_common_harmless(name), "{name}");
+            assert!(!names_a_secret(name), "{name}");
+        }
+        assert!(!is_common_harmless("x-api-key"));
+        // A configured name is redacted even when it is a common one.
+        let config = InspectorConfig::new().redact_header("user-agent").unwrap();
+        assert!(config.is_redacted(&http::header::USER_AGENT));
+        assert!(!InspectorConfig::new().is_redacted(&http::header::USER_AGENT));
     }
 
     // Issue #23: the one-pass scan gives the same answers as the plain `contains`/`split`

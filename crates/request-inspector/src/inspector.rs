@@ -9,12 +9,46 @@ use crate::telemetry::Metrics;
 use crate::{Entry, FilterError, InspectorConfig, InspectorLayer, InspectorStats};
 
 /// State shared by the layer, its services, in-flight captures and the handle.
+///
+/// Aligned to a cache line so that the `Arc`'s counts (written by every thread each time a
+/// service is cloned for a request) do not share a line with the configuration every request
+/// reads (issue #23: false sharing between two threads).
 #[derive(Debug)]
+#[repr(align(64))]
 pub(crate) struct Shared {
     pub(crate) config: InspectorConfig,
     pub(crate) ring: Ring,
     pub(crate) counters: Counters,
     pub(crate) metrics: Metrics,
+    /// The wall clock and the (tokio) monotonic clock read once, when the inspector was made: an
+    /// entry's `started_at_unix_ms` is derived from its start instant, one clock read less per
+    /// captured request.
+    pub(crate) epoch: Epoch,
+}
+
+/// A wall-clock time and the monotonic instant read with it.
+#[derive(Debug)]
+pub(crate) struct Epoch {
+    instant: tokio::time::Instant,
+    unix_ms: u64,
+}
+
+impl Epoch {
+    pub(crate) fn now() -> Self {
+        Self {
+            instant: tokio::time::Instant::now(),
+            unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        }
+    }
+
+    /// Milliseconds since the Unix epoch at `instant`.
+    pub(crate) fn unix_ms(&self, instant: tokio::time::Instant) -> u64 {
+        let since = instant.saturating_duration_since(self.instant).as_millis();
+        self.unix_ms
+            .saturating_add(u64::try_from(since).unwrap_or(u64::MAX))
+    }
 }
 
 /// The inspector: make its [`layer`](Self::layer), read its ring and counters.
@@ -38,6 +72,7 @@ impl Inspector {
                 ring,
                 counters: Counters::default(),
                 metrics: Metrics::new(),
+                epoch: Epoch::now(),
             }),
         }
     }

@@ -10,7 +10,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::HeaderMap;
@@ -263,13 +263,12 @@ impl Record {
         ends.request_headers = arena.len();
         let in_flight = arena.capacity();
         shared.counters.hold(in_flight);
+        let started = Instant::now();
         Arc::new(Self {
             state: Mutex::new(State {
                 id: 0,
-                started: Instant::now(),
-                started_unix_ms: SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                started,
+                started_unix_ms: shared.epoch.unix_ms(started),
                 status: None,
                 response_after_us: None,
                 duration_us: 0,

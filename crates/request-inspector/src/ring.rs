@@ -170,8 +170,10 @@ impl Ring {
     }
 }
 
-/// Cheap atomic counters behind [`InspectorStats`].
+/// Cheap atomic counters behind [`InspectorStats`], on their own cache lines (every thread
+/// writes them; the configuration beside them is only read).
 #[derive(Debug, Default)]
+#[repr(align(64))]
 pub(crate) struct Counters {
     pub(crate) captured: AtomicU64,
     pub(crate) passed_through: AtomicU64,
@@ -195,8 +197,15 @@ impl Counters {
             return;
         }
         let in_flight = self.in_flight_bytes.fetch_add(n, Ordering::Relaxed) + n;
-        let total = in_flight + self.held_by_ring();
-        self.peak_retained.fetch_max(total, Ordering::Relaxed);
+        self.note_peak(in_flight + self.held_by_ring());
+    }
+
+    /// Raise the peak to `total` if it is higher; a read only, most of the time (no write to a
+    /// line the other threads read).
+    fn note_peak(&self, total: usize) {
+        if total > self.peak_retained.load(Ordering::Relaxed) {
+            self.peak_retained.fetch_max(total, Ordering::Relaxed);
+        }
     }
 
     /// `n` bytes no longer held by an in-flight capture.
@@ -205,8 +214,7 @@ impl Counters {
     }
 
     pub(crate) fn note_ring_peak(&self) {
-        let total = self.in_flight_bytes.load(Ordering::Relaxed) + self.held_by_ring();
-        self.peak_retained.fetch_max(total, Ordering::Relaxed);
+        self.note_peak(self.in_flight_bytes.load(Ordering::Relaxed) + self.held_by_ring());
     }
 
     fn held_by_ring(&self) -> usize {
@@ -278,6 +286,7 @@ mod tests {
             ring: Ring::new(1),
             counters: Counters::default(),
             metrics: Metrics::new(),
+            epoch: crate::inspector::Epoch::now(),
         }
     }
 
