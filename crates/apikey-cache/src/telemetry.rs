@@ -87,6 +87,7 @@ pub(crate) struct Telemetry {
     negative_entries: Gauge,
     feed_entries: Counter,
     feed_gaps: Counter,
+    idle_evictions: Counter,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -140,6 +141,11 @@ fn describe() {
             Unit::Count,
             "change-feed gaps met (each dropped every cached key)"
         );
+        describe_counter!(
+            "apikey.cache.idle_evictions",
+            Unit::Count,
+            "cached keys freed by the idle sweep (unused for key_idle)"
+        );
     });
 }
 
@@ -161,6 +167,7 @@ impl Telemetry {
                 negative_entries: metrics::gauge!("apikey.negative_cache.entries"),
                 feed_entries: metrics::counter!("apikey.feed.entries"),
                 feed_gaps: metrics::counter!("apikey.feed.gaps"),
+                idle_evictions: metrics::counter!("apikey.cache.idle_evictions"),
             }
         }
         #[cfg(not(feature = "metrics"))]
@@ -176,8 +183,14 @@ impl Telemetry {
                 negative_entries: Gauge,
                 feed_entries: Counter,
                 feed_gaps: Counter,
+                idle_evictions: Counter,
             }
         }
+    }
+
+    /// `freed` cached keys dropped by the idle sweep.
+    pub(crate) fn idle_evictions(&self, freed: u64) {
+        self.idle_evictions.increment(freed);
     }
 
     /// One `authenticate` answered.

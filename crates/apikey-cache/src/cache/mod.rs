@@ -230,8 +230,7 @@ impl<S: KeyStore> ApiKeyCache<S> {
         stats.last_reload_error = inner.last_error();
         stats.serving_previous_snapshot = stats.last_reload_error.is_some();
         if let Some(keyed) = &inner.keyed {
-            keyed.keys.run_pending_tasks();
-            stats.keys = keyed.keys.entry_count();
+            stats.keys = keyed.keys.len() as u64;
             stats.accounts = None;
             stats.skipped_records = stats::get(&inner.counters.corrupt_records);
             let now = Instant::now();

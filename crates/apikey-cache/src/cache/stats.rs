@@ -26,6 +26,7 @@ pub(crate) struct Counters {
     pub(crate) feed_entries: AtomicU64,
     pub(crate) feed_gaps: AtomicU64,
     pub(crate) feed_append_failures: AtomicU64,
+    pub(crate) idle_evictions: AtomicU64,
 }
 
 impl Counters {
@@ -103,6 +104,8 @@ pub struct CacheStats {
     pub feed_gaps: u64,
     /// Keyed layout: local writes whose feed append failed (others see them within one TTL).
     pub feed_append_failures: u64,
+    /// Keyed layout: cached keys freed by the idle sweep (unused for `key_idle`; A12).
+    pub idle_evictions: u64,
 }
 
 impl Counters {
@@ -126,5 +129,6 @@ impl Counters {
         stats.feed_entries = get(&self.feed_entries);
         stats.feed_gaps = get(&self.feed_gaps);
         stats.feed_append_failures = get(&self.feed_append_failures);
+        stats.idle_evictions = get(&self.idle_evictions);
     }
 }

@@ -136,6 +136,7 @@ impl<S: KeyStore> ApiKeyCache<S> {
             Ok(batch) => batch,
             Err(error) => {
                 Counters::bump(&inner.counters.reload_failures);
+                self.sweep_idle(polled);
                 let text = crate::cache::chain(&error);
                 tracing::warn!(store = %inner.store.describe(), error = %text, "API key change feed read failed; cached keys are revalidated after the TTL");
                 return Err(Arc::new(error));
@@ -146,7 +147,7 @@ impl<S: KeyStore> ApiKeyCache<S> {
             // The first successful read only finds the feed's end: anything cached before it
             // (while the feed could not be read) may predate a change the feed carried.
             state.invalidations.fetch_add(1, Ordering::SeqCst);
-            state.keys.invalidate_all();
+            state.keys.clear();
         }
         for line in &batch.entries {
             Counters::bump(&inner.counters.feed_entries);
@@ -172,13 +173,27 @@ impl<S: KeyStore> ApiKeyCache<S> {
             inner.telemetry.feed_gap();
             tracing::info!(store = %inner.store.describe(), "gap in the API key change feed; revalidating every cached key");
             state.invalidations.fetch_add(1, Ordering::SeqCst);
-            state.keys.invalidate_all();
+            state.keys.clear();
             inner.negative().clear();
         }
         inner.telemetry.feed_entries(batch.entries.len() as u64);
         *cursor = Some(batch.next);
         state.feed.store(&state.feed.ok_at, polled);
+        self.sweep_idle(polled);
         Ok(())
+    }
+
+    /// The idle sweep (A12), counted.
+    fn sweep_idle(&self, now: Instant) {
+        let inner = &*self.inner;
+        let freed = self.keyed().sweep_idle(now, inner.config.key_idle);
+        if freed > 0 {
+            inner
+                .counters
+                .idle_evictions
+                .fetch_add(freed, Ordering::Relaxed);
+            inner.telemetry.idle_evictions(freed);
+        }
     }
 
     /// A revocation from the feed: a cached entry becomes revoked at once (no read needed);

@@ -35,7 +35,7 @@ pub(crate) struct Cached {
     pub(crate) trust_until: Instant,
     /// Milliseconds from `checked_at` to the key's latest use, on the runtime's clock, so
     /// `key_idle` follows tokio time (paused tests included) like every other expiry of the
-    /// crate; moka's own idle eviction (wall clock) only bounds memory.
+    /// crate. The idle sweep on the feed poll reads it to free idle entries.
     last_use_ms: AtomicU64,
 }
 
@@ -43,7 +43,11 @@ impl Cached {
     /// Whether the key went unused for longer than `idle` before this use, `age` after it was
     /// confirmed; records this use otherwise (one store per millisecond at most).
     fn idle_past(&self, age: Duration, idle: Duration) -> bool {
-        let now_ms = u64::try_from(age.as_millis()).unwrap_or(u64::MAX);
+        // Whole milliseconds in u64 arithmetic (no u128 `as_millis` on the hit path).
+        let now_ms = age
+            .as_secs()
+            .saturating_mul(1000)
+            .saturating_add(u64::from(age.subsec_millis()));
         let last = self.last_use_ms.load(Ordering::Relaxed);
         if Duration::from_millis(now_ms.saturating_sub(last)) > idle {
             return true;
@@ -52,6 +56,14 @@ impl Cached {
             self.last_use_ms.store(now_ms, Ordering::Relaxed);
         }
         false
+    }
+
+    /// Whether the key's latest use (or its confirmation, if unused since) is more than
+    /// `idle` before `now` (the idle sweep; records nothing).
+    fn idle_at(&self, now: Instant, idle: Duration) -> bool {
+        let last = Duration::from_millis(self.last_use_ms.load(Ordering::Relaxed));
+        let age = now.saturating_duration_since(self.checked_at);
+        age.saturating_sub(last) > idle
     }
 
     pub(crate) fn new(
@@ -89,10 +101,59 @@ enum Found {
 
 type PointRead = Result<Found, Arc<StoreError>>;
 
+/// The bounded cache of verified keys (A12): quick_cache's lock-sharded CLOCK-Pro. A hit is
+/// one shard read lock, one probe of a SwissTable and an `Arc` clone: no allocation, no
+/// housekeeping queue (moka's `get` records every read for its policy and cost ~9× this).
+pub(crate) type KeyCache =
+    quick_cache::sync::Cache<KeyHash, Arc<Cached>, quick_cache::UnitWeighter, PrefixHasher>;
+
+/// Most lock shards of the key cache: enough that two to a few dozen cores rarely meet on one.
+const KEY_SHARDS: u64 = 16;
+/// Fewest entries per shard (below it, fewer shards: the bound is split evenly).
+const MIN_PER_SHARD: u64 = 32;
+
+/// A cache holding at most `capacity` keys. quick_cache splits the bound evenly over its
+/// shards (each evicts on its own); the shard count divides the bound, so the total never
+/// exceeds `capacity` (it is rounded down to a multiple of the shard count, at most 15 less).
+pub(crate) fn key_cache(capacity: u64) -> KeyCache {
+    let capacity = capacity.max(1);
+    let mut shards = KEY_SHARDS;
+    while shards > 1 && capacity / shards < MIN_PER_SHARD {
+        shards /= 2;
+    }
+    let bound = capacity - capacity % shards;
+    let options = quick_cache::OptionsBuilder::new()
+        .shards(shards as usize)
+        // Only sizes the "ghost" history of recently evicted hashes (half of it); the tables
+        // themselves start empty and grow with the keys actually cached.
+        .estimated_items_capacity(usize::try_from(bound).unwrap_or(usize::MAX))
+        .weight_capacity(bound)
+        .build();
+    match options {
+        Ok(options) => KeyCache::with_options(
+            options,
+            quick_cache::UnitWeighter,
+            PrefixHasher::default(),
+            quick_cache::sync::DefaultLifecycle::default(),
+        ),
+        // Unreachable: both required options are set above.
+        Err(_) => KeyCache::with(
+            1024,
+            bound,
+            quick_cache::UnitWeighter,
+            PrefixHasher::default(),
+            quick_cache::sync::DefaultLifecycle::default(),
+        ),
+    }
+}
+
 /// The keyed engine's state inside one cache.
 pub(crate) struct KeyedState {
-    /// Verified keys, bounded by `key_capacity` and `key_idle` (A12).
-    pub(crate) keys: moka::sync::Cache<KeyHash, Arc<Cached>, PrefixHasher>,
+    /// Verified keys, bounded by `key_capacity`; entries idle for `key_idle` are answered as
+    /// absent at once and freed by the next idle sweep (A12).
+    pub(crate) keys: KeyCache,
+    /// When the idle sweep last ran (`None`: never).
+    swept_at: Mutex<Option<Instant>>,
     reads: SingleFlight<KeyHash, PointRead>,
     /// Bumped whenever the feed invalidates something: a point read that overlapped it is
     /// answered but not cached (it may predate the change).
@@ -107,7 +168,7 @@ pub(crate) struct KeyedState {
 impl std::fmt::Debug for KeyedState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KeyedState")
-            .field("cached_keys", &self.keys.entry_count())
+            .field("cached_keys", &self.keys.len())
             .field("feed", &self.feed)
             .finish_non_exhaustive()
     }
@@ -116,10 +177,8 @@ impl std::fmt::Debug for KeyedState {
 impl KeyedState {
     pub(crate) fn new(config: &CacheConfig) -> Self {
         Self {
-            keys: moka::sync::Cache::builder()
-                .max_capacity(config.key_capacity)
-                .time_to_idle(config.key_idle)
-                .build_with_hasher(PrefixHasher::default()),
+            keys: key_cache(config.key_capacity),
+            swept_at: Mutex::new(None),
             reads: SingleFlight::new(),
             invalidations: AtomicU64::new(0),
             tat: Mutex::new(None),
@@ -147,6 +206,26 @@ impl KeyedState {
         if let Some(next) = at.checked_add(interval) {
             *tat = Some(next);
         }
+    }
+
+    /// Free the entries idle for longer than `idle` (memory follows the active keys, A12), at
+    /// most once per `idle / 4`; called on each feed poll. Returns how many were freed. A hit
+    /// never sees such an entry as fresh anyway ([`Cached::idle_past`]): the sweep only frees.
+    pub(crate) fn sweep_idle(&self, now: Instant, idle: Duration) -> u64 {
+        {
+            let mut swept = self.swept_at.lock().unwrap_or_else(PoisonError::into_inner);
+            match *swept {
+                Some(at) if now.saturating_duration_since(at) < idle / 4 => return 0,
+                _ => *swept = Some(now),
+            }
+        }
+        let freed = std::cell::Cell::new(0u64);
+        self.keys.retain(|_, entry| {
+            let keep = !entry.idle_at(now, idle);
+            freed.set(freed.get() + u64::from(!keep));
+            keep
+        });
+        freed.get()
     }
 
     fn bucket(rate: u32) -> (Duration, Duration) {
@@ -329,7 +408,7 @@ impl<S: KeyStore> ApiKeyCache<S> {
             }
         };
         let Some(record) = record else {
-            state.keys.invalidate(&hash);
+            state.keys.remove(&hash);
             let cacheable = state.invalidations.load(Ordering::SeqCst) == before;
             return Ok(Found::Missing { cacheable });
         };
