@@ -491,6 +491,37 @@ fn per_request_rows() -> Vec<Comparison> {
                 );
             }
         }
+        // What `Router::layer` costs with any layer: axum boxes the layered route's service,
+        // future and response body. A pass-through layer (a `MapResponse` that returns the
+        // response as it is) against no layer.
+        for threads in [1, 2] {
+            let how = "axum Router::layer of a pass-through layer (axum's own cost)";
+            if wanted(what, threads, how) {
+                let layered = small_routes().layer(tower::util::MapResponseLayer::new(
+                    |response: Response| response,
+                ));
+                row(
+                    what,
+                    threads,
+                    how,
+                    layered_vs_bare(&layered, &bare_axum, threads, &method),
+                );
+            }
+        }
+        // The layer around the whole router (`inspector.layer().layer(router)`): applied once,
+        // outside axum's per-route boxing.
+        for threads in [1, 2] {
+            let how = "axum, layer around the Router";
+            if wanted(what, threads, how) {
+                let layered = tower::Layer::layer(&plain.layer(), small_routes());
+                row(
+                    what,
+                    threads,
+                    how,
+                    layered_vs_bare(&layered, &bare_axum, threads, &method),
+                );
+            }
+        }
     }
     if !only.is_empty() {
         return rows;

@@ -11,7 +11,6 @@ use pin_project_lite::pin_project;
 
 use crate::Outcome;
 use crate::capture::Finisher;
-use crate::inspector::Shared;
 use crate::record::Record;
 
 pin_project! {
@@ -32,10 +31,7 @@ pub(crate) enum Tap {
     /// Not captured: frames are only forwarded.
     None,
     /// A captured request's body, read by the inner service.
-    Request {
-        record: Arc<Record>,
-        shared: Arc<Shared>,
-    },
+    Request(Arc<Record>),
     /// A captured response's body; its end records the entry.
     Response(Finisher),
 }
@@ -65,7 +61,7 @@ impl Tap {
     fn on_data(&mut self, data: &[u8], remaining: u64) {
         match self {
             Tap::None => {}
-            Tap::Request { record, shared } => record.append(false, data, remaining, shared),
+            Tap::Request(record) => record.append(false, data, remaining),
             Tap::Response(finisher) => finisher.append(data, remaining),
         }
     }
@@ -73,7 +69,7 @@ impl Tap {
     fn on_end(&mut self) {
         match self {
             Tap::None => {}
-            Tap::Request { record, .. } => record.body_complete(false),
+            Tap::Request(record) => record.body_complete(false),
             Tap::Response(finisher) => finisher.finish(Outcome::Complete),
         }
     }
@@ -130,7 +126,7 @@ impl<B> fmt::Debug for InspectBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let tap = match self.tap {
             Tap::None => "none",
-            Tap::Request { .. } => "request",
+            Tap::Request(_) => "request",
             Tap::Response(_) => "response",
         };
         f.debug_struct("InspectBody")

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use http::HeaderMap;
 
 use crate::Outcome;
-use crate::inspector::Shared;
 use crate::record::Record;
 
 /// Finishes one captured exchange's record exactly once: when the response body ends, fails or
@@ -13,17 +12,15 @@ use crate::record::Record;
 #[derive(Debug)]
 pub(crate) struct Finisher {
     record: Arc<Record>,
-    shared: Arc<Shared>,
     /// The response head arrived: a drop from now on is an abort, not a cancellation.
     responded: bool,
     done: bool,
 }
 
 impl Finisher {
-    pub(crate) fn new(record: Arc<Record>, shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(record: Arc<Record>) -> Self {
         Self {
             record,
-            shared,
             responded: false,
             done: false,
         }
@@ -32,12 +29,12 @@ impl Finisher {
     /// The response head arrived.
     pub(crate) fn response(&mut self, status: u16, headers: &HeaderMap) {
         self.responded = true;
-        self.record.response(status, headers, &self.shared);
+        self.record.response(status, headers);
     }
 
     /// Response body bytes passed through; `remaining` is the body's announced rest.
     pub(crate) fn append(&self, data: &[u8], remaining: u64) {
-        self.record.append(true, data, remaining, &self.shared);
+        self.record.append(true, data, remaining);
     }
 
     /// Record the entry (once).
@@ -45,7 +42,7 @@ impl Finisher {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
-        self.record.finish(outcome, &self.shared);
+        self.record.finish(outcome);
     }
 }
 

@@ -64,7 +64,11 @@ struct State {
     response_after_us: Option<u64>,
     duration_us: u64,
     outcome: Outcome,
-    finished: bool,
+    /// The inspector, until the record is finished (then `None`: nothing changes any more, and
+    /// the ring's record does not keep the inspector alive). The one clone of it a capture
+    /// makes: the taps reach it through the record (issue #23: every clone and drop is a write
+    /// to a line all threads share).
+    shared: Option<Arc<Shared>>,
     text: Vec<u8>,
     ends: Ends,
     request: BodyBuf,
@@ -228,7 +232,7 @@ pub(crate) struct RequestParts<'a> {
 impl Record {
     /// Start recording an exchange: the request's text goes into a new arena, counted in
     /// `in_flight_bytes`.
-    pub(crate) fn start(shared: &Shared, request: RequestParts<'_>) -> Arc<Self> {
+    pub(crate) fn start(shared: &Arc<Shared>, request: RequestParts<'_>) -> Arc<Self> {
         let config = &shared.config;
         let owner = request.owner.as_deref();
         let query_room = request
@@ -273,7 +277,7 @@ impl Record {
                 response_after_us: None,
                 duration_us: 0,
                 outcome: Outcome::Cancelled,
-                finished: false,
+                shared: Some(Arc::clone(shared)),
                 text: arena,
                 ends,
                 request: BodyBuf::default(),
@@ -291,21 +295,20 @@ impl Record {
 
     /// Bytes of request (`response == false`) or response body data passed through; the first
     /// `body_limit` are copied. Nothing changes once the record is finished.
-    pub(crate) fn append(&self, response: bool, data: &[u8], remaining: u64, shared: &Shared) {
-        let mut state = self.lock();
-        if state.finished {
+    pub(crate) fn append(&self, response: bool, data: &[u8], remaining: u64) {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let Some(shared) = &state.shared else {
             return;
-        }
-        let limit = shared.config.body_limit;
+        };
         let body = if response {
             &mut state.response
         } else {
             &mut state.request
         };
-        let grown = body.append(data, remaining, limit);
+        let grown = body.append(data, remaining, shared.config.body_limit);
         if grown > 0 {
             state.in_flight += grown;
-            drop(state);
             shared.counters.hold(grown);
         }
     }
@@ -313,7 +316,7 @@ impl Record {
     /// The request or response body was seen to its end.
     pub(crate) fn body_complete(&self, response: bool) {
         let mut state = self.lock();
-        if !state.finished {
+        if state.shared.is_some() {
             if response {
                 state.response.complete = true;
             } else {
@@ -323,11 +326,12 @@ impl Record {
     }
 
     /// The response head arrived.
-    pub(crate) fn response(&self, status: u16, headers: &HeaderMap, shared: &Shared) {
-        let mut state = self.lock();
-        if state.finished {
+    pub(crate) fn response(&self, status: u16, headers: &HeaderMap) {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let Some(shared) = &state.shared else {
             return;
-        }
+        };
         state.status = Some(status);
         state.response_after_us = Some(micros(state.started.elapsed()));
         let before = state.text.capacity();
@@ -335,21 +339,20 @@ impl Record {
         let grown = state.text.capacity() - before;
         if grown > 0 {
             state.in_flight += grown;
-            drop(state);
             shared.counters.hold(grown);
         }
     }
 
     /// Finish the record (once; later calls do nothing) and push it into the ring.
-    pub(crate) fn finish(self: &Arc<Self>, outcome: Outcome, shared: &Shared) {
-        let counters = &shared.counters;
-        let metrics = &shared.metrics;
-        let (retained, in_flight, truncated) = {
+    pub(crate) fn finish(self: &Arc<Self>, outcome: Outcome) {
+        let (shared, retained, in_flight, truncated) = {
             let mut guard = self.lock();
             let state = &mut *guard;
-            if std::mem::replace(&mut state.finished, true) {
+            let Some(shared) = state.shared.take() else {
                 return;
-            }
+            };
+            let counters = &shared.counters;
+            let metrics = &shared.metrics;
             state.outcome = outcome;
             if outcome == Outcome::Complete {
                 state.response.complete = true;
@@ -377,8 +380,15 @@ impl Record {
             );
             let truncated =
                 u64::from(state.request.truncated) + u64::from(state.response.truncated);
-            (retained, std::mem::take(&mut state.in_flight), truncated)
+            (
+                shared,
+                retained,
+                std::mem::take(&mut state.in_flight),
+                truncated,
+            )
         };
+        let counters = &shared.counters;
+        let metrics = &shared.metrics;
         self.retained.store(retained, Ordering::Relaxed);
         if truncated > 0 {
             counters
@@ -485,7 +495,7 @@ pub(crate) mod tests {
     use http::HeaderValue;
 
     /// A finished record with `id`, for the ring's unit tests (not pushed anywhere).
-    pub(crate) fn finished(shared: &Shared, id: u64) -> Arc<Record> {
+    pub(crate) fn finished(shared: &Arc<Shared>, id: u64) -> Arc<Record> {
         let headers = HeaderMap::new();
         let request_id = format!("req-{id}");
         let record = Record::start(
@@ -501,7 +511,7 @@ pub(crate) mod tests {
         );
         {
             let mut state = record.lock();
-            state.finished = true;
+            state.shared = None;
             state.id = id;
             state.status = Some(200);
             state.outcome = Outcome::Complete;

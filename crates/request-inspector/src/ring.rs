@@ -280,17 +280,17 @@ mod tests {
     use crate::inspector::Shared;
     use crate::record::tests::finished;
 
-    fn shared() -> Shared {
-        Shared {
+    fn shared() -> Arc<Shared> {
+        Arc::new(Shared {
             config: InspectorConfig::new(),
             ring: Ring::new(1),
             counters: Counters::default(),
             metrics: Metrics::new(),
             epoch: crate::inspector::Epoch::now(),
-        }
+        })
     }
 
-    fn push(ring: &Ring, shared: &Shared, id: u64) -> Option<Arc<Record>> {
+    fn push(ring: &Ring, shared: &Arc<Shared>, id: u64) -> Option<Arc<Record>> {
         let record = finished(shared, id);
         let bytes = record.retained_bytes();
         ring.push(record, bytes, &shared.counters, &shared.metrics)

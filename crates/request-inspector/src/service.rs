@@ -126,11 +126,8 @@ where
                     headers: request.headers(),
                 },
             );
-            let finisher = Finisher::new(Arc::clone(&record), Arc::clone(shared));
-            let tap = Tap::Request {
-                record,
-                shared: Arc::clone(shared),
-            };
+            let finisher = Finisher::new(Arc::clone(&record));
+            let tap = Tap::Request(record);
             let request = request.map(|body| {
                 let mut body = InspectBody::new(body, tap);
                 body.end_if_empty();
