@@ -1110,8 +1110,10 @@ async fn a12_key_capacity_extremes_hold_and_eviction_keeps_answers_right() {
 // (tokio::time), like every expiry in this workspace. Observed through stats().keys and the
 // point read its next use costs. Found: in virtual time the key is never dropped (no point read
 // after 3 × key_idle); the same test with real time (a 200 ms thread sleep, key_idle 1 ms, run
-// once by hand) does drop it: key_idle runs on moka's wall clock, not tokio::time, so it cannot
-// be tested with start_paused and disagrees with every other expiry of the crate.
+// once by hand) does drop it: key_idle ran on moka's wall clock, not tokio::time, so it could not
+// be tested with start_paused and disagreed with every other expiry of the crate. (Since #22's
+// hit-latency work the cache is quick_cache and idle entries are freed by a sweep on the feed
+// poll, on the tokio clock.)
 #[tokio::test(start_paused = true)]
 async fn a12_key_idle_follows_tokio_time() {
     let store = MemoryStore::keyed();

@@ -219,3 +219,34 @@ fn document_cache_records_loads_and_snapshot_age() {
     );
     assert!(gauge(&series, "apikey.snapshot.age") >= 31.0);
 }
+
+// covers issue 19 + A12: `apikey.cache.idle_evictions` counts the keys the idle sweep freed
+// (two keys cached, one kept in use past 3 × key_idle: one freed), with no labels.
+#[test]
+fn idle_sweep_is_counted() {
+    let series = run(async {
+        let store = MemoryStore::keyed();
+        let writer = ApiKeyCache::new(store.clone(), CacheConfig::default());
+        let account = writer.create_account("acme", "Acme").await.expect("create");
+        let used = writer.issue_key(&account).await.expect("issue");
+        let idle = writer.issue_key(&account).await.expect("issue");
+        let reader = ApiKeyCache::new(
+            store,
+            CacheConfig::default().key_idle(Duration::from_secs(30)),
+        );
+        assert!(reader.authenticate(used.secret.expose()).await.is_ok());
+        assert!(reader.authenticate(idle.secret.expose()).await.is_ok());
+        for _ in 0..20 {
+            tokio::time::advance(Duration::from_secs(5)).await;
+            assert!(reader.authenticate(used.secret.expose()).await.is_ok());
+        }
+        assert_eq!(reader.stats().idle_evictions, 1);
+    });
+    assert_eq!(counter(&series, "apikey.cache.idle_evictions", &[]), 1);
+    // (Its unit is described once per process, to whichever recorder was current then.)
+    let (key, ..) = series
+        .iter()
+        .find(|(key, ..)| key.key().name() == "apikey.cache.idle_evictions")
+        .expect("series");
+    assert_eq!(key.key().labels().count(), 0);
+}

@@ -66,8 +66,10 @@ impl FileStore {
         self
     }
 
-    /// Keyed layout: `false` skips the `fsync`s of record writes and feed appends (for a
-    /// tmpfs, tests, or bulk loading; a crash may then lose the latest writes). Default `true`.
+    /// Keyed layout: `false` skips the `fsync`s of record writes (for a tmpfs, tests, or bulk
+    /// loading; an OS crash may then lose the latest writes). Default `true`. Feed appends are
+    /// never `fsync`ed: only instances on this host read the feed, and an OS crash restarts
+    /// them all at its end.
     pub fn durable(mut self, durable: bool) -> Self {
         self.durable = durable;
         self
@@ -278,9 +280,9 @@ impl KeyStore for FileStore {
     }
 
     async fn append_feed(&self, entry: &[u8]) -> Result<(), StoreError> {
-        let (entry, segment_bytes, durable) = (entry.to_vec(), self.segment_bytes, self.durable);
+        let (entry, segment_bytes) = (entry.to_vec(), self.segment_bytes);
         self.blocking("append_feed", move |dir| {
-            file_records::append_blocking(dir, &entry, segment_bytes, durable)
+            file_records::append_blocking(dir, &entry, segment_bytes)
         })
         .await
     }

@@ -126,11 +126,15 @@ fn len_of(path: &Path) -> Result<u64, StoreError> {
     }
 }
 
+/// Append one feed line. Not `fsync`ed, even on a durable store: the feed only tells running
+/// instances what changed, and every instance of a file store runs on this host — an OS crash
+/// that could lose an unsynced line ends them all, and each restarts at the feed's end with
+/// nothing cached. A process crash loses nothing (the line is in the page cache). The records
+/// are the truth and stay durable before a write returns.
 pub(crate) fn append_blocking(
     dir: &Path,
     entry: &[u8],
     segment_bytes: u64,
-    durable: bool,
 ) -> Result<(), StoreError> {
     let _lock = lock(dir)?;
     let feed = feed_dir(dir);
@@ -154,9 +158,6 @@ pub(crate) fn append_blocking(
         .open(&path)
         .map_err(io_error(&path))?;
     file.write_all(&line).map_err(io_error(&path))?;
-    if durable {
-        file.sync_data().map_err(io_error(&path))?;
-    }
     Ok(())
 }
 
