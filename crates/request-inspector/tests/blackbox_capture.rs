@@ -1,0 +1,1775 @@
+//! Black-box review of the rewritten capture path (issue #23: the ring keeps a compact record and
+//! builds `Entry` only when read): what `entries()` and the JSON handler report must equal the
+//! exchange exactly, bodies must be tee'd and cut correctly whatever the framing, the ring's
+//! byte counters must match `Entry::retained_bytes`, and bad input must never panic.
+//!
+//! Written from SPEC I1–I6/X4/X5, seed 001, docs/request-inspector.md and issue #23 only, through
+//! the public API. In-process (tower `oneshot`), virtual time where time matters.
+
+use std::collections::VecDeque;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body as AxumBody;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use request_inspector::{
+    Entry, HEADERS_CUT, Header, InspectBody, Inspector, InspectorConfig, Outcome, REDACTED,
+    REQUEST_ID_HEADER, RequestId,
+};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+
+// ---------------------------------------------------------------------------------------------
+// Bodies
+// ---------------------------------------------------------------------------------------------
+
+/// A body that yields a scripted list of frames (data, trailers, errors), with an optional
+/// size hint that may lie.
+#[derive(Debug, Default)]
+struct Script {
+    frames: VecDeque<Result<Frame<Bytes>, io::Error>>,
+    hint: Option<SizeHint>,
+}
+
+impl Script {
+    fn data<I, B>(chunks: I) -> Self
+    where
+        I: IntoIterator<Item = B>,
+        B: Into<Bytes>,
+    {
+        Self {
+            frames: chunks
+                .into_iter()
+                .map(|c| Ok(Frame::data(c.into())))
+                .collect(),
+            hint: None,
+        }
+    }
+
+    fn empty() -> Self {
+        Self::default()
+    }
+
+    /// `body` cut into frames of `frame` bytes.
+    fn framed(body: &[u8], frame: usize) -> Self {
+        Self::data(
+            body.chunks(frame.max(1))
+                .map(Bytes::copy_from_slice)
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    fn hint(mut self, hint: SizeHint) -> Self {
+        self.hint = Some(hint);
+        self
+    }
+
+    fn trailers(mut self, trailers: HeaderMap) -> Self {
+        self.frames.push_back(Ok(Frame::trailers(trailers)));
+        self
+    }
+
+    fn error(mut self) -> Self {
+        self.frames
+            .push_back(Err(io::Error::other("the body broke part-way")));
+        self
+    }
+}
+
+impl Body for Script {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        Poll::Ready(self.get_mut().frames.pop_front())
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.hint {
+            Some(hint) => hint.clone(),
+            None => {
+                let n: usize = self
+                    .frames
+                    .iter()
+                    .filter_map(|f| f.as_ref().ok().and_then(|f| f.data_ref()).map(Bytes::len))
+                    .sum();
+                SizeHint::with_exact(n as u64)
+            }
+        }
+    }
+}
+
+type Tx = mpsc::UnboundedSender<Result<Frame<Bytes>, io::Error>>;
+
+/// A body fed by the test through a channel: it ends when the sender is dropped.
+#[derive(Debug)]
+struct Chan {
+    rx: mpsc::UnboundedReceiver<Result<Frame<Bytes>, io::Error>>,
+}
+
+fn chan() -> (Tx, Chan) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (tx, Chan { rx })
+}
+
+fn send_data(tx: &Tx, data: &'static [u8]) {
+    tx.send(Ok(Frame::data(Bytes::from_static(data))))
+        .expect("body alive");
+}
+
+impl Body for Chan {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        self.get_mut().rx.poll_recv(cx)
+    }
+}
+
+/// Bytes whose allocation is counted while alive, to see whether the layer keeps the
+/// producer's buffers (it must copy, not slice).
+struct Tracked {
+    data: Vec<u8>,
+    live: Arc<AtomicUsize>,
+}
+
+impl AsRef<[u8]> for Tracked {
+    fn as_ref(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.live.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn tracked(data: &[u8], live: &Arc<AtomicUsize>) -> Bytes {
+    live.fetch_add(1, Ordering::SeqCst);
+    Bytes::from_owner(Tracked {
+        data: data.to_vec(),
+        live: Arc::clone(live),
+    })
+}
+
+async fn next_data<B>(body: &mut B) -> Option<Bytes>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Debug,
+{
+    loop {
+        match body.frame().await? {
+            Ok(frame) => {
+                if let Ok(data) = frame.into_data() {
+                    return Some(data);
+                }
+            }
+            Err(e) => panic!("unexpected body error {e:?}"),
+        }
+    }
+}
+
+async fn read_all<B>(body: B) -> Bytes
+where
+    B: Body<Data = Bytes>,
+    B::Error: std::fmt::Debug,
+{
+    body.collect().await.expect("body").to_bytes()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+const POLLING: [&str; 3] = ["/api/monitor", "/api/warmup", "/api/inspector"];
+
+fn config() -> InspectorConfig {
+    InspectorConfig::new()
+        .polling_prefixes(POLLING)
+        .expect("valid prefixes")
+}
+
+fn request<B>(method: Method, uri: &str, body: B) -> Request<B> {
+    Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(body)
+        .expect("request")
+}
+
+fn only(inspector: &Inspector) -> Arc<Entry> {
+    let entries = inspector.entries();
+    assert_eq!(entries.len(), 1, "{entries:#?}");
+    Arc::clone(&entries[0])
+}
+
+/// Send `req` through the layer over a handler that reads the whole request body and answers
+/// `answer`; returns the whole response body, the response headers and what the handler read.
+async fn roundtrip(
+    inspector: &Inspector,
+    req: Request<Script>,
+    answer: Script,
+) -> (Bytes, HeaderMap, Bytes) {
+    let seen = Arc::new(Mutex::new(Bytes::new()));
+    let seen2 = Arc::clone(&seen);
+    let answer = Arc::new(Mutex::new(Some(answer)));
+    let service = ServiceBuilder::new()
+        .layer(inspector.layer())
+        .service(service_fn(move |req: Request<InspectBody<Script>>| {
+            let seen = Arc::clone(&seen2);
+            let answer = answer.lock().unwrap().take().expect("one call");
+            async move {
+                *seen.lock().unwrap() = read_all(req.into_body()).await;
+                Ok::<_, io::Error>(Response::new(answer))
+            }
+        }));
+    let response = service.oneshot(req).await.expect("response");
+    let headers = response.headers().clone();
+    let body = read_all(response.into_body()).await;
+    let seen = seen.lock().unwrap().clone();
+    (body, headers, seen)
+}
+
+/// The recorded headers as (name, value) pairs.
+fn recorded(headers: &[Header]) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|h| (h.name.clone(), h.value.clone()))
+        .collect()
+}
+
+/// A header map as the inspector should record it: in map order, duplicates kept, values as
+/// lossy UTF-8, the names in `secret` redacted.
+fn expected(map: &HeaderMap, secret: &[&str]) -> Vec<(String, String)> {
+    map.iter()
+        .map(|(name, value)| {
+            let value = if secret.contains(&name.as_str()) {
+                REDACTED.to_string()
+            } else {
+                String::from_utf8_lossy(value.as_bytes()).into_owned()
+            };
+            (name.as_str().to_string(), value)
+        })
+        .collect()
+}
+
+fn without_request_id(list: Vec<(String, String)>) -> Vec<(String, String)> {
+    list.into_iter()
+        .filter(|(n, _)| n != "x-request-id")
+        .collect()
+}
+
+/// Recorded headers equal the real ones (the layer's x-request-id aside: if recorded, it is the
+/// exchange's id).
+fn assert_headers(recorded_list: &[Header], map: &HeaderMap, secret: &[&str], id: &str) {
+    for h in recorded_list {
+        if h.name == "x-request-id" {
+            assert_eq!(h.value, id);
+        }
+    }
+    assert_eq!(
+        without_request_id(recorded(recorded_list)),
+        without_request_id(expected(map, secret))
+    );
+}
+
+/// Check the header-limit cut against the real list: recorded in order until the limit would
+/// be passed, then one `:not-recorded` pseudo-header counting the rest (I6). No secrets in
+/// `map` (their recorded length is not the wire length).
+fn assert_cut(recorded_list: &[Header], map: &HeaderMap, limit: usize) {
+    // The x-request-id the layer set is a header of the exchange like any other.
+    let actual: Vec<(String, String, usize)> = map
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                n.as_str().len() + v.len(),
+            )
+        })
+        .collect();
+    let got = recorded(recorded_list);
+    match got.last() {
+        Some((name, value)) if name == HEADERS_CUT => {
+            let k = got.len() - 1;
+            let kept: Vec<_> = actual[..k]
+                .iter()
+                .map(|(n, v, _)| (n.clone(), v.clone()))
+                .collect();
+            assert_eq!(
+                got[..k],
+                kept[..],
+                "recorded headers are the first ones, in order"
+            );
+            let kept_bytes: usize = actual[..k].iter().map(|a| a.2).sum();
+            assert!(kept_bytes <= limit, "{kept_bytes} > {limit}");
+            assert!(k < actual.len(), "a cut with nothing left out");
+            assert!(
+                kept_bytes + actual[k].2 > limit,
+                "header {} would have fitted ({kept_bytes} + {} <= {limit})",
+                actual[k].0,
+                actual[k].2
+            );
+            let rest: usize = actual[k..].iter().map(|a| a.2).sum();
+            assert_eq!(
+                *value,
+                format!("{} headers ({} bytes) not recorded", actual.len() - k, rest)
+            );
+        }
+        _ => {
+            let all: Vec<_> = actual
+                .iter()
+                .map(|(n, v, _)| (n.clone(), v.clone()))
+                .collect();
+            assert_eq!(got, all);
+            let bytes: usize = actual.iter().map(|a| a.2).sum();
+            assert!(
+                bytes <= limit,
+                "{bytes} bytes recorded past the limit {limit}"
+            );
+        }
+    }
+}
+
+fn outcome_name(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Complete => "complete",
+        Outcome::BodyError => "body_error",
+        Outcome::Aborted => "aborted",
+        Outcome::ServiceError => "service_error",
+        Outcome::Cancelled => "cancelled",
+        _ => "unknown",
+    }
+}
+
+async fn json(inspector: &Inspector) -> Value {
+    let response = inspector
+        .router::<()>()
+        .oneshot(
+            Request::get("/?limit=100000")
+                .body(AxumBody::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    serde_json::from_slice(&read_all(response.into_body()).await).expect("JSON")
+}
+
+/// Every field the JSON handler reports equals `entries()`.
+async fn assert_json_matches_entries(inspector: &Inspector) {
+    let page = json(inspector).await;
+    let entries = inspector.entries();
+    let listed = page["entries"].as_array().expect("entries array");
+    assert_eq!(listed.len(), entries.len());
+    for (j, e) in listed.iter().zip(&entries) {
+        assert_eq!(j["id"], e.id);
+        assert_eq!(j["request_id"], e.request_id.as_str());
+        assert_eq!(j["method"], e.method.as_str());
+        assert_eq!(j["path"], e.path.as_str());
+        assert_eq!(j["query"], serde_json::to_value(&e.query).unwrap());
+        assert_eq!(j["owner"], serde_json::to_value(&e.owner).unwrap());
+        assert_eq!(j["status"], serde_json::to_value(e.status).unwrap());
+        assert_eq!(j["started_at_unix_ms"], e.started_at_unix_ms);
+        assert_eq!(
+            j["response_after_us"],
+            serde_json::to_value(e.response_after_us).unwrap()
+        );
+        assert_eq!(j["duration_us"], e.duration_us);
+        assert_eq!(j["outcome"], outcome_name(e.outcome));
+        for (key, list) in [
+            ("request_headers", &e.request_headers),
+            ("response_headers", &e.response_headers),
+        ] {
+            let got: Vec<(String, String)> = j[key]
+                .as_array()
+                .expect("header list")
+                .iter()
+                .map(|h| {
+                    (
+                        h["name"].as_str().unwrap().to_string(),
+                        h["value"].as_str().unwrap().to_string(),
+                    )
+                })
+                .collect();
+            assert_eq!(got, recorded(list), "{key}");
+        }
+        for (key, body) in [
+            ("request_body", &e.request_body),
+            ("response_body", &e.response_body),
+        ] {
+            assert_eq!(j[key]["text"], body.text().as_str(), "{key}");
+            assert_eq!(j[key]["captured_bytes"], body.captured_bytes(), "{key}");
+            assert_eq!(j[key]["total_bytes"], body.total_bytes(), "{key}");
+            assert_eq!(j[key]["truncated"], body.truncated(), "{key}");
+            assert_eq!(j[key]["complete"], body.complete(), "{key}");
+        }
+    }
+}
+
+/// The ring's byte counters agree with its entries and nothing is in flight.
+fn assert_accounting(inspector: &Inspector) {
+    let stats = inspector.stats();
+    let entries = inspector.entries();
+    assert_eq!(stats.ring_len, entries.len());
+    assert!(entries.len() <= inspector.capacity());
+    assert_eq!(
+        stats.ring_bytes,
+        entries.iter().map(|e| e.retained_bytes()).sum::<usize>(),
+        "ring_bytes is the sum of Entry::retained_bytes"
+    );
+    assert_eq!(stats.in_flight_bytes, 0, "nothing is in flight");
+    assert_eq!(
+        stats.retained_bytes,
+        stats.in_flight_bytes + stats.ring_bytes + stats.ring_slot_bytes
+    );
+    assert!(stats.peak_retained_bytes >= stats.retained_bytes);
+    // Sequential exchanges: newest first is also decreasing ids.
+    assert!(
+        entries.windows(2).all(|w| w[0].id > w[1].id),
+        "newest first: {:?}",
+        entries.iter().map(|e| e.id).collect::<Vec<_>>()
+    );
+}
+
+#[derive(Clone, Debug)]
+struct Account(String);
+
+fn owner(ext: &http::Extensions) -> Option<String> {
+    ext.get::<Account>().map(|a| a.0.clone())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fidelity: the entry equals the exchange
+// ---------------------------------------------------------------------------------------------
+
+/// Request header names (lowercase) that must read `[redacted]` (I5, I6 and the configured one).
+const SECRET_REQUEST_HEADERS: [&str; 10] = [
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "x-api-key",
+    "x-auth-token",
+    "x-auth",
+    "x-ms-sas",
+    "x-hub-signature-256",
+    "ocp-apim-subscription-key",
+    "x-session",
+];
+
+const SECRET_RESPONSE_HEADERS: [&str; 3] = ["set-cookie", "x-upstream-token", "x-client-secret"];
+
+// covers I1, I5, I6: method, path, query (credentials redacted, percent-encoded names too),
+// owner, status, request id, every header in order with duplicates, non-UTF-8 and empty values,
+// secrets redacted, bodies; the JSON handler says the same.
+#[tokio::test]
+async fn entry_equals_the_exchange_field_by_field() {
+    let inspector = Inspector::new(
+        config()
+            .body_limit(1024)
+            .redact_header("x-session")
+            .unwrap()
+            .owner_from(owner),
+    );
+    let query = "sv=2020-01-01&sig=SeCrEt1&limit=20&%73ig=SeCrEt2&access%5Ftoken=SeCrEt3\
+                 &my+token=SeCrEt4&SIG=SeCrEt5&X-Amz-Signature=SeCrEt6&code=SeCrEt7\
+                 &client_secret=SeCrEt8&%2573ig=kept&%ZZ=ok&plain=%E9&flag&sig=a=SeCrEt9";
+    let want_query = "sv=[redacted]&sig=[redacted]&limit=20&%73ig=[redacted]\
+                      &access%5Ftoken=[redacted]&my+token=[redacted]&SIG=[redacted]\
+                      &X-Amz-Signature=[redacted]&code=[redacted]&client_secret=[redacted]\
+                      &%2573ig=kept&%ZZ=ok&plain=%E9&flag&sig=[redacted]";
+    let mut req = Request::builder()
+        .method(Method::POST)
+        .uri(format!("/api/jobs/7?{query}"))
+        .header("accept", "application/json")
+        .header("x-trace", "one")
+        .header("authorization", "Bearer SeCrEt")
+        .header("x-trace", "two")
+        .header("cookie", "a=SeCrEt")
+        .header("cookie", "b=SeCrEt")
+        .header("x-empty", "")
+        .header("x-bin", HeaderValue::from_bytes(b"caf\xe9 \xff").unwrap())
+        .header("x-author", "visible")
+        .header("x-auth", "SeCrEt")
+        .header("x-auth-token", "SeCrEt")
+        .header("x-ms-sas", "SeCrEt")
+        .header("x-hub-signature-256", "sha256=SeCrEt")
+        .header("ocp-apim-subscription-key", "SeCrEt")
+        .header("x-api-key", "SeCrEt")
+        .header("proxy-authorization", "Basic SeCrEt")
+        .header("x-session", "SeCrEt")
+        .header("x-request-id", "client-id-1")
+        .header("x-trace", "three")
+        .body(Script::data(["submit ", "job 7"]))
+        .unwrap();
+    req.extensions_mut().insert(Account("alice".into()));
+
+    let seen_headers = Arc::new(Mutex::new(HeaderMap::new()));
+    let seen = Arc::clone(&seen_headers);
+    let service = ServiceBuilder::new()
+        .layer(inspector.layer())
+        .service(service_fn(move |req: Request<InspectBody<Script>>| {
+            let seen = Arc::clone(&seen);
+            async move {
+                let id = req.extensions().get::<RequestId>().cloned().expect("id");
+                assert_eq!(id.as_str(), "client-id-1");
+                assert_eq!(req.headers()[REQUEST_ID_HEADER], "client-id-1");
+                *seen.lock().unwrap() = req.headers().clone();
+                let body = read_all(req.into_body()).await;
+                assert_eq!(body, "submit job 7");
+                let response = Response::builder()
+                    .status(StatusCode::CREATED)
+                    .header("content-type", "text/plain")
+                    .header("set-cookie", "s=SeCrEt; HttpOnly")
+                    .header("x-trace", "r1")
+                    .header("set-cookie", "t=SeCrEt")
+                    .header("x-trace", "r2")
+                    .header("x-empty", "")
+                    .header("x-bin", HeaderValue::from_bytes(b"\x80\xfe").unwrap())
+                    .header("x-upstream-token", "SeCrEt")
+                    .header("x-client-secret", "SeCrEt")
+                    .header("x-request-id", "handler-id")
+                    .body(Script::data(["created ", "job ", "7"]))
+                    .unwrap();
+                Ok::<_, io::Error>(response)
+            }
+        }));
+    let response = service.oneshot(req).await.unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let response_headers = response.headers().clone();
+    assert_eq!(response_headers[REQUEST_ID_HEADER], "client-id-1");
+    assert_eq!(read_all(response.into_body()).await, "created job 7");
+
+    let e = only(&inspector);
+    assert_eq!(e.method, "POST");
+    assert_eq!(e.path, "/api/jobs/7");
+    assert_eq!(e.query.as_deref(), Some(want_query));
+    assert_eq!(e.owner.as_deref(), Some("alice"));
+    assert_eq!(e.status, Some(201));
+    assert_eq!(e.request_id, "client-id-1");
+    assert_eq!(e.outcome, Outcome::Complete);
+    assert_headers(
+        &e.request_headers,
+        &seen_headers.lock().unwrap(),
+        &SECRET_REQUEST_HEADERS,
+        "client-id-1",
+    );
+    assert_headers(
+        &e.response_headers,
+        &response_headers,
+        &SECRET_RESPONSE_HEADERS,
+        "client-id-1",
+    );
+    assert_eq!(e.request_body.bytes(), "submit job 7");
+    assert_eq!(e.response_body.bytes(), "created job 7");
+    for body in [&e.request_body, &e.response_body] {
+        assert!(body.complete() && !body.truncated());
+        assert_eq!(body.total_bytes(), body.captured_bytes() as u64);
+    }
+
+    let everything = format!("{e:?}\n{}", json(&inspector).await);
+    assert!(
+        !everything.contains("SeCrEt"),
+        "a secret leaked: {everything}"
+    );
+    assert_json_matches_entries(&inspector).await;
+    assert_accounting(&inspector);
+}
+
+// covers I1: ids are propagated when valid, generated otherwise, and the same id is on the
+// request header, the extension, the response and the entry.
+#[tokio::test]
+async fn request_ids_are_the_same_everywhere() {
+    let inspector = Inspector::new(config().capacity(100));
+    let max = "a".repeat(128);
+    let cases: Vec<(Vec<HeaderValue>, Option<&str>)> = vec![
+        (vec![], None),
+        (
+            vec![HeaderValue::from_static("ok-id_1.2:3")],
+            Some("ok-id_1.2:3"),
+        ),
+        (
+            vec![HeaderValue::from_str(&max).unwrap()],
+            Some(max.as_str()),
+        ),
+        (vec![HeaderValue::from_str(&"a".repeat(129)).unwrap()], None),
+        (vec![HeaderValue::from_static("")], None),
+        (vec![HeaderValue::from_static("has space")], None),
+        (vec![HeaderValue::from_bytes(b"caf\xe9").unwrap()], None),
+        (
+            vec![HeaderValue::from_static("a"), HeaderValue::from_static("a")],
+            None,
+        ),
+    ];
+    let mut generated = std::collections::HashSet::new();
+    for (i, (values, want)) in cases.iter().enumerate() {
+        for method in [Method::POST, Method::GET] {
+            let path = if method == Method::GET {
+                "/api/monitor/aks"
+            } else {
+                "/api/x"
+            };
+            let mut req = request(method.clone(), path, Script::empty());
+            for v in values {
+                req.headers_mut().append(REQUEST_ID_HEADER, v.clone());
+            }
+            let inner = Arc::new(Mutex::new(String::new()));
+            let inner2 = Arc::clone(&inner);
+            let service = ServiceBuilder::new()
+                .layer(inspector.layer())
+                .service(service_fn(move |req: Request<InspectBody<Script>>| {
+                    let inner = Arc::clone(&inner2);
+                    async move {
+                        let ids: Vec<_> = req.headers().get_all(REQUEST_ID_HEADER).iter().collect();
+                        assert_eq!(ids.len(), 1, "one id on the request");
+                        let ext = req.extensions().get::<RequestId>().expect("extension");
+                        assert_eq!(ids[0], ext.as_str());
+                        *inner.lock().unwrap() = ext.as_str().to_string();
+                        Ok::<_, io::Error>(Response::new(Script::data(["ok"])))
+                    }
+                }));
+            let response = service.oneshot(req).await.unwrap();
+            let on_response: Vec<_> = response
+                .headers()
+                .get_all(REQUEST_ID_HEADER)
+                .iter()
+                .map(|v| v.to_str().unwrap().to_string())
+                .collect();
+            read_all(response.into_body()).await;
+            let inner = inner.lock().unwrap().clone();
+            assert_eq!(on_response, [inner.clone()], "case {i}");
+            match want {
+                Some(w) => assert_eq!(inner, *w, "case {i}"),
+                None => {
+                    assert_eq!(inner.len(), 32, "case {i}: {inner}");
+                    assert!(inner.bytes().all(|b| b.is_ascii_hexdigit()), "{inner}");
+                    assert!(generated.insert(inner.clone()), "a generated id repeated");
+                }
+            }
+            if method == Method::POST {
+                assert_eq!(inspector.entries()[0].request_id, inner, "case {i}");
+            }
+        }
+    }
+    assert_eq!(inspector.stats().passed_through, cases.len() as u64);
+    assert_eq!(inspector.stats().captured, cases.len() as u64);
+}
+
+// covers I6: owner recorded; with require_owner an unowned request is counted, not stored, and
+// still gets its id and its bytes untouched.
+#[tokio::test]
+async fn unowned_requests_are_counted_not_stored() {
+    let inspector = Inspector::new(config().owner_from(owner).require_owner(true));
+    let (body, headers, seen) = roundtrip(
+        &inspector,
+        request(Method::POST, "/api/x", Script::data(["in"])),
+        Script::data(["out"]),
+    )
+    .await;
+    assert_eq!((&body[..], &seen[..]), (&b"out"[..], &b"in"[..]));
+    assert!(headers.contains_key(REQUEST_ID_HEADER));
+    assert!(inspector.entries().is_empty());
+    let stats = inspector.stats();
+    assert_eq!((stats.not_recorded_unowned, stats.captured), (1, 0));
+    assert_eq!(stats.retained_bytes, 0);
+
+    let mut req = request(Method::POST, "/api/x", Script::data(["in"]));
+    req.extensions_mut().insert(Account("bob".into()));
+    roundtrip(&inspector, req, Script::data(["out"])).await;
+    assert_eq!(only(&inspector).owner.as_deref(), Some("bob"));
+    assert_accounting(&inspector);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Header limit (I6)
+// ---------------------------------------------------------------------------------------------
+
+// covers I6: headers recorded in order until the limit would be passed, then one pseudo-header
+// with the count and bytes of the rest — at every limit around the boundaries.
+#[tokio::test]
+async fn header_limit_cuts_in_order_with_the_pseudo_header() {
+    for limit in [0, 1, 9, 10, 11, 19, 20, 21, 55, 100, 1000] {
+        let inspector = Inspector::new(config().header_limit(limit));
+        let mut req = request(Method::POST, "/api/x", Script::empty());
+        let mut answer = Response::new(Script::empty());
+        for i in 0..10 {
+            // 10 bytes each: "h0" + "12345678".
+            let name = HeaderName::from_bytes(format!("h{i}").as_bytes()).unwrap();
+            req.headers_mut()
+                .append(name.clone(), HeaderValue::from_static("12345678"));
+            answer
+                .headers_mut()
+                .append(name, HeaderValue::from_static("abcdefgh"));
+        }
+        // A duplicate after the others: grouped with h3 by the map, in map order.
+        req.headers_mut()
+            .append("h3", HeaderValue::from_static("dup45678"));
+        let seen = Arc::new(Mutex::new(HeaderMap::new()));
+        let seen2 = Arc::clone(&seen);
+        let answer = Arc::new(Mutex::new(Some(answer)));
+        let service = ServiceBuilder::new()
+            .layer(inspector.layer())
+            .service(service_fn(move |req: Request<InspectBody<Script>>| {
+                *seen2.lock().unwrap() = req.headers().clone();
+                let answer = answer.lock().unwrap().take().unwrap();
+                async move { Ok::<_, io::Error>(answer) }
+            }));
+        let response = service.oneshot(req).await.unwrap();
+        let response_headers = response.headers().clone();
+        read_all(response.into_body()).await;
+        let e = only(&inspector);
+        assert_cut(&e.request_headers, &seen.lock().unwrap(), limit);
+        assert_cut(&e.response_headers, &response_headers, limit);
+        assert_json_matches_entries(&inspector).await;
+        assert_accounting(&inspector);
+    }
+}
+
+// covers I6, X5: 10 000 headers and 1 MiB header values never panic and stay within the limit.
+#[tokio::test]
+async fn ten_thousand_headers_and_huge_values_are_bounded() {
+    let inspector = Inspector::new(config().capacity(4));
+    let mut req = request(Method::PUT, "/api/x", Script::empty());
+    let mut answer = Response::new(Script::data(["ok"]));
+    for i in 0..10_000 {
+        let name = HeaderName::from_bytes(format!("x-h{i}").as_bytes()).unwrap();
+        req.headers_mut()
+            .append(name.clone(), HeaderValue::from_static("v"));
+        answer
+            .headers_mut()
+            .append(name, HeaderValue::from_static("w"));
+    }
+    let seen = Arc::new(Mutex::new(HeaderMap::new()));
+    let seen2 = Arc::clone(&seen);
+    let answer = Arc::new(Mutex::new(Some(answer)));
+    let service = ServiceBuilder::new()
+        .layer(inspector.layer())
+        .service(service_fn(move |req: Request<InspectBody<Script>>| {
+            *seen2.lock().unwrap() = req.headers().clone();
+            let answer = answer.lock().unwrap().take().unwrap();
+            async move { Ok::<_, io::Error>(answer) }
+        }));
+    let response = service.oneshot(req).await.unwrap();
+    let response_headers = response.headers().clone();
+    read_all(response.into_body()).await;
+    let e = only(&inspector);
+    let limit = inspector.config().header_limit_bytes();
+    assert_eq!(limit, 16 * 1024);
+    assert_cut(&e.request_headers, &seen.lock().unwrap(), limit);
+    assert_cut(&e.response_headers, &response_headers, limit);
+    assert!(e.retained_bytes() < 200 * 1024, "{}", e.retained_bytes());
+
+    // One huge value (plain and secret), first in the list.
+    let huge = "v".repeat(1024 * 1024);
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("/api/huge")
+        .header("x-huge", huge.as_str())
+        .header("cookie", huge.as_str())
+        .header("accept", "*/*")
+        .body(Script::empty())
+        .unwrap();
+    roundtrip(&inspector, req, Script::empty()).await;
+    let e = &inspector.entries()[0];
+    assert_eq!(e.path, "/api/huge");
+    let names: Vec<_> = e.request_headers.iter().map(|h| h.name.as_str()).collect();
+    assert!(!names.contains(&"x-huge"), "{names:?}");
+    assert_eq!(names.last(), Some(&HEADERS_CUT));
+    assert!(e.retained_bytes() < 100 * 1024, "{}", e.retained_bytes());
+    assert_accounting(&inspector);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Query (I6) and extreme inputs
+// ---------------------------------------------------------------------------------------------
+
+// covers I6: the recorded query is cut at the header limit and a cut never exposes part of a
+// credential value (redaction before the cut).
+#[tokio::test]
+async fn query_cut_never_exposes_part_of_a_secret() {
+    let query = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa=1&sig=QQQQQQQQQQQQ&token=QQQQQQQ&z=1";
+    for limit in 0..=query.len() + 10 {
+        let inspector = Inspector::new(config().header_limit(limit));
+        roundtrip(
+            &inspector,
+            request(Method::POST, &format!("/api/x?{query}"), Script::empty()),
+            Script::empty(),
+        )
+        .await;
+        let e = only(&inspector);
+        let q = e.query.clone().unwrap_or_default();
+        assert!(!q.contains('Q'), "limit {limit}: {q}");
+        assert!(q.len() <= limit, "limit {limit}: {} bytes: {q}", q.len());
+    }
+}
+
+// covers I6, X5: long paths, long queries and malformed percent-encoding never panic; paths are
+// recorded as sent; no secret value survives.
+#[tokio::test]
+async fn malformed_and_long_targets_never_panic() {
+    let inspector = Inspector::new(config().capacity(64));
+    let long_path = format!("/api/{}", "p".repeat(60_000));
+    let many_secrets = "sig=QQ&".repeat(8_000);
+    let targets: Vec<String> = vec![
+        long_path.clone(),
+        format!("/api/x?{many_secrets}"),
+        format!("/api/x?{}", "a".repeat(60_000)),
+        "/api/x?%".into(),
+        "/api/x?%4".into(),
+        "/api/x?%G1=2".into(),
+        "/api/x?%e9%80=1".into(),
+        "/api/x?%00sig=1".into(),
+        "/api/x?s%69g=QQ".into(),
+        "/api/x?%53%49%47=QQ".into(),
+        "/api/x?&&&".into(),
+        "/api/x?=".into(),
+        "/api/x?==1".into(),
+        "/api/x?sig".into(),
+        "/api/x?sig=".into(),
+        "/api/x?sig==QQ".into(),
+        "/api/x?a=%".into(),
+        "/api/x?token%=QQ".into(),
+        "/api/x?".into(),
+        "/api/%zz/%".into(),
+        "/api/monitor/../x".into(),
+        "*".into(),
+    ];
+    for target in &targets {
+        let uri: http::Uri = match target.parse() {
+            Ok(u) => u,
+            Err(_) => continue,
+        };
+        let method = if target == "*" {
+            Method::OPTIONS
+        } else {
+            Method::DELETE
+        };
+        let (body, headers, _) = roundtrip(
+            &inspector,
+            request(method, &uri.to_string(), Script::data(["b"])),
+            Script::data(["r"]),
+        )
+        .await;
+        assert_eq!(body, "r");
+        assert!(headers.contains_key(REQUEST_ID_HEADER));
+        let e = &inspector.entries()[0];
+        assert_eq!(e.path, uri.path(), "{target}");
+        let q = e.query.clone().unwrap_or_default();
+        assert!(!q.contains("QQ"), "{target} recorded as {q}");
+        assert!(q.len() <= inspector.config().header_limit_bytes());
+        match uri.query() {
+            None => assert_eq!(e.query, None, "{target}"),
+            Some(_) => {}
+        }
+    }
+    assert_json_matches_entries(&inspector).await;
+    assert_accounting(&inspector);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bodies (I5)
+// ---------------------------------------------------------------------------------------------
+
+// covers I5: every framing (1-byte frames, frames straddling the limit, frames ending on it),
+// every size around the limit, limit 0: the bytes pass unchanged, the first `limit` are kept,
+// totals and flags are right, in both directions.
+#[tokio::test]
+async fn body_limit_is_exact_for_every_framing() {
+    let data: Vec<u8> = (0..200u8).map(|i| b'a' + (i % 26)).collect();
+    for limit in [0usize, 1, 7, 10, 11, 64] {
+        let inspector = Inspector::new(config().body_limit(limit).capacity(1));
+        for frame in [1usize, 3, 7, 10, 64, 1000] {
+            for len in [0usize, 1, 6, 7, 9, 10, 11, 20, 63, 64, 65, 200] {
+                let body = &data[..len];
+                let (got, _, seen) = roundtrip(
+                    &inspector,
+                    request(Method::POST, "/api/x", Script::framed(body, frame)),
+                    Script::framed(body, frame),
+                )
+                .await;
+                assert_eq!(&seen[..], body);
+                assert_eq!(&got[..], body);
+                let e = only(&inspector);
+                let ctx = format!("limit {limit}, frame {frame}, len {len}");
+                for b in [&e.request_body, &e.response_body] {
+                    assert_eq!(&b.bytes()[..], &body[..len.min(limit)], "{ctx}");
+                    assert_eq!(b.captured_bytes(), len.min(limit), "{ctx}");
+                    assert_eq!(b.total_bytes(), len as u64, "{ctx}");
+                    assert_eq!(b.truncated(), len > limit, "{ctx}");
+                    assert!(b.complete(), "{ctx}");
+                }
+                assert_eq!(e.outcome, Outcome::Complete, "{ctx}");
+                assert_accounting(&inspector);
+            }
+        }
+    }
+}
+
+// covers I5: empty data frames, no frames, and a body that is empty from the start are all
+// complete, zero-byte bodies; an empty response that is never polled is still recorded.
+#[tokio::test]
+async fn empty_bodies_are_complete_and_zero() {
+    let inspector = Inspector::new(config());
+    roundtrip(
+        &inspector,
+        request(
+            Method::POST,
+            "/api/x",
+            Script::data([Bytes::new(), Bytes::new()]),
+        ),
+        Script::data([Bytes::new(), Bytes::from_static(b""), Bytes::new()]),
+    )
+    .await;
+    let e = only(&inspector);
+    for b in [&e.request_body, &e.response_body] {
+        assert_eq!((b.captured_bytes(), b.total_bytes()), (0, 0));
+        assert!(b.complete() && !b.truncated());
+    }
+    assert_eq!(e.outcome, Outcome::Complete);
+
+    // A response whose body is already at its end, dropped without a poll (a server may never
+    // poll an empty body): still one complete entry.
+    inspector.clear();
+    let service = ServiceBuilder::new()
+        .layer(inspector.layer())
+        .service(service_fn(|req: Request<InspectBody<Script>>| async move {
+            read_all(req.into_body()).await;
+            Ok::<_, io::Error>(Response::new(Script::empty()))
+        }));
+    let response = service
+        .oneshot(request(Method::DELETE, "/api/y", Script::empty()))
+        .await
+        .unwrap();
+    assert!(response.body().is_end_stream());
+    drop(response);
+    let e = only(&inspector);
+    assert_eq!(e.path, "/api/y");
+    assert_eq!(e.outcome, Outcome::Complete);
+    assert_eq!(e.response_body.total_bytes(), 0);
+    assert!(e.response_body.complete());
+    assert_accounting(&inspector);
+}
+
+// covers I5: trailers pass through unchanged in both directions; only data is captured.
+#[tokio::test]
+async fn trailers_pass_through_and_are_not_captured_as_data() {
+    let inspector = Inspector::new(config());
+    let mut trailers = HeaderMap::new();
+    trailers.insert("x-checksum", HeaderValue::from_static("abc"));
+    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+    let request_trailers = trailers.clone();
+    let response_trailers = trailers.clone();
+    let service = ServiceBuilder::new()
+        .layer(inspector.layer())
+        .service(service_fn(move |req: Request<InspectBody<Script>>| {
+            let want = request_trailers.clone();
+            let answer = response_trailers.clone();
+            async move {
+                let collected = req.into_body().collect().await.unwrap();
+                assert_eq!(collected.trailers(), Some(&want));
+                assert_eq!(collected.to_bytes(), "hello");
+                Ok::<_, io::Error>(Response::new(Script::data(["wor", "ld"]).trailers(answer)))
+            }
+        }));
+    let response = service
+        .oneshot(request(
+            Method::POST,
+            "/api/x",
+            Script::data(["he", "llo"]).trailers(trailers.clone()),
+        ))
+        .await
+        .unwrap();
+    let collected = response.into_body().collect().await.unwrap();
+    assert_eq!(collected.trailers(), Some(&trailers));
+    assert_eq!(collected.to_bytes(), "world");
+    let e = only(&inspector);
+    assert_eq!(e.request_body.bytes(), "hello");
+    assert_eq!(e.response_body.bytes(), "world");
+    assert_eq!(e.request_body.total_bytes(), 5);
+    assert_eq!(e.response_body.total_bytes(), 5);
+    assert!(e.request_body.complete() && e.response_body.complete());
+    assert_eq!(e.outcome, Outcome::Complete);
+    assert_accounting(&inspector);
+}
+
+// covers I5: size_hint is forwarded unchanged (Content-Length survives), and a hint that lies
+// changes nothing in what is captured or counted.
+#[tokio::test]
+async fn lying_size_hints_change_nothing() {
+    let mib = 1024 * 1024;
+    let big = vec![b'z'; mib];
+    let inspector = Inspector::new(config().body_limit(1024).capacity(8));
+
+    // Says 10 bytes, sends 1 MiB.
+    let chunks: Vec<Bytes> = big.chunks(64 * 1024).map(Bytes::copy_from_slice).collect();
+    let service = ServiceBuilder::new()
+        .layer(inspector.layer())
+        .service(service_fn(move |req: Request<InspectBody<Script>>| {
+            let chunks = chunks.clone();
+            async move {
+                assert_eq!(req.body().size_hint().exact(), Some(10));
+                let n = read_all(req.into_body()).await.len();
+                assert_eq!(n, 1024 * 1024);
+                Ok::<_, io::Error>(Response::new(
+                    Script::data(chunks).hint(SizeHint::with_exact(10)),
+                ))
+            }
+        }));
+    let response = service
+        .oneshot(request(
+            Method::POST,
+            "/api/liar-small",
+            Script::framed(&big, 4096).hint(SizeHint::with_exact(10)),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        response.body().size_hint().exact(),
+        Some(10),
+        "hint forwarded"
+    );
+    assert_eq!(read_all(response.into_body()).await.len(), mib);
+    let e = &inspector.entries()[0];
+    for b in [&e.request_body, &e.response_body] {
+        assert_eq!(b.total_bytes(), mib as u64);
+        assert_eq!(b.captured_bytes(), 1024);
+        assert!(b.truncated() && b.complete());
+    }
+    assert_accounting(&inspector);
+
+    // Says 1 MiB (or more than memory), sends 10 bytes: the entry holds 10 bytes, not a buffer
+    // sized from the hint.
+    for hint in [mib as u64, u64::MAX] {
+        let inspector = Inspector::new(config().capacity(8)); // default 16 KiB limit
+        let (got, _, seen) = roundtrip(
+            &inspector,
+            request(
+                Method::POST,
+                "/api/liar-big",
+                Script::data(["0123456789"]).hint(SizeHint::with_exact(hint)),
+            ),
+            Script::data(["abcdefghij"]).hint(SizeHint::with_exact(hint)),
+        )
+        .await;
+        assert_eq!(
+            (&got[..], &seen[..]),
+            (&b"abcdefghij"[..], &b"0123456789"[..])
+        );
+        let e = only(&inspector);
+        for b in [&e.request_body, &e.response_body] {
+            assert_eq!((b.captured_bytes(), b.total_bytes()), (10, 10));
+            assert!(!b.truncated() && b.complete());
+        }
+        assert_accounting(&inspector);
+        assert!(
+            e.retained_bytes() < 4096,
+            "hint {hint}: a 10-byte exchange retains {} bytes in the ring",
+            e.retained_bytes()
+        );
+    }
+}
+
+// covers I5: a request body the handler drops half-way is recorded incomplete with what was
+// read; an unread one is incomplete.
+#[tokio::test]
+async fn request_body_dropped_half_way_is_incomplete() {
+    let inspector = Inspector::new(config());
+    let service = ServiceBuilder::new()
+        .layer(inspector.layer())
+        .service(service_fn(|req: Request<InspectBody<Script>>| async move {
+            let mut body = req.into_body();
+            let first = next_data(&mut body).await.unwrap();
+            assert_eq!(first, "part1");
+            drop(body);
+            Ok::<_, io::Error>(Response::new(Script::data(["ok"])))
+        }));
+    let response = service
+        .oneshot(request(
+            Method::POST,
+            "/api/x",
+            Script::data(["part1", "part2", "part3"]),
+        ))
+        .await
+        .unwrap();
+    read_all(response.into_body()).await;
+    let e = only(&inspector);
+    assert_eq!(e.request_body.bytes(), "part1");
+    assert_eq!(e.request_body.total_bytes(), 5);
+    assert!(!e.request_body.complete());
+    assert_eq!(e.outcome, Outcome::Complete);
+    assert!(e.response_body.complete());
+    assert_accounting(&inspector);
+
+    inspector.clear();
+    let service = ServiceBuilder::new()
+        .layer(inspector.layer())
+        .service(service_fn(
+            |_req: Request<InspectBody<Script>>| async move {
+                Ok::<_, io::Error>(Response::new(Script::data(["ok"])))
+            },
+        ));
+    let response = service
+        .oneshot(request(Method::POST, "/api/x", Script::data(["unread"])))
+        .await
+        .unwrap();
+    read_all(response.into_body()).await;
+    let e = only(&inspector);
+    assert!(!e.request_body.complete());
+    assert_eq!(e.request_body.total_bytes(), 0);
+    assert_accounting(&inspector);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Outcomes
+// ---------------------------------------------------------------------------------------------
+
+// covers I1: body error, abort, service error and cancellation each give one entry with the
+// right outcome, status and partial body, the error reaches the caller, nothing stays in flight.
+#[tokio::test]
+async fn every_outcome_is_recorded_and_nothing_stays_in_flight() {
+    let inspector = Inspector::new(config().capacity(16));
+
+    // Body error part-way.
+    let service = ServiceBuilder::new()
+        .layer(inspector.layer())
+        .service(service_fn(
+            |_req: Request<InspectBody<Script>>| async move {
+                Ok::<_, io::Error>(Response::new(Script::data(["abc"]).error()))
+            },
+        ));
+    let response = service
+        .oneshot(request(Method::POST, "/api/body-error", Script::empty()))
+        .await
+        .unwrap();
+    let mut body = response.into_body();
+    assert_eq!(next_data(&mut body).await.unwrap(), "abc");
+    let err = body.frame().await.expect("a frame").expect_err("the error");
+    assert_eq!(err.to_string(), "the body broke part-way");
+    drop(body);
+    let e = &inspector.entries()[0];
+    assert_eq!(
+        (e.path.as_str(), e.outcome),
+        ("/api/body-error", Outcome::BodyError)
+    );
+    assert_eq!(e.status, Some(200));
+    assert_eq!(e.response_body.bytes(), "abc");
+    assert!(!e.response_body.complete());
+    assert_eq!(inspector.entries().len(), 1, "recorded once");
+    assert_accounting(&inspector);
+
+    // Aborted: the client reads one frame and goes away.
+    let service = ServiceBuilder::new()
+        .layer(inspector.layer())
+        .service(service_fn(
+            |_req: Request<InspectBody<Script>>| async move {
+                Ok::<_, io::Error>(Response::new(Script::data(["one", "two", "three"])))
+            },
+        ));
+    let response = service
+        .oneshot(request(Method::POST, "/api/aborted", Script::empty()))
+        .await
+        .unwrap();
+    let mut body = response.into_body();
+    assert_eq!(next_data(&mut body).await.unwrap(), "one");
+    assert!(
+        inspector.entries().len() == 1,
+        "not recorded before the exchange ends"
+    );
+    assert!(
+        inspector.stats().in_flight_bytes > 0,
+        "the capture in flight is counted"
+    );
+    drop(body);
+    let e = &inspector.entries()[0];
+    assert_eq!(
+        (e.path.as_str(), e.outcome),
+        ("/api/aborted", Outcome::Aborted)
+    );
+    assert_eq!(e.response_body.bytes(), "one");
+    assert_eq!(e.response_body.total_bytes(), 3);
+    assert!(!e.response_body.complete());
+    assert_accounting(&inspector);
+
+    // Service error.
+    let service = ServiceBuilder::new()
+        .layer(inspector.layer())
+        .service(service_fn(|req: Request<InspectBody<Script>>| async move {
+            read_all(req.into_body()).await;
+            Err::<Response<Script>, _>(io::Error::other("inner failed"))
+        }));
+    let err = service
+        .oneshot(request(
+            Method::PUT,
+            "/api/service-error",
+            Script::data(["x"]),
+        ))
+        .await
+        .expect_err("the inner error");
+    assert_eq!(err.to_string(), "inner failed");
+    let e = &inspector.entries()[0];
+    assert_eq!(
+        (e.path.as_str(), e.outcome, e.status),
+        ("/api/service-error", Outcome::ServiceError, None)
+    );
+    assert_eq!(e.request_body.bytes(), "x");
+    assert!(e.response_headers.is_empty());
+    assert_eq!(e.response_body.total_bytes(), 0);
+    assert_eq!(e.response_after_us, None);
+    assert_accounting(&inspector);
+
+    // Cancelled: the response future is dropped before the head.
+    let mut service = ServiceBuilder::new()
+        .layer(inspector.layer())
+        .service(service_fn(
+            |_req: Request<InspectBody<Script>>| async move {
+                std::future::pending::<()>().await;
+                Ok::<_, io::Error>(Response::new(Script::empty()))
+            },
+        ));
+    service.ready().await.unwrap();
+    let mut future = Box::pin(service.call(request(
+        Method::PATCH,
+        "/api/cancelled",
+        Script::data(["y"]),
+    )));
+    assert!(futures::poll!(&mut future).is_pending());
+    drop(future);
+    let e = &inspector.entries()[0];
+    assert_eq!(
+        (e.path.as_str(), e.outcome, e.status),
+        ("/api/cancelled", Outcome::Cancelled, None)
+    );
+    assert_eq!(e.method, "PATCH");
+    assert_accounting(&inspector);
+
+    let kinds: Vec<_> = inspector.entries().iter().map(|e| e.outcome).collect();
+    assert_eq!(
+        kinds,
+        [
+            Outcome::Cancelled,
+            Outcome::ServiceError,
+            Outcome::Aborted,
+            Outcome::BodyError
+        ]
+    );
+    assert_eq!(inspector.stats().captured, 4);
+    assert_json_matches_entries(&inspector).await;
+}
+
+// covers I1: durations in virtual time: head after the handler's wait, duration at the body end.
+#[tokio::test(start_paused = true)]
+async fn durations_follow_virtual_time() {
+    let inspector = Inspector::new(config());
+    let (tx, body) = chan();
+    let body = Arc::new(Mutex::new(Some(body)));
+    let service = ServiceBuilder::new()
+        .layer(inspector.layer())
+        .service(service_fn(move |_req: Request<InspectBody<Script>>| {
+            let body = body.lock().unwrap().take().unwrap();
+            async move {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                Ok::<_, io::Error>(Response::new(body))
+            }
+        }));
+    let producer = tokio::spawn(async move {
+        send_data(&tx, b"a");
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        send_data(&tx, b"b");
+    });
+    let start = tokio::time::Instant::now();
+    let response = service
+        .oneshot(request(Method::POST, "/api/slow", Script::empty()))
+        .await
+        .unwrap();
+    let mut body = response.into_body();
+    assert_eq!(next_data(&mut body).await.unwrap(), "a");
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "first frame did not wait"
+    );
+    assert!(inspector.entries().is_empty(), "recorded only at the end");
+    assert_eq!(read_all(body).await, "b");
+    producer.await.unwrap();
+    let e = only(&inspector);
+    let head = e.response_after_us.unwrap();
+    assert!((250_000..=260_000).contains(&head), "{head}");
+    assert!(
+        (10_000_000..=10_050_000).contains(&e.duration_us),
+        "{}",
+        e.duration_us
+    );
+    assert_eq!(e.response_body.bytes(), "ab");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streaming (I2, I5)
+// ---------------------------------------------------------------------------------------------
+
+// covers I2: a polling GET's frames reach the client as they are produced; nothing is held,
+// nothing recorded.
+#[tokio::test(start_paused = true)]
+async fn polling_get_frames_arrive_before_the_body_ends() {
+    let inspector = Inspector::new(config());
+    let (tx, body) = chan();
+    let body = Arc::new(Mutex::new(Some(body)));
+    let service = ServiceBuilder::new()
+        .layer(inspector.layer())
+        .service(service_fn(move |_req: Request<InspectBody<Script>>| {
+            let body = body.lock().unwrap().take().unwrap();
+            async move { Ok::<_, io::Error>(Response::new(body)) }
+        }));
+    send_data(&tx, b"first");
+    let response = service
+        .oneshot(request(
+            Method::GET,
+            "/api/monitor/aks?cluster=a",
+            Script::empty(),
+        ))
+        .await
+        .unwrap();
+    assert!(response.headers().contains_key(REQUEST_ID_HEADER));
+    let mut body = response.into_body();
+    let start = tokio::time::Instant::now();
+    assert_eq!(next_data(&mut body).await.unwrap(), "first");
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert_eq!(inspector.stats().retained_bytes, 0);
+    let producer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        send_data(&tx, b"second");
+    });
+    assert_eq!(next_data(&mut body).await.unwrap(), "second");
+    assert!(next_data(&mut body).await.is_none());
+    producer.await.unwrap();
+    assert!(inspector.entries().is_empty());
+    let stats = inspector.stats();
+    assert_eq!((stats.passed_through, stats.captured), (1, 0));
+    assert_eq!(stats.peak_retained_bytes, 0);
+}
+
+// covers I5: a captured POST echoed frame by frame: each request frame reaches the client
+// before the next is produced; the entry appears only at the end, with both bodies.
+#[tokio::test(start_paused = true)]
+async fn captured_echo_is_teed_while_streaming() {
+    let inspector = Inspector::new(config().body_limit(8));
+    let service = ServiceBuilder::new()
+        .layer(inspector.layer())
+        .service(service_fn(|req: Request<InspectBody<Chan>>| async move {
+            // The request body itself is the response body: a true streaming echo.
+            Ok::<_, io::Error>(Response::new(req.into_body()))
+        }));
+    let (tx, body) = chan();
+    let response = service
+        .oneshot(request(Method::POST, "/api/echo", body))
+        .await
+        .unwrap();
+    let mut body = response.into_body();
+    for chunk in [&b"frame1"[..], b"frame2", b"frame3"] {
+        tx.send(Ok(Frame::data(Bytes::from_static(chunk)))).unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(60), next_data(&mut body))
+            .await
+            .expect("the frame was forwarded without waiting for the end");
+        assert_eq!(got.unwrap(), chunk);
+        assert!(inspector.entries().is_empty());
+        let stats = inspector.stats();
+        assert!(stats.in_flight_bytes > 0);
+        assert!(
+            stats.in_flight_bytes <= 2 * 8 + 2 * 16 * 1024 + 2048,
+            "{}",
+            stats.in_flight_bytes
+        );
+    }
+    drop(tx);
+    assert!(next_data(&mut body).await.is_none());
+    let e = only(&inspector);
+    assert_eq!(e.request_body.bytes(), "frame1fr");
+    assert_eq!(e.response_body.bytes(), "frame1fr");
+    for b in [&e.request_body, &e.response_body] {
+        assert_eq!(b.total_bytes(), 18);
+        assert!(b.truncated() && b.complete());
+    }
+    assert_accounting(&inspector);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Memory
+// ---------------------------------------------------------------------------------------------
+
+// covers I1, X4 (issue #23): across filling and evicting a ring that spans two chunks, the
+// ring keeps exactly the newest `capacity` exchanges (the right ones), its byte counters equal
+// the entries' retained bytes, each entry stays under the documented per-exchange bound, and
+// `clear()` frees everything.
+#[tokio::test]
+async fn ring_bytes_match_entries_through_fill_and_eviction() {
+    let capacity = 70;
+    let body_limit = 128;
+    let header_limit = 256;
+    let inspector = Inspector::new(
+        config()
+            .capacity(capacity)
+            .body_limit(body_limit)
+            .header_limit(header_limit),
+    );
+    for i in 0..200usize {
+        let mut req = request(
+            Method::POST,
+            &format!("/api/n/{i}?page={i}"),
+            Script::framed(&vec![b'q'; i * 3 % 400], 17),
+        );
+        for h in 0..(i % 30) {
+            req.headers_mut().append(
+                HeaderName::from_bytes(format!("x-h{h}").as_bytes()).unwrap(),
+                HeaderValue::from_str(&"v".repeat(h)).unwrap(),
+            );
+        }
+        roundtrip(
+            &inspector,
+            req,
+            Script::framed(&vec![b'r'; i * 7 % 500], 33),
+        )
+        .await;
+        let stats = inspector.stats();
+        let n = i + 1;
+        assert_eq!(stats.captured, n as u64);
+        assert_eq!(stats.evicted, n.saturating_sub(capacity) as u64);
+        assert_eq!(stats.ring_len, n.min(capacity));
+        assert_accounting(&inspector);
+        let entries = inspector.entries();
+        let ids: Vec<u64> = entries.iter().map(|e| e.id).collect();
+        let want: Vec<u64> = (n.saturating_sub(capacity) + 1..=n)
+            .rev()
+            .map(|x| x as u64)
+            .collect();
+        assert_eq!(ids, want, "the newest exchanges, newest first");
+        for e in &entries {
+            let k = (e.id - 1) as usize;
+            assert_eq!(e.path, format!("/api/n/{k}"));
+            assert_eq!(e.query.as_deref(), Some(format!("page={k}").as_str()));
+            assert_eq!(e.request_body.total_bytes(), (k * 3 % 400) as u64);
+            assert_eq!(e.response_body.total_bytes(), (k * 7 % 500) as u64);
+            let headers = e.request_headers.len() + e.response_headers.len();
+            let bound = 2 * body_limit + 2 * header_limit + 48 * headers + 400 + 64;
+            assert!(
+                e.retained_bytes() <= bound,
+                "entry {k}: {} > {bound}",
+                e.retained_bytes()
+            );
+        }
+    }
+    let stats = inspector.stats();
+    assert_eq!(stats.ring_slot_bytes, 2 * 552, "two chunks of 64 handles");
+    inspector.clear();
+    let stats = inspector.stats();
+    assert!(inspector.entries().is_empty());
+    assert_eq!((stats.ring_len, stats.ring_bytes), (0, 0));
+    assert_eq!(stats.retained_bytes, 0, "{stats:?}");
+    assert_eq!(stats.captured, 200, "clear keeps the counters");
+}
+
+// covers X4: many tasks on several threads capture at once while readers read: no entry is
+// lost, mixed up or duplicated, ids are unique and newest first, the counters agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_capture_is_consistent() {
+    let capacity = 100;
+    let tasks = 16;
+    let per_task = 100;
+    let inspector = Inspector::new(config().capacity(capacity).body_limit(64));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for _ in 0..2 {
+        let inspector = inspector.clone();
+        let stop = Arc::clone(&stop);
+        readers.push(tokio::spawn(async move {
+            let mut reads = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let entries = inspector.entries();
+                assert!(entries.len() <= capacity);
+                let mut ids: Vec<u64> = entries.iter().map(|e| e.id).collect();
+                ids.sort_unstable();
+                ids.dedup();
+                assert_eq!(ids.len(), entries.len(), "an entry listed twice");
+                for e in &entries {
+                    let tag = e.path.trim_start_matches("/api/t/");
+                    assert_eq!(e.request_id, format!("rid-{tag}"));
+                    assert_eq!(e.request_body.text(), format!("req-{tag}"));
+                    assert_eq!(e.response_body.text(), format!("res-{tag}"));
+                }
+                let stats = inspector.stats();
+                assert!(stats.ring_len <= capacity);
+                reads += 1;
+                tokio::task::yield_now().await;
+            }
+            reads
+        }));
+    }
+    let mut writers = Vec::new();
+    for t in 0..tasks {
+        let inspector = inspector.clone();
+        writers.push(tokio::spawn(async move {
+            let service = ServiceBuilder::new()
+                .layer(inspector.layer())
+                .service(service_fn(|req: Request<InspectBody<Script>>| async move {
+                    let tag = req.uri().path().trim_start_matches("/api/t/").to_string();
+                    tokio::task::yield_now().await;
+                    read_all(req.into_body()).await;
+                    Ok::<_, io::Error>(Response::new(Script::data(["res-".to_string(), tag])))
+                }));
+            for i in 0..per_task {
+                let tag = format!("{t}-{i}");
+                let req = Request::builder()
+                    .method(Method::POST)
+                    .uri(format!("/api/t/{tag}"))
+                    .header(REQUEST_ID_HEADER, format!("rid-{tag}"))
+                    .body(Script::data(["req-".to_string(), tag.clone()]))
+                    .unwrap();
+                let response = service.clone().oneshot(req).await.unwrap();
+                assert_eq!(
+                    response.headers()[REQUEST_ID_HEADER],
+                    format!("rid-{tag}").as_str()
+                );
+                let body = read_all(response.into_body()).await;
+                assert_eq!(body, format!("res-{tag}"));
+            }
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    stop.store(true, Ordering::SeqCst);
+    for r in readers {
+        assert!(r.await.unwrap() > 0);
+    }
+    let total = (tasks * per_task) as u64;
+    let stats = inspector.stats();
+    assert_eq!(stats.captured, total);
+    assert_eq!(stats.evicted, total - capacity as u64);
+    assert_eq!(stats.ring_len, capacity);
+    let entries = inspector.entries();
+    assert_eq!(entries.len(), capacity);
+    assert_eq!(
+        stats.ring_bytes,
+        entries.iter().map(|e| e.retained_bytes()).sum::<usize>()
+    );
+    assert_eq!(stats.in_flight_bytes, 0);
+    assert_eq!(
+        stats.retained_bytes,
+        stats.ring_bytes + stats.ring_slot_bytes
+    );
+    let mut ids: Vec<u64> = entries.iter().map(|e| e.id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), capacity);
+    assert!(ids.iter().all(|&id| (1..=total).contains(&id)));
+}
+
+// covers I5, X4: the layer copies what it keeps (the producers' buffers are freed once the
+// exchange is over, while the entry lives on), and once the inspector, its layer and every
+// service are dropped nothing of the inner service is kept alive, even with a response body
+// that outlived the inspector.
+#[tokio::test]
+async fn no_producer_buffer_or_service_outlives_its_use() {
+    let live = Arc::new(AtomicUsize::new(0));
+    let inspector = Inspector::new(config().body_limit(1024));
+    let token = Arc::new(());
+    let token2 = Arc::clone(&token);
+    let live2 = Arc::clone(&live);
+    let service = ServiceBuilder::new()
+        .layer(inspector.layer())
+        .service(service_fn(move |req: Request<InspectBody<Script>>| {
+            let _held = Arc::clone(&token2);
+            let live = Arc::clone(&live2);
+            async move {
+                read_all(req.into_body()).await;
+                Ok::<_, io::Error>(Response::new(Script::data([
+                    tracked(b"response part one ", &live),
+                    tracked(b"and two", &live),
+                ])))
+            }
+        }));
+    let req = request(
+        Method::POST,
+        "/api/x",
+        Script::data([tracked(b"request ", &live), tracked(b"body", &live)]),
+    );
+    let response = service.clone().oneshot(req).await.unwrap();
+    assert_eq!(
+        read_all(response.into_body()).await,
+        "response part one and two"
+    );
+    let e = only(&inspector);
+    assert_eq!(e.request_body.bytes(), "request body");
+    assert_eq!(e.response_body.bytes(), "response part one and two");
+    assert_eq!(
+        live.load(Ordering::SeqCst),
+        0,
+        "the ring keeps a producer's buffer alive instead of a copy"
+    );
+
+    // A response body still being read when everything else is dropped.
+    let response = service
+        .clone()
+        .oneshot(request(Method::POST, "/api/late", Script::empty()))
+        .await
+        .unwrap();
+    drop(service);
+    drop(e);
+    drop(inspector);
+    let mut body = response.into_body();
+    assert_eq!(next_data(&mut body).await.unwrap(), "response part one ");
+    assert_eq!(next_data(&mut body).await.unwrap(), "and two");
+    assert!(next_data(&mut body).await.is_none());
+    drop(body);
+    assert_eq!(live.load(Ordering::SeqCst), 0);
+    assert_eq!(Arc::strong_count(&token), 1, "the inner service leaked");
+}
+
+// covers X5: capacity 1 and body limit 0 keep sizes only and the newest exchange.
+#[tokio::test]
+async fn capacity_one_and_limit_zero_keep_sizes_only() {
+    let inspector = Inspector::new(config().capacity(0).body_limit(0));
+    assert_eq!(inspector.capacity(), 1);
+    for i in 0..5u64 {
+        roundtrip(
+            &inspector,
+            request(Method::POST, &format!("/api/{i}"), Script::data(["12345"])),
+            Script::data(["abc"]),
+        )
+        .await;
+        let e = only(&inspector);
+        assert_eq!(e.path, format!("/api/{i}"));
+        assert_eq!(e.id, i + 1);
+        assert_eq!(
+            (
+                e.request_body.captured_bytes(),
+                e.request_body.total_bytes()
+            ),
+            (0, 5)
+        );
+        assert_eq!(
+            (
+                e.response_body.captured_bytes(),
+                e.response_body.total_bytes()
+            ),
+            (0, 3)
+        );
+        assert!(e.request_body.truncated() && e.response_body.truncated());
+        assert_accounting(&inspector);
+    }
+    assert_eq!(inspector.stats().evicted, 4);
+    assert_eq!(inspector.stats().truncated_bodies, 10);
+}
+
+// covers I1 (Entry::id: "later entries have larger ids"; the ring is newest first): an exchange
+// that started first but ended last is the newest entry, and has the larger id.
+#[tokio::test]
+async fn ring_order_and_ids_agree_when_exchanges_overlap() {
+    let inspector = Inspector::new(config());
+    let (tx, slow_body) = chan();
+    let slow_body = Arc::new(Mutex::new(Some(slow_body)));
+    let service = ServiceBuilder::new()
+        .layer(inspector.layer())
+        .service(service_fn(move |req: Request<InspectBody<Script>>| {
+            let slow = if req.uri().path() == "/api/slow" {
+                slow_body.lock().unwrap().take()
+            } else {
+                None
+            };
+            async move {
+                Ok::<_, io::Error>(match slow {
+                    Some(body) => Response::new(http_body_util::Either::Left(body)),
+                    None => Response::new(http_body_util::Either::Right(Script::data(["fast"]))),
+                })
+            }
+        }));
+    // A starts, B starts and ends, then A ends.
+    let a = service
+        .clone()
+        .oneshot(request(Method::POST, "/api/slow", Script::empty()))
+        .await
+        .unwrap();
+    let b = service
+        .clone()
+        .oneshot(request(Method::POST, "/api/fast", Script::empty()))
+        .await
+        .unwrap();
+    read_all(b.into_body()).await;
+    send_data(&tx, b"slow");
+    drop(tx);
+    read_all(a.into_body()).await;
+    let entries = inspector.entries();
+    let listed: Vec<_> = entries.iter().map(|e| (e.path.as_str(), e.id)).collect();
+    assert!(
+        entries.windows(2).all(|w| w[0].id > w[1].id),
+        "newest first, but ids not decreasing: {listed:?}"
+    );
+}
+
+// covers I1 (Entry::id: "later entries have larger ids"), X4: with captures ending at the same
+// time on several threads, `entries()` (newest first) must still list decreasing ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "defect: under concurrent capture entries() newest-first is not in id order (id taken apart from the ring push)"]
+async fn concurrent_entries_are_newest_first_by_id() {
+    // The window is small: try up to 30 rounds of 8 threads × 500 captures.
+    for round in 0..30 {
+        let inspector = Inspector::new(config().capacity(10_000).body_limit(16));
+        let mut writers = Vec::new();
+        for t in 0..8 {
+            let inspector = inspector.clone();
+            writers.push(tokio::spawn(async move {
+                let service = ServiceBuilder::new()
+                    .layer(inspector.layer())
+                    .service(service_fn(|req: Request<InspectBody<Script>>| async move {
+                        tokio::task::yield_now().await;
+                        read_all(req.into_body()).await;
+                        Ok::<_, io::Error>(Response::new(Script::data(["ok"])))
+                    }));
+                for i in 0..500 {
+                    let response = service
+                        .clone()
+                        .oneshot(request(
+                            Method::POST,
+                            &format!("/api/t/{t}-{i}"),
+                            Script::data(["x"]),
+                        ))
+                        .await
+                        .unwrap();
+                    read_all(response.into_body()).await;
+                }
+            }));
+        }
+        for w in writers {
+            w.await.unwrap();
+        }
+        let entries = inspector.entries();
+        assert_eq!(entries.len(), 4000);
+        let out_of_order: Vec<(u64, u64)> = entries
+            .windows(2)
+            .filter(|w| w[0].id <= w[1].id)
+            .map(|w| (w[0].id, w[1].id))
+            .collect();
+        assert!(
+            out_of_order.is_empty(),
+            "round {round}: {} adjacent pairs out of id order, e.g. {:?}",
+            out_of_order.len(),
+            &out_of_order[..out_of_order.len().min(5)]
+        );
+    }
+}
