@@ -57,12 +57,18 @@ impl<B: Body> InspectBody<B> {
 }
 
 impl Tap {
-    /// `remaining`: the body's announced rest (`size_hint().lower()`) after this frame.
-    fn on_data(&mut self, data: &[u8], remaining: u64) {
+    /// `remaining`: the body's announced rest (`size_hint().lower()`) after this frame; `end`:
+    /// the body ended with it (one lock on the record for both, for a request body).
+    fn on_data(&mut self, data: &[u8], remaining: u64, end: bool) {
         match self {
             Tap::None => {}
-            Tap::Request(record) => record.append(false, data, remaining),
-            Tap::Response(finisher) => finisher.append(data, remaining),
+            Tap::Request(record) => record.append(false, data, remaining, end),
+            Tap::Response(finisher) => {
+                finisher.append(data, remaining, end);
+                if end {
+                    finisher.finish(Outcome::Complete);
+                }
+            }
         }
     }
 
@@ -96,15 +102,15 @@ where
         let polled = ready!(this.inner.as_mut().poll_frame(cx));
         match &polled {
             Some(Ok(frame)) => {
-                if let Some(data) = frame.data_ref()
-                    && !matches!(this.tap, Tap::None)
-                {
-                    let remaining = this.inner.size_hint().lower();
-                    this.tap.on_data(data, remaining);
-                }
                 // Servers stop polling once `is_end_stream` says so: record the end now.
-                if this.inner.is_end_stream() {
-                    this.tap.on_end();
+                let end = this.inner.is_end_stream();
+                match frame.data_ref() {
+                    Some(data) if !matches!(this.tap, Tap::None) => {
+                        let remaining = this.inner.size_hint().lower();
+                        this.tap.on_data(data, remaining, end);
+                    }
+                    _ if end => this.tap.on_end(),
+                    _ => {}
                 }
             }
             Some(Err(_)) => this.tap.on_error(),

@@ -27,14 +27,16 @@ impl Finisher {
     }
 
     /// The response head arrived.
-    pub(crate) fn response(&mut self, status: u16, headers: &HeaderMap) {
+    /// The response head arrived; `body_hint` is its body's `size_hint().lower()`.
+    pub(crate) fn response(&mut self, status: u16, headers: &HeaderMap, body_hint: u64) {
         self.responded = true;
-        self.record.response(status, headers);
+        self.record.response(status, headers, body_hint);
     }
 
-    /// Response body bytes passed through; `remaining` is the body's announced rest.
-    pub(crate) fn append(&self, data: &[u8], remaining: u64) {
-        self.record.append(true, data, remaining);
+    /// Response body bytes passed through; `remaining` is the body's announced rest, `end`
+    /// says no frame follows.
+    pub(crate) fn append(&self, data: &[u8], remaining: u64, end: bool) {
+        self.record.append(true, data, remaining, end);
     }
 
     /// Record the entry (once).

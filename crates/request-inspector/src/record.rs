@@ -3,10 +3,12 @@
 //!
 //! Issue #23: an `Entry` costs about twenty small allocations (a `String` per field and per
 //! header name and value, two header lists, two body copies, its `Arc`). A record costs four:
-//! its `Arc` (the in-flight state, which becomes the ring's entry as it is), one text arena
-//! (request id, method, path, redacted query, owner, and every recorded header name and value,
-//! each header preceded by its two lengths), and one buffer per body, each allocated to size when
-//! the body's size is known. Readers copy what they need out of it outside the ring's lock.
+//! its `Arc` (the in-flight state, which becomes the ring's entry as it is), and one arena
+//! holding the request id, method, path, redacted query, owner, every recorded header name and
+//! value (each header preceded by its two lengths) and the captured body bytes, sized from the
+//! bodies' `size_hint`s. A body whose bytes arrive after something else was written behind them
+//! (a request body still streaming when the response starts) continues in a buffer of its own.
+//! Readers copy what they need out of it outside the ring's lock.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -52,7 +54,16 @@ struct Ends {
     owner: usize,
     has_owner: bool,
     request_headers: usize,
-    // The response headers run from `request_headers` to the end of the arena.
+    /// The response headers' place in the arena (written when the response head arrives).
+    response_headers: (usize, usize),
+}
+
+/// Which body's arena bytes end where the arena ends (it can go on growing in place).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tail {
+    Other,
+    Request,
+    Response,
 }
 
 #[derive(Debug)]
@@ -71,61 +82,117 @@ struct State {
     shared: Option<Arc<Shared>>,
     text: Vec<u8>,
     ends: Ends,
+    tail: Tail,
     request: BodyBuf,
     response: BodyBuf,
     /// Bytes counted in `Counters::in_flight_bytes` for this record until it is finished.
     in_flight: usize,
 }
 
-/// The first `limit` bytes of one body, plus what was seen of the rest.
+/// The first `limit` bytes of one body, plus what was seen of the rest: the bytes sit in the
+/// arena (`at..at + in_arena`), then, if something else was written behind them before the body
+/// ended, in `spill`.
 #[derive(Debug, Default)]
 struct BodyBuf {
-    buf: Vec<u8>,
+    at: usize,
+    in_arena: usize,
+    spill: Vec<u8>,
     total: u64,
     truncated: bool,
     complete: bool,
 }
 
 impl BodyBuf {
-    /// Copy what fits under `limit`; everything beyond it is only counted (I5). `remaining` is
-    /// the body's `size_hint().lower()` after this frame: the buffer is allocated once for the
-    /// whole body (up to the limit) when its size is announced. Returns the bytes of capacity
-    /// added.
-    fn append(&mut self, data: &[u8], remaining: u64, limit: usize) -> usize {
-        self.total += data.len() as u64;
-        let len = self.buf.len();
+    fn len(&self) -> usize {
+        self.in_arena + self.spill.len()
+    }
+
+    /// Give back unused capacity of the spill buffer.
+    fn shrink(&mut self) {
+        if self.spill.capacity() > self.spill.len() {
+            self.spill.shrink_to_fit();
+        }
+    }
+
+    fn to_public(&self, arena: &[u8]) -> CapturedBody {
+        let mut bytes = Vec::with_capacity(self.len());
+        bytes.extend_from_slice(&arena[self.at..self.at + self.in_arena]);
+        bytes.extend_from_slice(&self.spill);
+        CapturedBody {
+            bytes: Bytes::from(bytes),
+            total_bytes: self.total,
+            truncated: self.truncated,
+            complete: self.complete,
+        }
+    }
+}
+
+/// Room for `want` more bytes in `buf`: exactly that when the body's size is known (`exact`),
+/// else at least double (a body of unknown size, frame after frame, is copied a few times, not
+/// once per frame).
+fn reserve(buf: &mut Vec<u8>, want: usize, exact: bool) {
+    if buf.capacity() - buf.len() >= want {
+        return;
+    }
+    if exact {
+        buf.reserve_exact(want);
+    } else {
+        buf.reserve(want);
+    }
+}
+
+impl State {
+    /// Copy what fits under `limit` of one body's frame (I5); everything beyond it is only
+    /// counted. `remaining`: the body's announced rest after this frame (`size_hint().lower()`);
+    /// `end`: no frame follows. Returns the bytes of capacity added.
+    fn append(
+        &mut self,
+        which: Tail,
+        data: &[u8],
+        remaining: u64,
+        end: bool,
+        limit: usize,
+    ) -> usize {
+        let at_tail = self.tail == which;
+        let body = if which == Tail::Response {
+            &mut self.response
+        } else {
+            &mut self.request
+        };
+        body.total += data.len() as u64;
+        let len = body.len();
         let take = (limit - len).min(data.len());
         if take < data.len() {
-            self.truncated = true;
+            body.truncated = true;
         }
         if take == 0 {
             return 0;
         }
-        let before = self.buf.capacity();
-        let needed = len + take;
-        if needed > before {
-            // The announced rest of the body, or doubling, capped at the limit.
-            let announced = needed.saturating_add(usize::try_from(remaining).unwrap_or(usize::MAX));
-            let target = needed.max(announced.max(2 * before).min(limit));
-            self.buf.reserve_exact(target - len);
-        }
-        self.buf.extend_from_slice(&data[..take]);
-        self.buf.capacity() - before
-    }
-
-    /// Give back unused capacity (a body that grew frame by frame).
-    fn shrink(&mut self) {
-        if self.buf.capacity() > self.buf.len() {
-            self.buf.shrink_to_fit();
-        }
-    }
-
-    fn to_public(&self) -> CapturedBody {
-        CapturedBody {
-            bytes: Bytes::copy_from_slice(&self.buf),
-            total_bytes: self.total,
-            truncated: self.truncated,
-            complete: self.complete,
+        let room = limit - len;
+        // This frame and the announced rest, up to the limit.
+        let want = take.max(
+            usize::try_from(remaining)
+                .unwrap_or(usize::MAX)
+                .saturating_add(take)
+                .min(room),
+        );
+        let exact = end || remaining > 0;
+        let data = &data[..take];
+        if at_tail || len == 0 {
+            let before = self.text.capacity();
+            if !at_tail {
+                body.at = self.text.len();
+                self.tail = which;
+            }
+            reserve(&mut self.text, want, exact);
+            self.text.extend_from_slice(data);
+            body.in_arena += take;
+            self.text.capacity() - before
+        } else {
+            let before = body.spill.capacity();
+            reserve(&mut body.spill, want, exact);
+            body.spill.extend_from_slice(data);
+            body.spill.capacity() - before
         }
     }
 }
@@ -227,6 +294,9 @@ pub(crate) struct RequestParts<'a> {
     pub(crate) query: Option<&'a str>,
     pub(crate) owner: Option<String>,
     pub(crate) headers: &'a HeaderMap,
+    /// The request body's `size_hint().lower()`: room for that much (up to the body limit) is
+    /// made in the arena now.
+    pub(crate) body_hint: u64,
 }
 
 impl Record {
@@ -244,7 +314,10 @@ impl Record {
             + query_room
             + owner.map_or(0, str::len)
             + headers_size(request.headers).min(config.header_limit.saturating_add(64))
-            + RESPONSE_HEADERS_ROOM;
+            + RESPONSE_HEADERS_ROOM
+            + usize::try_from(request.body_hint)
+                .unwrap_or(usize::MAX)
+                .min(config.body_limit);
         let mut arena = Vec::with_capacity(room);
         let mut ends = Ends::default();
         arena.extend_from_slice(request.request_id.as_bytes());
@@ -280,6 +353,7 @@ impl Record {
                 shared: Some(Arc::clone(shared)),
                 text: arena,
                 ends,
+                tail: Tail::Other,
                 request: BodyBuf::default(),
                 response: BodyBuf::default(),
                 in_flight,
@@ -294,22 +368,29 @@ impl Record {
     }
 
     /// Bytes of request (`response == false`) or response body data passed through; the first
-    /// `body_limit` are copied. Nothing changes once the record is finished.
-    pub(crate) fn append(&self, response: bool, data: &[u8], remaining: u64) {
+    /// `body_limit` are copied. `remaining`: the body's announced rest; `end`: the body ended
+    /// with this frame (for a request body: it is complete). Nothing changes once the record is
+    /// finished.
+    pub(crate) fn append(&self, response: bool, data: &[u8], remaining: u64, end: bool) {
         let mut guard = self.lock();
         let state = &mut *guard;
-        let Some(shared) = &state.shared else {
+        let Some(limit) = state.shared.as_ref().map(|s| s.config.body_limit) else {
             return;
         };
-        let body = if response {
-            &mut state.response
+        let which = if response {
+            Tail::Response
         } else {
-            &mut state.request
+            Tail::Request
         };
-        let grown = body.append(data, remaining, shared.config.body_limit);
+        let grown = state.append(which, data, remaining, end, limit);
+        if end && !response {
+            state.request.complete = true;
+        }
         if grown > 0 {
             state.in_flight += grown;
-            shared.counters.hold(grown);
+            if let Some(shared) = &state.shared {
+                shared.counters.hold(grown);
+            }
         }
     }
 
@@ -326,7 +407,9 @@ impl Record {
     }
 
     /// The response head arrived.
-    pub(crate) fn response(&self, status: u16, headers: &HeaderMap) {
+    /// `body_hint`: the response body's `size_hint().lower()`; room for the headers and that
+    /// much of the body (up to the limit) is made in the arena at once.
+    pub(crate) fn response(&self, status: u16, headers: &HeaderMap, body_hint: u64) {
         let mut guard = self.lock();
         let state = &mut *guard;
         let Some(shared) = &state.shared else {
@@ -334,8 +417,17 @@ impl Record {
         };
         state.status = Some(status);
         state.response_after_us = Some(micros(state.started.elapsed()));
+        let config = &shared.config;
         let before = state.text.capacity();
-        write_headers(&mut state.text, headers, &shared.config);
+        let body_room = usize::try_from(body_hint)
+            .unwrap_or(usize::MAX)
+            .min(config.body_limit);
+        let headers_room = headers_size(headers).min(config.header_limit.saturating_add(64));
+        reserve(&mut state.text, headers_room + body_room, true);
+        let start = state.text.len();
+        write_headers(&mut state.text, headers, config);
+        state.ends.response_headers = (start, state.text.len());
+        state.tail = Tail::Other;
         let grown = state.text.capacity() - before;
         if grown > 0 {
             state.in_flight += grown;
@@ -367,10 +459,10 @@ impl Record {
             let retained = ARC_COUNTS
                 + size_of::<Self>()
                 + state.text.capacity()
-                + state.request.buf.capacity()
-                + state.response.buf.capacity();
-            metrics.request_bytes.add(state.request.buf.len() as u64);
-            metrics.response_bytes.add(state.response.buf.len() as u64);
+                + state.request.spill.capacity()
+                + state.response.spill.capacity();
+            metrics.request_bytes.add(state.request.len() as u64);
+            metrics.response_bytes.add(state.response.len() as u64);
             state.id = counters.next_id.fetch_add(1, Ordering::Relaxed) + 1;
             tracing::debug!(
                 request_id = %String::from_utf8_lossy(&state.text[..state.ends.request_id]),
@@ -441,9 +533,9 @@ impl Record {
             duration_us: state.duration_us,
             outcome: state.outcome,
             request_headers: read_headers(arena, ends.owner, ends.request_headers),
-            response_headers: read_headers(arena, ends.request_headers, arena.len()),
-            request_body: state.request.to_public(),
-            response_body: state.response.to_public(),
+            response_headers: read_headers(arena, ends.response_headers.0, ends.response_headers.1),
+            request_body: state.request.to_public(arena),
+            response_body: state.response.to_public(arena),
             ring_bytes: retained,
         }
     }
@@ -507,6 +599,7 @@ pub(crate) mod tests {
                 query: None,
                 owner: None,
                 headers: &headers,
+                body_hint: 0,
             },
         );
         {
@@ -563,30 +656,99 @@ pub(crate) mod tests {
         assert_eq!(read[1].value, "3 headers (41 bytes) not recorded");
     }
 
+    pub(crate) fn shared(config: InspectorConfig) -> Arc<Shared> {
+        Arc::new(Shared {
+            ring: crate::ring::Ring::new(config.capacity),
+            config,
+            counters: crate::ring::Counters::default(),
+            metrics: crate::telemetry::Metrics::new(),
+            epoch: crate::inspector::Epoch::now(),
+        })
+    }
+
+    fn start(shared: &Arc<Shared>, body_hint: u64) -> Arc<Record> {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("text/plain"));
+        Record::start(
+            shared,
+            RequestParts {
+                request_id: "req-1",
+                method: "POST",
+                path: "/api/upload",
+                query: Some("sig=abc&n=1"),
+                owner: Some("alice".to_owned()),
+                headers: &headers,
+                body_hint,
+            },
+        )
+    }
+
     // A body that arrives in many frames is copied up to the limit, flagged truncated past it,
-    // and its buffer ends allocated to size; an announced size is reserved once.
+    // and counted whole; the in-flight bytes follow the arena and are handed to the ring.
     #[test]
     fn bodies_split_over_many_frames_are_copied_up_to_the_limit() {
-        let mut body = BodyBuf::default();
-        let mut grown = 0;
+        let shared = shared(InspectorConfig::new().body_limit(500));
+        let record = start(&shared, 0);
         for i in 0..100_u8 {
-            grown += body.append(&[i; 7], 0, 500);
+            record.append(false, &[i; 7], 0, i == 99);
         }
-        assert_eq!(body.total, 700);
-        assert!(body.truncated);
-        assert_eq!(body.buf.len(), 500);
+        record.response(200, &HeaderMap::new(), 0);
+        for i in 0..10_u8 {
+            record.append(true, &[i; 3], 0, false);
+        }
+        assert!(shared.counters.snapshot(0).in_flight_bytes >= 530);
+        record.finish(Outcome::Complete);
+        let entry = record.to_entry();
         let expected: Vec<u8> = (0..100_u8).flat_map(|i| [i; 7]).take(500).collect();
-        assert_eq!(body.buf, expected);
-        assert!(grown >= 500);
-        body.shrink();
-        assert_eq!(body.buf.capacity(), 500);
+        let body = &entry.request_body;
+        assert_eq!(body.bytes().as_ref(), expected.as_slice());
+        assert_eq!(
+            (body.total_bytes(), body.truncated(), body.complete()),
+            (700, true, true)
+        );
+        let expected: Vec<u8> = (0..10_u8).flat_map(|i| [i; 3]).collect();
+        assert_eq!(entry.response_body.bytes().as_ref(), expected.as_slice());
+        assert!(!entry.response_body.truncated() && entry.response_body.complete());
+        assert_eq!(entry.query.as_deref(), Some("sig=[redacted]&n=1"));
+        assert_eq!(entry.owner.as_deref(), Some("alice"));
+        assert_eq!(entry.request_headers[0].value, "text/plain");
+        let stats = shared.counters.snapshot(shared.ring.len());
+        assert_eq!(stats.in_flight_bytes, 0);
+        assert_eq!(stats.ring_bytes, entry.retained_bytes());
+    }
 
-        let mut announced = BodyBuf::default();
-        assert_eq!(announced.append(&[1; 100], 300, 1000), 400);
-        for _ in 0..3 {
-            assert_eq!(announced.append(&[1; 100], 0, 1000), 0);
-        }
-        assert_eq!(announced.buf.capacity(), 400);
-        assert!(!announced.truncated);
+    // A request body still streaming when the response started (an echo): its later frames
+    // go on in a buffer of their own, and both bodies read back in order.
+    #[test]
+    fn interleaved_bodies_read_back_in_order() {
+        let shared = shared(InspectorConfig::new().body_limit(1000));
+        let record = start(&shared, 100);
+        let mut response_headers = HeaderMap::new();
+        response_headers.insert("x-reply", HeaderValue::from_static("yes"));
+        record.append(false, b"req-1,", 94, false);
+        record.response(201, &response_headers, 0);
+        record.append(true, b"res-1,", 0, false);
+        record.append(false, b"req-2,", 88, false);
+        record.append(true, b"res-2,", 0, false);
+        record.append(false, b"req-3", 0, true);
+        record.append(true, b"res-3", 0, false);
+        record.finish(Outcome::Complete);
+        // Nothing changes once finished.
+        record.append(true, b"late", 0, true);
+        let entry = record.to_entry();
+        assert_eq!(entry.request_body.text(), "req-1,req-2,req-3");
+        assert_eq!(entry.response_body.text(), "res-1,res-2,res-3");
+        assert!(entry.request_body.complete() && entry.response_body.complete());
+        assert_eq!(entry.response_headers.len(), 1);
+        assert_eq!(
+            (entry.response_headers[0].name.as_str(), entry.status),
+            ("x-reply", Some(201))
+        );
+        let state = record.lock();
+        assert!(!state.request.spill.is_empty(), "the request body spilled");
+        assert!(
+            state.response.spill.is_empty(),
+            "the response body stayed at the tail"
+        );
     }
 }

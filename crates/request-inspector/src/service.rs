@@ -124,6 +124,7 @@ where
                     query: request.uri().query(),
                     owner,
                     headers: request.headers(),
+                    body_hint: request.body().size_hint().lower(),
                 },
             );
             let finisher = Finisher::new(Arc::clone(&record));
@@ -200,7 +201,8 @@ where
                 let tap = match this.finisher.take() {
                     None => Tap::None,
                     Some(mut finisher) => {
-                        finisher.response(parts.status.as_u16(), &parts.headers);
+                        let hint = body.size_hint().lower();
+                        finisher.response(parts.status.as_u16(), &parts.headers, hint);
                         Tap::Response(finisher)
                     }
                 };

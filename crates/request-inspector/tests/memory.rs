@@ -23,6 +23,7 @@ static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 fn the_layer_allocates_what_it_needs_and_counts_what_it_keeps() {
     polling_get_allocates_only_for_its_request_id();
     retained_bytes_match_a_counting_allocator();
+    retained_bytes_stay_exact_for_streamed_and_interleaved_bodies();
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -245,5 +246,80 @@ fn retained_bytes_match_a_counting_allocator() {
         inspector.clear();
         assert_eq!(live(&region), 0);
         assert_eq!(inspector.stats().retained_bytes, 0);
+    });
+}
+
+/// A body of `n` frames of 700 bytes each (`a`, `b`, … repeated), with no size announced.
+type Frames = http_body_util::StreamBody<
+    futures::stream::Iter<std::vec::IntoIter<Result<http_body::Frame<Bytes>, Infallible>>>,
+>;
+
+fn frames(n: usize) -> Frames {
+    let frames: Vec<_> = (0..n)
+        .map(|i| {
+            Ok(http_body::Frame::data(Bytes::from(vec![
+                b'a' + (i % 26)
+                    as u8;
+                700
+            ])))
+        })
+        .collect();
+    http_body_util::StreamBody::new(futures::stream::iter(frames))
+}
+
+// Issue #23: the record keeps bodies in its arena while they arrive one after the other, and a
+// request body still streaming when the response started (an echo) continues in a buffer of its
+// own. With bodies of many frames, no announced size, a cut at the limit, and both bodies
+// interleaved frame by frame, the live bytes still equal `retained_bytes` after every exchange.
+fn retained_bytes_stay_exact_for_streamed_and_interleaved_bodies() {
+    let runtime = runtime();
+    let inspector = inspector(8);
+    let mut echo = tower::ServiceBuilder::new()
+        .layer(inspector.layer())
+        .service(service_fn(
+            |request: Request<request_inspector::InspectBody<Frames>>| async move {
+                Ok::<_, Infallible>(Response::new(request.into_body()))
+            },
+        ));
+    runtime.block_on(async {
+        let warm = Request::post("/api/echo").body(frames(2)).expect("request");
+        let response = echo.ready().await.unwrap().call(warm).await.unwrap();
+        let _ = response.into_body().collect().await.expect("echo");
+        inspector.clear();
+
+        let region = Region::new(GLOBAL);
+        for i in 0..20 {
+            // 3 to 12 frames of 700 bytes: under and over the 4 KiB limit.
+            let n = 3 + i % 10;
+            let request = Request::post("/api/echo").body(frames(n)).expect("request");
+            let response = echo.ready().await.unwrap().call(request).await.unwrap();
+            let echoed = response
+                .into_body()
+                .collect()
+                .await
+                .expect("echo")
+                .to_bytes();
+            assert_eq!(echoed.len(), 700 * n);
+            drop(echoed);
+            let stats = inspector.stats();
+            assert_eq!(stats.in_flight_bytes, 0);
+            assert_eq!(live(&region), held(&stats), "after {} echoes", i + 1);
+        }
+        let entries = inspector.entries();
+        let expected: Vec<u8> = (0..12_usize)
+            .flat_map(|i| vec![b'a' + (i % 26) as u8; 700])
+            .take(4096)
+            .collect();
+        for entry in &entries {
+            let (request, response) = (&entry.request_body, &entry.response_body);
+            assert_eq!(request.bytes(), response.bytes(), "both bodies in order");
+            let n = request.total_bytes() as usize;
+            assert_eq!(request.bytes().as_ref(), &expected[..n.min(4096)]);
+            assert_eq!(request.truncated(), n > 4096);
+            assert!(request.complete() && response.complete());
+        }
+        drop((entries, expected));
+        inspector.clear();
+        assert_eq!(live(&region), 0);
     });
 }
