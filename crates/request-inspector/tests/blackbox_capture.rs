@@ -1773,3 +1773,267 @@ async fn concurrent_entries_are_newest_first_by_id() {
         );
     }
 }
+
+/// The documented header rule (I5, I6): a default name, a configured one, a secret word
+/// anywhere in the lowercase name, or a secret segment between `-`, `_` or `.`.
+fn documented_secret_header(name: &str, configured: &[&str]) -> bool {
+    let name = name.to_ascii_lowercase();
+    request_inspector::DEFAULT_REDACTED_HEADERS.contains(&name.as_str())
+        || configured.contains(&name.as_str())
+        || request_inspector::REDACTED_NAME_WORDS
+            .iter()
+            .any(|w| name.contains(w))
+        || name
+            .split(['-', '_', '.'])
+            .any(|s| request_inspector::REDACTED_NAME_SEGMENTS.contains(&s))
+}
+
+// covers I5, I6: for every header name, common or not, the entry redacts exactly what the
+// guide's rule and `InspectorConfig::is_redacted` say, in requests and responses (the rewrite's
+// fast path for common names must agree with the rule).
+#[tokio::test]
+async fn header_redaction_follows_the_documented_rule_for_every_name() {
+    let names = [
+        "accept",
+        "accept-encoding",
+        "accept-language",
+        "access-control-allow-credentials",
+        "access-control-allow-headers",
+        "access-control-request-headers",
+        "age",
+        "authorization",
+        "cache-control",
+        "connection",
+        "content-length",
+        "content-type",
+        "cookie",
+        "etag",
+        "forwarded",
+        "host",
+        "if-none-match",
+        "keep-alive",
+        "location",
+        "origin",
+        "proxy-authorization",
+        "proxy-authenticate",
+        "referer",
+        "sec-websocket-key",
+        "sec-websocket-accept",
+        "sec-fetch-mode",
+        "server",
+        "set-cookie",
+        "traceparent",
+        "user-agent",
+        "vary",
+        "www-authenticate",
+        "x-api-key",
+        "x-apikey",
+        "x-auth",
+        "x-auth-token",
+        "x-author",
+        "x-authorization",
+        "x-client-secret",
+        "x-csrf-token",
+        "x-forwarded-for",
+        "x-goog-signature",
+        "x-hub-signature-256",
+        "x-keystone",
+        "x-ms-sas",
+        "x-ms-custom-sas",
+        "x-sasquatch",
+        "x-sig",
+        "x-sig.v2",
+        "x_auth_mode",
+        "x-password-hint",
+        "x-upstream-credential",
+        "x-amz-security-token",
+        "x-amz-credential",
+        "ocp-apim-subscription-key",
+        "x-ms-client-request-id",
+        "x-session",
+        "sig",
+        "auth",
+        "sas",
+        "token",
+        "x-token",
+        "x-tokenized",
+        "x-secret-santa",
+    ];
+    let inspector = Inspector::new(config().redact_header("X-Session").unwrap());
+    let mut req = request(Method::POST, "/api/x", Script::empty());
+    let mut answer = Response::new(Script::empty());
+    for name in names {
+        let n = HeaderName::from_static(name);
+        let value = HeaderValue::from_str(&format!("value-of-{name}")).unwrap();
+        req.headers_mut().append(n.clone(), value.clone());
+        answer.headers_mut().append(n, value);
+    }
+    let answer = Arc::new(Mutex::new(Some(answer)));
+    let service = ServiceBuilder::new()
+        .layer(inspector.layer())
+        .service(service_fn(move |_req: Request<InspectBody<Script>>| {
+            let answer = answer.lock().unwrap().take().unwrap();
+            async move { Ok::<_, io::Error>(answer) }
+        }));
+    let response = service.oneshot(req).await.unwrap();
+    read_all(response.into_body()).await;
+    let e = only(&inspector);
+    let mut wrong = Vec::new();
+    for (side, list) in [
+        ("request", &e.request_headers),
+        ("response", &e.response_headers),
+    ] {
+        for name in names {
+            let want = documented_secret_header(name, &["x-session"]);
+            let predicate = inspector
+                .config()
+                .is_redacted(&HeaderName::from_static(name));
+            let recorded = list
+                .iter()
+                .find(|h| h.name == name)
+                .unwrap_or_else(|| panic!("{side} header {name} not recorded"));
+            let redacted = recorded.value == REDACTED;
+            if !redacted {
+                assert_eq!(recorded.value, format!("value-of-{name}"));
+            }
+            if redacted != want || predicate != want {
+                wrong.push(format!(
+                    "{side} {name}: documented {want}, is_redacted {predicate}, recorded {redacted}"
+                ));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+/// Decode a query-parameter name once, as a server does: `+` is a space, `%XX` a byte, any
+/// other `%` kept.
+fn decode_name(raw: &str) -> String {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len()
+                && bytes[i + 1].is_ascii_hexdigit()
+                && bytes[i + 2].is_ascii_hexdigit() =>
+            {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap();
+                out.push(u8::from_str_radix(hex, 16).unwrap());
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn documented_secret_param(raw: &str) -> bool {
+    let name = decode_name(raw).to_lowercase();
+    request_inspector::REDACTED_QUERY_PARAMS.contains(&name.as_str())
+        || request_inspector::REDACTED_NAME_WORDS
+            .iter()
+            .any(|w| name.contains(w))
+}
+
+// covers I6: every query parameter is redacted exactly when the guide's rule says so (names
+// percent-decoded once, `+` a space, case-insensitive), and `is_redacted_query_param` agrees.
+#[tokio::test]
+async fn query_redaction_follows_the_documented_rule_for_every_name() {
+    let names = [
+        "sig",
+        "SIG",
+        "Sig",
+        "%73ig",
+        "%53IG",
+        "s%69g",
+        "%2573ig",
+        "%ZZsig",
+        "access_token",
+        "access%5Ftoken",
+        "id_token",
+        "refresh_token",
+        "api_key",
+        "apikey",
+        "ApiKey",
+        "password",
+        "passwd",
+        "secret",
+        "client_secret",
+        "code",
+        "codes",
+        "state",
+        "assertion",
+        "auth",
+        "author",
+        "sas",
+        "se",
+        "st",
+        "sp",
+        "sr",
+        "sv",
+        "spr",
+        "sip",
+        "ss",
+        "srt",
+        "skoid",
+        "sktid",
+        "skt",
+        "ske",
+        "signature",
+        "X-Amz-Credential",
+        "X-Amz-Security-Token",
+        "X-Goog-Signature",
+        "key",
+        "keyword",
+        "monkey",
+        "limit",
+        "page",
+        "stx",
+        "sigma",
+        "my+token",
+        "my%20token",
+        "token%3Dx",
+        "%74%6F%6B%65%6E",
+        "TOKEN",
+        "q",
+        "sort",
+    ];
+    let query: Vec<String> = names.iter().map(|n| format!("{n}=v")).collect();
+    let inspector = Inspector::new(config().header_limit(1024 * 1024));
+    roundtrip(
+        &inspector,
+        request(
+            Method::POST,
+            &format!("/api/x?{}", query.join("&")),
+            Script::empty(),
+        ),
+        Script::empty(),
+    )
+    .await;
+    let e = only(&inspector);
+    let recorded = e.query.clone().expect("a query");
+    let pairs: Vec<&str> = recorded.split('&').collect();
+    assert_eq!(pairs.len(), names.len(), "{recorded}");
+    let mut wrong = Vec::new();
+    for (name, pair) in names.iter().zip(pairs) {
+        let want = documented_secret_param(name);
+        let got = match pair {
+            p if p == format!("{name}=[redacted]") => true,
+            p if p == format!("{name}=v") => false,
+            other => {
+                wrong.push(format!("{name}: recorded as {other}"));
+                continue;
+            }
+        };
+        let predicate = inspector.config().is_redacted_query_param(name);
+        if got != want || predicate != want {
+            wrong.push(format!(
+                "{name}: documented {want}, recorded {got}, is_redacted_query_param {predicate}"
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
