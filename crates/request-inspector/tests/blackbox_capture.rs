@@ -27,6 +27,11 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
 
+// A counting allocator for `alloc_probe` (run alone, in a child process: the counts are
+// process-wide). The other tests only pay the counting.
+#[global_allocator]
+static GLOBAL: &stats_alloc::StatsAlloc<std::alloc::System> = &stats_alloc::INSTRUMENTED_SYSTEM;
+
 // ---------------------------------------------------------------------------------------------
 // Bodies
 // ---------------------------------------------------------------------------------------------
@@ -2036,4 +2041,193 @@ async fn query_redaction_follows_the_documented_rule_for_every_name() {
         }
     }
     assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Retained bytes against a counting allocator, for the inputs tests/memory.rs does not try
+// ---------------------------------------------------------------------------------------------
+
+const PROBE_ENV: &str = "BLACKBOX_CAPTURE_ALLOC_PROBE";
+
+// covers X4 (issue #23: "memory accounting counts what an entry really holds"): after exchanges
+// with lying size hints, 1-byte and straddling frames, trailers, every outcome and a header cut,
+// the bytes the allocator says are live equal `InspectorStats::retained_bytes`, and a 10-byte
+// body announced as 1 MiB does not keep a buffer sized from the announcement.
+#[test]
+fn retained_bytes_are_exact_for_lying_hints_odd_framing_and_every_outcome() {
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "alloc_probe", "--test-threads=1", "--nocapture"])
+        .env(PROBE_ENV, "1")
+        .output()
+        .expect("run the probe");
+    assert!(
+        output.status.success(),
+        "probe failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("1 passed"),
+        "the probe did not run"
+    );
+}
+
+fn live(region: &stats_alloc::Region<'_, std::alloc::System>) -> isize {
+    let change = region.change();
+    change.bytes_allocated as isize - change.bytes_deallocated as isize
+}
+
+/// Only meaningful alone in its process; see the test above.
+#[test]
+fn alloc_probe() {
+    if std::env::var_os(PROBE_ENV).is_none() {
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let inspector = Inspector::new(config().capacity(100).body_limit(1024));
+    let service = ServiceBuilder::new()
+        .layer(inspector.layer())
+        .service(service_fn(|req: Request<InspectBody<Script>>| async move {
+            let path = req.uri().path().to_string();
+            let hint = req.body().size_hint();
+            let mut body = req.into_body();
+            // Read the request like the scenario wants.
+            if path != "/unread" {
+                while let Some(frame) = body.frame().await {
+                    frame?;
+                }
+            }
+            drop(body);
+            let big: Vec<Bytes> = (0..3000).map(|_| Bytes::from_static(b"y")).collect();
+            let answer = match path.as_str() {
+                "/hint-big" => Script::data(["abcdefghij"]).hint(SizeHint::with_exact(1 << 20)),
+                "/hint-max" => Script::data(["abcdefghij"]).hint(SizeHint::with_exact(u64::MAX)),
+                "/hint-small" => Script::data(big).hint(SizeHint::with_exact(10)),
+                "/one-byte" => Script::data(big),
+                "/straddle" => Script::framed(&[b's'; 2000], 7),
+                "/trailers" => {
+                    let mut t = HeaderMap::new();
+                    t.insert("x-sum", HeaderValue::from_static("1"));
+                    Script::data(["t"]).trailers(t)
+                }
+                "/body-error" => Script::data(["part"]).error(),
+                "/service-error" => return Err(io::Error::other("no")),
+                _ => Script::data(["ok"]),
+            };
+            let _ = hint;
+            let mut response = Response::new(answer);
+            if path == "/many-headers" {
+                for i in 0..3000 {
+                    response.headers_mut().append(
+                        HeaderName::from_bytes(format!("x-h{i}").as_bytes()).unwrap(),
+                        HeaderValue::from_static("some value"),
+                    );
+                }
+            }
+            Ok(response)
+        }));
+    runtime.block_on(async {
+        let run = |path: &'static str, body: Script| {
+            let service = service.clone();
+            async move {
+                match service.oneshot(request(Method::POST, path, body)).await {
+                    Ok(response) => {
+                        let mut body = response.into_body();
+                        if path == "/aborted" {
+                            let _ = body.frame().await;
+                        } else {
+                            while let Some(frame) = body.frame().await {
+                                if frame.is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    Err(_) => {}
+                }
+            }
+        };
+        // Warm-up: first-use initialisation is not the ring.
+        run("/warm", Script::data(["w"])).await;
+        inspector.clear();
+        assert_eq!(inspector.stats().retained_bytes, 0);
+
+        let one_byte = || {
+            Script::data(
+                (0..3000)
+                    .map(|_| Bytes::from_static(b"x"))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let scenarios: Vec<(&'static str, Box<dyn Fn() -> Script>)> = vec![
+            (
+                "/hint-big",
+                Box::new(|| Script::data(["0123456789"]).hint(SizeHint::with_exact(1 << 20))),
+            ),
+            (
+                "/hint-max",
+                Box::new(|| Script::data(["0123456789"]).hint(SizeHint::with_exact(u64::MAX))),
+            ),
+            (
+                "/hint-small",
+                Box::new(move || one_byte().hint(SizeHint::with_exact(10))),
+            ),
+            ("/one-byte", Box::new(move || one_byte())),
+            ("/straddle", Box::new(|| Script::framed(&[b'r'; 2000], 7))),
+            (
+                "/trailers",
+                Box::new(|| {
+                    let mut t = HeaderMap::new();
+                    t.insert("x-sum", HeaderValue::from_static("1"));
+                    Script::data(["t"]).trailers(t)
+                }),
+            ),
+            ("/body-error", Box::new(|| Script::data(["q"]))),
+            ("/service-error", Box::new(|| Script::data(["q"]))),
+            ("/aborted", Box::new(|| Script::data(["q"]))),
+            ("/unread", Box::new(|| Script::data(["never read"]))),
+            ("/many-headers", Box::new(|| Script::empty())),
+        ];
+        // Everything the test itself keeps is allocated before the region starts.
+        let mut measured: Vec<(usize, &'static str, isize, usize, usize)> = Vec::with_capacity(64);
+        let region = stats_alloc::Region::new(GLOBAL);
+
+        for round in 0..3 {
+            for (path, make) in &scenarios {
+                run(path, make()).await;
+                let stats = inspector.stats();
+                assert_eq!(stats.in_flight_bytes, 0, "{path}");
+                let live = live(&region);
+                let entry = inspector.entries()[0].retained_bytes();
+                measured.push((round, path, live, stats.retained_bytes, entry));
+            }
+        }
+        let big_hint = inspector
+            .entries()
+            .into_iter()
+            .find(|e| e.path == "/hint-big")
+            .unwrap();
+        let kept = big_hint.retained_bytes();
+        drop(big_hint);
+        inspector.clear();
+        let after_clear = live(&region);
+        let failures: Vec<String> = measured
+            .iter()
+            .filter(|m| m.2 != m.3 as isize)
+            .map(|(round, path, live, stats, entry)| {
+                format!(
+                    "round {round} {path}: allocator says {live} bytes live, stats say {stats} \
+                     (entry retained_bytes {entry})"
+                )
+            })
+            .collect();
+        assert!(failures.is_empty(), "{failures:#?}");
+        assert_eq!(after_clear, 0, "bytes left after clear()");
+        assert!(
+            kept < 2048,
+            "a 10-byte exchange announced as 1 MiB keeps {kept} bytes"
+        );
+    });
 }
