@@ -2406,3 +2406,221 @@ async fn clear_during_an_in_flight_capture_keeps_the_counts_exact() {
     assert_accounting(&inspector);
     assert_eq!(inspector.stats().captured, 4);
 }
+
+fn big_owner(ext: &http::Extensions) -> Option<String> {
+    ext.get::<Account>().map(|a| a.0.clone())
+}
+
+// covers I1, I6 (issue #23's compact record: one text arena with lengths): fields far longer
+// than 64 KiB and 40 000 recorded headers in one entry come back exactly.
+#[tokio::test]
+async fn huge_fields_and_header_counts_survive_the_compact_record() {
+    let inspector = Inspector::new(
+        config()
+            .header_limit(usize::MAX)
+            .body_limit(usize::MAX)
+            .owner_from(big_owner),
+    );
+    assert_eq!(inspector.config().header_limit_bytes(), 1024 * 1024);
+    let owner = "\u{e5}lice-".repeat(40_000); // 280 000 bytes, non-ASCII
+    let method = Method::from_bytes("PURGE".repeat(14_000).as_bytes()).unwrap(); // 70 000 bytes
+    let path = format!("/api/{}", "p".repeat(65_000));
+    let long_value = "v".repeat(200_000);
+    let mut req = request(method.clone(), &path, Script::empty());
+    req.extensions_mut().insert(Account(owner.clone()));
+    req.headers_mut()
+        .insert("x-long", HeaderValue::from_str(&long_value).unwrap());
+    let mut answer = Response::new(Script::empty());
+    answer
+        .headers_mut()
+        .insert("x-long", HeaderValue::from_str(&long_value).unwrap());
+    for i in 0..20_000 {
+        let name = HeaderName::from_bytes(format!("x-{i}").as_bytes()).unwrap();
+        req.headers_mut()
+            .append(name.clone(), HeaderValue::from_static("q"));
+        answer
+            .headers_mut()
+            .append(name, HeaderValue::from_static("r"));
+    }
+    let body = vec![b'b'; 3 * 1024 * 1024];
+    let seen = Arc::new(Mutex::new(HeaderMap::new()));
+    let seen2 = Arc::clone(&seen);
+    let answer = Arc::new(Mutex::new(Some(answer)));
+    let service = ServiceBuilder::new()
+        .layer(inspector.layer())
+        .service(service_fn(move |req: Request<InspectBody<Script>>| {
+            *seen2.lock().unwrap() = req.headers().clone();
+            let answer = answer.lock().unwrap().take().unwrap();
+            async move { Ok::<_, io::Error>(answer) }
+        }));
+    let response = service.oneshot(req).await.unwrap();
+    let response_headers = response.headers().clone();
+    read_all(response.into_body()).await;
+    let e = only(&inspector);
+    assert!(e.method == method.as_str(), "method differs");
+    assert!(e.path == path, "path differs");
+    assert!(e.owner.as_deref() == Some(owner.as_str()), "owner differs");
+    let limit = 1024 * 1024;
+    assert_cut(&e.request_headers, &seen.lock().unwrap(), limit);
+    assert_cut(&e.response_headers, &response_headers, limit);
+    assert_eq!(
+        e.request_headers.len(),
+        20_002,
+        "all recorded (the id included)"
+    );
+    assert_eq!(e.response_headers.len(), 20_002);
+    assert_accounting(&inspector);
+
+    // A 3 MiB body under a 16 MiB limit is kept whole.
+    inspector.clear();
+    roundtrip(
+        &inspector,
+        request(Method::POST, "/api/big", Script::framed(&body, 100_000)),
+        Script::framed(&body, 65_537),
+    )
+    .await;
+    let e = only(&inspector);
+    for b in [&e.request_body, &e.response_body] {
+        assert!(b.bytes()[..] == body[..], "body differs");
+        assert!(!b.truncated() && b.complete());
+    }
+    assert_accounting(&inspector);
+}
+
+// covers the JSON handler and `entries_matching` (filters now run on the compact records): every
+// filter returns exactly what filtering `entries()` returns, newest first, limited.
+#[tokio::test]
+async fn filters_agree_with_entries() {
+    let inspector = Inspector::new(config().capacity(50).owner_from(owner));
+    let service = ServiceBuilder::new()
+        .layer(inspector.layer())
+        .service(service_fn(|req: Request<InspectBody<Script>>| async move {
+            let status: u16 = req
+                .uri()
+                .path()
+                .trim_start_matches("/api/s/")
+                .parse()
+                .unwrap();
+            Ok::<_, io::Error>(
+                Response::builder()
+                    .status(status)
+                    .body(Script::data(["x"]))
+                    .unwrap(),
+            )
+        }));
+    let methods = [
+        Method::GET,
+        Method::POST,
+        Method::DELETE,
+        Method::PUT,
+        Method::from_bytes(b"PURGE").unwrap(),
+    ];
+    let statuses = [200u16, 201, 204, 302, 404, 418, 500, 503, 599, 999];
+    for i in 0..70 {
+        let mut req = request(
+            methods[i % methods.len()].clone(),
+            &format!("/api/s/{}", statuses[i % statuses.len()]),
+            Script::empty(),
+        );
+        if i % 3 != 0 {
+            req.extensions_mut()
+                .insert(Account(["ann", "bob"][i % 2].into()));
+        }
+        let response = service.clone().oneshot(req).await.unwrap();
+        read_all(response.into_body()).await;
+    }
+    let all = inspector.entries();
+    assert_eq!(all.len(), 50);
+    let ids = |v: &[Arc<Entry>]| v.iter().map(|e| e.id).collect::<Vec<_>>();
+    let mut cases: Vec<(Option<&str>, Option<&str>, Option<&str>, Option<usize>)> = Vec::new();
+    for m in [
+        None,
+        Some("get"),
+        Some("POST"),
+        Some("purge"),
+        Some("patch"),
+    ] {
+        for st in [
+            None,
+            Some("4xx"),
+            Some("5XX"),
+            Some("404"),
+            Some("999"),
+            Some("9xx"),
+        ] {
+            for o in [None, Some("ann"), Some("nobody")] {
+                for l in [None, Some(0), Some(1), Some(3), Some(1000)] {
+                    cases.push((m, st, o, l));
+                }
+            }
+        }
+    }
+    for (m, st, o, l) in cases {
+        let mut filter = match request_inspector::EntryFilter::parse(m, st) {
+            Ok(f) => f,
+            Err(_) => continue,
+        };
+        if let Some(o) = o {
+            filter = filter.owner(o);
+        }
+        let expect: Vec<Arc<Entry>> = all
+            .iter()
+            .filter(|e| filter.matches(e))
+            .take(l.unwrap_or(usize::MAX))
+            .cloned()
+            .collect();
+        // Independent check of the method/status/owner rule on the fields.
+        for e in &all {
+            let want = m.is_none_or(|m| e.method.eq_ignore_ascii_case(m))
+                && st.is_none_or(|s| {
+                    let code = e.status.map(|c| c.to_string()).unwrap_or_default();
+                    if s.len() == 3 && s[1..].eq_ignore_ascii_case("xx") {
+                        code.len() == 3 && code[..1] == s[..1]
+                    } else {
+                        code == s
+                    }
+                })
+                && o.is_none_or(|o| e.owner.as_deref() == Some(o));
+            assert_eq!(
+                filter.matches(e),
+                want,
+                "{m:?} {st:?} {o:?} on {} {:?}",
+                e.method,
+                e.status
+            );
+        }
+        if let Some(l) = l {
+            filter = filter.limit(l);
+        }
+        let got = inspector.entries_matching(&filter);
+        assert_eq!(ids(&got), ids(&expect), "{m:?} {st:?} {o:?} {l:?}");
+        for (g, x) in got.iter().zip(&expect) {
+            assert_eq!(format!("{g:?}"), format!("{x:?}"));
+        }
+        if o.is_none() {
+            let mut uri = String::from("/?");
+            if let Some(m) = m {
+                uri.push_str(&format!("method={m}&"));
+            }
+            if let Some(s) = st {
+                uri.push_str(&format!("status={s}&"));
+            }
+            uri.push_str(&format!("limit={}", l.unwrap_or(100_000)));
+            let response = inspector
+                .router::<()>()
+                .oneshot(Request::get(uri.as_str()).body(AxumBody::empty()).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::OK, "{uri}");
+            let page: Value =
+                serde_json::from_slice(&read_all(response.into_body()).await).unwrap();
+            let json_ids: Vec<u64> = page["entries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["id"].as_u64().unwrap())
+                .collect();
+            assert_eq!(json_ids, ids(&expect), "{uri}");
+        }
+    }
+}
