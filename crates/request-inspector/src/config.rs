@@ -119,6 +119,8 @@ pub struct InspectorConfig {
     pub(crate) body_limit: usize,
     pub(crate) header_limit: usize,
     pub(crate) redact: Vec<HeaderName>,
+    /// Whether `redact` names one of the common harmless headers (then those are looked up too).
+    pub(crate) redacts_common: bool,
     pub(crate) redact_query: Vec<String>,
     pub(crate) owner: Option<OwnerFn>,
     pub(crate) require_owner: bool,
@@ -139,6 +141,7 @@ impl InspectorConfig {
             capacity: CAPACITY.default_value(),
             body_limit: BODY_LIMIT.default_value(),
             header_limit: HEADER_LIMIT.default_value(),
+            redacts_common: false,
             redact: DEFAULT_REDACTED_HEADERS
                 .iter()
                 .map(|name| HeaderName::from_static(name))
@@ -212,6 +215,7 @@ impl InspectorConfig {
             }
         })?;
         if !self.redact.contains(&header) {
+            self.redacts_common |= is_common_harmless(header.as_str());
             self.redact.push(header);
         }
         Ok(self)
@@ -276,11 +280,17 @@ impl InspectorConfig {
     /// Whether `name`'s values are redacted: a configured or default name (I5), or a name that
     /// mentions a secret (I6, see [`REDACTED_NAME_WORDS`] and [`REDACTED_NAME_SEGMENTS`]).
     pub fn is_redacted(&self, name: &HeaderName) -> bool {
-        if self.redact.contains(name) {
-            return true;
+        self.is_redacted_name(name, name.as_str())
+    }
+
+    /// [`is_redacted`](Self::is_redacted) with the name's text already at hand. A common
+    /// harmless name (unless configured) is answered with one `match`, without comparing it
+    /// with every configured name or scanning it.
+    pub(crate) fn is_redacted_name(&self, name: &HeaderName, text: &str) -> bool {
+        if is_common_harmless(text) {
+            return self.redacts_common && self.redact.contains(name);
         }
-        let name = name.as_str();
-        !is_common_harmless(name) && names_a_secret(name)
+        self.redact.contains(name) || names_a_secret(text)
     }
 }
 

@@ -28,10 +28,10 @@ const ARC_COUNTS: usize = 2 * size_of::<usize>();
 
 /// Room left in the text arena for the response's headers when the request's part is written,
 /// so that a typical response (a content type, a length, the request id) needs no reallocation.
-const RESPONSE_HEADERS_ROOM: usize = 128;
+const RESPONSE_HEADERS_ROOM: usize = 192;
 
 /// Unused arena capacity kept when the record is finished; more is given back (one `realloc`).
-const SLACK_KEPT: usize = 64;
+const SLACK_KEPT: usize = 128;
 
 /// One captured exchange: in flight until [`Record::finish`], then the ring's entry.
 #[derive(Debug)]
@@ -203,9 +203,13 @@ fn text(arena: &[u8], start: usize, end: usize) -> String {
     String::from_utf8_lossy(&arena[start..end]).into_owned()
 }
 
-fn put_len(arena: &mut Vec<u8>, len: usize) {
-    // Recorded names and values are bounded by the header limit (at most 1 MiB).
-    arena.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes());
+/// A header's name and value lengths, 4 bytes each (both are bounded by the header limit, at
+/// most 1 MiB).
+fn put_lens(arena: &mut Vec<u8>, name: usize, value: usize) {
+    let mut lens = [0_u8; 8];
+    lens[..4].copy_from_slice(&u32::try_from(name).unwrap_or(u32::MAX).to_le_bytes());
+    lens[4..].copy_from_slice(&u32::try_from(value).unwrap_or(u32::MAX).to_le_bytes());
+    arena.extend_from_slice(&lens);
 }
 
 fn get_len(arena: &[u8], at: usize) -> usize {
@@ -221,17 +225,18 @@ fn get_len(arena: &[u8], at: usize) -> usize {
 pub(crate) fn write_headers(arena: &mut Vec<u8>, headers: &HeaderMap, config: &InspectorConfig) {
     let limit = config.header_limit_bytes();
     let (mut used, mut cut, mut cut_bytes) = (0_usize, 0_usize, 0_usize);
-    for (name, value) in headers {
-        let redacted = config.is_redacted(name);
+    for (header, value) in headers {
+        let name = header.as_str();
+        let redacted = config.is_redacted_name(header, name);
         let kept_len = if redacted {
             REDACTED.len()
         } else {
             value.len()
         };
-        let size = name.as_str().len().saturating_add(kept_len);
+        let size = name.len().saturating_add(kept_len);
         if cut == 0 && used.saturating_add(size) <= limit {
             used += size;
-            let name = name.as_str().as_bytes();
+            let name = name.as_bytes();
             let lossy;
             let value: &[u8] = if redacted {
                 REDACTED.as_bytes()
@@ -241,8 +246,7 @@ pub(crate) fn write_headers(arena: &mut Vec<u8>, headers: &HeaderMap, config: &I
                 lossy = String::from_utf8_lossy(value.as_bytes()).into_owned();
                 lossy.as_bytes()
             };
-            put_len(arena, name.len());
-            put_len(arena, value.len());
+            put_lens(arena, name.len(), value.len());
             arena.extend_from_slice(name);
             arena.extend_from_slice(value);
         } else {
@@ -253,8 +257,7 @@ pub(crate) fn write_headers(arena: &mut Vec<u8>, headers: &HeaderMap, config: &I
     }
     if cut > 0 {
         let value = format!("{cut} headers ({cut_bytes} bytes) not recorded");
-        put_len(arena, HEADERS_CUT.len());
-        put_len(arena, value.len());
+        put_lens(arena, HEADERS_CUT.len(), value.len());
         arena.extend_from_slice(HEADERS_CUT.as_bytes());
         arena.extend_from_slice(value.as_bytes());
     }
