@@ -10,7 +10,9 @@
 //! - The layer's cost per request in-process (issue #23), with 1 and with 2 threads each sending
 //!   requests through its own clone of the app: a small polling GET (the dashboard's tick) and a
 //!   captured 1 KiB POST, against no layer. With the default features (metrics on, no recorder),
-//!   and again with a Prometheus recorder's handles registered (metrics recorded).
+//!   and again with a Prometheus recorder's handles registered (metrics recorded); through
+//!   axum's `Router::layer`, through `Router::layer` of a pass-through layer (what axum's
+//!   per-route boxing costs any layer), and with the layer around the whole `Router`.
 //!
 //! "Peak extra memory" is counted, not guessed from RSS: for the layer it is
 //! `InspectorStats::peak_retained_bytes` (every byte it copies or records is counted), for the
