@@ -384,6 +384,14 @@ async fn json(inspector: &Inspector) -> Value {
 async fn assert_json_matches_entries(inspector: &Inspector) {
     let page = json(inspector).await;
     let entries = inspector.entries();
+    let stats = inspector.stats();
+    assert_eq!(page["capacity"], inspector.capacity());
+    assert_eq!(page["stats"]["captured"], stats.captured);
+    assert_eq!(page["stats"]["passed_through"], stats.passed_through);
+    assert_eq!(page["stats"]["evicted"], stats.evicted);
+    assert_eq!(page["stats"]["ring_len"], stats.ring_len);
+    assert_eq!(page["stats"]["ring_bytes"], stats.ring_bytes);
+    assert_eq!(page["stats"]["retained_bytes"], stats.retained_bytes);
     let listed = page["entries"].as_array().expect("entries array");
     assert_eq!(listed.len(), entries.len());
     for (j, e) in listed.iter().zip(&entries) {
@@ -2836,5 +2844,65 @@ async fn clear_racing_with_captures_keeps_counters_exact() {
             (0, 0, 0),
             "round {round}: {stats:?}"
         );
+    }
+}
+
+fn empty_owner(_: &http::Extensions) -> Option<String> {
+    Some(String::new())
+}
+
+// covers I1 (the compact record must not confuse "empty" with "absent"): an owner that is the
+// empty string, an empty query (`?` alone) and a response head at 0 µs (virtual time) are
+// recorded as such, not as `None`.
+#[tokio::test(start_paused = true)]
+async fn empty_values_are_not_confused_with_absent_ones() {
+    let inspector = Inspector::new(config().owner_from(empty_owner));
+    roundtrip(
+        &inspector,
+        request(Method::POST, "/api/x?", Script::empty()),
+        Script::empty(),
+    )
+    .await;
+    let e = only(&inspector);
+    assert_eq!(e.owner.as_deref(), Some(""));
+    let uri: http::Uri = "/api/x?".parse().unwrap();
+    assert_eq!(
+        e.query.as_deref(),
+        uri.query(),
+        "the request's query as http sees it"
+    );
+    assert_eq!(e.response_after_us, Some(0), "the head came at 0 µs");
+    assert_eq!(e.duration_us, 0);
+    assert_eq!(
+        inspector
+            .entries_matching(&request_inspector::EntryFilter::new().owner(""))
+            .len(),
+        1
+    );
+    assert_json_matches_entries(&inspector).await;
+}
+
+// covers I5: a request body that is empty from the start (a GET or DELETE without a body) is
+// over even if the handler never reads it: complete, zero bytes — not "unread".
+#[tokio::test]
+async fn empty_unread_request_body_is_complete() {
+    let inspector = Inspector::new(config());
+    let service = ServiceBuilder::new()
+        .layer(inspector.layer())
+        .service(service_fn(|req: Request<InspectBody<Script>>| async move {
+            assert!(req.body().is_end_stream());
+            Ok::<_, io::Error>(Response::new(Script::data(["ok"])))
+        }));
+    for method in [Method::GET, Method::DELETE, Method::HEAD] {
+        inspector.clear();
+        let response = service
+            .clone()
+            .oneshot(request(method.clone(), "/api/x", Script::empty()))
+            .await
+            .unwrap();
+        read_all(response.into_body()).await;
+        let e = only(&inspector);
+        assert_eq!(e.request_body.total_bytes(), 0, "{method}");
+        assert!(e.request_body.complete(), "{method}: {:?}", e.request_body);
     }
 }
