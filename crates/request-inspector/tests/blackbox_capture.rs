@@ -1512,6 +1512,7 @@ async fn concurrent_capture_is_consistent() {
         let stop = Arc::clone(&stop);
         readers.push(tokio::spawn(async move {
             let mut reads = 0;
+            let mut last_peak = 0;
             while !stop.load(Ordering::SeqCst) {
                 let entries = inspector.entries();
                 assert!(entries.len() <= capacity);
@@ -1527,6 +1528,12 @@ async fn concurrent_capture_is_consistent() {
                 }
                 let stats = inspector.stats();
                 assert!(stats.ring_len <= capacity);
+                assert!(stats.peak_retained_bytes >= last_peak, "the peak went down");
+                last_peak = stats.peak_retained_bytes;
+                assert!(
+                    stats.peak_retained_bytes >= stats.retained_bytes,
+                    "peak below the current bytes: {stats:?}"
+                );
                 reads += 1;
                 tokio::task::yield_now().await;
             }
