@@ -106,7 +106,7 @@ impl Body for Script {
 
     fn size_hint(&self) -> SizeHint {
         match &self.hint {
-            Some(hint) => hint.clone(),
+            Some(hint) => *hint,
             None => {
                 let n: usize = self
                     .frames
@@ -669,7 +669,7 @@ async fn request_ids_are_the_same_everywhere() {
                 .collect();
             read_all(response.into_body()).await;
             let inner = inner.lock().unwrap().clone();
-            assert_eq!(on_response, [inner.clone()], "case {i}");
+            assert_eq!(on_response, std::slice::from_ref(&inner), "case {i}");
             match want {
                 Some(w) => assert_eq!(inner, *w, "case {i}"),
                 None => {
@@ -889,9 +889,8 @@ async fn malformed_and_long_targets_never_panic() {
         let q = e.query.clone().unwrap_or_default();
         assert!(!q.contains("QQ"), "{target} recorded as {q}");
         assert!(q.len() <= inspector.config().header_limit_bytes());
-        match uri.query() {
-            None => assert_eq!(e.query, None, "{target}"),
-            Some(_) => {}
+        if uri.query().is_none() {
+            assert_eq!(e.query, None, "{target}");
         }
     }
     assert_json_matches_entries(&inspector).await;
@@ -2062,6 +2061,9 @@ async fn query_redaction_follows_the_documented_rule_for_every_name() {
 // Retained bytes against a counting allocator, for the inputs tests/memory.rs does not try
 // ---------------------------------------------------------------------------------------------
 
+/// Makes one scenario's request body.
+type MakeBody = Box<dyn Fn() -> Script>;
+
 const PROBE_ENV: &str = "BLACKBOX_CAPTURE_ALLOC_PROBE";
 
 // covers X4 (issue #23: "memory accounting counts what an entry really holds"): after exchanges
@@ -2147,20 +2149,17 @@ fn alloc_probe() {
         let run = |path: &'static str, body: Script| {
             let service = service.clone();
             async move {
-                match service.oneshot(request(Method::POST, path, body)).await {
-                    Ok(response) => {
-                        let mut body = response.into_body();
-                        if path == "/aborted" {
-                            let _ = body.frame().await;
-                        } else {
-                            while let Some(frame) = body.frame().await {
-                                if frame.is_err() {
-                                    break;
-                                }
+                if let Ok(response) = service.oneshot(request(Method::POST, path, body)).await {
+                    let mut body = response.into_body();
+                    if path == "/aborted" {
+                        let _ = body.frame().await;
+                    } else {
+                        while let Some(frame) = body.frame().await {
+                            if frame.is_err() {
+                                break;
                             }
                         }
                     }
-                    Err(_) => {}
                 }
             }
         };
@@ -2176,7 +2175,7 @@ fn alloc_probe() {
                     .collect::<Vec<_>>(),
             )
         };
-        let scenarios: Vec<(&'static str, Box<dyn Fn() -> Script>)> = vec![
+        let scenarios: Vec<(&'static str, MakeBody)> = vec![
             (
                 "/hint-big",
                 Box::new(|| Script::data(["0123456789"]).hint(SizeHint::with_exact(1 << 20))),
@@ -2189,7 +2188,7 @@ fn alloc_probe() {
                 "/hint-small",
                 Box::new(move || one_byte().hint(SizeHint::with_exact(10))),
             ),
-            ("/one-byte", Box::new(move || one_byte())),
+            ("/one-byte", Box::new(one_byte)),
             ("/straddle", Box::new(|| Script::framed(&[b'r'; 2000], 7))),
             (
                 "/trailers",
@@ -2203,7 +2202,7 @@ fn alloc_probe() {
             ("/service-error", Box::new(|| Script::data(["q"]))),
             ("/aborted", Box::new(|| Script::data(["q"]))),
             ("/unread", Box::new(|| Script::data(["never read"]))),
-            ("/many-headers", Box::new(|| Script::empty())),
+            ("/many-headers", Box::new(Script::empty)),
         ];
         // Everything the test itself keeps is allocated before measuring. Each step is measured
         // on its own (a new region per step): the harness's other thread may allocate once at a
@@ -2356,7 +2355,7 @@ async fn one_request_id_on_the_response_and_in_the_record() {
             .collect();
         let seen = response.headers()["x-seen"].to_str().unwrap().to_string();
         read_all(response.into_body()).await;
-        assert_eq!(ids, [seen.clone()], "{incoming:?}");
+        assert_eq!(ids, std::slice::from_ref(&seen), "{incoming:?}");
         let e = only(&inspector);
         assert_eq!(e.request_id, seen);
         for (side, list) in [
@@ -2507,6 +2506,14 @@ async fn huge_fields_and_header_counts_survive_the_compact_record() {
     assert_accounting(&inspector);
 }
 
+/// method, status, owner, limit.
+type FilterCase = (
+    Option<&'static str>,
+    Option<&'static str>,
+    Option<&'static str>,
+    Option<usize>,
+);
+
 // covers the JSON handler and `entries_matching` (filters now run on the compact records): every
 // filter returns exactly what filtering `entries()` returns, newest first, limited.
 #[tokio::test]
@@ -2552,7 +2559,7 @@ async fn filters_agree_with_entries() {
     let all = inspector.entries();
     assert_eq!(all.len(), 50);
     let ids = |v: &[Arc<Entry>]| v.iter().map(|e| e.id).collect::<Vec<_>>();
-    let mut cases: Vec<(Option<&str>, Option<&str>, Option<&str>, Option<usize>)> = Vec::new();
+    let mut cases: Vec<FilterCase> = Vec::new();
     for m in [
         None,
         Some("get"),
