@@ -1712,6 +1712,8 @@ async fn ring_order_and_ids_agree_when_exchanges_overlap() {
                 None
             };
             async move {
+                // Both handlers read their request bodies before answering.
+                read_all(req.into_body()).await;
                 Ok::<_, io::Error>(match slow {
                     Some(body) => Response::new(http_body_util::Either::Left(body)),
                     None => Response::new(http_body_util::Either::Right(Script::data(["fast"]))),
@@ -1721,12 +1723,12 @@ async fn ring_order_and_ids_agree_when_exchanges_overlap() {
     // A starts, B starts and ends, then A ends.
     let a = service
         .clone()
-        .oneshot(request(Method::POST, "/api/slow", Script::empty()))
+        .oneshot(request(Method::POST, "/api/slow", Script::data(["a"])))
         .await
         .unwrap();
     let b = service
         .clone()
-        .oneshot(request(Method::POST, "/api/fast", Script::empty()))
+        .oneshot(request(Method::POST, "/api/fast", Script::data(["b"])))
         .await
         .unwrap();
     read_all(b.into_body()).await;
@@ -2918,5 +2920,59 @@ async fn empty_unread_request_body_is_complete() {
         let e = only(&inspector);
         assert_eq!(e.request_body.total_bytes(), 0, "{method}");
         assert!(e.request_body.complete(), "{method}: {:?}", e.request_body);
+    }
+}
+
+// covers I1, X4 (issue #23: the ring in chunks of 64): at capacities around the chunk size the
+// ring keeps exactly the newest exchanges, newest first, with exact byte counts, while entries
+// read earlier stay intact.
+#[tokio::test]
+async fn eviction_is_exact_around_chunk_boundaries() {
+    for capacity in [1usize, 2, 63, 64, 65, 127, 128, 129] {
+        let inspector = Inspector::new(config().capacity(capacity).body_limit(8));
+        let service = ServiceBuilder::new()
+            .layer(inspector.layer())
+            .service(service_fn(|req: Request<InspectBody<Script>>| async move {
+                let body = read_all(req.into_body()).await;
+                Ok::<_, io::Error>(Response::new(Script::data([body])))
+            }));
+        let mut held: Vec<Arc<Entry>> = Vec::new();
+        let total = 2 * capacity + 70;
+        for i in 1..=total {
+            let response = service
+                .clone()
+                .oneshot(request(
+                    Method::POST,
+                    &format!("/api/{i}"),
+                    Script::data([format!("{i}")]),
+                ))
+                .await
+                .unwrap();
+            read_all(response.into_body()).await;
+            if i % 37 == 0 {
+                held = inspector.entries();
+            }
+            let entries = inspector.entries();
+            let want: Vec<u64> = (i.saturating_sub(capacity) + 1..=i)
+                .rev()
+                .map(|x| x as u64)
+                .collect();
+            assert_eq!(
+                entries.iter().map(|e| e.id).collect::<Vec<_>>(),
+                want,
+                "capacity {capacity} after {i}"
+            );
+            for e in &entries {
+                assert_eq!(e.path, format!("/api/{}", e.id));
+                assert_eq!(e.request_body.text(), e.id.to_string());
+                assert_eq!(e.response_body.text(), e.id.to_string());
+            }
+            for e in &held {
+                assert_eq!(e.path, format!("/api/{}", e.id), "a held entry changed");
+            }
+            assert_accounting(&inspector);
+            let stats = inspector.stats();
+            assert_eq!(stats.evicted, i.saturating_sub(capacity) as u64);
+        }
     }
 }
