@@ -2976,3 +2976,56 @@ async fn eviction_is_exact_around_chunk_boundaries() {
         }
     }
 }
+
+// covers I2: a polling GET that fails, is cancelled or is aborted part-way still leaves no
+// entry and holds nothing; the error reaches the caller unchanged.
+#[tokio::test]
+async fn failed_polling_gets_leave_nothing_behind() {
+    let inspector = Inspector::new(config());
+    let service = ServiceBuilder::new()
+        .layer(inspector.layer())
+        .service(service_fn(|req: Request<InspectBody<Script>>| async move {
+            match req.uri().path() {
+                "/api/monitor/fail" => Err(io::Error::other("inner failed")),
+                "/api/monitor/hang" => {
+                    std::future::pending::<()>().await;
+                    unreachable!()
+                }
+                _ => Ok(Response::new(Script::data(["a", "b"]).error())),
+            }
+        }));
+    let err = service
+        .clone()
+        .oneshot(request(Method::GET, "/api/monitor/fail", Script::empty()))
+        .await
+        .expect_err("the inner error");
+    assert_eq!(err.to_string(), "inner failed");
+    let mut hang = Box::pin(service.clone().oneshot(request(
+        Method::GET,
+        "/api/monitor/hang",
+        Script::empty(),
+    )));
+    assert!(futures::poll!(&mut hang).is_pending());
+    drop(hang);
+    let response = service
+        .clone()
+        .oneshot(request(Method::GET, "/api/monitor/x", Script::empty()))
+        .await
+        .unwrap();
+    let mut body = response.into_body();
+    assert_eq!(next_data(&mut body).await.unwrap(), "a");
+    drop(body);
+    let response = service
+        .oneshot(request(Method::GET, "/api/monitor/x", Script::empty()))
+        .await
+        .unwrap();
+    let mut body = response.into_body();
+    assert_eq!(next_data(&mut body).await.unwrap(), "a");
+    assert_eq!(next_data(&mut body).await.unwrap(), "b");
+    assert!(body.frame().await.unwrap().is_err());
+    assert!(inspector.entries().is_empty());
+    let stats = inspector.stats();
+    assert_eq!(stats.captured, 0);
+    assert_eq!(stats.passed_through, 4);
+    assert_eq!((stats.retained_bytes, stats.peak_retained_bytes), (0, 0));
+}
