@@ -5,7 +5,8 @@
 //! Measured per size: cold start until the first `authenticate` answers, `issue_key` latency
 //! and bytes written per key, heap after 10k distinct active keys (in a child process, RSS
 //! growth over a file store), hit latency (and against one SHA-256 of the key), store reads
-//! caused by 10 000 distinct random bad keys; at the largest size, the time from `revoke_key`
+//! caused by 10 000 distinct random bad keys (the file-store rows after a `sync`, so durable
+//! writes do not wait behind the copy's write-back); at the largest size, the time from `revoke_key`
 //! on one of three instances over one file store to rejection on the other two. Then the same
 //! (bar the heap probe) over Azure Blob at 10k keys, against Azurite (skipped, with the reason
 //! printed, when Azurite cannot be started; `APIKEY_SCALE_AZURITE=0` skips it too). Run with
@@ -260,6 +261,22 @@ async fn copy_records(from: &MemoryStore, dir: &Path) {
     );
 }
 
+/// Flush the copied records to disk (`sync`) before timing durable writes: otherwise every
+/// `fsync` of the measurement waits behind the write-back of the copy (ext4 commits one
+/// journal), and the row measures the copy, not `issue_key`.
+fn settle_disk() {
+    let started = Instant::now();
+    match std::process::Command::new("sync").status() {
+        Ok(status) if status.success() => eprintln!(
+            "apikey_scale: sync after the copy took {:.1} s",
+            started.elapsed().as_secs_f64()
+        ),
+        other => eprintln!(
+            "apikey_scale: sync did not run ({other:?}); write rows may include write-back"
+        ),
+    }
+}
+
 async fn cold_start<S: KeyStore + Clone>(store: &S, key: &str) -> f64 {
     let mut samples = Vec::new();
     for _ in 0..3 {
@@ -512,6 +529,7 @@ async fn run_size(n: usize, largest: bool, rows: &mut Vec<Row>) {
     let doc_file = FileStore::new(dir.join("keys.json"));
     doc_file.store(&doc, None).await.expect("write document");
     drop(doc);
+    settle_disk();
     rows.push(row(
         format!("cold start to first answer, {l} keys, file"),
         "ms",
