@@ -754,4 +754,11 @@ pub(crate) mod tests {
             "the response body stayed at the tail"
         );
     }
+
+    // The guide's sizing: a record's fixed part (in its `Arc`) is 320 bytes on 64-bit targets.
+    #[cfg(target_pointer_width = "64")]
+    #[test]
+    fn record_fixed_part_matches_the_guide() {
+        assert_eq!(ARC_COUNTS + size_of::<Record>(), 320);
+    }
 }
