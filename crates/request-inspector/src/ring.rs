@@ -261,7 +261,8 @@ pub struct InspectorStats {
     pub ring_len: usize,
     /// Bytes held right now by captures still in flight (body copies and recorded headers).
     pub in_flight_bytes: usize,
-    /// Bytes held by the entries in the ring ([`Entry::retained_bytes`] summed).
+    /// Bytes held by the ring's records: their [`Entry::retained_bytes`] summed (the record in
+    /// its `Arc`, its arena and any spill buffer; an `Entry` read from it is a copy, not counted).
     pub ring_bytes: usize,
     /// Bytes of the ring's own slots: chunks of 64 entry handles (552 bytes each on 64-bit
     /// targets, so about 9 bytes per entry), allocated as the ring fills.
