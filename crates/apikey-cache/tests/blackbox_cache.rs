@@ -43,8 +43,8 @@ struct ProbeState {
     record_reads: AtomicU64,
     feed_reads: AtomicU64,
     writes: AtomicU64,
-    /// A `keys/<hash>` record name whose reads are held (after reading the inner store) until
-    /// `release` gives a permit.
+    /// A record name whose next read is held (after reading the inner store, so it answers
+    /// what the store held then) until `release` gives a permit.
     stall: Mutex<Option<String>>,
     arrived: Notify,
     arrived_count: AtomicU64,
@@ -125,7 +125,15 @@ impl KeyStore for Probe {
             self.state.key_reads.fetch_add(1, Ordering::SeqCst);
         }
         let answer = self.inner.get_record(name).await;
-        let stalled = self.state.stall.lock().unwrap().as_deref() == Some(name);
+        // One-shot: only the next read of the stalled name is held.
+        let stalled = {
+            let mut stall = self.state.stall.lock().unwrap();
+            let hit = stall.as_deref() == Some(name);
+            if hit {
+                *stall = None;
+            }
+            hit
+        };
         if stalled {
             self.state.arrived_count.fetch_add(1, Ordering::SeqCst);
             self.state.arrived.notify_waiters();
@@ -842,6 +850,148 @@ async fn a11_inserts_racing_feed_invalidations_never_leave_a_revoked_key_cached(
     );
 }
 
+// A3/A10: on the revoking instance itself, a point read of the key that started before
+// `revoke_key` (it read the pre-revocation record) and returns after it must not re-cache the
+// pre-revocation state: the overlapping request may be answered either way, every request
+// that starts after `revoke_key` returned is Revoked (A's own poll is not due, so only the
+// local write can tell it).
+#[tokio::test(start_paused = true)]
+async fn a3_own_point_read_overlapping_own_revocation_is_not_recached() {
+    let _serial = shared();
+    for prior_use in [false, true] {
+        let f = fleet(2).await;
+        let probe = Probe::new(f.store.clone());
+        let idle = Duration::from_secs(5);
+        let a = ApiKeyCache::new(probe.clone(), idle_config(idle));
+        let (key, other) = (&f.keys[0], &f.keys[1]);
+        assert_identity(&a.authenticate(&other.0).await, other);
+        if prior_use {
+            // The key was cached, then went idle: its next use is a re-read.
+            assert_identity(&a.authenticate(&key.0).await, key);
+            for _ in 0..7 {
+                advance(Duration::from_secs(1)).await;
+                assert_identity(&a.authenticate(&other.0).await, other);
+            }
+        }
+        probe.stall_reads_of(Some(record_of(&key.0)));
+        let overlapping = tokio::spawn({
+            let a = a.clone();
+            let key = key.0.clone();
+            async move { a.authenticate(&key).await }
+        });
+        bounded("stalled read", probe.wait_arrivals(1)).await;
+        bounded(
+            "revoke",
+            a.revoke_key(&apikey_cache::KeyId::new(key.1.as_str())),
+        )
+        .await
+        .expect("revoke");
+        let right_after = a.authenticate(&key.0).await;
+        assert!(
+            is_revoked(&right_after),
+            "prior_use {prior_use}: right after revoke_key: {right_after:?}"
+        );
+        probe.release_one();
+        let _ = bounded("overlapping", overlapping).await.expect("task");
+        let polls = a.stats().feed_polls;
+        let next = a.authenticate(&key.0).await;
+        assert_eq!(
+            a.stats().feed_polls,
+            polls,
+            "a poll was due; the test lost its point"
+        );
+        assert!(
+            is_revoked(&next),
+            "prior_use {prior_use}: pre-revocation state re-cached on the revoking instance: {next:?}"
+        );
+        for _ in 0..5 {
+            advance(Duration::from_millis(700)).await;
+            assert!(
+                is_revoked(&a.authenticate(&key.0).await),
+                "prior_use {prior_use}: later"
+            );
+        }
+    }
+}
+
+// A12: the bound holds for every capacity from 1 to 70 (not only multiples of the shard
+// count), also when all reads complete at once (1 ms store latency, 150 distinct keys
+// authenticated concurrently, so 150 inserts race), and every answer is the key's own.
+#[tokio::test(start_paused = true)]
+async fn a12_capacity_bound_for_every_small_capacity_with_racing_inserts() {
+    let _serial = shared();
+    let f = fleet(150).await;
+    f.store.set_latency(Duration::from_millis(1));
+    let keys = Arc::new(f.keys.clone());
+    for capacity in (1u64..=70).chain([100, 127, 128, 129, 149]) {
+        let reader = ApiKeyCache::new(
+            f.store.clone(),
+            CacheConfig::default()
+                .key_capacity(capacity)
+                .point_reads_per_second(1_000_000),
+        );
+        for round in 0..2 {
+            let mut tasks = Vec::new();
+            for i in 0..keys.len() {
+                let reader = reader.clone();
+                let keys = keys.clone();
+                tasks.push(tokio::spawn(async move {
+                    let answer = reader.authenticate(&keys[i].0).await;
+                    assert_identity(&answer, &keys[i]);
+                    reader.stats().keys
+                }));
+            }
+            for t in tasks {
+                let seen = bounded("auth", t).await.expect("task");
+                assert!(
+                    seen <= capacity,
+                    "capacity {capacity} round {round}: stats().keys = {seen}"
+                );
+            }
+            let keys_now = reader.stats().keys;
+            assert!(
+                keys_now <= capacity,
+                "capacity {capacity}: {keys_now} after"
+            );
+            assert!(keys_now > 0, "capacity {capacity}: nothing cached");
+        }
+    }
+}
+
+// A12 + metrics: `apikey.cache.idle_evictions` counts what the sweep freed, like the stats.
+#[tokio::test(start_paused = true)]
+async fn a12_idle_evictions_metric_matches_stats() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    let _serial = shared();
+    let f = fleet(6).await;
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let idle = Duration::from_secs(4);
+    let reader = metrics::with_local_recorder(&recorder, || {
+        ApiKeyCache::new(f.store.clone(), idle_config(idle))
+    });
+    for key in &f.keys {
+        assert_identity(&reader.authenticate(&key.0).await, key);
+    }
+    for _ in 0..20 {
+        advance(Duration::from_secs(1)).await;
+        assert_identity(&reader.authenticate(&f.keys[0].0).await, &f.keys[0]);
+    }
+    let stats = reader.stats();
+    assert_eq!(stats.idle_evictions, 5, "stats: {stats:?}");
+    assert_eq!(stats.keys, 1);
+    let counter = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .find(|(key, ..)| key.key().name() == "apikey.cache.idle_evictions")
+        .map(|(.., value)| value);
+    match counter {
+        Some(DebugValue::Counter(n)) => assert_eq!(n, 5, "idle_evictions metric"),
+        other => panic!("apikey.cache.idle_evictions not recorded: {other:?}"),
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // A5 / junk.
 // ---------------------------------------------------------------------------------------------
@@ -1078,6 +1228,54 @@ fn a12_hits_allocate_nothing_on_a_full_small_cache_after_sweeps() {
             rounds.last(),
             Some(&(0, 0)),
             "(allocations, reallocations) per round of 1 600 hits: {rounds:?}"
+        );
+    });
+}
+
+// A12: rejecting a cached revoked key is a cache lookup too (verified keys, valid or revoked,
+// are cached): measured like the hits above, it should not allocate either. (The guide
+// promises allocation-free hits; a revoked key is "a fresh cached key, feed not due".)
+#[test]
+fn a12_cached_revoked_key_rejections_allocate_nothing() {
+    let _serial = exclusive();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let f = fleet(4).await;
+        let reader = ApiKeyCache::new(f.store.clone(), CacheConfig::default());
+        for key in &f.keys[..2] {
+            reader
+                .revoke_key(&apikey_cache::KeyId::new(key.1.as_str()))
+                .await
+                .expect("revoke");
+        }
+        for _ in 0..2 {
+            for key in &f.keys[..2] {
+                assert!(is_revoked(&reader.authenticate(&key.0).await));
+            }
+        }
+        let mut rounds = Vec::new();
+        for _ in 0..5 {
+            let region = Region::new(GLOBAL);
+            for _ in 0..500 {
+                for key in &f.keys[..2] {
+                    let answer = reader.authenticate(&key.0).await;
+                    assert!(is_revoked(&answer));
+                }
+            }
+            let change = region.change();
+            rounds.push((change.allocations, change.reallocations));
+            if rounds.last() == Some(&(0, 0)) {
+                break;
+            }
+        }
+        assert_eq!(
+            rounds.last(),
+            Some(&(0, 0)),
+            "(allocations, reallocations) per round of 1 000 revoked-key rejections: {rounds:?}"
         );
     });
 }
