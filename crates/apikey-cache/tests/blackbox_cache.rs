@@ -49,6 +49,8 @@ struct ProbeState {
     arrived: Notify,
     arrived_count: AtomicU64,
     release: Semaphore,
+    /// While set, feed reads never answer (a hung store for the feed only).
+    hang_feeds: AtomicBool,
 }
 
 #[derive(Clone)]
@@ -70,6 +72,7 @@ impl Probe {
                 arrived: Notify::new(),
                 arrived_count: AtomicU64::new(0),
                 release: Semaphore::new(0),
+                hang_feeds: AtomicBool::new(false),
             }),
         }
     }
@@ -156,6 +159,9 @@ impl KeyStore for Probe {
     }
     async fn read_feed(&self, from: Option<&FeedCursor>) -> Result<FeedBatch, StoreError> {
         self.state.feed_reads.fetch_add(1, Ordering::SeqCst);
+        if self.state.hang_feeds.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
         self.inner.read_feed(from).await
     }
 }
@@ -990,6 +996,239 @@ async fn a12_idle_evictions_metric_matches_stats() {
         Some(DebugValue::Counter(n)) => assert_eq!(n, 5, "idle_evictions metric"),
         other => panic!("apikey.cache.idle_evictions not recorded: {other:?}"),
     }
+}
+
+// A4 with point lookups: 200 concurrent first uses of one valid uncached key, and of one
+// well-formed unknown key, each share a single point read.
+#[tokio::test(start_paused = true)]
+async fn a4_concurrent_first_uses_of_one_key_share_one_point_read() {
+    let _serial = shared();
+    let f = fleet(1).await;
+    f.store.set_latency(Duration::from_millis(2));
+    let probe = Probe::new(f.store.clone());
+    let reader = ApiKeyCache::new(probe.clone(), CacheConfig::default());
+    let unknown = forge_key(99);
+    for (name, presented, valid) in [
+        ("valid", f.keys[0].0.clone(), true),
+        ("unknown", unknown, false),
+    ] {
+        let reads = probe.key_reads();
+        let mut tasks = Vec::new();
+        for _ in 0..200 {
+            let reader = reader.clone();
+            let presented = presented.clone();
+            tasks.push(tokio::spawn(async move {
+                reader.authenticate(&presented).await
+            }));
+        }
+        for t in tasks {
+            let answer = bounded(name, t).await.expect("task");
+            if valid {
+                assert_identity(&answer, &f.keys[0]);
+            } else {
+                assert!(matches!(answer, Err(AuthError::Unknown)), "{answer:?}");
+            }
+        }
+        let n = probe.key_reads() - reads;
+        assert_eq!(
+            n, 1,
+            "{name}: 200 concurrent first uses cost {n} point reads"
+        );
+    }
+}
+
+// A11: when the feed poll comes due, 200 concurrent requests of cached keys cost one feed
+// read, not 200.
+#[tokio::test(start_paused = true)]
+async fn a11_due_poll_under_concurrent_hits_costs_one_feed_read() {
+    let _serial = shared();
+    let f = fleet(4).await;
+    let probe = Probe::new(f.store.clone());
+    let reader = ApiKeyCache::new(probe.clone(), CacheConfig::default());
+    for key in &f.keys {
+        assert_identity(&reader.authenticate(&key.0).await, key);
+    }
+    f.store.set_latency(Duration::from_millis(2));
+    for round in 0..3 {
+        advance(Duration::from_millis(2_100)).await;
+        let feeds = probe.feed_reads();
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            let reader = reader.clone();
+            let key = f.keys[i % 4].clone();
+            tasks.push(tokio::spawn(async move {
+                let answer = reader.authenticate(&key.0).await;
+                assert_identity(&answer, &key);
+            }));
+        }
+        for t in tasks {
+            bounded("hits", t).await.expect("task");
+        }
+        let n = probe.feed_reads() - feeds;
+        assert!(n <= 1, "round {round}: one due poll cost {n} feed reads");
+    }
+}
+
+// "A hung store never hangs authentication" (SPEC). With the feed read hung when the poll
+// comes due, cached keys keep answering: the request that pays the read, and the requests
+// arriving while that first stuck read runs, wait at most `load_timeout` (the guide's
+// failure table allows waiting for the first stuck read), the ones after it not at all.
+#[tokio::test(start_paused = true)]
+async fn a11_first_hung_feed_read_delays_cached_hits_at_most_load_timeout() {
+    let _serial = shared();
+    let f = fleet(2).await;
+    let probe = Probe::new(f.store.clone());
+    let load_timeout = Duration::from_secs(5);
+    let reader = ApiKeyCache::new(
+        probe.clone(),
+        CacheConfig::default().load_timeout(load_timeout),
+    );
+    for key in &f.keys {
+        assert_identity(&reader.authenticate(&key.0).await, key);
+    }
+    advance(Duration::from_millis(2_100)).await;
+    probe.state.hang_feeds.store(true, Ordering::SeqCst);
+    let start = tokio::time::Instant::now();
+    let payer = tokio::spawn({
+        let reader = reader.clone();
+        let key = f.keys[0].0.clone();
+        async move {
+            let answer = reader.authenticate(&key).await;
+            (answer.is_ok(), tokio::time::Instant::now())
+        }
+    });
+    // Let the payer start its feed read.
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert!(probe.feed_reads() >= 1, "no feed read started");
+    // Requests arriving while the read hangs: answered without waiting for it.
+    let mut waits = Vec::new();
+    for i in 0..10 {
+        let before = tokio::time::Instant::now();
+        let key = &f.keys[i % 2];
+        let answer = bounded("hit during hung feed", reader.authenticate(&key.0)).await;
+        assert_identity(&answer, key);
+        waits.push(before.elapsed());
+    }
+    let (ok, end) = bounded("payer", payer).await.expect("payer");
+    assert!(ok, "the paying request was rejected");
+    assert!(
+        end - start <= load_timeout + Duration::from_millis(100),
+        "the paying request waited {:?}",
+        end - start
+    );
+    let worst = waits.iter().max().copied().unwrap_or_default();
+    assert!(
+        worst <= load_timeout + Duration::from_millis(100),
+        "hits of cached keys waited for the hung feed read: {waits:?}"
+    );
+    assert!(
+        waits[1..].iter().all(|w| *w < Duration::from_millis(100)),
+        "hits after the first stuck read ended still waited: {waits:?}"
+    );
+}
+
+// "A hung store never hangs authentication" (SPEC) and the guide's failure table: with the
+// store hung, requests waiting for the *first* stuck read wait at most `load_timeout`, later
+// ones not at all. With the feed read hung for a minute, requests of cached keys every 100 ms
+// (from 4 concurrent clients): after the first stuck poll, none waits again.
+#[tokio::test(start_paused = true)]
+#[ignore = "defect: a hung feed read stalls every cached-key request for load_timeout (5 s) at every poll, not once"]
+async fn a11_permanently_hung_feed_stalls_cached_hits_at_most_once() {
+    hung_feed_stalls(false).await;
+}
+
+// The same with the background watcher tailing the feed (`spawn_watcher(poll)`): requests
+// should then never wait for a feed read at all.
+#[tokio::test(start_paused = true)]
+#[ignore = "defect: with spawn_watcher, requests still join the watcher's hung feed read (3 s of every 5 s)"]
+async fn a11_permanently_hung_feed_with_watcher_stalls_cached_hits_at_most_once() {
+    hung_feed_stalls(true).await;
+}
+
+async fn hung_feed_stalls(watcher: bool) {
+    let _serial = shared();
+    let f = fleet(2).await;
+    let probe = Probe::new(f.store.clone());
+    let load_timeout = Duration::from_secs(5);
+    let config = CacheConfig::default().load_timeout(load_timeout);
+    let reader = ApiKeyCache::new(probe.clone(), config.clone());
+    let _watcher = watcher.then(|| reader.spawn_watcher(config.poll_interval()));
+    for key in &f.keys {
+        assert_identity(&reader.authenticate(&key.0).await, key);
+    }
+    probe.state.hang_feeds.store(true, Ordering::SeqCst);
+    let origin = tokio::time::Instant::now();
+    let mut clients = Vec::new();
+    for c in 0..4u64 {
+        let reader = reader.clone();
+        let key = f.keys[(c % 2) as usize].clone();
+        clients.push(tokio::spawn(async move {
+            let mut stalls = Vec::new();
+            tokio::time::sleep(Duration::from_millis(25 * c)).await;
+            while origin.elapsed() < Duration::from_secs(60) {
+                let before = tokio::time::Instant::now();
+                let answer = reader.authenticate(&key.0).await;
+                // Fail-open for known keys while the feed is unreadable is documented.
+                assert_identity(&answer, &key);
+                let waited = before.elapsed();
+                if waited >= Duration::from_millis(100) {
+                    stalls.push(((before - origin).as_secs_f32(), waited.as_secs_f32()));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            stalls
+        }));
+    }
+    let mut stalls = Vec::new();
+    for c in clients {
+        stalls.extend(bounded("client", c).await.expect("client"));
+    }
+    stalls.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let worst = stalls.iter().map(|s| s.1).fold(0f32, f32::max);
+    assert!(
+        worst <= load_timeout.as_secs_f32() + 0.1,
+        "a request waited {worst} s"
+    );
+    // Only requests that started before the first stuck poll ended may have waited.
+    let late: Vec<_> = stalls
+        .iter()
+        .filter(|s| s.0 > load_timeout.as_secs_f32() + 2.5)
+        .collect();
+    assert!(
+        late.is_empty(),
+        "{} requests after the first stuck poll waited (start s, waited s): {late:?}",
+        late.len()
+    );
+}
+
+// The guide: "CLOCK-Pro: a key used more than once outlives a scan of one-off keys".
+#[tokio::test(start_paused = true)]
+async fn a12_a_reused_key_outlives_a_scan_of_one_off_keys() {
+    let _serial = shared();
+    let f = fleet(301).await;
+    let probe = Probe::new(f.store.clone());
+    let reader = ApiKeyCache::new(
+        probe.clone(),
+        CacheConfig::default()
+            .key_capacity(64)
+            .point_reads_per_second(1_000_000),
+    );
+    let hot = &f.keys[0];
+    for _ in 0..3 {
+        assert_identity(&reader.authenticate(&hot.0).await, hot);
+    }
+    for key in &f.keys[1..] {
+        assert_identity(&reader.authenticate(&key.0).await, key);
+    }
+    let reads = probe.key_reads();
+    assert_identity(&reader.authenticate(&hot.0).await, hot);
+    assert_eq!(
+        probe.key_reads(),
+        reads,
+        "the reused key was pushed out by 300 one-off keys"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
