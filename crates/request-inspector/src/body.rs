@@ -63,12 +63,7 @@ impl Tap {
         match self {
             Tap::None => {}
             Tap::Request(record) => record.append(false, data, remaining, end),
-            Tap::Response(finisher) => {
-                finisher.append(data, remaining, end);
-                if end {
-                    finisher.finish(Outcome::Complete);
-                }
-            }
+            Tap::Response(finisher) => finisher.append(data, remaining, end),
         }
     }
 

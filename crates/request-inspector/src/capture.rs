@@ -34,8 +34,12 @@ impl Finisher {
     }
 
     /// Response body bytes passed through; `remaining` is the body's announced rest, `end`
-    /// says no frame follows.
-    pub(crate) fn append(&self, data: &[u8], remaining: u64, end: bool) {
+    /// says no frame follows: the record is then finished (`complete`) under the same lock.
+    pub(crate) fn append(&mut self, data: &[u8], remaining: u64, end: bool) {
+        if self.done {
+            return;
+        }
+        self.done = end;
         self.record.append(true, data, remaining, end);
     }
 

@@ -289,6 +289,14 @@ fn read_headers(arena: &[u8], start: usize, end: usize) -> Vec<Header> {
     headers
 }
 
+/// A finished record's figures, handed from [`Record::close`] to [`Record::publish`].
+struct Closed {
+    shared: Arc<Shared>,
+    retained: usize,
+    in_flight: usize,
+    truncated: u64,
+}
+
 /// What the request side of a capture knows when the layer sees the request.
 pub(crate) struct RequestParts<'a> {
     pub(crate) request_id: &'a str,
@@ -374,7 +382,9 @@ impl Record {
     /// `body_limit` are copied. `remaining`: the body's announced rest; `end`: the body ended
     /// with this frame (for a request body: it is complete). Nothing changes once the record is
     /// finished.
-    pub(crate) fn append(&self, response: bool, data: &[u8], remaining: u64, end: bool) {
+    ///
+    /// The end of the response body finishes the record under the same lock.
+    pub(crate) fn append(self: &Arc<Self>, response: bool, data: &[u8], remaining: u64, end: bool) {
         let mut guard = self.lock();
         let state = &mut *guard;
         let Some(limit) = state.shared.as_ref().map(|s| s.config.body_limit) else {
@@ -393,6 +403,13 @@ impl Record {
             state.in_flight += grown;
             if let Some(shared) = &state.shared {
                 shared.counters.hold(grown);
+            }
+        }
+        if end && response {
+            let closed = Self::close(state, Outcome::Complete);
+            drop(guard);
+            if let Some(closed) = closed {
+                self.publish(closed);
             }
         }
     }
@@ -440,48 +457,59 @@ impl Record {
 
     /// Finish the record (once; later calls do nothing) and push it into the ring.
     pub(crate) fn finish(self: &Arc<Self>, outcome: Outcome) {
-        let (shared, retained, in_flight, truncated) = {
-            let mut guard = self.lock();
-            let state = &mut *guard;
-            let Some(shared) = state.shared.take() else {
-                return;
-            };
-            let counters = &shared.counters;
-            let metrics = &shared.metrics;
-            state.outcome = outcome;
-            if outcome == Outcome::Complete {
-                state.response.complete = true;
-            }
-            state.duration_us = micros(state.started.elapsed());
-            // Unused capacity is given back; the in-flight count drops by all it counted.
-            state.request.shrink();
-            state.response.shrink();
-            if state.text.capacity() - state.text.len() > SLACK_KEPT {
-                state.text.shrink_to_fit();
-            }
-            let retained = ARC_COUNTS
-                + size_of::<Self>()
-                + state.text.capacity()
-                + state.request.spill.capacity()
-                + state.response.spill.capacity();
-            metrics.request_bytes.add(state.request.len() as u64);
-            metrics.response_bytes.add(state.response.len() as u64);
-            state.id = counters.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-            tracing::debug!(
-                request_id = %String::from_utf8_lossy(&state.text[..state.ends.request_id]),
-                status = ?state.status,
-                outcome = ?state.outcome,
-                "request captured"
-            );
-            let truncated =
-                u64::from(state.request.truncated) + u64::from(state.response.truncated);
-            (
-                shared,
-                retained,
-                std::mem::take(&mut state.in_flight),
-                truncated,
-            )
-        };
+        let closed = Self::close(&mut self.lock(), outcome);
+        if let Some(closed) = closed {
+            self.publish(closed);
+        }
+    }
+
+    /// The part of [`finish`](Self::finish) under the record's lock: the outcome, the end time,
+    /// unused capacity given back, the retained bytes; `None` if already finished.
+    fn close(state: &mut State, outcome: Outcome) -> Option<Closed> {
+        let shared = state.shared.take()?;
+        let metrics = &shared.metrics;
+        state.outcome = outcome;
+        if outcome == Outcome::Complete {
+            state.response.complete = true;
+        }
+        state.duration_us = micros(state.started.elapsed());
+        // Unused capacity is given back; the in-flight count drops by all it counted.
+        state.request.shrink();
+        state.response.shrink();
+        if state.text.capacity() - state.text.len() > SLACK_KEPT {
+            state.text.shrink_to_fit();
+        }
+        let retained = ARC_COUNTS
+            + size_of::<Self>()
+            + state.text.capacity()
+            + state.request.spill.capacity()
+            + state.response.spill.capacity();
+        metrics.request_bytes.add(state.request.len() as u64);
+        metrics.response_bytes.add(state.response.len() as u64);
+        state.id = shared.counters.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::debug!(
+            request_id = %String::from_utf8_lossy(&state.text[..state.ends.request_id]),
+            status = ?state.status,
+            outcome = ?state.outcome,
+            "request captured"
+        );
+        let truncated = u64::from(state.request.truncated) + u64::from(state.response.truncated);
+        Some(Closed {
+            shared,
+            retained,
+            in_flight: std::mem::take(&mut state.in_flight),
+            truncated,
+        })
+    }
+
+    /// The part of [`finish`](Self::finish) after the record's lock: counts, and the push.
+    fn publish(self: &Arc<Self>, closed: Closed) {
+        let Closed {
+            shared,
+            retained,
+            in_flight,
+            truncated,
+        } = closed;
         let counters = &shared.counters;
         let metrics = &shared.metrics;
         self.retained.store(retained, Ordering::Relaxed);
