@@ -1231,6 +1231,126 @@ async fn a12_a_reused_key_outlives_a_scan_of_one_off_keys() {
     );
 }
 
+// A12 timing edge: `key_idle` of 4 ms with the watcher polling (and sweeping) every 1 ms: a
+// key used every 3 ms for 3 s (1 000 uses, ~750 sweeps) is never dropped, while a key left
+// alone is swept and re-read.
+#[tokio::test(start_paused = true)]
+async fn a12_tight_key_idle_sweeps_never_drop_a_key_in_use() {
+    let _serial = shared();
+    let f = fleet(2).await;
+    let probe = Probe::new(f.store.clone());
+    let config = idle_config(Duration::from_millis(4)).poll(Duration::from_millis(1));
+    let reader = ApiKeyCache::new(probe.clone(), config.clone());
+    let _watcher = reader.spawn_watcher(config.poll_interval());
+    let (hot, cold) = (&f.keys[0], &f.keys[1]);
+    assert_identity(&reader.authenticate(&hot.0).await, hot);
+    assert_identity(&reader.authenticate(&cold.0).await, cold);
+    let reads = probe.key_reads();
+    for _ in 0..1_000 {
+        advance(Duration::from_millis(3)).await;
+        assert_identity(&reader.authenticate(&hot.0).await, hot);
+    }
+    assert_eq!(
+        probe.key_reads(),
+        reads,
+        "a key used every 3 ms with key_idle 4 ms was re-read"
+    );
+    let stats = reader.stats();
+    assert!(stats.idle_evictions >= 1, "cold key never swept: {stats:?}");
+    assert_eq!(stats.keys, 1);
+    assert_identity(&reader.authenticate(&cold.0).await, cold);
+    assert_eq!(probe.key_reads(), reads + 1);
+}
+
+// A11 + stats: a feed gap drops every cached key (the guide), so `stats().keys` falls and each
+// key costs one point read on its next use, answered correctly (a revoked one still revoked).
+#[tokio::test(start_paused = true)]
+async fn a11_gap_drops_cached_keys_and_each_is_reread_once() {
+    let _serial = shared();
+    let f = fleet(6).await;
+    f.writer
+        .revoke_key(&apikey_cache::KeyId::new(f.keys[5].1.as_str()))
+        .await
+        .expect("revoke");
+    let probe = Probe::new(f.store.clone());
+    let reader = ApiKeyCache::new(probe.clone(), idle_config(Duration::from_secs(600)));
+    for _ in 0..2 {
+        for key in &f.keys[..5] {
+            assert_identity(&reader.authenticate(&key.0).await, key);
+        }
+        assert!(is_revoked(&reader.authenticate(&f.keys[5].0).await));
+        advance(Duration::from_secs(3)).await;
+    }
+    assert_eq!(reader.stats().keys, 6);
+    f.store.drop_feed_segments();
+    advance(Duration::from_secs(3)).await;
+    let reads = probe.key_reads();
+    assert_identity(&reader.authenticate(&f.keys[0].0).await, &f.keys[0]);
+    let stats = reader.stats();
+    assert!(stats.feed_gaps >= 1, "gap not seen: {stats:?}");
+    assert!(stats.keys <= 1, "cached keys after a gap: {}", stats.keys);
+    for key in &f.keys[1..5] {
+        assert_identity(&reader.authenticate(&key.0).await, key);
+    }
+    assert!(is_revoked(&reader.authenticate(&f.keys[5].0).await));
+    assert_eq!(
+        probe.key_reads() - reads,
+        6,
+        "one point read per key after the gap"
+    );
+}
+
+// X5 via the environment: garbage, zero and huge values for the keyed knobs are clamped or
+// ignored (no panic), and the resulting cache bounds and answers correctly.
+#[tokio::test(start_paused = true)]
+async fn x5_env_knobs_garbage_zero_huge_are_sane() {
+    let _serial = shared();
+    let f = fleet(3).await;
+    let tables: [&[(&str, &str)]; 3] = [
+        &[
+            ("APIKEY_CACHE_KEY_CAPACITY", "0"),
+            ("APIKEY_CACHE_KEY_IDLE_SECONDS", "0"),
+            ("APIKEY_CACHE_POLL_MS", "0"),
+            ("APIKEY_CACHE_POINT_READS_PER_SECOND", "0"),
+            ("APIKEY_CACHE_REVALIDATE_SECONDS", "0"),
+            ("APIKEY_CACHE_TTL_SECONDS", "0"),
+        ],
+        &[
+            ("APIKEY_CACHE_KEY_CAPACITY", "18446744073709551616"),
+            ("APIKEY_CACHE_KEY_IDLE_SECONDS", "99999999999999999999"),
+            ("APIKEY_CACHE_POLL_MS", "-5"),
+            ("APIKEY_CACHE_POINT_READS_PER_SECOND", "1e9"),
+            ("APIKEY_CACHE_REVALIDATE_SECONDS", "NaN"),
+            ("APIKEY_CACHE_TTL_SECONDS", "\u{0}"),
+        ],
+        &[
+            ("APIKEY_CACHE_KEY_CAPACITY", " 2 "),
+            ("APIKEY_CACHE_KEY_IDLE_SECONDS", "1"),
+            ("APIKEY_CACHE_POLL_MS", "10"),
+        ],
+    ];
+    for (n, table) in tables.iter().enumerate() {
+        let config = CacheConfig::from_lookup(|name| {
+            table
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        });
+        let reader = ApiKeyCache::new(f.store.clone(), config);
+        for _ in 0..5 {
+            for key in &f.keys {
+                assert_identity(&bounded("env", reader.authenticate(&key.0)).await, key);
+            }
+            advance(Duration::from_millis(700)).await;
+        }
+        let keys = reader.stats().keys;
+        if n == 0 {
+            assert!(keys <= 1, "KEY_CAPACITY=0 must clamp to 1: {keys}");
+        }
+        assert!(keys <= 3, "table {n}: {keys}");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // A5 / junk.
 // ---------------------------------------------------------------------------------------------
