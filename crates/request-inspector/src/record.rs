@@ -10,7 +10,7 @@
 //! (a request body still streaming when the response starts) continues in a buffer of its own.
 //! Readers copy what they need out of it outside the ring's lock.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -40,6 +40,9 @@ pub(crate) struct Record {
     /// [`Record::retained_bytes`], set once when the record is finished (before the ring sees it),
     /// so the ring can count an evicted record without locking it.
     retained: AtomicUsize,
+    /// The entry id, given under the ring's lock as the record is pushed, so ids follow the
+    /// ring's order even when several threads finish records at once.
+    pub(crate) id: AtomicU64,
 }
 
 /// Where each field of the text arena ends (its start is the previous field's end).
@@ -68,7 +71,6 @@ enum Tail {
 
 #[derive(Debug)]
 struct State {
-    id: u64,
     started: Instant,
     started_unix_ms: u64,
     status: Option<u16>,
@@ -354,7 +356,6 @@ impl Record {
         let started = Instant::now();
         Arc::new(Self {
             state: Mutex::new(State {
-                id: 0,
                 started,
                 started_unix_ms: shared.epoch.unix_ms(started),
                 status: None,
@@ -370,6 +371,7 @@ impl Record {
                 in_flight,
             }),
             retained: AtomicUsize::new(0),
+            id: AtomicU64::new(0),
         })
     }
 
@@ -486,7 +488,6 @@ impl Record {
             + state.response.spill.capacity();
         metrics.request_bytes.add(state.request.len() as u64);
         metrics.response_bytes.add(state.response.len() as u64);
-        state.id = shared.counters.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         tracing::debug!(
             request_id = %String::from_utf8_lossy(&state.text[..state.ends.request_id]),
             status = ?state.status,
@@ -552,7 +553,7 @@ impl Record {
         let state = self.lock();
         let (arena, ends) = (&state.text, &state.ends);
         Entry {
-            id: state.id,
+            id: self.id.load(Ordering::Relaxed),
             request_id: text(arena, 0, ends.request_id),
             method: text(arena, ends.request_id, ends.method),
             path: text(arena, ends.method, ends.path),
@@ -618,6 +619,7 @@ pub(crate) mod tests {
     use http::HeaderValue;
 
     /// A finished record with `id`, for the ring's unit tests (not pushed anywhere).
+    /// (The ring gives it its id when it is pushed; `id` names its request id.)
     pub(crate) fn finished(shared: &Arc<Shared>, id: u64) -> Arc<Record> {
         let headers = HeaderMap::new();
         let request_id = format!("req-{id}");
@@ -636,7 +638,6 @@ pub(crate) mod tests {
         {
             let mut state = record.lock();
             state.shared = None;
-            state.id = id;
             state.status = Some(200);
             state.outcome = Outcome::Complete;
             shared

@@ -88,6 +88,10 @@ impl Ring {
     ) -> Option<Arc<Record>> {
         let (mut removed, mut slots_added, mut slots_removed) = (0, 0, 0);
         let mut chunks = self.lock();
+        // The id is given under the lock: ids follow the ring's order (newest first = highest).
+        let id = counters.next_id.load(Ordering::Relaxed) + 1;
+        counters.next_id.store(id, Ordering::Relaxed);
+        entry.id.store(id, Ordering::Relaxed);
         match chunks.back_mut() {
             Some(last) if last.len() < CHUNK => writable(last).push(entry),
             _ => {
