@@ -879,6 +879,83 @@ async fn a10_idle_reread_overlapping_a_revocation_is_not_recached() {
     );
 }
 
+// A10/A11: the *safety revalidation* of a cached key (the entry is present, unlike an idle
+// re-read) overlapping a revocation: B's re-read reads the pre-revocation record, then the
+// revocation reaches B (through the feed, or B's own `revoke_key`) while the re-read is held,
+// then the re-read returns. It must not overwrite the revoked state with the stale one.
+async fn revalidation_overlapping_revocation(revoke_on_b: bool) {
+    let _serial = shared();
+    let f = fleet(2).await;
+    let probe = Probe::new(f.store.clone());
+    let config = CacheConfig::default().revalidate(Duration::from_secs(40));
+    let b = ApiKeyCache::new(probe.clone(), config);
+    let a = ApiKeyCache::new(f.store.clone(), CacheConfig::default());
+    let (key, other) = (&f.keys[0], &f.keys[1]);
+    assert_identity(&b.authenticate(&key.0).await, key);
+    assert_identity(&b.authenticate(&other.0).await, other);
+    let base = probe.key_reads();
+    probe.stall_reads_of(Some(record_of(&key.0)));
+    let mut pending = Vec::new();
+    let mut waited = 0;
+    // Use both keys every 500 ms until B re-reads the key (between 30 and 40 s).
+    while probe.state.arrived_count.load(Ordering::SeqCst) == 0 {
+        advance(Duration::from_millis(500)).await;
+        waited += 500;
+        assert!(waited <= 60_000, "no revalidation within 60 s");
+        assert_identity(&b.authenticate(&other.0).await, other);
+        pending.push(tokio::spawn({
+            let b = b.clone();
+            let key = key.0.clone();
+            async move { b.authenticate(&key).await }
+        }));
+        for _ in 0..5 {
+            tokio::task::yield_now().await;
+        }
+    }
+    assert!(waited >= 29_000, "revalidated after only {waited} ms");
+    // (The other key may have been revalidated meanwhile too.)
+    assert!(probe.key_reads() <= base + 2);
+    let revoke = apikey_cache::KeyId::new(key.1.as_str());
+    if revoke_on_b {
+        bounded("revoke on B", b.revoke_key(&revoke))
+            .await
+            .expect("revoke");
+    } else {
+        a.revoke_key(&revoke).await.expect("revoke");
+        advance(Duration::from_millis(2_100)).await;
+        let polls = b.stats().feed_polls;
+        assert_identity(&b.authenticate(&other.0).await, other);
+        assert!(
+            b.stats().feed_polls > polls,
+            "B did not poll during the held re-read"
+        );
+    }
+    let during = b.authenticate(&key.0).await;
+    assert!(is_revoked(&during), "while the re-read is held: {during:?}");
+    probe.release_one();
+    for t in pending {
+        let _ = bounded("pending", t).await.expect("task");
+    }
+    for step in 0..10 {
+        let answer = b.authenticate(&key.0).await;
+        assert!(
+            is_revoked(&answer),
+            "step {step}: the held pre-revocation re-read overwrote the revocation: {answer:?}"
+        );
+        advance(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a11_revalidation_overlapping_a_feed_revocation_is_not_recached() {
+    revalidation_overlapping_revocation(false).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a3_revalidation_overlapping_own_revocation_is_not_recached() {
+    revalidation_overlapping_revocation(true).await;
+}
+
 // Cache inserts racing with feed invalidations, many times over: B's point reads of a fresh
 // key (readers started at staggered virtual offsets) race with A's revocation of it, every
 // store operation taking 1 ms, so reads overlap each phase of the revocation (id read, record
@@ -1577,6 +1654,53 @@ async fn a5_unknown_keys_negatively_cached_and_budgeted_with_extreme_cache_confi
     for key in &f.keys {
         assert_identity(&bounded("real", reader.authenticate(&key.0)).await, key);
     }
+}
+
+// A5 + A12: a flood of well-formed unknown keys (valid checksums, no records) never pushes
+// verified keys out of the key cache (unknown keys are not verified keys), and the negative
+// cache stays within `negative_capacity`; afterwards the real keys are still hits.
+#[tokio::test(start_paused = true)]
+async fn a5_unknown_key_flood_does_not_evict_verified_keys() {
+    let _serial = shared();
+    let f = fleet(10).await;
+    let probe = Probe::new(f.store.clone());
+    let reader = ApiKeyCache::new(
+        probe.clone(),
+        CacheConfig::default()
+            .key_capacity(10)
+            .negative_capacity(100)
+            .point_reads_per_second(1_000_000)
+            .revalidate(Duration::from_secs(24 * 3600)),
+    );
+    for key in &f.keys {
+        assert_identity(&reader.authenticate(&key.0).await, key);
+    }
+    let mut tasks = Vec::new();
+    for i in 0..3_000u64 {
+        let reader = reader.clone();
+        let k = forge_key(50_000 + i);
+        tasks.push(tokio::spawn(async move { reader.authenticate(&k).await }));
+    }
+    for t in tasks {
+        let answer = bounded("flood", t).await.expect("task");
+        assert!(matches!(answer, Err(AuthError::Unknown)), "{answer:?}");
+        assert!(reader.stats().negative_entries <= 100);
+    }
+    let stats = reader.stats();
+    assert!(stats.negative_entries <= 100, "{stats:?}");
+    assert_eq!(
+        stats.keys, 10,
+        "verified keys pushed out by unknown keys: {stats:?}"
+    );
+    let reads = probe.key_reads();
+    for key in &f.keys {
+        assert_identity(&reader.authenticate(&key.0).await, key);
+    }
+    assert_eq!(
+        probe.key_reads(),
+        reads,
+        "real keys re-read after an unknown-key flood"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
