@@ -51,6 +51,10 @@ struct ProbeState {
     release: Semaphore,
     /// While set, feed reads never answer (a hung store for the feed only).
     hang_feeds: AtomicBool,
+    /// Record names whose reads fail at once (`StoreError::Unavailable`).
+    fail_names: Mutex<Vec<String>>,
+    /// Record names whose reads never answer (a hung store for those records).
+    hang_names: Mutex<Vec<String>>,
     /// Milliseconds every feed read takes (virtual time).
     feed_latency_ms: AtomicU64,
 }
@@ -76,6 +80,8 @@ impl Probe {
                 release: Semaphore::new(0),
                 hang_feeds: AtomicBool::new(false),
                 feed_latency_ms: AtomicU64::new(0),
+                hang_names: Mutex::new(Vec::new()),
+                fail_names: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -129,6 +135,26 @@ impl KeyStore for Probe {
         self.state.record_reads.fetch_add(1, Ordering::SeqCst);
         if name.starts_with("keys/") {
             self.state.key_reads.fetch_add(1, Ordering::SeqCst);
+        }
+        let hung = self
+            .state
+            .hang_names
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|n| n == name);
+        if hung {
+            std::future::pending::<()>().await;
+        }
+        if self
+            .state
+            .fail_names
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|n| n == name)
+        {
+            return Err(StoreError::unavailable("injected point-read failure"));
         }
         let answer = self.inner.get_record(name).await;
         // One-shot: only the next read of the stalled name is held.
@@ -1402,6 +1428,129 @@ async fn a11_slow_feed_read_is_paid_by_one_request_per_poll() {
     assert!(
         waited <= polls,
         "{waited} requests waited for {polls} feed reads (one payer per poll expected)"
+    );
+}
+
+// "A hung store never hangs authentication" for point reads: with one key's record hung, an
+// uncached use of it gets `Unavailable` within `load_timeout`, and cached keys and other
+// uncached keys answer meanwhile without waiting.
+#[tokio::test(start_paused = true)]
+async fn a10_hung_point_read_is_unavailable_in_time_and_blocks_no_one() {
+    let _serial = shared();
+    let f = fleet(3).await;
+    let probe = Probe::new(f.store.clone());
+    let load_timeout = Duration::from_secs(5);
+    let reader = ApiKeyCache::new(
+        probe.clone(),
+        CacheConfig::default().load_timeout(load_timeout),
+    );
+    let (cached, hung, other) = (&f.keys[0], &f.keys[1], &f.keys[2]);
+    assert_identity(&reader.authenticate(&cached.0).await, cached);
+    probe
+        .state
+        .hang_names
+        .lock()
+        .unwrap()
+        .push(record_of(&hung.0));
+    let start = tokio::time::Instant::now();
+    let stuck = tokio::spawn({
+        let reader = reader.clone();
+        let key = hung.0.clone();
+        async move { reader.authenticate(&key).await }
+    });
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    let t0 = tokio::time::Instant::now();
+    assert_identity(&reader.authenticate(&cached.0).await, cached);
+    assert_identity(&reader.authenticate(&other.0).await, other);
+    assert!(
+        t0.elapsed() < Duration::from_millis(100),
+        "others waited {:?}",
+        t0.elapsed()
+    );
+    let answer = bounded("stuck", stuck).await.expect("task");
+    assert!(
+        matches!(answer, Err(AuthError::Unavailable { .. })),
+        "{answer:?}"
+    );
+    assert!(start.elapsed() <= load_timeout + Duration::from_millis(100));
+}
+
+// A cached key whose safety revalidation hangs (its record read never answers): the guide's
+// failure table says a key cached before is answered from the cache (`stale_served`), and a
+// hung store costs known keys at most one `load_timeout` "and nothing after that". Used every
+// 250 ms for 90 s (revalidation due after 30-40 s), at most one request may wait.
+#[tokio::test(start_paused = true)]
+#[ignore = "defect: once a cached key's revalidation hangs, every request of it waits load_timeout (5 s), forever"]
+async fn a10_hung_revalidation_of_a_cached_key_stalls_at_most_once() {
+    revalidation_failure_run(true).await;
+}
+
+// The same with the key's record reads failing at once (not hanging): the key is answered from
+// the cache, and the failing store is not re-read on every request (the guide's retry back-off:
+// "so a down store is not hammered"): at most one read per second of use here.
+#[tokio::test(start_paused = true)]
+#[ignore = "defect: a failing revalidation is retried on every request of the key (no back-off): 235 reads in 90 s"]
+async fn a10_failing_revalidation_of_a_cached_key_serves_stale_without_hammering() {
+    revalidation_failure_run(false).await;
+}
+
+async fn revalidation_failure_run(hang: bool) {
+    let _serial = shared();
+    let f = fleet(1).await;
+    let probe = Probe::new(f.store.clone());
+    let load_timeout = Duration::from_secs(5);
+    let reader = ApiKeyCache::new(
+        probe.clone(),
+        CacheConfig::default()
+            .load_timeout(load_timeout)
+            .revalidate(Duration::from_secs(40)),
+    );
+    let key = &f.keys[0];
+    assert_identity(&reader.authenticate(&key.0).await, key);
+    if hang {
+        probe
+            .state
+            .hang_names
+            .lock()
+            .unwrap()
+            .push(record_of(&key.0));
+    } else {
+        probe
+            .state
+            .fail_names
+            .lock()
+            .unwrap()
+            .push(record_of(&key.0));
+    }
+    let reads = probe.key_reads();
+    let origin = tokio::time::Instant::now();
+    let mut stalls = Vec::new();
+    let mut uses = 0u64;
+    while origin.elapsed() < Duration::from_secs(90) {
+        let before = tokio::time::Instant::now();
+        let answer = reader.authenticate(&key.0).await;
+        assert_identity(&answer, key);
+        uses += 1;
+        if before.elapsed() >= Duration::from_millis(100) {
+            stalls.push((
+                (before - origin).as_secs_f32(),
+                before.elapsed().as_secs_f32(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let rereads = probe.key_reads() - reads;
+    assert!(rereads >= 1, "never revalidated in 90 s");
+    assert!(reader.stats().stale_served > 0, "{:?}", reader.stats());
+    assert!(
+        stalls.len() <= 1,
+        "requests waited for the hung revalidation (start s, waited s): {stalls:?}"
+    );
+    assert!(
+        rereads <= 60,
+        "{rereads} re-reads of a failing record in {uses} uses over 90 s"
     );
 }
 
