@@ -2036,3 +2036,80 @@ fn a12_cached_revoked_key_rejections_allocate_nothing() {
         );
     });
 }
+
+// A12: hits stay allocation-free under real contention: four OS threads (each with its own
+// current-thread runtime) hit the same 16 cached keys of one shared cache at once. (Real
+// time, but with poll, TTL, key_idle and revalidate at an hour, nothing comes due.)
+#[test]
+fn a12_concurrent_hits_from_four_threads_allocate_nothing() {
+    let _serial = exclusive();
+    let hour = Duration::from_secs(3600);
+    let setup = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (f, reader) = setup.block_on(async {
+        let f = fleet(16).await;
+        let reader = ApiKeyCache::new(
+            f.store.clone(),
+            CacheConfig::default()
+                .poll(hour)
+                .ttl(hour)
+                .key_idle(hour)
+                .revalidate(hour),
+        );
+        for key in &f.keys {
+            assert_identity(&reader.authenticate(&key.0).await, key);
+        }
+        (f, reader)
+    });
+    let start = std::sync::Barrier::new(5);
+    let end = std::sync::Barrier::new(5);
+    let failures = AtomicU64::new(0);
+    let mut rounds = Vec::new();
+    std::thread::scope(|scope| {
+        for t in 0..4usize {
+            let (reader, keys, start, end, failures) = (&reader, &f.keys, &start, &end, &failures);
+            scope.spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                runtime.block_on(async {
+                    for _ in 0..3 {
+                        for key in keys {
+                            if reader.authenticate(&key.0).await.is_err() {
+                                failures.fetch_add(1, Ordering::SeqCst);
+                            }
+                        }
+                    }
+                    for _ in 0..5 {
+                        start.wait();
+                        for round in 0..200 {
+                            for i in 0..keys.len() {
+                                let key = &keys[(i + t * 5 + round) % keys.len()];
+                                if reader.authenticate(&key.0).await.is_err() {
+                                    failures.fetch_add(1, Ordering::SeqCst);
+                                }
+                            }
+                        }
+                        end.wait();
+                    }
+                });
+            });
+        }
+        for _ in 0..5 {
+            start.wait();
+            let region = Region::new(GLOBAL);
+            end.wait();
+            let change = region.change();
+            rounds.push((change.allocations, change.reallocations));
+        }
+    });
+    assert_eq!(failures.load(Ordering::SeqCst), 0, "hits failed");
+    assert!(
+        rounds.contains(&(0, 0)),
+        "(allocations, reallocations) per round of 4 x 3 200 concurrent hits: {rounds:?}"
+    );
+    drop(setup);
+}
