@@ -982,6 +982,50 @@ async fn a3_revalidation_overlapping_own_revocation_is_not_recached() {
     revalidation_overlapping_revocation(true).await;
 }
 
+// A11: a point read that overlapped a *gap* (the revocation's feed entry was lost with a
+// rotated segment) must not be cached either: the gap says "anything may have changed", and
+// the read may predate the lost revocation. B's read of an uncached key is held after reading
+// the pre-revocation record; A revokes; the feed segments are dropped; B polls and sees the
+// gap; the read returns. B's next request must read the key again (Revoked).
+#[tokio::test(start_paused = true)]
+async fn a11_point_read_overlapping_a_gap_is_not_cached() {
+    let _serial = shared();
+    let f = fleet(2).await;
+    let probe = Probe::new(f.store.clone());
+    let b = ApiKeyCache::new(probe.clone(), CacheConfig::default());
+    let a = ApiKeyCache::new(f.store.clone(), CacheConfig::default());
+    let (key, other) = (&f.keys[0], &f.keys[1]);
+    assert_identity(&b.authenticate(&other.0).await, other);
+    advance(Duration::from_secs(3)).await;
+    assert_identity(&b.authenticate(&other.0).await, other);
+    probe.stall_reads_of(Some(record_of(&key.0)));
+    let overlapping = tokio::spawn({
+        let b = b.clone();
+        let key = key.0.clone();
+        async move { b.authenticate(&key).await }
+    });
+    bounded("stalled read", probe.wait_arrivals(1)).await;
+    a.revoke_key(&apikey_cache::KeyId::new(key.1.as_str()))
+        .await
+        .expect("revoke");
+    f.store.drop_feed_segments();
+    advance(Duration::from_millis(2_100)).await;
+    let gaps = b.stats().feed_gaps;
+    assert_identity(&b.authenticate(&other.0).await, other);
+    assert!(
+        b.stats().feed_gaps > gaps,
+        "B did not see the gap: {:?}",
+        b.stats()
+    );
+    probe.release_one();
+    let _ = bounded("overlapping", overlapping).await.expect("task");
+    let next = b.authenticate(&key.0).await;
+    assert!(
+        is_revoked(&next),
+        "a read overlapping a gap was cached: {next:?}"
+    );
+}
+
 // Cache inserts racing with feed invalidations, many times over: B's point reads of a fresh
 // key (readers started at staggered virtual offsets) race with A's revocation of it, every
 // store operation taking 1 ms, so reads overlap each phase of the revocation (id read, record
