@@ -6,6 +6,9 @@
 //! test uses a counting global allocator whose counts are process-wide, so every test takes
 //! `SERIAL` for reading and the allocation test takes it for writing (it runs alone).
 
+// The `SERIAL` guard is held across awaits on purpose: it only orders whole tests.
+#![allow(clippy::await_holding_lock)]
+
 use std::alloc::System;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
