@@ -1746,7 +1746,6 @@ async fn ring_order_and_ids_agree_when_exchanges_overlap() {
 // covers I1 (Entry::id: "later entries have larger ids"), X4: with captures ending at the same
 // time on several threads, `entries()` (newest first) must still list decreasing ids.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "defect: under concurrent capture entries() newest-first is not in id order (id taken apart from the ring push)"]
 async fn concurrent_entries_are_newest_first_by_id() {
     // The window is small: try up to 30 rounds of 8 threads × 500 captures.
     for round in 0..30 {
