@@ -373,6 +373,12 @@ async fn replay_issue<T: KeyStore>(
     }
 }
 
+/// Let a feed read in flight finish: a millisecond of virtual time (the runtime does not
+/// advance the clock while a file store's blocking read runs, so this waits for it).
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(1)).await;
+}
+
 /// A "side" store where keys are issued for `replay_issue` (same account id as the target).
 async fn side_store(account: &str) -> (MemoryStore, ApiKeyCache<MemoryStore>, FeedCursor) {
     let side = MemoryStore::keyed();
@@ -415,6 +421,9 @@ async fn revocation_reaches_every_instance<S: KeyStore + Clone>(store: S) {
         .expect("revoke from an instance that only read the key");
     assert!(is_revoked(&auth(&caches[1], victim.secret.expose()).await));
     advance(POLL).await;
+    // The watcher's feed read starts at the poll; a request arriving while it is in flight
+    // goes on with the view it has (the guide: within one poll plus that read).
+    settle().await;
     for (i, c) in caches.iter().enumerate() {
         let r = auth(c, victim.secret.expose()).await;
         assert!(
@@ -1967,7 +1976,10 @@ async fn a11_unreadable_feed_falls_back_to_ttl_and_cursor_stays() {
     assert!(auth(&b, second.secret.expose()).await.is_ok());
     a.revoke_key(&second.identity.key).await.expect("revoke");
     pb.set(|s| &s.fail_feed_reads, false);
+    // After a failed read, B retries in the background every poll: within one poll (plus
+    // that read) of the feed answering again, B has caught up from its unchanged cursor.
     advance(POLL).await;
+    settle().await;
     let r = auth(&b, second.secret.expose()).await;
     assert!(is_revoked(&r), "the cursor stayed: {r:?}");
 }

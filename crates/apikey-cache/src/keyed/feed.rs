@@ -2,7 +2,7 @@
 //! keys are updated or dropped, a gap drops every cached key (each is re-read on next use).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -25,6 +25,8 @@ pub(crate) struct FeedState {
     ok_at: AtomicU64,
     /// One poll at a time; holds the cursor (`None` until the first read found the end).
     cursor: tokio::sync::Mutex<Option<FeedCursor>>,
+    /// A background retry of a failed read is spawned or running (one at a time).
+    retrying: AtomicBool,
 }
 
 impl Default for FeedState {
@@ -34,6 +36,7 @@ impl Default for FeedState {
             polled_at: AtomicU64::new(0),
             ok_at: AtomicU64::new(0),
             cursor: tokio::sync::Mutex::new(None),
+            retrying: AtomicBool::new(false),
         }
     }
 }
@@ -61,6 +64,11 @@ impl FeedState {
         self.load(&self.ok_at)
     }
 
+    /// Whether the latest feed read failed (or timed out).
+    fn failing(&self) -> bool {
+        self.polled_at.load(Ordering::Acquire) > self.ok_at.load(Ordering::Acquire)
+    }
+
     /// Whether the feed was read successfully less than `within` ago.
     pub(crate) fn healthy(&self, now: Instant, within: Duration) -> bool {
         self.ok_at()
@@ -69,8 +77,6 @@ impl FeedState {
 }
 
 impl<S: KeyStore> ApiKeyCache<S> {
-    /// Tail the feed if the last read is `poll` old or older (the request path: a request
-    /// never acts on a view of the feed older than one `poll`).
     /// Whether the feed was last read `poll` ago or longer (or never).
     pub(crate) fn feed_due(&self, now: Instant) -> bool {
         let poll = self.inner.config.poll;
@@ -80,20 +86,62 @@ impl<S: KeyStore> ApiKeyCache<S> {
             .is_none_or(|at| now.saturating_duration_since(at) >= poll)
     }
 
+    /// The request path's feed read, when one is due. One request pays it: a request that
+    /// finds a read in flight (another request's, the watcher's, a background retry) goes on
+    /// with the view it has, at most one `poll` plus that read old. After a failed read the
+    /// next ones run in the background, so a down or hung feed costs one request one
+    /// `load_timeout`, once (A9); cached keys stay trusted for the TTL after the last good read.
     pub(crate) async fn poll_feed_if_due(&self, now: Instant) {
         let feed = &self.keyed().feed;
-        let poll = self.inner.config.poll;
-        let due =
-            |at: Option<Instant>| at.is_none_or(|at| now.saturating_duration_since(at) >= poll);
-        if !due(feed.polled_at()) {
+        if !self.feed_due(now) {
             return;
         }
-        let mut cursor = feed.cursor.lock().await;
-        if !due(feed.polled_at()) {
-            return; // another caller polled while this one waited
+        let Ok(mut cursor) = feed.cursor.try_lock() else {
+            return; // a read is in flight
+        };
+        if !self.feed_due(now) {
+            return; // another caller polled since
+        }
+        if feed.failing() {
+            drop(cursor);
+            self.poll_feed_in_background();
+            return;
         }
         // Logged and counted inside; the cursor stays for the next poll.
         let _ = self.poll_feed_locked(&mut cursor).await;
+    }
+
+    /// After a failed read: retry in a task of its own, every `poll` until a read succeeds
+    /// (this task's, a request's or the watcher's), so the feed is caught up within one `poll`
+    /// of the store answering again even when no request comes due. One such task at a time;
+    /// it holds the cache only while it reads (at most one `load_timeout`) and ends when the
+    /// cache is dropped. Needs a tokio runtime; without one the next due request tries again.
+    fn poll_feed_in_background(&self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.keyed().feed.retrying.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let weak = Arc::downgrade(&self.inner);
+        let poll = self.inner.config.poll;
+        runtime.spawn(async move {
+            loop {
+                let Some(inner) = weak.upgrade() else { return };
+                let cache = ApiKeyCache { inner };
+                let feed = &cache.keyed().feed;
+                let mut caught_up = !feed.failing();
+                if !caught_up && let Ok(mut cursor) = feed.cursor.try_lock() {
+                    caught_up = cache.poll_feed_locked(&mut cursor).await.is_ok();
+                }
+                if caught_up {
+                    feed.retrying.store(false, Ordering::Release);
+                    return;
+                }
+                drop(cache);
+                tokio::time::sleep(poll).await;
+            }
+        });
     }
 
     /// Tail the feed now (explicit refresh, watcher). Errors are logged and counted; the

@@ -5,7 +5,7 @@ mod feed;
 mod records;
 mod write;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -37,17 +37,59 @@ pub(crate) struct Cached {
     /// `key_idle` follows tokio time (paused tests included) like every other expiry of the
     /// crate. The idle sweep on the feed poll reads it to free idle entries.
     last_use_ms: AtomicU64,
+    /// Revalidations of this entry that failed in a row (the store failed or timed out). While
+    /// non-zero, requests are answered from this entry at once and the retry runs in the
+    /// background: a down or hung store costs a known key one `load_timeout`, once.
+    failures: AtomicU32,
+    /// Milliseconds from `checked_at` before which no retry starts (exponential back-off from
+    /// `retry_backoff`, at most the TTL), so a down store is not hammered.
+    retry_at_ms: AtomicU64,
+}
+
+/// Whole milliseconds of `d` in u64 arithmetic (no u128 `as_millis` on the request path).
+fn millis(d: Duration) -> u64 {
+    d.as_secs()
+        .saturating_mul(1000)
+        .saturating_add(u64::from(d.subsec_millis()))
 }
 
 impl Cached {
+    /// Whether the latest revalidation of this entry failed.
+    fn revalidation_failed(&self) -> bool {
+        self.failures.load(Ordering::Relaxed) > 0
+    }
+
+    /// Claim the next background retry if its back-off has passed at `age` (after
+    /// `checked_at`): one caller wins, and the claim itself pushes the next retry past
+    /// `hold` (the retry's own bound), so a retry that never reports does not stop retries.
+    fn claim_retry(&self, age: Duration, hold: Duration) -> bool {
+        let now = millis(age);
+        let at = self.retry_at_ms.load(Ordering::Relaxed);
+        at <= now
+            && self
+                .retry_at_ms
+                .compare_exchange(
+                    at,
+                    now.saturating_add(millis(hold)),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+    }
+
+    /// Record a failed revalidation at `age`: the next retry waits `backoff` doubled per
+    /// failure in a row, at most `cap`.
+    fn note_failure(&self, age: Duration, backoff: Duration, cap: Duration) {
+        let failed = self.failures.fetch_add(1, Ordering::Relaxed).min(20);
+        let wait = backoff.saturating_mul(1 << failed).min(cap.max(backoff));
+        self.retry_at_ms
+            .store(millis(age).saturating_add(millis(wait)), Ordering::Relaxed);
+    }
+
     /// Whether the key went unused for longer than `idle` before this use, `age` after it was
     /// confirmed; records this use otherwise (one store per millisecond at most).
     fn idle_past(&self, age: Duration, idle: Duration) -> bool {
-        // Whole milliseconds in u64 arithmetic (no u128 `as_millis` on the hit path).
-        let now_ms = age
-            .as_secs()
-            .saturating_mul(1000)
-            .saturating_add(u64::from(age.subsec_millis()));
+        let now_ms = millis(age);
         let last = self.last_use_ms.load(Ordering::Relaxed);
         if Duration::from_millis(now_ms.saturating_sub(last)) > idle {
             return true;
@@ -84,6 +126,8 @@ impl Cached {
             checked_at,
             trust_until,
             last_use_ms: AtomicU64::new(0),
+            failures: AtomicU32::new(0),
+            retry_at_ms: AtomicU64::new(0),
         }
     }
 }
@@ -279,6 +323,16 @@ impl<S: KeyStore> ApiKeyCache<S> {
         {
             return self.keyed_answer(entry);
         }
+        if let Some(entry) = &cached
+            && entry.revalidation_failed()
+        {
+            // Its last revalidation failed: answered from the cache at once, the retry runs in
+            // the background after its back-off (A9: a down or hung store costs a known key
+            // one `load_timeout`, once, and is not re-read on every request).
+            Counters::bump(&inner.counters.stale_served);
+            self.revalidate_in_background(hash, entry, now);
+            return self.keyed_answer(entry);
+        }
         let mut _permit = None;
         if cached.is_none() {
             if inner.negative().contains(&hash, now) {
@@ -332,14 +386,43 @@ impl<S: KeyStore> ApiKeyCache<S> {
                 Err(AuthError::Unknown)
             }
             Err(source) => match cached {
-                // The store failed: a key this instance verified before is answered from it.
+                // The store failed: a key this instance verified before is answered from it,
+                // and its next revalidations run in the background, backing off.
                 Some(entry) => {
                     Counters::bump(&inner.counters.stale_served);
+                    let age = Instant::now().saturating_duration_since(entry.checked_at);
+                    entry.note_failure(age, inner.config.retry_backoff, inner.config.ttl);
                     self.keyed_answer(&entry)
                 }
                 None => Err(AuthError::Unavailable { source }),
             },
         }
+    }
+
+    /// Re-read a cached key whose last revalidation failed, in the background, if its back-off
+    /// has passed and no other request claimed the retry (needs a tokio runtime; without one
+    /// a later request tries again). The task holds the cache for at most one `load_timeout`.
+    fn revalidate_in_background(&self, hash: KeyHash, entry: &Arc<Cached>, now: Instant) {
+        let config = &self.inner.config;
+        let age = now.saturating_duration_since(entry.checked_at);
+        if !entry.claim_retry(age, config.load_timeout) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let cache = self.clone();
+        let entry = entry.clone();
+        runtime.spawn(async move {
+            let read = cache.keyed().reads.run(hash, cache.point_read(hash)).await;
+            if read.is_err() {
+                // Still failing: the entry stays and backs off further. On success the read
+                // cached a fresh entry in its place (or dropped it: no such key any more).
+                let config = &cache.inner.config;
+                let age = Instant::now().saturating_duration_since(entry.checked_at);
+                entry.note_failure(age, config.retry_backoff, config.ttl);
+            }
+        });
     }
 
     /// Whether a cached entry may answer without a store read: younger than the TTL, or,
