@@ -10,7 +10,7 @@
 //! | `azurite` | `azurite` | Azurite over HTTPS with `--oauth basic`, clients trusting its CA |
 //! | `azure-credential` | `azurite` | `TestCredential`: a `TokenCredential` minting tokens Azurite and the ARM endpoint accept |
 //! | `k8s` | `k8s` | an in-process Kubernetes API server (mTLS or bearer), fixtures, faults |
-//! | `metrics` | [`metrics`](mod@metrics) | run a test under a thread-local `metrics` debugging recorder, read series back by name and labels |
+//! | `metrics` | `metrics` | run a test under a thread-local `metrics` debugging recorder, read series back by name and labels |
 //! | `ratelimit` | `ratelimit` | a scripted rate-limiting HTTP server counting connections, with a capacity mode (token bucket of C req/s, excess 429 or 503, counted per second) |
 //!
 //! See docs/testing.md for how the suites use them.
