@@ -1,6 +1,5 @@
 //! Reloads: generations, single-flight, the store gate, the miss-reload rate limit and the swap.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -37,7 +36,7 @@ pub(crate) struct Inner<S> {
     /// Local writes, one at a time (held across the store write; no reader takes it).
     pub(crate) writes: tokio::sync::Mutex<()>,
     /// A background retry of a failed refresh is running.
-    retrying: AtomicBool,
+    retrying: crate::task_flag::TaskFlag,
     plan: Mutex<Plan>,
     pub(crate) negative: Mutex<NegativeCache>,
     pub(crate) counters: Counters,
@@ -121,7 +120,7 @@ impl<S: KeyStore> Inner<S> {
             flights: SingleFlight::new(),
             gate: tokio::sync::Mutex::new(()),
             writes: tokio::sync::Mutex::new(()),
-            retrying: AtomicBool::new(false),
+            retrying: crate::task_flag::TaskFlag::default(),
             plan: Mutex::new(Plan::default()),
             negative: Mutex::new(negative),
             counters: Counters::default(),
@@ -193,15 +192,15 @@ impl<S: KeyStore> Inner<S> {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        if self.retrying.swap(true, Ordering::SeqCst) {
+        let Some(running) = self.retrying.start() else {
             return;
-        }
+        };
         let inner = self.clone();
         runtime.spawn(async move {
+            let _running = running;
             let target = lock(&inner.plan).completed + 1;
             // Logged and counted inside; the previous snapshot stays on failure.
             let _ = inner.load_generation(target).await;
-            inner.retrying.store(false, Ordering::SeqCst);
         });
     }
 

@@ -2,7 +2,7 @@
 //! keys are updated or dropped, a gap drops every cached key (each is re-read on next use).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -26,7 +26,7 @@ pub(crate) struct FeedState {
     /// One poll at a time; holds the cursor (`None` until the first read found the end).
     cursor: tokio::sync::Mutex<Option<FeedCursor>>,
     /// A background retry of a failed read is spawned or running (one at a time).
-    retrying: AtomicBool,
+    retrying: crate::task_flag::TaskFlag,
 }
 
 impl Default for FeedState {
@@ -36,7 +36,7 @@ impl Default for FeedState {
             polled_at: AtomicU64::new(0),
             ok_at: AtomicU64::new(0),
             cursor: tokio::sync::Mutex::new(None),
-            retrying: AtomicBool::new(false),
+            retrying: crate::task_flag::TaskFlag::default(),
         }
     }
 }
@@ -120,12 +120,13 @@ impl<S: KeyStore> ApiKeyCache<S> {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        if self.keyed().feed.retrying.swap(true, Ordering::AcqRel) {
+        let Some(running) = self.keyed().feed.retrying.start() else {
             return;
-        }
+        };
         let weak = Arc::downgrade(&self.inner);
         let poll = self.inner.config.poll;
         runtime.spawn(async move {
+            let _running = running;
             loop {
                 let Some(inner) = weak.upgrade() else { return };
                 let cache = ApiKeyCache { inner };
@@ -135,7 +136,6 @@ impl<S: KeyStore> ApiKeyCache<S> {
                     caught_up = cache.poll_feed_locked(&mut cursor).await.is_ok();
                 }
                 if caught_up {
-                    feed.retrying.store(false, Ordering::Release);
                     return;
                 }
                 drop(cache);
