@@ -2174,3 +2174,58 @@ async fn a11_revocation_seen_within_one_poll_during_a_flood() {
     let r = auth(&b, victim.secret.expose()).await;
     assert!(is_revoked(&r), "{r:?}");
 }
+
+// The seed's "background refresh disabled for good", keyed layout: B's feed reads fail, so B
+// retries them in a background task; the runtime running that task shuts down (an app that
+// restarts its runtime, a test harness). On the next runtime, once the feed answers again, B
+// must catch up within a few polls — not be left with no feed retry at all (then a revocation
+// would only be seen at the key's re-read, a TTL later).
+#[test]
+fn a11_feed_retry_survives_the_runtime_that_ran_it() {
+    let paused = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .expect("runtime")
+    };
+    let store = MemoryStore::keyed();
+    let pb = Probe::new(store.clone());
+    let first = paused();
+    let (a, b, issued) = first.block_on(async {
+        let a = ApiKeyCache::new(store.clone(), CacheConfig::default());
+        let b = cache(&pb, CacheConfig::default());
+        let account = a.create_account("acme", "Acme").await.expect("create");
+        let issued = a.issue_key(&account).await.expect("issue");
+        assert!(auth(&b, issued.secret.expose()).await.is_ok());
+        pb.set(|s| &s.fail_feed_reads, true);
+        // One failed feed read on the request path, then the background retry starts.
+        for _ in 0..3 {
+            advance(POLL).await;
+            assert!(auth(&b, issued.secret.expose()).await.is_ok());
+        }
+        (a, b, issued)
+    });
+    let failed_reads = pb.feed_reads();
+    drop(first); // the retry task goes with its runtime, mid-sleep
+    paused().block_on(async {
+        pb.set(|s| &s.fail_feed_reads, false);
+        a.revoke_key(&issued.identity.key).await.expect("revoke");
+        let t = Instant::now();
+        loop {
+            advance(POLL).await;
+            settle().await;
+            if is_revoked(&auth(&b, issued.secret.expose()).await) {
+                break;
+            }
+            assert!(
+                t.elapsed() <= 5 * POLL,
+                "B still accepts the revoked key {:?} after the feed recovered \
+                 ({} feed reads before the restart, {} since)",
+                t.elapsed(),
+                failed_reads,
+                pb.feed_reads() - failed_reads
+            );
+        }
+    });
+}
