@@ -361,7 +361,12 @@ impl BlobPool {
             self.inner.sweeper_started.store(false, Ordering::Release);
             return;
         };
-        runtime.spawn(sweep_loop(Arc::downgrade(&self.inner), first, every));
+        let weak = Arc::downgrade(&self.inner);
+        let started = SweeperStarted(weak.clone());
+        runtime.spawn(async move {
+            let _started = started;
+            sweep_loop(weak, first, every).await;
+        });
     }
 
     #[cfg(test)]
@@ -377,6 +382,19 @@ impl BlobPool {
         inner.client_options.transport = Some(azure_core::http::Transport::new(http));
         Self {
             inner: Arc::new(inner),
+        }
+    }
+}
+
+/// Held by the sweeper task: clears `sweeper_started` when the task ends or is dropped with
+/// its runtime (even before its first poll), so a pool that outlives the runtime that swept it
+/// starts a new sweeper on its next use instead of never sweeping again.
+struct SweeperStarted(Weak<Inner>);
+
+impl Drop for SweeperStarted {
+    fn drop(&mut self) {
+        if let Some(inner) = self.0.upgrade() {
+            inner.sweeper_started.store(false, Ordering::Release);
         }
     }
 }

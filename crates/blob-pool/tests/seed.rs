@@ -314,3 +314,41 @@ async fn x5_duration_max_settings_never_panic() {
     assert_eq!(pool.sweep().await.idle, 0);
     assert_eq!(pool.len(), 1);
 }
+
+// seed 000 ("clients held forever") and "a background task disabled for good": a pool that
+// outlives the runtime its sweeper ran on (a `static` pool used by tests with a runtime each,
+// an application restarting its runtime) sweeps again on the next runtime.
+#[test]
+fn b3_sweeper_restarts_on_the_next_runtime() {
+    let paused = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap()
+    };
+    let pool = BlobPool::builder()
+        .config(
+            BlobPoolConfig::default()
+                .idle_ttl(Duration::from_secs(60))
+                .sweep_interval(Some(Duration::from_secs(10))),
+        )
+        .build()
+        .unwrap();
+    let credential = cred(1);
+    let first = paused();
+    first.block_on(async {
+        drop(pool.client(&credential, &account(0)).await.unwrap());
+    });
+    drop(first); // the sweeper task goes with its runtime
+    paused().block_on(async {
+        drop(pool.client(&credential, &account(1)).await.unwrap());
+        for _ in 0..30 {
+            tokio::time::advance(Duration::from_secs(10)).await;
+            for _ in 0..20 {
+                tokio::task::yield_now().await;
+            }
+        }
+        assert_eq!(pool.len(), 0, "idle clients kept: {:?}", pool.stats());
+    });
+}

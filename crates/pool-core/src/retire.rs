@@ -160,8 +160,11 @@ impl<V: Retire> RetireQueue<V> {
         };
         self.lock().extend(values);
         if !self.scheduled.swap(true, Ordering::AcqRel) {
-            let queue = self.clone();
+            let mut unstarted = Unstarted(Some(self.clone()));
             runtime.spawn(async move {
+                let Some(queue) = unstarted.0.take() else {
+                    return;
+                };
                 // Cleared before taking the batch: a push after this point schedules a new task.
                 queue.scheduled.store(false, Ordering::Release);
                 let batch = std::mem::take(&mut *queue.lock());
@@ -180,5 +183,17 @@ impl<V: Retire> RetireQueue<V> {
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Slot<V>>>> {
         // Nothing panics while holding it: a poisoned lock breaks nothing.
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Moved into a retire task: if the task is dropped before it starts (its runtime shut down),
+/// clears `scheduled`, so the next push spawns a new task instead of queueing for good.
+struct Unstarted<V>(Option<Arc<RetireQueue<V>>>);
+
+impl<V> Drop for Unstarted<V> {
+    fn drop(&mut self) {
+        if let Some(queue) = self.0.take() {
+            queue.scheduled.store(false, Ordering::Release);
+        }
     }
 }

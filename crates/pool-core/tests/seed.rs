@@ -608,3 +608,72 @@ async fn p9_stats_count_hits_misses_and_evictions() {
     );
     assert_eq!(stats.entries, 0);
 }
+
+/// A paused current-thread runtime, for tests where the pool outlives one.
+fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .expect("runtime")
+}
+
+// seed 000 ("clients held forever") and the incident class "a background task disabled for
+// good": a pool outlives the runtime its sweeper ran on (a `static` pool used by tests with a
+// runtime each, an application restarting its runtime). On the next runtime the pool must
+// sweep again, not keep idle clients forever because a dead task still counts as started.
+#[test]
+fn seed000_sweeper_restarts_on_the_next_runtime() {
+    let backend = Backend::default();
+    let pool = Pool::new(
+        PoolConfig::default()
+            .idle_ttl(Duration::from_secs(60))
+            .sweep_interval(Duration::from_secs(10)),
+    );
+    let first = paused_runtime();
+    first.block_on(async {
+        drop(get(&pool, (1, "first"), &backend).await);
+        settle().await;
+    });
+    drop(first); // the sweeper task goes with its runtime
+    paused_runtime().block_on(async {
+        drop(get(&pool, (1, "second"), &backend).await);
+        settle().await;
+        for _ in 0..30 {
+            advance(Duration::from_secs(10)).await;
+            settle().await;
+        }
+        assert!(
+            pool.is_empty(),
+            "idle clients kept {} ({:?})",
+            pool.len(),
+            pool.stats().evictions
+        );
+        assert_eq!(backend.retired(), 2);
+    });
+}
+
+// The same for capacity evictions: a victim queued for retire whose retire task was spawned
+// but never ran (its runtime shut down first) must not stop every later retire.
+#[test]
+fn p4_retire_queue_restarts_on_the_next_runtime() {
+    let backend = Backend::default();
+    let pool = Pool::new(PoolConfig::default().max_entries(1));
+    let first = paused_runtime();
+    first.block_on(async {
+        drop(get(&pool, (1, "a"), &backend).await);
+        // Evicts "a"; its retire task is spawned but this block returns before it runs.
+        drop(get(&pool, (1, "b"), &backend).await);
+    });
+    drop(first);
+    assert_eq!(backend.retired(), 0, "the retire task never ran");
+    paused_runtime().block_on(async {
+        drop(get(&pool, (1, "c"), &backend).await); // evicts "b"
+        settle().await;
+        assert_eq!(
+            backend.retired(),
+            2,
+            "the victims queued before and after the restart are both retired"
+        );
+    });
+}

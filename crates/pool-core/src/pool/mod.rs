@@ -543,7 +543,24 @@ where
             return;
         };
         let weak = Arc::downgrade(&self.inner);
-        runtime.spawn(sweep_loop(weak, every));
+        let started = SweeperStarted(weak.clone());
+        runtime.spawn(async move {
+            let _started = started;
+            sweep_loop(weak, every).await;
+        });
+    }
+}
+
+/// Held by the sweeper task: clears `sweeper_started` when the task ends or is dropped with
+/// its runtime (even before its first poll), so a pool that outlives the runtime that swept it
+/// starts a new sweeper on its next use instead of never sweeping again.
+struct SweeperStarted<K, V>(Weak<Inner<K, V>>);
+
+impl<K, V> Drop for SweeperStarted<K, V> {
+    fn drop(&mut self) {
+        if let Some(inner) = self.0.upgrade() {
+            inner.sweeper_started.store(false, Ordering::Release);
+        }
     }
 }
 
