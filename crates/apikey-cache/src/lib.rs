@@ -71,7 +71,6 @@ mod layer;
 mod migrate;
 mod snapshot;
 mod store;
-mod task_flag;
 mod telemetry;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -1,7 +1,7 @@
 //! `BlobPool`: get-or-create by (credential identity, endpoint), eviction, sweeper, reset, stats.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -43,7 +43,7 @@ pub(crate) struct Inner {
     credentials_dropped: AtomicU64,
     /// Tokens storage rejected (401, or 403 `AuthenticationFailed`) that were still cached.
     pub(crate) tokens_rejected: AtomicU64,
-    sweeper_started: AtomicBool,
+    sweeper_started: pool_core::TaskFlag,
     pub(crate) metrics: crate::telemetry::BlobMetrics,
 }
 
@@ -105,7 +105,7 @@ impl BlobPoolBuilder {
                 retired: Arc::default(),
                 credentials_dropped: AtomicU64::new(0),
                 tokens_rejected: AtomicU64::new(0),
-                sweeper_started: AtomicBool::new(false),
+                sweeper_started: pool_core::TaskFlag::default(),
                 metrics: crate::telemetry::BlobMetrics::new(),
             }),
         })
@@ -346,25 +346,22 @@ impl BlobPool {
         let Some(every) = self.inner.config.sweep_interval else {
             return;
         };
-        if self.inner.sweeper_started.load(Ordering::Relaxed)
-            || self.inner.sweeper_started.swap(true, Ordering::AcqRel)
-        {
-            return;
-        }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            self.inner.sweeper_started.store(false, Ordering::Release);
             return;
         };
         // The first tick is fixed now, not when the task is first polled. `every` is clamped
         // (at most 1 day) by the config; checked_add keeps even a bad value from panicking.
         let Some(first) = Instant::now().checked_add(every) else {
-            self.inner.sweeper_started.store(false, Ordering::Release);
+            return;
+        };
+        // The token goes with the task: a pool outliving the runtime that ran its sweeper
+        // starts a new one on its next `client()` call.
+        let Some(running) = self.inner.sweeper_started.start() else {
             return;
         };
         let weak = Arc::downgrade(&self.inner);
-        let started = SweeperStarted(weak.clone());
         runtime.spawn(async move {
-            let _started = started;
+            let _running = running;
             sweep_loop(weak, first, every).await;
         });
     }
@@ -382,19 +379,6 @@ impl BlobPool {
         inner.client_options.transport = Some(azure_core::http::Transport::new(http));
         Self {
             inner: Arc::new(inner),
-        }
-    }
-}
-
-/// Held by the sweeper task: clears `sweeper_started` when the task ends or is dropped with
-/// its runtime (even before its first poll), so a pool that outlives the runtime that swept it
-/// starts a new sweeper on its next use instead of never sweeping again.
-struct SweeperStarted(Weak<Inner>);
-
-impl Drop for SweeperStarted {
-    fn drop(&mut self) {
-        if let Some(inner) = self.0.upgrade() {
-            inner.sweeper_started.store(false, Ordering::Release);
         }
     }
 }

@@ -74,6 +74,7 @@ mod pool;
 mod retire;
 mod single_flight;
 mod stats;
+mod task_flag;
 mod telemetry;
 
 pub use config::PoolConfig;
@@ -82,3 +83,4 @@ pub use pool::{Created, KeyedPool, PoolError, Pooled, ShutdownReport};
 pub use retire::{BoxError, Retire, RetireReport};
 pub use single_flight::SingleFlight;
 pub use stats::{EvictionCause, Evictions, PoolStats};
+pub use task_flag::{Running, TaskFlag};

@@ -2,7 +2,6 @@
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -130,7 +129,7 @@ pub(crate) fn retire_detached<V: Retire>(
 /// retire delays no other.
 pub(crate) struct RetireQueue<V> {
     pending: Mutex<Vec<Arc<Slot<V>>>>,
-    scheduled: AtomicBool,
+    scheduled: crate::TaskFlag,
     timeout: Duration,
     counters: Arc<Counters>,
 }
@@ -139,7 +138,7 @@ impl<V: Retire> RetireQueue<V> {
     pub(crate) fn new(timeout: Duration, counters: Arc<Counters>) -> Self {
         Self {
             pending: Mutex::new(Vec::new()),
-            scheduled: AtomicBool::new(false),
+            scheduled: crate::TaskFlag::default(),
             timeout,
             counters,
         }
@@ -159,14 +158,13 @@ impl<V: Retire> RetireQueue<V> {
             return;
         };
         self.lock().extend(values);
-        if !self.scheduled.swap(true, Ordering::AcqRel) {
-            let mut unstarted = Unstarted(Some(self.clone()));
+        // The token goes with the task: dropped unrun (its runtime shut down), it frees the
+        // flag, so the next push schedules a new task instead of queueing for good.
+        if let Some(scheduled) = self.scheduled.start() {
+            let queue = self.clone();
             runtime.spawn(async move {
-                let Some(queue) = unstarted.0.take() else {
-                    return;
-                };
                 // Cleared before taking the batch: a push after this point schedules a new task.
-                queue.scheduled.store(false, Ordering::Release);
+                drop(scheduled);
                 let batch = std::mem::take(&mut *queue.lock());
                 let results = futures::future::join_all(
                     batch
@@ -183,17 +181,5 @@ impl<V: Retire> RetireQueue<V> {
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Slot<V>>>> {
         // Nothing panics while holding it: a poisoned lock breaks nothing.
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// Moved into a retire task: if the task is dropped before it starts (its runtime shut down),
-/// clears `scheduled`, so the next push spawns a new task instead of queueing for good.
-struct Unstarted<V>(Option<Arc<RetireQueue<V>>>);
-
-impl<V> Drop for Unstarted<V> {
-    fn drop(&mut self) {
-        if let Some(queue) = self.0.take() {
-            queue.scheduled.store(false, Ordering::Release);
-        }
     }
 }

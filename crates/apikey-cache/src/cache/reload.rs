@@ -36,7 +36,7 @@ pub(crate) struct Inner<S> {
     /// Local writes, one at a time (held across the store write; no reader takes it).
     pub(crate) writes: tokio::sync::Mutex<()>,
     /// A background retry of a failed refresh is running.
-    retrying: crate::task_flag::TaskFlag,
+    retrying: pool_core::TaskFlag,
     plan: Mutex<Plan>,
     pub(crate) negative: Mutex<NegativeCache>,
     pub(crate) counters: Counters,
@@ -120,7 +120,7 @@ impl<S: KeyStore> Inner<S> {
             flights: SingleFlight::new(),
             gate: tokio::sync::Mutex::new(()),
             writes: tokio::sync::Mutex::new(()),
-            retrying: crate::task_flag::TaskFlag::default(),
+            retrying: pool_core::TaskFlag::default(),
             plan: Mutex::new(Plan::default()),
             negative: Mutex::new(negative),
             counters: Counters::default(),

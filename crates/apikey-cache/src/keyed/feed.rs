@@ -26,7 +26,7 @@ pub(crate) struct FeedState {
     /// One poll at a time; holds the cursor (`None` until the first read found the end).
     cursor: tokio::sync::Mutex<Option<FeedCursor>>,
     /// A background retry of a failed read is spawned or running (one at a time).
-    retrying: crate::task_flag::TaskFlag,
+    retrying: pool_core::TaskFlag,
 }
 
 impl Default for FeedState {
@@ -36,7 +36,7 @@ impl Default for FeedState {
             polled_at: AtomicU64::new(0),
             ok_at: AtomicU64::new(0),
             cursor: tokio::sync::Mutex::new(None),
-            retrying: crate::task_flag::TaskFlag::default(),
+            retrying: pool_core::TaskFlag::default(),
         }
     }
 }

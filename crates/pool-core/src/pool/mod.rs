@@ -137,7 +137,7 @@ struct Inner<K, V> {
     epoch: Instant,
     next_id: AtomicU64,
     closed: AtomicBool,
-    sweeper_started: AtomicBool,
+    sweeper_started: crate::TaskFlag,
     /// Thrashing warnings logged (tests check the once-a-minute limit).
     warnings: AtomicU64,
 }
@@ -198,7 +198,7 @@ where
                 epoch: Instant::now(),
                 next_id: AtomicU64::new(1),
                 closed: AtomicBool::new(false),
-                sweeper_started: AtomicBool::new(false),
+                sweeper_started: crate::TaskFlag::default(),
                 warnings: AtomicU64::new(0),
             }),
         }
@@ -535,32 +535,19 @@ where
         let Some(every) = self.inner.config.sweep_interval else {
             return;
         };
-        if self.inner.sweeper_started.swap(true, Ordering::AcqRel) {
-            return;
-        }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            self.inner.sweeper_started.store(false, Ordering::Release);
+            return;
+        };
+        // The token goes with the task: a pool outliving the runtime that ran its sweeper
+        // starts a new one on its next use.
+        let Some(running) = self.inner.sweeper_started.start() else {
             return;
         };
         let weak = Arc::downgrade(&self.inner);
-        let started = SweeperStarted(weak.clone());
         runtime.spawn(async move {
-            let _started = started;
+            let _running = running;
             sweep_loop(weak, every).await;
         });
-    }
-}
-
-/// Held by the sweeper task: clears `sweeper_started` when the task ends or is dropped with
-/// its runtime (even before its first poll), so a pool that outlives the runtime that swept it
-/// starts a new sweeper on its next use instead of never sweeping again.
-struct SweeperStarted<K, V>(Weak<Inner<K, V>>);
-
-impl<K, V> Drop for SweeperStarted<K, V> {
-    fn drop(&mut self) {
-        if let Some(inner) = self.0.upgrade() {
-            inner.sweeper_started.store(false, Ordering::Release);
-        }
     }
 }
 

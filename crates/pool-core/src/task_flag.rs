@@ -1,23 +1,40 @@
 //! "One background task of this kind at a time", robust to the task being dropped.
+//!
+//! Seed 004's incident was a "refresh running" flag that only the refresh itself cleared: when
+//! the task died, no refresh ever started again. The pools' sweepers, the retire queue and the
+//! API-key cache's background retries all need the same guard, so it lives here once.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Whether a background task of one kind is running. [`TaskFlag::start`] hands out a
-/// [`Running`] token that clears the flag when it is dropped: when the task ends, and also
-/// when its runtime shuts down and drops it mid-way — a flag cleared only at the task's end
-/// would stay set for good and disable every later retry.
+/// [`Running`] token to move into the task; the flag is cleared when the token is dropped —
+/// when the task ends, and also when its runtime shuts down and drops the task mid-way or
+/// before its first poll. A flag cleared only by code at the task's end would stay set for good
+/// and disable every later task of its kind.
+///
+/// ```
+/// let flag = pool_core::TaskFlag::default();
+/// let running = flag.start().expect("nothing runs yet");
+/// assert!(flag.start().is_none());
+/// drop(running); // e.g. the task ended, or its runtime dropped it
+/// assert!(flag.start().is_some());
+/// ```
 #[derive(Debug, Default)]
-pub(crate) struct TaskFlag(Arc<AtomicBool>);
+pub struct TaskFlag(Arc<AtomicBool>);
 
 /// Held by the running task; dropping it lets the next task start.
 #[derive(Debug)]
-pub(crate) struct Running(Arc<AtomicBool>);
+#[must_use = "dropping the token at once clears the flag"]
+pub struct Running(Arc<AtomicBool>);
 
 impl TaskFlag {
     /// `None` if a task is running; otherwise the token the new task must hold.
-    pub(crate) fn start(&self) -> Option<Running> {
-        (!self.0.swap(true, Ordering::AcqRel)).then(|| Running(self.0.clone()))
+    pub fn start(&self) -> Option<Running> {
+        // A load first: callers on hot paths (a pool's `get`) ask on every call, and a
+        // running task is the common answer; only a possible start writes the shared line.
+        let free = !self.0.load(Ordering::Acquire) && !self.0.swap(true, Ordering::AcqRel);
+        free.then(|| Running(self.0.clone()))
     }
 }
 
