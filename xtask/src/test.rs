@@ -68,8 +68,25 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     })?;
     crate::fuzz::run_smoke(crate::fuzz::SMOKE_SECS)?;
     println!(
-        "==> cargo xtask test: all steps passed in {:.1}s",
-        started.elapsed().as_secs_f64()
+        "==> cargo xtask test: all steps passed in {:.1}s; target/ holds {:.1} GB",
+        started.elapsed().as_secs_f64(),
+        dir_bytes(&crate::shell::root().join("target")) as f64 / 1e9
     );
     Ok(())
+}
+
+/// Bytes of the files under `dir` (a CI machine once ran out of disk in this run: the figure
+/// shows how close the next one comes). Unreadable entries count as empty.
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| match entry.file_type() {
+            Ok(kind) if kind.is_dir() => dir_bytes(&entry.path()),
+            Ok(kind) if kind.is_file() => entry.metadata().map_or(0, |m| m.len()),
+            _ => 0,
+        })
+        .sum()
 }
