@@ -84,19 +84,28 @@ impl PollingPrefixes {
 
     /// Whether `path` (a raw request path, optionally with a query) lies under a prefix.
     pub fn is_polling_path(&self, path: &str) -> bool {
-        let end = path
-            .bytes()
-            .position(|b| b == b'?' || b == b'#')
-            .unwrap_or(path.len());
+        // One pass finds the end of the path and whether a dot segment is possible at all.
+        let (mut end, mut dot_or_escape) = (path.len(), false);
+        for (i, b) in path.bytes().enumerate() {
+            match b {
+                b'?' | b'#' => {
+                    end = i;
+                    break;
+                }
+                b'.' | b'%' => dot_or_escape = true,
+                _ => {}
+            }
+        }
         let path = &path[..end];
         let path = if path.is_empty() { "/" } else { path };
-        if !path.starts_with('/') || has_dot_segment(path) {
+        if !path.starts_with('/') {
             return false;
         }
-        self.prefixes.iter().any(|prefix| {
+        let under = self.prefixes.iter().any(|prefix| {
             path.strip_prefix(&**prefix)
                 .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-        })
+        });
+        under && !(dot_or_escape && path.split('/').any(is_dot_segment))
     }
 
     /// Whether a request to `path` with `method` is captured (I3, I4): `false` only for a `GET`

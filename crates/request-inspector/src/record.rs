@@ -242,7 +242,7 @@ pub(crate) fn write_headers(arena: &mut Vec<u8>, headers: &HeaderMap, config: &I
             let lossy;
             let value: &[u8] = if redacted {
                 REDACTED.as_bytes()
-            } else if std::str::from_utf8(value.as_bytes()).is_ok() {
+            } else if value.as_bytes().is_ascii() || std::str::from_utf8(value.as_bytes()).is_ok() {
                 value.as_bytes()
             } else {
                 lossy = String::from_utf8_lossy(value.as_bytes()).into_owned();

@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
+use http::header::Entry;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::RequestIdError;
@@ -52,13 +53,13 @@ fn validate(bytes: &[u8]) -> Result<(), RequestIdError> {
     }
 }
 
-/// `value` as lowercase hex digits, most significant first, filling `out` (16 bytes).
-fn hex_into(out: &mut [u8], value: u64) {
+/// `value` as 16 lowercase hex digits, most significant first, into `out` (two digits per byte
+/// of the value).
+fn hex_into(out: &mut [u8; 16], value: u64) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let len = out.len();
-    for (i, byte) in out.iter_mut().enumerate() {
-        let shift = 4 * (len - 1 - i);
-        *byte = DIGITS[((value >> shift) & 0xf) as usize];
+    for (pair, byte) in out.chunks_exact_mut(2).zip(value.to_be_bytes()) {
+        pair[0] = DIGITS[usize::from(byte >> 4)];
+        pair[1] = DIGITS[usize::from(byte & 0xf)];
     }
 }
 
@@ -83,17 +84,20 @@ impl RequestId {
     /// its counter values in blocks, so threads do not contend on one shared counter.
     pub fn generate() -> Self {
         const BLOCK: u64 = 1024;
-        static PREFIX: OnceLock<u64> = OnceLock::new();
+        static PREFIX: OnceLock<[u8; 16]> = OnceLock::new();
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         thread_local! {
             /// The next value this thread hands out and the end of its block.
             static BLOCK_LEFT: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
         }
         // `RandomState` is seeded from the OS's randomness: a random u64 without a dependency.
-        let prefix = *PREFIX.get_or_init(|| {
+        // Its digits are written once.
+        let prefix = PREFIX.get_or_init(|| {
             let mut hasher = RandomState::new().build_hasher();
             hasher.write_u32(std::process::id());
-            hasher.finish()
+            let mut digits = [0_u8; 16];
+            hex_into(&mut digits, hasher.finish());
+            digits
         });
         let n = BLOCK_LEFT.with(|cell| {
             let (mut next, mut end) = cell.get();
@@ -104,9 +108,11 @@ impl RequestId {
             cell.set((next + 1, end));
             next
         });
+        let mut low = [0_u8; 16];
+        hex_into(&mut low, n);
         let mut digits = [0_u8; 32];
-        hex_into(&mut digits[..16], prefix);
-        hex_into(&mut digits[16..], n);
+        digits[..16].copy_from_slice(prefix);
+        digits[16..].copy_from_slice(&low);
         // Hex digits are always a valid header value.
         let value = HeaderValue::from_maybe_shared(Bytes::from_owner(digits))
             .unwrap_or_else(|_| HeaderValue::from_static("0"));
@@ -116,23 +122,47 @@ impl RequestId {
     /// The incoming id if the headers carry exactly one valid `x-request-id`, else a fresh one.
     /// The second value says whether an incoming value was present but rejected.
     pub fn from_headers_or_generate(headers: &HeaderMap) -> (Self, Option<RequestIdError>) {
-        let (id, rejected, _) = Self::from_headers(headers);
-        (id, rejected)
+        let mut values = headers.get_all(&REQUEST_ID_HEADER).iter();
+        Self::accept_or_generate(values.next(), values.next().is_some())
     }
 
-    /// Like [`from_headers_or_generate`](Self::from_headers_or_generate); the third value says
-    /// whether the id is the incoming header value itself (then the request already carries
-    /// it). An accepted incoming value is shared, not copied.
-    pub(crate) fn from_headers(headers: &HeaderMap) -> (Self, Option<RequestIdError>, bool) {
-        let mut values = headers.get_all(&REQUEST_ID_HEADER).iter();
-        match (values.next(), values.next()) {
-            (None, _) => (Self::generate(), None, false),
-            (Some(value), None) => match validate(value.as_bytes()) {
-                Ok(()) => (Self(value.clone()), None, true),
-                Err(err) => (Self::generate(), Some(err), false),
-            },
+    /// The id of `first`, the first incoming value, if it is valid and the only one (`!more`);
+    /// else a fresh one, with the reason when a value was present.
+    fn accept_or_generate(
+        first: Option<&HeaderValue>,
+        more: bool,
+    ) -> (Self, Option<RequestIdError>) {
+        match first {
+            None => (Self::generate(), None),
             // Two ids for one request: neither can be trusted to be *the* id.
-            (Some(_), Some(_)) => (Self::generate(), Some(RequestIdError::Repeated), false),
+            Some(_) if more => (Self::generate(), Some(RequestIdError::Repeated)),
+            Some(value) => match validate(value.as_bytes()) {
+                // Shared, not copied.
+                Ok(()) => (Self(value.clone()), None),
+                Err(err) => (Self::generate(), Some(err)),
+            },
+        }
+    }
+
+    /// Like [`from_headers_or_generate`](Self::from_headers_or_generate), and the request's
+    /// `x-request-id` becomes the id's only value: one lookup of the header, not two (issue #23).
+    pub(crate) fn take_or_insert(headers: &mut HeaderMap) -> (Self, Option<RequestIdError>) {
+        match headers.entry(REQUEST_ID_HEADER) {
+            Entry::Vacant(slot) => {
+                let id = Self::generate();
+                slot.insert(id.0.clone());
+                (id, None)
+            }
+            Entry::Occupied(mut slot) => {
+                let mut values = slot.iter();
+                let (id, rejected) =
+                    Self::accept_or_generate(values.next(), values.next().is_some());
+                if rejected.is_some() {
+                    // Replaces every incoming value.
+                    slot.insert(id.0.clone());
+                }
+                (id, rejected)
+            }
         }
     }
 

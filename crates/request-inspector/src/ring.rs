@@ -16,12 +16,13 @@ const CHUNK: usize = 64;
 /// Oldest entries first. Shared (`Arc`) so that a reader copies a chunk handle under the lock,
 /// not every entry handle; a writer clones a chunk (at most [`CHUNK`] handles) only when a
 /// reader still holds it.
-type Chunk = Arc<Vec<Arc<Record>>>;
+/// A deque, so that evicting the oldest entry is a pop, not a shift of the chunk.
+type Chunk = Arc<VecDeque<Arc<Record>>>;
 
 /// The bytes one chunk holds: its `Arc` allocation (two counts and the `Vec`) and its buffer of
 /// [`CHUNK`] entry handles. Counted in `ring_slot_bytes` while the chunk is in the ring.
 pub(crate) const CHUNK_BYTES: usize =
-    2 * size_of::<usize>() + size_of::<Vec<Arc<Record>>>() + CHUNK * size_of::<Arc<Record>>();
+    2 * size_of::<usize>() + size_of::<VecDeque<Arc<Record>>>() + CHUNK * size_of::<Arc<Record>>();
 
 /// Newest-first ring of records, stored oldest first in chunks of [`CHUNK`] records.
 ///
@@ -29,7 +30,11 @@ pub(crate) const CHUNK_BYTES: usize =
 /// `capacity / 64` handles, not `capacity` — and never across an `.await`; readers build their
 /// list of entries after releasing it (issue #23: at 100 000 entries the lock was held for the
 /// whole copy).
+///
+/// On a cache line of its own: every capture writes its lock and length, and every request
+/// reads the configuration beside it.
 #[derive(Debug)]
+#[repr(align(64))]
 pub(crate) struct Ring {
     chunks: Mutex<VecDeque<Chunk>>,
     capacity: usize,
@@ -51,9 +56,9 @@ impl Snapshot {
 
 /// `chunk`'s entries, cloned first if a reader still holds it (at most [`CHUNK`] handles; the
 /// copy keeps the full chunk capacity, so [`CHUNK_BYTES`] stays exact).
-fn writable(chunk: &mut Chunk) -> &mut Vec<Arc<Record>> {
+fn writable(chunk: &mut Chunk) -> &mut VecDeque<Arc<Record>> {
     if Arc::get_mut(chunk).is_none() {
-        let mut copy = Vec::with_capacity(CHUNK);
+        let mut copy = VecDeque::with_capacity(CHUNK);
         copy.extend(chunk.iter().cloned());
         *chunk = Arc::new(copy);
     }
@@ -93,10 +98,10 @@ impl Ring {
         counters.next_id.store(id, Ordering::Relaxed);
         entry.id.store(id, Ordering::Relaxed);
         match chunks.back_mut() {
-            Some(last) if last.len() < CHUNK => writable(last).push(entry),
+            Some(last) if last.len() < CHUNK => writable(last).push_back(entry),
             _ => {
-                let mut chunk = Vec::with_capacity(CHUNK);
-                chunk.push(entry);
+                let mut chunk = VecDeque::with_capacity(CHUNK);
+                chunk.push_back(entry);
                 chunks.push_back(Arc::new(chunk));
                 slots_added = CHUNK_BYTES;
             }
@@ -104,10 +109,10 @@ impl Ring {
         let mut len = self.len.load(Ordering::Relaxed) + 1;
         let evicted = if len > self.capacity {
             len -= 1;
-            let oldest = chunks.front_mut().map(|first| {
+            let oldest = chunks.front_mut().and_then(|first| {
                 let first = writable(first);
-                let oldest = first.remove(0);
-                (oldest, first.is_empty())
+                let oldest = first.pop_front()?;
+                Some((oldest, first.is_empty()))
             });
             oldest.map(|(oldest, emptied)| {
                 if emptied {
@@ -174,14 +179,53 @@ impl Ring {
     }
 }
 
+/// A counter every request may bump, striped over cache lines: each thread adds to its own
+/// stripe, so two threads passing polling GETs through never write the same line (issue #23:
+/// one shared counter was a line that bounced between cores on every request). Reads sum the
+/// stripes.
+#[derive(Debug, Default)]
+pub(crate) struct Striped([Line; STRIPES]);
+
+/// Stripes of a [`Striped`] counter: threads beyond this share stripes, round-robin.
+const STRIPES: usize = 8;
+
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct Line(AtomicU64);
+
+impl Striped {
+    pub(crate) fn add(&self, n: u64) {
+        use std::cell::Cell;
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        thread_local! {
+            static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
+        }
+        let stripe = STRIPE.with(|stripe| {
+            if stripe.get() == usize::MAX {
+                stripe.set(NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES);
+            }
+            stripe.get()
+        });
+        self.0[stripe].0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn get(&self) -> u64 {
+        self.0
+            .iter()
+            .map(|line| line.0.load(Ordering::Relaxed))
+            .fold(0, u64::wrapping_add)
+    }
+}
+
 /// Cheap atomic counters behind [`InspectorStats`], on their own cache lines (every thread
 /// writes them; the configuration beside them is only read).
 #[derive(Debug, Default)]
 #[repr(align(64))]
 pub(crate) struct Counters {
     pub(crate) captured: AtomicU64,
-    pub(crate) passed_through: AtomicU64,
-    pub(crate) unowned: AtomicU64,
+    /// Bumped by every polling GET: striped.
+    pub(crate) passed_through: Striped,
+    pub(crate) unowned: Striped,
     pub(crate) evicted: AtomicU64,
     pub(crate) truncated_bodies: AtomicU64,
     pub(crate) next_id: AtomicU64,
@@ -231,8 +275,8 @@ impl Counters {
         let slots = self.slot_bytes.load(Ordering::Relaxed);
         InspectorStats {
             captured: self.captured.load(Ordering::Relaxed),
-            passed_through: self.passed_through.load(Ordering::Relaxed),
-            not_recorded_unowned: self.unowned.load(Ordering::Relaxed),
+            passed_through: self.passed_through.get(),
+            not_recorded_unowned: self.unowned.get(),
             evicted: self.evicted.load(Ordering::Relaxed),
             truncated_bodies: self.truncated_bodies.load(Ordering::Relaxed),
             ring_len,
@@ -268,7 +312,7 @@ pub struct InspectorStats {
     /// Bytes held by the ring's records: their [`Entry::retained_bytes`] summed (the record in
     /// its `Arc`, its arena and any spill buffer; an `Entry` read from it is a copy, not counted).
     pub ring_bytes: usize,
-    /// Bytes of the ring's own slots: chunks of 64 entry handles (552 bytes each on 64-bit
+    /// Bytes of the ring's own slots: chunks of 64 entry handles (560 bytes each on 64-bit
     /// targets, so about 9 bytes per entry), allocated as the ring fills.
     pub ring_slot_bytes: usize,
     /// `in_flight_bytes + ring_bytes + ring_slot_bytes`: the layer's own memory for captured
@@ -284,6 +328,22 @@ mod tests {
     use crate::InspectorConfig;
     use crate::inspector::Shared;
     use crate::record::tests::finished;
+
+    // Adds from more threads than stripes all land in the sum.
+    #[test]
+    fn striped_counter_sums_every_threads_adds() {
+        let counter = Striped::default();
+        std::thread::scope(|scope| {
+            for _ in 0..(STRIPES + 3) {
+                scope.spawn(|| {
+                    for _ in 0..1000 {
+                        counter.add(1);
+                    }
+                });
+            }
+        });
+        assert_eq!(counter.get(), (STRIPES as u64 + 3) * 1000);
+    }
 
     fn shared() -> Arc<Shared> {
         Arc::new(Shared {

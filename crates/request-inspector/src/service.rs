@@ -4,7 +4,6 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -79,7 +78,7 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        let (id, rejected, incoming) = RequestId::from_headers(request.headers());
+        let (id, rejected) = RequestId::take_or_insert(request.headers_mut());
         let path = request.uri().path();
         let config = &self.shared.config;
         let polling = !config.polling.should_capture(path, Some(request.method()));
@@ -103,13 +102,6 @@ where
         if let Some(reason) = rejected {
             let _enter = span.enter();
             tracing::debug!(%reason, "replaced the incoming x-request-id with a fresh one");
-        }
-        if !incoming {
-            // A generated id replaces whatever the request carried; an accepted one is already
-            // its only `x-request-id`.
-            request
-                .headers_mut()
-                .insert(REQUEST_ID_HEADER, id.header_value().clone());
         }
         request.extensions_mut().insert(id.clone());
 
@@ -142,7 +134,7 @@ where
             } else {
                 (&shared.counters.passed_through, &shared.metrics.streamed)
             };
-            counter.fetch_add(1, Ordering::Relaxed);
+            counter.add(1);
             metric.add(1);
             (request.map(|body| InspectBody::new(body, Tap::None)), None)
         };
