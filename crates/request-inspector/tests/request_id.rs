@@ -26,6 +26,9 @@ fn echo_id(
                 .unwrap()
                 .to_string();
             let extension = request.extensions().get::<RequestId>().unwrap().to_string();
+            // The handler sees exactly one `x-request-id`: replaced ids are gone, not shadowed.
+            let values = request.headers().get_all("x-request-id").iter().count();
+            assert_eq!(values, 1, "x-request-id values the handler sees");
             Ok::<_, Infallible>(Response::new(Body::from(format!("{header} {extension}"))))
         }))
 }
