@@ -19,7 +19,7 @@ const CHUNK: usize = 64;
 /// A deque, so that evicting the oldest entry is a pop, not a shift of the chunk.
 type Chunk = Arc<VecDeque<Arc<Record>>>;
 
-/// The bytes one chunk holds: its `Arc` allocation (two counts and the `Vec`) and its buffer of
+/// The bytes one chunk holds: its `Arc` allocation (two counts and the deque) and its buffer of
 /// [`CHUNK`] entry handles. Counted in `ring_slot_bytes` while the chunk is in the ring.
 pub(crate) const CHUNK_BYTES: usize =
     2 * size_of::<usize>() + size_of::<VecDeque<Arc<Record>>>() + CHUNK * size_of::<Arc<Record>>();
