@@ -809,13 +809,8 @@ async fn x4_thrash_protection_survives_concurrent_churn() {
         // under a millisecond of real time and such an entry kept its place (6 of 9 hits, one
         // run in ten under load). The rounds run on a paused clock that moves 1 ms per round.
         let (cycle_pool, cycle_ledger) = (pool.clone(), ledger.clone());
-        let (before, after) = tokio::task::spawn_blocking(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_time()
-                .start_paused(true)
-                .build()
-                .expect("runtime");
-            runtime.block_on(async {
+        tokio::task::block_in_place(|| {
+            run_or_report_deadlock("9 over 8 after concurrent churn", move || async move {
                 let mut before = (0, 0);
                 for round in 0..12 {
                     if round == 3 {
@@ -826,17 +821,15 @@ async fn x4_thrash_protection_survives_concurrent_churn() {
                     }
                     advance(Duration::from_millis(1)).await;
                 }
-                (before, hits_and_misses(&cycle_pool.stats()))
-            })
-        })
-        .await
-        .unwrap();
-        let hits = after.0 - before.0;
-        assert_hit_rate(
-            "9 over 8 after concurrent churn",
-            (hits, hits + after.1 - before.1, 0),
-            0.70,
-        );
+                let after = hits_and_misses(&cycle_pool.stats());
+                let hits = after.0 - before.0;
+                assert_hit_rate(
+                    "9 over 8 after concurrent churn",
+                    (hits, hits + after.1 - before.1, 0),
+                    0.70,
+                );
+            });
+        });
     }
     let stats = pool.stats();
     assert_eq!(stats.creations, pool.len() as u64 + stats.evictions.total());
