@@ -84,28 +84,27 @@ impl PollingPrefixes {
 
     /// Whether `path` (a raw request path, optionally with a query) lies under a prefix.
     pub fn is_polling_path(&self, path: &str) -> bool {
-        // One pass finds the end of the path and whether a dot segment is possible at all.
-        let (mut end, mut dot_or_escape) = (path.len(), false);
-        for (i, b) in path.bytes().enumerate() {
-            match b {
-                b'?' | b'#' => {
-                    end = i;
-                    break;
-                }
-                b'.' | b'%' => dot_or_escape = true,
-                _ => {}
-            }
-        }
-        let path = &path[..end];
-        let path = if path.is_empty() { "/" } else { path };
-        if !path.starts_with('/') {
-            return false;
-        }
-        let under = self.prefixes.iter().any(|prefix| {
-            path.strip_prefix(&**prefix)
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-        });
-        under && !(dot_or_escape && path.split('/').any(is_dot_segment))
+        let path = match path.as_bytes().first() {
+            // Nothing before the query or fragment: the path is `/`.
+            None | Some(b'?' | b'#') => "/",
+            Some(b'/') => path,
+            Some(_) => return false,
+        };
+        // A prefix holds no `?`, `#`, `%`, empty or dot segment, so only what follows it needs
+        // looking at (issue #23: a polling path is not scanned byte by byte from its start):
+        // the query or fragment is cut off, the rest must start a new segment, and its own
+        // segments may not be dot segments.
+        self.prefixes.iter().any(|prefix| {
+            let Some(rest) = path.strip_prefix(&**prefix) else {
+                return false;
+            };
+            let end = rest
+                .bytes()
+                .position(|b| b == b'?' || b == b'#')
+                .unwrap_or(rest.len());
+            let rest = &rest[..end];
+            (rest.is_empty() || rest.starts_with('/')) && !has_dot_segment(rest)
+        })
     }
 
     /// Whether a request to `path` with `method` is captured (I3, I4): `false` only for a `GET`
@@ -295,5 +294,55 @@ mod tests {
         assert!(p.should_capture("/api/monitor/aks", None));
         assert!(p.should_capture("/api/jobs", Some(&Method::GET)));
         assert!(PollingPrefixes::default().should_capture("/api/monitor", Some(&Method::GET)));
+    }
+
+    /// The rule as first written (scan the whole path, cut the query, match the prefix, then
+    /// look for dot segments anywhere): the prefix-first matcher must agree with it everywhere.
+    fn reference(prefixes: &PollingPrefixes, path: &str) -> bool {
+        let end = path.find(['?', '#']).unwrap_or(path.len());
+        let path = &path[..end];
+        let path = if path.is_empty() { "/" } else { path };
+        if !path.starts_with('/') {
+            return false;
+        }
+        let under = prefixes.prefixes.iter().any(|prefix| {
+            path.strip_prefix(&**prefix)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        });
+        under && !path.split('/').any(is_dot_segment)
+    }
+
+    // covers I2: the fast matcher (issue #23) agrees with the reference rule on every path of
+    // up to five pieces drawn from the spellings that matter.
+    #[test]
+    fn prefix_first_matching_agrees_with_the_reference_rule() {
+        let pieces: Vec<&str> = "/ api monitor ing . .. %2e %2E. ? # x * /api/monitor /a.b/c"
+            .split(' ')
+            .collect();
+        let sets = [
+            monitor(),
+            PollingPrefixes::new(["/"]).unwrap(),
+            PollingPrefixes::new(["/api", "/api/monitor"]).unwrap(),
+            PollingPrefixes::new(["/a.b/c"]).unwrap(),
+        ];
+        let mut paths = vec![String::new()];
+        let mut frontier = vec![String::new()];
+        for _ in 0..5 {
+            frontier = frontier
+                .iter()
+                .flat_map(|p| pieces.iter().map(move |piece| format!("{p}{piece}")))
+                .collect();
+            paths.extend(frontier.iter().cloned());
+        }
+        for set in &sets {
+            for path in &paths {
+                assert_eq!(
+                    set.is_polling_path(path),
+                    reference(set, path),
+                    "{path:?} under {:?}",
+                    set.prefixes
+                );
+            }
+        }
     }
 }

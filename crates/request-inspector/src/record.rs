@@ -516,13 +516,14 @@ impl Record {
         self.retained.store(retained, Ordering::Relaxed);
         if truncated > 0 {
             counters
+                .loose
                 .truncated_bodies
                 .fetch_add(truncated, Ordering::Relaxed);
             metrics.truncated.add(truncated);
         }
         // The in-flight bytes become the ring's.
         counters.release(in_flight);
-        counters.captured.fetch_add(1, Ordering::Relaxed);
+        // Counted by the push (the entry id is the count).
         metrics.captured.add(1);
         // Evicted records are dropped here, after the ring's lock is released.
         let _evicted = shared

@@ -176,6 +176,11 @@ impl RequestId {
     pub fn header_value(&self) -> &HeaderValue {
         &self.0
     }
+
+    /// The id's header value, moved out (no reference count written).
+    pub(crate) fn into_header_value(self) -> HeaderValue {
+        self.0
+    }
 }
 
 impl fmt::Debug for RequestId {

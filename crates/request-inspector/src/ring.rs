@@ -94,8 +94,8 @@ impl Ring {
         let (mut removed, mut slots_added, mut slots_removed) = (0, 0, 0);
         let mut chunks = self.lock();
         // The id is given under the lock: ids follow the ring's order (newest first = highest).
-        let id = counters.next_id.load(Ordering::Relaxed) + 1;
-        counters.next_id.store(id, Ordering::Relaxed);
+        let id = counters.locked.next_id.load(Ordering::Relaxed) + 1;
+        counters.locked.next_id.store(id, Ordering::Relaxed);
         entry.id.store(id, Ordering::Relaxed);
         match chunks.back_mut() {
             Some(last) if last.len() < CHUNK => writable(last).push_back(entry),
@@ -127,15 +127,19 @@ impl Ring {
         };
         // Under the lock, so `len` and the byte counts always match the chunks.
         self.len.store(len, Ordering::Relaxed);
-        let bytes = counters.ring_bytes.load(Ordering::Relaxed) + added - removed;
-        counters.ring_bytes.store(bytes, Ordering::Relaxed);
-        let slots = counters.slot_bytes.load(Ordering::Relaxed) + slots_added - slots_removed;
-        counters.slot_bytes.store(slots, Ordering::Relaxed);
+        let bytes = counters.locked.ring_bytes.load(Ordering::Relaxed) + added - removed;
+        counters.locked.ring_bytes.store(bytes, Ordering::Relaxed);
+        let slots =
+            counters.locked.slot_bytes.load(Ordering::Relaxed) + slots_added - slots_removed;
+        counters.locked.slot_bytes.store(slots, Ordering::Relaxed);
+        if evicted.is_some() {
+            let evictions = counters.locked.evicted.load(Ordering::Relaxed) + 1;
+            counters.locked.evicted.store(evictions, Ordering::Relaxed);
+        }
         drop(chunks);
         metrics.ring_entries.set(len);
         metrics.ring_bytes.set(bytes + slots);
         if evicted.is_some() {
-            counters.evicted.fetch_add(1, Ordering::Relaxed);
             metrics.evictions.add(1);
         }
         evicted
@@ -166,8 +170,8 @@ impl Ring {
         let all = std::mem::take(&mut *chunks);
         chunks.reserve(self.capacity.div_ceil(CHUNK) + 1);
         self.len.store(0, Ordering::Relaxed);
-        counters.ring_bytes.store(0, Ordering::Relaxed);
-        counters.slot_bytes.store(0, Ordering::Relaxed);
+        counters.locked.ring_bytes.store(0, Ordering::Relaxed);
+        counters.locked.slot_bytes.store(0, Ordering::Relaxed);
         drop(chunks);
         metrics.ring_entries.set(0);
         metrics.ring_bytes.set(0);
@@ -222,20 +226,38 @@ impl Striped {
 #[derive(Debug, Default)]
 #[repr(align(64))]
 pub(crate) struct Counters {
-    pub(crate) captured: AtomicU64,
+    /// Written only under the ring's lock (plain loads and stores, no read-modify-write).
+    pub(crate) locked: LockedCounts,
     /// Bumped by every polling GET: striped.
     pub(crate) passed_through: Striped,
     pub(crate) unowned: Striped,
-    pub(crate) evicted: AtomicU64,
-    pub(crate) truncated_bodies: AtomicU64,
+    /// Written by captures outside the ring's lock.
+    pub(crate) loose: LooseCounts,
+}
+
+/// The counts the ring keeps under its lock, together on one line, which moves between cores
+/// with the lock (issue #23: they shared a line with the in-flight bytes, which every capture
+/// writes outside the lock).
+#[derive(Debug, Default)]
+#[repr(align(64))]
+pub(crate) struct LockedCounts {
+    /// The last entry id given; ids start at 1 and are never reused, so this is also the number
+    /// of records ever captured.
     pub(crate) next_id: AtomicU64,
-    pub(crate) in_flight_bytes: AtomicUsize,
-    /// The records' retained bytes ([`Entry::retained_bytes`]) summed over the ring; written
-    /// under the ring's lock.
+    pub(crate) evicted: AtomicU64,
+    /// The records' retained bytes ([`Entry::retained_bytes`]) summed over the ring.
     pub(crate) ring_bytes: AtomicUsize,
-    /// The ring's chunks ([`CHUNK_BYTES`] each); written under the ring's lock.
+    /// The ring's chunks ([`CHUNK_BYTES`] each).
     pub(crate) slot_bytes: AtomicUsize,
+}
+
+/// The counts captures write outside the ring's lock, on a line of their own.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+pub(crate) struct LooseCounts {
+    pub(crate) in_flight_bytes: AtomicUsize,
     pub(crate) peak_retained: AtomicUsize,
+    pub(crate) truncated_bodies: AtomicU64,
 }
 
 impl Counters {
@@ -244,47 +266,48 @@ impl Counters {
         if n == 0 {
             return;
         }
-        let in_flight = self.in_flight_bytes.fetch_add(n, Ordering::Relaxed) + n;
+        let in_flight = self.loose.in_flight_bytes.fetch_add(n, Ordering::Relaxed) + n;
         self.note_peak(in_flight + self.held_by_ring());
     }
 
     /// Raise the peak to `total` if it is higher; a read only, most of the time (no write to a
     /// line the other threads read).
     fn note_peak(&self, total: usize) {
-        if total > self.peak_retained.load(Ordering::Relaxed) {
-            self.peak_retained.fetch_max(total, Ordering::Relaxed);
+        if total > self.loose.peak_retained.load(Ordering::Relaxed) {
+            self.loose.peak_retained.fetch_max(total, Ordering::Relaxed);
         }
     }
 
     /// `n` bytes no longer held by an in-flight capture.
     pub(crate) fn release(&self, n: usize) {
-        self.in_flight_bytes.fetch_sub(n, Ordering::Relaxed);
+        self.loose.in_flight_bytes.fetch_sub(n, Ordering::Relaxed);
     }
 
     pub(crate) fn note_ring_peak(&self) {
-        self.note_peak(self.in_flight_bytes.load(Ordering::Relaxed) + self.held_by_ring());
+        self.note_peak(self.loose.in_flight_bytes.load(Ordering::Relaxed) + self.held_by_ring());
     }
 
     fn held_by_ring(&self) -> usize {
-        self.ring_bytes.load(Ordering::Relaxed) + self.slot_bytes.load(Ordering::Relaxed)
+        self.locked.ring_bytes.load(Ordering::Relaxed)
+            + self.locked.slot_bytes.load(Ordering::Relaxed)
     }
 
     pub(crate) fn snapshot(&self, ring_len: usize) -> InspectorStats {
-        let in_flight = self.in_flight_bytes.load(Ordering::Relaxed);
-        let ring = self.ring_bytes.load(Ordering::Relaxed);
-        let slots = self.slot_bytes.load(Ordering::Relaxed);
+        let in_flight = self.loose.in_flight_bytes.load(Ordering::Relaxed);
+        let ring = self.locked.ring_bytes.load(Ordering::Relaxed);
+        let slots = self.locked.slot_bytes.load(Ordering::Relaxed);
         InspectorStats {
-            captured: self.captured.load(Ordering::Relaxed),
+            captured: self.locked.next_id.load(Ordering::Relaxed),
             passed_through: self.passed_through.get(),
             not_recorded_unowned: self.unowned.get(),
-            evicted: self.evicted.load(Ordering::Relaxed),
-            truncated_bodies: self.truncated_bodies.load(Ordering::Relaxed),
+            evicted: self.locked.evicted.load(Ordering::Relaxed),
+            truncated_bodies: self.loose.truncated_bodies.load(Ordering::Relaxed),
             ring_len,
             in_flight_bytes: in_flight,
             ring_bytes: ring,
             ring_slot_bytes: slots,
             retained_bytes: in_flight + ring + slots,
-            peak_retained_bytes: self.peak_retained.load(Ordering::Relaxed),
+            peak_retained_bytes: self.loose.peak_retained.load(Ordering::Relaxed),
         }
     }
 }

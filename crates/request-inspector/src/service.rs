@@ -146,7 +146,7 @@ where
         ResponseFuture {
             inner,
             span,
-            request_id: id,
+            request_id: Some(id),
             finisher,
         }
     }
@@ -159,7 +159,8 @@ pin_project! {
         #[pin]
         inner: F,
         span: Span,
-        request_id: RequestId,
+        // Moved into the response's header when the response arrives (not cloned: issue #23).
+        request_id: Option<RequestId>,
         finisher: Option<Finisher>,
     }
 }
@@ -186,9 +187,11 @@ where
         match ready!(this.inner.poll(cx)) {
             Ok(response) => {
                 let (mut parts, body) = response.into_parts();
-                parts
-                    .headers
-                    .insert(REQUEST_ID_HEADER, this.request_id.header_value().clone());
+                if let Some(id) = this.request_id.take() {
+                    parts
+                        .headers
+                        .insert(REQUEST_ID_HEADER, id.into_header_value());
+                }
                 this.span.record("status", parts.status.as_u16());
                 let tap = match this.finisher.take() {
                     None => Tap::None,
