@@ -1,6 +1,5 @@
 //! The fixed-size ring of captured entries and the inspector's counters.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -13,30 +12,33 @@ use crate::telemetry::Metrics;
 /// Entries per chunk of the ring.
 const CHUNK: usize = 64;
 
-/// Oldest entries first. Shared (`Arc`) so that a reader copies a chunk handle under the lock,
-/// not every entry handle; a writer clones a chunk (at most [`CHUNK`] handles) only when a
+/// [`CHUNK`] slots of the ring. Shared (`Arc`) so that a reader copies a chunk handle under the
+/// lock, not every entry handle; a writer copies a chunk (at most [`CHUNK`] handles) only when a
 /// reader still holds it.
-/// A deque, so that evicting the oldest entry is a pop, not a shift of the chunk.
-type Chunk = Arc<VecDeque<Arc<Record>>>;
+type Chunk = Arc<[Option<Arc<Record>>; CHUNK]>;
 
-/// The bytes one chunk holds: its `Arc` allocation (two counts and the deque) and its buffer of
-/// [`CHUNK`] entry handles. Counted in `ring_slot_bytes` while the chunk is in the ring.
+/// The bytes one chunk holds: its `Arc` allocation (two counts and [`CHUNK`] entry handles).
+/// Counted in `ring_slot_bytes` while the chunk is in the ring.
 pub(crate) const CHUNK_BYTES: usize =
-    2 * size_of::<usize>() + size_of::<VecDeque<Arc<Record>>>() + CHUNK * size_of::<Arc<Record>>();
+    2 * size_of::<usize>() + CHUNK * size_of::<Option<Arc<Record>>>();
 
-/// Newest-first ring of records, stored oldest first in chunks of [`CHUNK`] records.
+/// Newest-first ring of records: `capacity` slots in a circle, stored in chunks of [`CHUNK`]
+/// slots, allocated as the ring first fills.
 ///
-/// The lock is held only to push (and evict) one entry or to copy the chunk handles out —
-/// `capacity / 64` handles, not `capacity` — and never across an `.await`; readers build their
-/// list of entries after releasing it (issue #23: at 100 000 entries the lock was held for the
-/// whole copy).
+/// A push writes the next slot and takes out what it held, which is the oldest record once the
+/// ring is full (issue #23: the push touches one slot's line, where the chunked deque it
+/// replaced pushed at one end and popped at the other, two chunks and their headers, each a
+/// line the other threads' pushes had just written). The lock is held only to push (and
+/// evict) one entry or to copy the chunk handles out — `capacity / 64` handles, not
+/// `capacity` — and never across an `.await`; readers build their list of entries after
+/// releasing it (issue #23: at 100 000 entries the lock was held for the whole copy).
 ///
 /// On a cache line of its own: every capture writes its lock and length, and every request
 /// reads the configuration beside it.
 #[derive(Debug)]
 #[repr(align(64))]
 pub(crate) struct Ring {
-    chunks: Mutex<VecDeque<Chunk>>,
+    slots: Mutex<Slots>,
     capacity: usize,
     /// Entries in the ring, kept under the lock and read without it ([`Inspector::stats`]).
     ///
@@ -44,23 +46,42 @@ pub(crate) struct Ring {
     len: AtomicUsize,
 }
 
-/// The chunk handles copied out under the lock; [`Snapshot::iter`] walks them newest first.
-pub(crate) struct Snapshot(Vec<Chunk>);
+/// The ring's slots, under its lock.
+#[derive(Debug, Default)]
+struct Slots {
+    /// `capacity.div_ceil(CHUNK)` chunks once the ring has filled; fewer before.
+    chunks: Vec<Chunk>,
+    /// The slot the next push writes (`0..capacity`).
+    head: usize,
+}
+
+/// The chunk handles and the ring's place in them, copied under the lock; [`Snapshot::iter`]
+/// walks them newest first.
+pub(crate) struct Snapshot {
+    chunks: Vec<Chunk>,
+    head: usize,
+    len: usize,
+    capacity: usize,
+}
 
 impl Snapshot {
     /// The entries, newest first.
     pub(crate) fn iter(&self) -> impl Iterator<Item = &Arc<Record>> {
-        self.0.iter().rev().flat_map(|chunk| chunk.iter().rev())
+        (1..=self.len).filter_map(move |back| {
+            let at = (self.head + self.capacity - back) % self.capacity;
+            self.chunks[at / CHUNK][at % CHUNK].as_ref()
+        })
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
     }
 }
 
-/// `chunk`'s entries, cloned first if a reader still holds it (at most [`CHUNK`] handles; the
-/// copy keeps the full chunk capacity, so [`CHUNK_BYTES`] stays exact).
-fn writable(chunk: &mut Chunk) -> &mut VecDeque<Arc<Record>> {
+/// `chunk`'s slots, copied first if a reader still holds it (at most [`CHUNK`] handles).
+fn writable(chunk: &mut Chunk) -> &mut [Option<Arc<Record>>; CHUNK] {
     if Arc::get_mut(chunk).is_none() {
-        let mut copy = VecDeque::with_capacity(CHUNK);
-        copy.extend(chunk.iter().cloned());
-        *chunk = Arc::new(copy);
+        *chunk = Arc::new((**chunk).clone());
     }
     Arc::get_mut(chunk).unwrap_or_else(|| unreachable!("a chunk just made is not shared"))
 }
@@ -69,21 +90,24 @@ impl Ring {
     pub(crate) fn new(capacity: usize) -> Self {
         let capacity = capacity.max(1);
         Self {
-            // Room for every chunk a full ring can hold, so the deque never grows.
-            chunks: Mutex::new(VecDeque::with_capacity(capacity.div_ceil(CHUNK) + 1)),
+            // Room for every chunk a full ring holds, so the list never grows.
+            slots: Mutex::new(Slots {
+                chunks: Vec::with_capacity(capacity.div_ceil(CHUNK)),
+                head: 0,
+            }),
             capacity,
             len: AtomicUsize::new(0),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, VecDeque<Chunk>> {
-        // A panic elsewhere cannot leave the deque inconsistent: keep serving it.
-        self.chunks.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Slots> {
+        // A panic elsewhere cannot leave the slots inconsistent: keep serving them.
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Push the newest record, which keeps `added` bytes alive; the oldest one beyond capacity
-    /// is returned (dropped by the caller, outside the lock). Under the lock: a pointer pushed,
-    /// maybe one popped, and the counts.
+    /// Push the newest record, which keeps `added` bytes alive; the oldest one, which it
+    /// replaces once the ring is full, is returned (dropped by the caller, outside the lock).
+    /// Under the lock: one slot written, and the counts.
     pub(crate) fn push(
         &self,
         entry: Arc<Record>,
@@ -91,54 +115,38 @@ impl Ring {
         counters: &Counters,
         metrics: &Metrics,
     ) -> Option<Arc<Record>> {
-        let (mut removed, mut slots_added, mut slots_removed) = (0, 0, 0);
-        let mut chunks = self.lock();
+        let mut slots_added = 0;
+        let mut guard = self.lock();
+        let slots = &mut *guard;
         // The id is given under the lock: ids follow the ring's order (newest first = highest).
         let id = counters.locked.next_id.load(Ordering::Relaxed) + 1;
         counters.locked.next_id.store(id, Ordering::Relaxed);
         entry.id.store(id, Ordering::Relaxed);
-        match chunks.back_mut() {
-            Some(last) if last.len() < CHUNK => writable(last).push_back(entry),
-            _ => {
-                let mut chunk = VecDeque::with_capacity(CHUNK);
-                chunk.push_back(entry);
-                chunks.push_back(Arc::new(chunk));
-                slots_added = CHUNK_BYTES;
-            }
+        let at = slots.head;
+        if at / CHUNK == slots.chunks.len() {
+            slots.chunks.push(Arc::new([const { None }; CHUNK]));
+            slots_added = CHUNK_BYTES;
         }
-        let mut len = self.len.load(Ordering::Relaxed) + 1;
-        let evicted = if len > self.capacity {
-            len -= 1;
-            let oldest = chunks.front_mut().and_then(|first| {
-                let first = writable(first);
-                let oldest = first.pop_front()?;
-                Some((oldest, first.is_empty()))
-            });
-            oldest.map(|(oldest, emptied)| {
-                if emptied {
-                    chunks.pop_front();
-                    slots_removed = CHUNK_BYTES;
-                }
-                removed = oldest.retained_bytes();
-                oldest
-            })
-        } else {
-            None
-        };
-        // Under the lock, so `len` and the byte counts always match the chunks.
+        let evicted = writable(&mut slots.chunks[at / CHUNK])[at % CHUNK].replace(entry);
+        slots.head = if at + 1 == self.capacity { 0 } else { at + 1 };
+        let removed = evicted.as_ref().map_or(0, |oldest| oldest.retained_bytes());
+        // Under the lock, so `len` and the byte counts always match the slots.
+        let len = (self.len.load(Ordering::Relaxed) + 1).min(self.capacity);
         self.len.store(len, Ordering::Relaxed);
         let bytes = counters.locked.ring_bytes.load(Ordering::Relaxed) + added - removed;
         counters.locked.ring_bytes.store(bytes, Ordering::Relaxed);
-        let slots =
-            counters.locked.slot_bytes.load(Ordering::Relaxed) + slots_added - slots_removed;
-        counters.locked.slot_bytes.store(slots, Ordering::Relaxed);
+        let slot_bytes = counters.locked.slot_bytes.load(Ordering::Relaxed) + slots_added;
+        counters
+            .locked
+            .slot_bytes
+            .store(slot_bytes, Ordering::Relaxed);
         if evicted.is_some() {
             let evictions = counters.locked.evicted.load(Ordering::Relaxed) + 1;
             counters.locked.evicted.store(evictions, Ordering::Relaxed);
         }
-        drop(chunks);
+        drop(guard);
         metrics.ring_entries.set(len);
-        metrics.ring_bytes.set(bytes + slots);
+        metrics.ring_bytes.set(bytes + slot_bytes);
         if evicted.is_some() {
             metrics.evictions.add(1);
         }
@@ -147,14 +155,19 @@ impl Ring {
 
     /// The chunk handles, copied under the lock; walk them with [`Snapshot::iter`].
     pub(crate) fn snapshot(&self) -> Snapshot {
-        let chunks = self.lock();
-        Snapshot(chunks.iter().cloned().collect())
+        let slots = self.lock();
+        Snapshot {
+            chunks: slots.chunks.clone(),
+            head: slots.head,
+            len: self.len.load(Ordering::Relaxed),
+            capacity: self.capacity,
+        }
     }
 
     /// The entries, newest first, made from the records outside the lock.
     pub(crate) fn entries(&self) -> Vec<Arc<Entry>> {
         let snapshot = self.snapshot();
-        let mut entries = Vec::with_capacity(snapshot.0.iter().map(|c| c.len()).sum());
+        let mut entries = Vec::with_capacity(snapshot.len());
         entries.extend(snapshot.iter().map(|record| Arc::new(record.to_entry())));
         entries
     }
@@ -164,15 +177,18 @@ impl Ring {
         self.len.load(Ordering::Relaxed)
     }
 
-    /// Empty the ring; the entries are returned to be dropped outside the lock.
-    pub(crate) fn clear(&self, counters: &Counters, metrics: &Metrics) -> VecDeque<Chunk> {
-        let mut chunks = self.lock();
-        let all = std::mem::take(&mut *chunks);
-        chunks.reserve(self.capacity.div_ceil(CHUNK) + 1);
+    /// Empty the ring; the chunks are returned to be dropped outside the lock.
+    pub(crate) fn clear(&self, counters: &Counters, metrics: &Metrics) -> Vec<Chunk> {
+        let mut slots = self.lock();
+        let all = std::mem::replace(
+            &mut slots.chunks,
+            Vec::with_capacity(self.capacity.div_ceil(CHUNK)),
+        );
+        slots.head = 0;
         self.len.store(0, Ordering::Relaxed);
         counters.locked.ring_bytes.store(0, Ordering::Relaxed);
         counters.locked.slot_bytes.store(0, Ordering::Relaxed);
-        drop(chunks);
+        drop(slots);
         metrics.ring_entries.set(0);
         metrics.ring_bytes.set(0);
         all
@@ -335,8 +351,8 @@ pub struct InspectorStats {
     /// Bytes held by the ring's records: their [`Entry::retained_bytes`] summed (the record in
     /// its `Arc`, its arena and any spill buffer; an `Entry` read from it is a copy, not counted).
     pub ring_bytes: usize,
-    /// Bytes of the ring's own slots: chunks of 64 entry handles (560 bytes each on 64-bit
-    /// targets, so about 9 bytes per entry), allocated as the ring fills.
+    /// Bytes of the ring's own slots: chunks of 64 entry handles (528 bytes each on 64-bit
+    /// targets, about 8 bytes per entry), allocated as the ring first fills.
     pub ring_slot_bytes: usize,
     /// `in_flight_bytes + ring_bytes + ring_slot_bytes`: the layer's own memory for captured
     /// data. `tests/memory.rs` checks it against a counting allocator.
@@ -410,8 +426,8 @@ mod tests {
             stats.ring_bytes,
             entries.iter().map(|e| e.retained_bytes()).sum::<usize>()
         );
-        // Entries 51..=64 are left of the first chunk, then 65..=128, 129..=192, 193..=200.
-        assert_eq!(stats.ring_slot_bytes, 4 * CHUNK_BYTES);
+        // 150 slots: three chunks (the third one's last 42 slots unused).
+        assert_eq!(stats.ring_slot_bytes, 3 * CHUNK_BYTES);
         drop(ring.clear(counters, metrics));
         let stats = counters.snapshot(ring.len());
         assert_eq!(
@@ -431,7 +447,7 @@ mod tests {
             push(&ring, &shared, id);
         }
         let snapshot = ring.snapshot();
-        assert_eq!(snapshot.0.len(), 1000_usize.div_ceil(CHUNK));
+        assert_eq!(snapshot.chunks.len(), 1000_usize.div_ceil(CHUNK));
         assert!(snapshot.iter().all(|e| Arc::strong_count(e) == 1));
         for id in 1001..=1100 {
             push(&ring, &shared, id);
@@ -440,8 +456,7 @@ mod tests {
         assert_eq!(held, (1..=1000).rev().collect::<Vec<_>>());
         drop(snapshot);
         assert_eq!(ids(&ring.entries()), (101..=1100).rev().collect::<Vec<_>>());
-        // Chunks copied on write keep their full capacity, so the slot bytes stay exact.
-        let chunks = ring.lock();
-        assert!(chunks.iter().all(|c| c.capacity() == CHUNK));
+        // A chunk copied on write replaces the one the reader held: the count stays the same.
+        assert_eq!(ring.lock().chunks.len(), 1000_usize.div_ceil(CHUNK));
     }
 }

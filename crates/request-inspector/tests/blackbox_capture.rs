@@ -1489,7 +1489,7 @@ async fn ring_bytes_match_entries_through_fill_and_eviction() {
     let stats = inspector.stats();
     assert_eq!(
         stats.ring_slot_bytes,
-        2 * 560,
+        2 * 528,
         "two chunks of 64 handles (as documented)"
     );
     inspector.clear();
