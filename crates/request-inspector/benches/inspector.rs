@@ -12,12 +12,15 @@
 //!   captured 1 KiB POST, against no layer. With the default features (metrics on, no recorder),
 //!   and again with a Prometheus recorder's handles registered (metrics recorded); through
 //!   axum's `Router::layer`, through `Router::layer` of a pass-through layer (what axum's
-//!   per-route boxing costs any layer), and with the layer around the whole `Router`.
+//!   per-route boxing costs any layer), and with the layer around the whole `Router`. For the
+//!   polling GET, a reference layer that does only the request-id contract (the floor); and
+//!   the layer with `request_id_extension(false)` (no `Extension<RequestId>`).
 //!
 //! "Peak extra memory" is counted, not guessed from RSS: for the layer it is
 //! `InspectorStats::peak_retained_bytes` (every byte it copies or records is counted), for the
 //! buffering middleware the size of the body it held. Run with `cargo xtask bench inspector`.
 
+use std::future::Future;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::pin::Pin;
@@ -35,7 +38,7 @@ use axum::routing::{get, post};
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
-use request_inspector::{Inspector, InspectorConfig};
+use request_inspector::{Inspector, InspectorConfig, REQUEST_ID_HEADER, RequestId};
 use testkit::bench::{Comparison, emit, median, percentile};
 
 const SCENARIO: &str = "inspector";
@@ -294,6 +297,64 @@ where
     }
 }
 
+/// The reference for the polling GET rows: a layer that does only what the request-id contract
+/// asks (a fresh id into the request's `x-request-id` header and its extensions, and into the
+/// response's header), as tower-http's request-id layers do, and nothing else. What it costs is
+/// the floor of any layer that keeps `Extension<RequestId>` and both headers.
+#[derive(Clone)]
+struct IdOnly<S>(S);
+
+impl<S, B, RB> tower::Service<http::Request<B>> for IdOnly<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
+{
+    type Response = http::Response<RB>;
+    type Error = S::Error;
+    type Future = IdOnlyFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let id = RequestId::generate();
+        request
+            .headers_mut()
+            .insert(REQUEST_ID_HEADER, id.header_value().clone());
+        request.extensions_mut().insert(id.clone());
+        IdOnlyFuture {
+            inner: self.0.call(request),
+            id: Some(id),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    struct IdOnlyFuture<F> {
+        #[pin]
+        inner: F,
+        id: Option<RequestId>,
+    }
+}
+
+impl<F, RB, E> Future for IdOnlyFuture<F>
+where
+    F: Future<Output = Result<http::Response<RB>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut response = std::task::ready!(this.inner.poll(cx))?;
+        if let Some(id) = this.id.take() {
+            response
+                .headers_mut()
+                .insert(REQUEST_ID_HEADER, id.header_value().clone());
+        }
+        Poll::Ready(Ok(response))
+    }
+}
+
 /// Median ns per request per thread through `layered` and through `bare`: `threads` threads,
 /// each on its own current-thread runtime with its own clones of both apps, kept for the whole
 /// measurement (warm allocator caches). Each round, all threads send [`SMALL_PER_ROUND`]
@@ -423,6 +484,7 @@ fn per_request_rows() -> Vec<Comparison> {
             .body_limit(16 * 1024)
     };
     let plain = Inspector::new(config());
+    let headers_only = Inspector::new(config().request_id_extension(false));
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let recorded = metrics::with_local_recorder(&prometheus, || Inspector::new(config()));
     let bare_tower = tower::service_fn(small_service::<Body>);
@@ -473,6 +535,35 @@ fn per_request_rows() -> Vec<Comparison> {
                 let layered = tower::ServiceBuilder::new()
                     .layer(recorded.layer())
                     .service(tower::service_fn(small_service));
+                row(
+                    what,
+                    threads,
+                    how,
+                    layered_vs_bare(&layered, &bare_tower, threads, &method),
+                );
+            }
+        }
+        // Without the `Extension<RequestId>` (handlers read the header or use the extractor).
+        for threads in [1, 2] {
+            let how = "tower service, request_id_extension(false)";
+            if wanted(what, threads, how) {
+                let layered = tower::ServiceBuilder::new()
+                    .layer(headers_only.layer())
+                    .service(tower::service_fn(small_service));
+                row(
+                    what,
+                    threads,
+                    how,
+                    layered_vs_bare(&layered, &bare_tower, threads, &method),
+                );
+            }
+        }
+        // The floor: a layer doing only the request-id contract (polling GET rows only: it
+        // captures nothing).
+        for threads in [1, 2] {
+            let how = "reference: a layer doing only the request-id contract";
+            if method == http::Method::GET && wanted(what, threads, how) {
+                let layered = IdOnly(tower::service_fn(small_service::<Body>));
                 row(
                     what,
                     threads,

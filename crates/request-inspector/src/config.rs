@@ -124,6 +124,7 @@ pub struct InspectorConfig {
     pub(crate) redact_query: Vec<String>,
     pub(crate) owner: Option<OwnerFn>,
     pub(crate) require_owner: bool,
+    pub(crate) request_id_extension: bool,
 }
 
 impl Default for InspectorConfig {
@@ -152,6 +153,7 @@ impl InspectorConfig {
                 .collect(),
             owner: None,
             require_owner: false,
+            request_id_extension: true,
         }
     }
 
@@ -246,6 +248,40 @@ impl InspectorConfig {
     pub fn require_owner(mut self, require: bool) -> Self {
         self.require_owner = require;
         self
+    }
+
+    /// With `true` (the default), the layer inserts each request's [`RequestId`] into the
+    /// request's extensions, where handlers take it with `Extension<RequestId>`.
+    ///
+    /// With `false`, the id is still on the request's and the response's `x-request-id` header
+    /// (present, valid and the only one behind the layer) and in the `request` span, and
+    /// handlers take it with the [`RequestId`] extractor (feature `axum`), which reads the
+    /// extension when there is one and the header otherwise, or with
+    /// [`RequestId::from_request_headers`]. On a request that carries no extensions yet, the
+    /// insert is the layer's largest single cost on a polling GET: http's `Extensions`
+    /// allocates its map, the map's table and the boxed id (three allocations, freed with the
+    /// request; see the guide's performance section for the measured figures). Apps that read
+    /// the header save that.
+    ///
+    /// ```
+    /// use request_inspector::InspectorConfig;
+    ///
+    /// let config = InspectorConfig::new().request_id_extension(false);
+    /// assert!(!config.inserts_request_id_extension());
+    /// assert!(InspectorConfig::new().inserts_request_id_extension());
+    /// ```
+    ///
+    /// [`RequestId`]: crate::RequestId
+    /// [`RequestId::from_request_headers`]: crate::RequestId::from_request_headers
+    pub fn request_id_extension(mut self, insert: bool) -> Self {
+        self.request_id_extension = insert;
+        self
+    }
+
+    /// Whether the layer inserts each [`RequestId`](crate::RequestId) into the request's
+    /// extensions ([`request_id_extension`](Self::request_id_extension)).
+    pub fn inserts_request_id_extension(&self) -> bool {
+        self.request_id_extension
     }
 
     /// Whether a query parameter's value is redacted in recorded queries (I6). `name` is taken

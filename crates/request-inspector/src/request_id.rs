@@ -22,8 +22,11 @@ pub const MAX_REQUEST_ID_LEN: usize = 128;
 /// A request id: 1 to [`MAX_REQUEST_ID_LEN`] bytes of visible ASCII (`!` to `~`).
 ///
 /// The layer inserts it into the request's extensions (handlers can take it with
-/// `Extension<RequestId>`), into the request and response `x-request-id` headers, and into the
-/// `request` tracing span.
+/// `Extension<RequestId>`, unless
+/// [`InspectorConfig::request_id_extension`](crate::InspectorConfig::request_id_extension) turned
+/// that off), into the request and response `x-request-id` headers, and into the `request`
+/// tracing span. With the feature `axum`, `RequestId` is also an extractor: a handler's
+/// `id: RequestId` argument reads the extension when there is one and the header otherwise.
 ///
 /// ```
 /// use request_inspector::RequestId;
@@ -144,6 +147,28 @@ impl RequestId {
         }
     }
 
+    /// The id the layer put on a request: its one valid `x-request-id`, or `None` when the
+    /// header is missing, repeated or invalid (the request did not pass through the layer).
+    ///
+    /// ```
+    /// use http::{HeaderMap, HeaderValue};
+    /// use request_inspector::{REQUEST_ID_HEADER, RequestId};
+    ///
+    /// let mut headers = HeaderMap::new();
+    /// assert!(RequestId::from_request_headers(&headers).is_none());
+    /// headers.insert(REQUEST_ID_HEADER, HeaderValue::from_static("abc-123"));
+    /// assert_eq!(RequestId::from_request_headers(&headers).unwrap().as_str(), "abc-123");
+    /// ```
+    pub fn from_request_headers(headers: &HeaderMap) -> Option<Self> {
+        let mut values = headers.get_all(&REQUEST_ID_HEADER).iter();
+        match (values.next(), values.next()) {
+            (Some(value), None) => validate(value.as_bytes())
+                .ok()
+                .map(|()| Self(value.clone())),
+            _ => None,
+        }
+    }
+
     /// Like [`from_headers_or_generate`](Self::from_headers_or_generate), and the request's
     /// `x-request-id` becomes the id's only value: one lookup of the header, not two (issue #23).
     pub(crate) fn take_or_insert(headers: &mut HeaderMap) -> (Self, Option<RequestIdError>) {
@@ -192,6 +217,27 @@ impl fmt::Debug for RequestId {
 impl fmt::Display for RequestId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// The extractor (feature `axum`): the request's [`RequestId`] extension when there is one,
+/// else its `x-request-id` header. Behind the layer one of the two is always there; a handler
+/// reached without the layer gets `500 Internal Server Error`.
+#[cfg(feature = "axum")]
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RequestId {
+    type Rejection = (http::StatusCode, &'static str);
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match parts.extensions.get::<Self>() {
+            Some(id) => Ok(id.clone()),
+            None => Self::from_request_headers(&parts.headers).ok_or((
+                http::StatusCode::INTERNAL_SERVER_ERROR,
+                "no request id: the request did not pass through the inspector layer",
+            )),
+        }
     }
 }
 

@@ -103,7 +103,9 @@ where
             let _enter = span.enter();
             tracing::debug!(%reason, "replaced the incoming x-request-id with a fresh one");
         }
-        request.extensions_mut().insert(id.clone());
+        if config.request_id_extension {
+            request.extensions_mut().insert(id.clone());
+        }
 
         let (request, finisher) = if capture {
             let shared = &self.shared;

@@ -163,6 +163,32 @@ fn polling_get_allocates_only_for_its_request_id() {
         (stats.captured, stats.passed_through),
         (0, 2 * (n as u64 + 10))
     );
+
+    // Without the extension (`request_id_extension(false)`): a generated id costs its one
+    // allocation, an accepted incoming id none at all.
+    let headers_only = Inspector::new(
+        InspectorConfig::new()
+            .polling_prefixes(["/api/monitor"])
+            .expect("prefix")
+            .request_id_extension(false),
+    );
+    let mut layered = tower::ServiceBuilder::new()
+        .layer(headers_only.layer())
+        .service(service_fn(handler));
+    let base = allocations_per_exchange(&runtime, &mut bare, n, poll);
+    let with_layer = allocations_per_exchange(&runtime, &mut layered, n, poll);
+    assert_eq!(
+        with_layer - base,
+        1.0,
+        "generated id, no extension: {with_layer} allocations per polling GET vs {base}"
+    );
+    let base = allocations_per_exchange(&runtime, &mut bare, n, poll_with_id);
+    let with_layer = allocations_per_exchange(&runtime, &mut layered, n, poll_with_id);
+    assert_eq!(
+        with_layer - base,
+        0.0,
+        "incoming id, no extension: {with_layer} allocations per polling GET vs {base}"
+    );
 }
 
 /// Bytes allocated and not freed since `region` started (a reallocation's difference is

@@ -138,3 +138,101 @@ async fn response_carries_the_request_id_even_if_the_handler_set_another() {
         .unwrap();
     assert_eq!(response.headers()["x-request-id"], "client-1");
 }
+
+/// The ids a handler sees through the `RequestId` extractor and in the extensions, and the
+/// response's id, for one request through `app` (an axum router behind the layer).
+async fn extracted(
+    config: request_inspector::InspectorConfig,
+    incoming: Option<&str>,
+) -> (String, String, bool) {
+    use axum::routing::get;
+    let inspector = request_inspector::Inspector::new(config);
+    let router = axum::Router::new().route(
+        "/api/me",
+        get(
+            |id: RequestId, request: axum::extract::Request| async move {
+                let extension = request.extensions().get::<RequestId>().is_some();
+                format!("{id} {extension}")
+            },
+        ),
+    );
+    let app = tower::Layer::layer(&inspector.layer(), router);
+    let mut builder = Request::get("/api/me");
+    if let Some(id) = incoming {
+        builder = builder.header("x-request-id", id);
+    }
+    let response = app
+        .oneshot(builder.body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let on_response = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let seen = String::from_utf8(read_all(response.into_body()).await.to_vec()).unwrap();
+    let (id, extension) = seen.split_once(' ').unwrap();
+    assert_eq!(id, on_response, "the extractor's id is the response's");
+    (on_response, id.to_string(), extension == "true")
+}
+
+// covers I1 (issue #23): the `RequestId` extractor reads the extension by default, and the
+// header when `request_id_extension(false)` leaves the extensions alone; either way it is the
+// id the response carries, generated or propagated.
+#[tokio::test]
+async fn the_extractor_reads_the_extension_or_the_header() {
+    use request_inspector::InspectorConfig;
+    let (_, id, extension) = extracted(InspectorConfig::new(), None).await;
+    assert!(extension);
+    assert_eq!(id.len(), 32);
+    let (_, id, extension) = extracted(InspectorConfig::new(), Some("client-42")).await;
+    assert!(extension);
+    assert_eq!(id, "client-42");
+    let off = || InspectorConfig::new().request_id_extension(false);
+    let (_, id, extension) = extracted(off(), None).await;
+    assert!(!extension, "no extension inserted");
+    assert_eq!(id.len(), 32);
+    let (_, id, extension) = extracted(off(), Some("client-43")).await;
+    assert!(!extension);
+    assert_eq!(id, "client-43");
+    // Invalid or repeated incoming ids are replaced before the handler sees the header.
+    let (_, id, _) = extracted(off(), Some("has space")).await;
+    assert_eq!(id.len(), 32);
+}
+
+// A handler reached without the layer: the extractor reads a valid `x-request-id` a proxy in
+// front may have set, and answers 500 when there is none or it is invalid; it does not panic or
+// invent an id.
+#[tokio::test]
+async fn the_extractor_without_the_layer_reads_a_valid_header_or_answers_500() {
+    use axum::routing::get;
+    for (header, expected) in [
+        (None, None),
+        (Some("proxy-7"), Some("proxy-7")),
+        (Some("bad id"), None),
+    ] {
+        let router = axum::Router::new().route(
+            "/api/me",
+            get(|id: RequestId| async move { id.to_string() }),
+        );
+        let mut builder = Request::get("/api/me");
+        if let Some(value) = header {
+            builder = builder.header("x-request-id", value);
+        }
+        let response = router
+            .oneshot(builder.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        match expected {
+            None => assert_eq!(
+                response.status(),
+                http::StatusCode::INTERNAL_SERVER_ERROR,
+                "{header:?}"
+            ),
+            Some(id) => {
+                assert_eq!(response.status(), http::StatusCode::OK);
+                let body = read_all(response.into_body()).await;
+                assert_eq!(&body[..], id.as_bytes());
+            }
+        }
+    }
+}
