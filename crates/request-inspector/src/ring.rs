@@ -142,7 +142,8 @@ impl Ring {
             .store(slot_bytes, Ordering::Relaxed);
         if evicted.is_some() {
             let evictions = counters.locked.evicted.load(Ordering::Relaxed) + 1;
-            counters.locked.evicted.store(evictions, Ordering::Relaxed);
+            // Release: a reader that sees this count sees the entry id given before it.
+            counters.locked.evicted.store(evictions, Ordering::Release);
         }
         drop(guard);
         metrics.ring_entries.set(len);
@@ -308,27 +309,41 @@ impl Counters {
             + self.locked.slot_bytes.load(Ordering::Relaxed)
     }
 
+    /// The counters, read without a lock but consistent with themselves: `evicted` is read
+    /// before `captured` (so `evicted <= captured`), and the peak is at least the
+    /// `retained_bytes` read here (the peak is raised just after the bytes it counts).
     pub(crate) fn snapshot(&self, ring_len: usize) -> InspectorStats {
+        let evicted = self.locked.evicted.load(Ordering::Acquire);
+        let captured = self.locked.next_id.load(Ordering::Relaxed);
         let in_flight = self.loose.in_flight_bytes.load(Ordering::Relaxed);
         let ring = self.locked.ring_bytes.load(Ordering::Relaxed);
         let slots = self.locked.slot_bytes.load(Ordering::Relaxed);
+        let retained = in_flight + ring + slots;
         InspectorStats {
-            captured: self.locked.next_id.load(Ordering::Relaxed),
+            captured,
             passed_through: self.passed_through.get(),
             not_recorded_unowned: self.unowned.get(),
-            evicted: self.locked.evicted.load(Ordering::Relaxed),
+            evicted,
             truncated_bodies: self.loose.truncated_bodies.load(Ordering::Relaxed),
             ring_len,
             in_flight_bytes: in_flight,
             ring_bytes: ring,
             ring_slot_bytes: slots,
-            retained_bytes: in_flight + ring + slots,
-            peak_retained_bytes: self.loose.peak_retained.load(Ordering::Relaxed),
+            retained_bytes: retained,
+            peak_retained_bytes: self
+                .loose
+                .peak_retained
+                .load(Ordering::Relaxed)
+                .max(retained),
         }
     }
 }
 
 /// What the inspector has done and what it holds, counted (not estimated from RSS).
+///
+/// Read from atomics, without the ring's lock, while requests go on: two reads differ, but one
+/// read agrees with itself where it matters: `evicted <= captured`, `retained_bytes` is the sum
+/// of its three parts, and `peak_retained_bytes >= retained_bytes`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct InspectorStats {
