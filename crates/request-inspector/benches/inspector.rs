@@ -506,10 +506,16 @@ fn per_request_rows() -> Vec<Comparison> {
             lower_is_better: true,
         });
     };
-    // `INSPECTOR_BENCH_ONLY=<text>` runs only the rows whose name contains it (for profiling).
+    // `INSPECTOR_BENCH_ONLY=<text>` runs only the rows whose name contains it (`<text>$`: ends with
+    // it), for profiling.
     let only = std::env::var("INSPECTOR_BENCH_ONLY").unwrap_or_default();
+    // A trailing `$` asks for the row whose name ends with the text.
     let wanted = |what: &str, threads: usize, how: &str| {
-        format!("{what} in-process, {threads} thread(s), {how}").contains(&only)
+        let name = format!("{what} in-process, {threads} thread(s), {how}");
+        match only.strip_suffix('$') {
+            Some(end) => name.ends_with(end),
+            None => name.contains(&only),
+        }
     };
     for (what, method) in [
         ("small polling GET", http::Method::GET),

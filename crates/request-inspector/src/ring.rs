@@ -311,7 +311,8 @@ impl Counters {
 
     /// The counters, read without a lock but consistent with themselves: `evicted` is read
     /// before `captured` (so `evicted <= captured`), and the peak is at least the
-    /// `retained_bytes` read here (the peak is raised just after the bytes it counts).
+    /// `retained_bytes` read here (a capture raises the peak just after the bytes it counts;
+    /// a read that sees more raises it itself, so the peak never goes back).
     pub(crate) fn snapshot(&self, ring_len: usize) -> InspectorStats {
         let evicted = self.locked.evicted.load(Ordering::Acquire);
         let captured = self.locked.next_id.load(Ordering::Relaxed);
@@ -330,11 +331,14 @@ impl Counters {
             ring_bytes: ring,
             ring_slot_bytes: slots,
             retained_bytes: retained,
-            peak_retained_bytes: self
-                .loose
-                .peak_retained
-                .load(Ordering::Relaxed)
-                .max(retained),
+            // Raised to what this read saw, so that the peak never goes back between reads.
+            peak_retained_bytes: {
+                self.note_peak(retained);
+                self.loose
+                    .peak_retained
+                    .load(Ordering::Relaxed)
+                    .max(retained)
+            },
         }
     }
 }
