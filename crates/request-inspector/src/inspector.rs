@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use http::Method;
 
-use crate::ring::{Counters, Ring};
+use crate::ring::{Counters, Ring, Spares};
 use crate::telemetry::Metrics;
 use crate::{Entry, FilterError, InspectorConfig, InspectorLayer, InspectorStats};
 
@@ -19,6 +19,8 @@ pub(crate) struct Shared {
     pub(crate) config: InspectorConfig,
     pub(crate) ring: Ring,
     pub(crate) counters: Counters,
+    /// Evicted records' arenas, kept for reuse.
+    pub(crate) spares: Spares,
     pub(crate) metrics: Metrics,
     /// The wall clock and the (tokio) monotonic clock read once, when the inspector was made: an
     /// entry's `started_at_unix_ms` is derived from its start instant, one clock read less per
@@ -71,6 +73,7 @@ impl Inspector {
                 config,
                 ring,
                 counters: Counters::default(),
+                spares: Spares::default(),
                 metrics: Metrics::new(),
                 epoch: Epoch::now(),
             }),
@@ -111,15 +114,19 @@ impl Inspector {
     /// The counters, including the bytes the layer holds right now and at its peak. Reads
     /// atomics only: it never takes the ring's lock.
     pub fn stats(&self) -> InspectorStats {
-        self.shared.counters.snapshot(self.shared.ring.len())
+        self.shared
+            .counters
+            .snapshot(self.shared.ring.len(), &self.shared.spares)
     }
 
-    /// Empty the ring (counters other than the byte counts are kept).
+    /// Empty the ring and free the arenas kept for reuse (counters other than the byte counts
+    /// are kept).
     pub fn clear(&self) {
         let _dropped = self
             .shared
             .ring
             .clear(&self.shared.counters, &self.shared.metrics);
+        self.shared.spares.clear();
     }
 
     /// The configuration.

@@ -331,7 +331,11 @@ impl Record {
             + usize::try_from(request.body_hint)
                 .unwrap_or(usize::MAX)
                 .min(config.body_limit);
-        let mut arena = Vec::with_capacity(room);
+        // An evicted record's arena when this thread kept one that fits (issue #23).
+        let mut arena = shared
+            .spares
+            .take(room, SLACK_KEPT)
+            .unwrap_or_else(|| Vec::with_capacity(room));
         let mut ends = Ends::default();
         arena.extend_from_slice(request.request_id.as_bytes());
         ends.request_id = arena.len();
@@ -525,11 +529,23 @@ impl Record {
         counters.release(in_flight);
         // Counted by the push (the entry id is the count).
         metrics.captured.add(1);
-        // Evicted records are dropped here, after the ring's lock is released.
-        let _evicted = shared
+        // Evicted records are dropped here, after the ring's lock is released; an evicted
+        // record no reader holds gives its arena to this thread's next capture.
+        let evicted = shared
             .ring
             .push(Arc::clone(self), retained, counters, metrics);
+        if let Some(oldest) = evicted
+            && let Ok(oldest) = Arc::try_unwrap(oldest)
+        {
+            shared.spares.put(oldest.into_arena());
+        }
         counters.note_ring_peak();
+    }
+
+    /// The finished record's text arena (its spill buffers are freed).
+    fn into_arena(self) -> Vec<u8> {
+        let state = self.state.into_inner().unwrap_or_else(|e| e.into_inner());
+        state.text
     }
 
     /// The bytes this record keeps alive while the ring holds it, as the allocator sees them:
@@ -694,6 +710,7 @@ pub(crate) mod tests {
             ring: crate::ring::Ring::new(config.capacity),
             config,
             counters: crate::ring::Counters::default(),
+            spares: crate::ring::Spares::default(),
             metrics: crate::telemetry::Metrics::new(),
             epoch: crate::inspector::Epoch::now(),
         })
@@ -729,7 +746,7 @@ pub(crate) mod tests {
         for i in 0..10_u8 {
             record.append(true, &[i; 3], 0, false);
         }
-        assert!(shared.counters.snapshot(0).in_flight_bytes >= 530);
+        assert!(shared.counters.snapshot(0, &shared.spares).in_flight_bytes >= 530);
         record.finish(Outcome::Complete);
         let entry = record.to_entry();
         let expected: Vec<u8> = (0..100_u8).flat_map(|i| [i; 7]).take(500).collect();
@@ -745,7 +762,7 @@ pub(crate) mod tests {
         assert_eq!(entry.query.as_deref(), Some("sig=[redacted]&n=1"));
         assert_eq!(entry.owner.as_deref(), Some("alice"));
         assert_eq!(entry.request_headers[0].value, "text/plain");
-        let stats = shared.counters.snapshot(shared.ring.len());
+        let stats = shared.counters.snapshot(shared.ring.len(), &shared.spares);
         assert_eq!(stats.in_flight_bytes, 0);
         assert_eq!(stats.ring_bytes, entry.retained_bytes());
     }

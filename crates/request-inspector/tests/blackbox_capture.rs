@@ -453,7 +453,7 @@ fn assert_accounting(inspector: &Inspector) {
     assert_eq!(stats.in_flight_bytes, 0, "nothing is in flight");
     assert_eq!(
         stats.retained_bytes,
-        stats.in_flight_bytes + stats.ring_bytes + stats.ring_slot_bytes
+        stats.in_flight_bytes + stats.ring_bytes + stats.ring_slot_bytes + stats.spare_bytes
     );
     assert!(stats.peak_retained_bytes >= stats.retained_bytes);
     // Sequential exchanges: newest first is also decreasing ids.
@@ -1594,7 +1594,7 @@ async fn concurrent_capture_is_consistent() {
     assert_eq!(stats.in_flight_bytes, 0);
     assert_eq!(
         stats.retained_bytes,
-        stats.ring_bytes + stats.ring_slot_bytes
+        stats.ring_bytes + stats.ring_slot_bytes + stats.spare_bytes
     );
     let mut ids: Vec<u64> = entries.iter().map(|e| e.id).collect();
     ids.sort_unstable();
@@ -2853,7 +2853,7 @@ async fn clear_racing_with_captures_keeps_counters_exact() {
         assert_eq!(stats.in_flight_bytes, 0, "round {round}");
         assert_eq!(
             stats.retained_bytes,
-            stats.ring_bytes + stats.ring_slot_bytes,
+            stats.ring_bytes + stats.ring_slot_bytes + stats.spare_bytes,
             "round {round}"
         );
         inspector.clear();
