@@ -9,7 +9,9 @@
 //!
 //! - every request gets an `x-request-id`: a valid incoming one (1–128 bytes of visible ASCII)
 //!   is propagated, anything else is replaced by a fresh id; it is set on the request, the
-//!   response, the request's extensions ([`RequestId`]) and the `request` tracing span (I1);
+//!   response, the request's extensions ([`RequestId`]; opt out with
+//!   [`InspectorConfig::request_id_extension`]) and the `request` tracing span (I1); with the
+//!   feature `axum`, a handler takes it as an argument (`id: RequestId`);
 //! - a `GET` under a polling prefix (matched on whole path segments: `/api/monitor/aks` is under
 //!   `/api/monitor`, `/api/monitoring` is not — see [`PollingPrefixes`]) is passed through with
 //!   no copy and no ring entry (I2); everything else is captured (I3); [`Inspector::should_capture`]
@@ -31,6 +33,7 @@
 //!   reads atomics only; [`InspectorStats`] counts the bytes the layer holds as the allocator
 //!   sees them, so "how much memory does the inspector cost" is a number, not a guess;
 //! - a polling GET costs little: no allocation beyond its request id's, no string building;
+//!   a full ring reuses the evicted records' arenas for the next captures;
 //! - with the feature `metrics` (default), `inspector.*` series (requests by mode, bytes
 //!   captured, evictions, the ring's entries and bytes) are recorded through the `metrics`
 //!   facade with handles registered in [`Inspector::new`]; the application installs the
