@@ -523,110 +523,84 @@ fn per_request_rows() -> Vec<Comparison> {
             None => name.contains(&only),
         }
     };
+    // Both thread counts of one row: the layered app (built only when the row is wanted)
+    // against the bare one.
+    macro_rules! rows {
+        ($what:expr, $method:expr, $how:expr, $layered:expr, $bare:expr) => {
+            for threads in [1, 2] {
+                if wanted($what, threads, $how) {
+                    let layered = $layered;
+                    let figures = layered_vs_bare(&layered, $bare, threads, $method);
+                    row($what, threads, $how, figures);
+                }
+            }
+        };
+    }
+    let tower_app = |inspector: &Inspector| {
+        tower::ServiceBuilder::new()
+            .layer(inspector.layer())
+            .service(tower::service_fn(small_service))
+    };
     for (what, method) in [
         ("small polling GET", http::Method::GET),
         ("captured 1 KiB POST", http::Method::POST),
     ] {
-        for threads in [1, 2] {
-            let how = "tower service";
-            if wanted(what, threads, how) {
-                let layered = tower::ServiceBuilder::new()
-                    .layer(plain.layer())
-                    .service(tower::service_fn(small_service));
-                row(
-                    what,
-                    threads,
-                    how,
-                    layered_vs_bare(&layered, &bare_tower, threads, &method),
-                );
-            }
-        }
-        for threads in [1, 2] {
-            let how = "tower service, Prometheus recorder";
-            if wanted(what, threads, how) {
-                let layered = tower::ServiceBuilder::new()
-                    .layer(recorded.layer())
-                    .service(tower::service_fn(small_service));
-                row(
-                    what,
-                    threads,
-                    how,
-                    layered_vs_bare(&layered, &bare_tower, threads, &method),
-                );
-            }
-        }
+        let (method, bare_tower, bare_axum) = (&method, &bare_tower, &bare_axum);
+        rows!(what, method, "tower service", tower_app(&plain), bare_tower);
+        rows!(
+            what,
+            method,
+            "tower service, Prometheus recorder",
+            tower_app(&recorded),
+            bare_tower
+        );
         // Without the `Extension<RequestId>` (handlers read the header or use the extractor).
-        for threads in [1, 2] {
-            let how = "tower service, request_id_extension(false)";
-            if wanted(what, threads, how) {
-                let layered = tower::ServiceBuilder::new()
-                    .layer(headers_only.layer())
-                    .service(tower::service_fn(small_service));
-                row(
-                    what,
-                    threads,
-                    how,
-                    layered_vs_bare(&layered, &bare_tower, threads, &method),
-                );
-            }
-        }
+        rows!(
+            what,
+            method,
+            "tower service, request_id_extension(false)",
+            tower_app(&headers_only),
+            bare_tower
+        );
         // The floor: a layer doing only the request-id contract (polling GET rows only: it
         // captures nothing).
-        for threads in [1, 2] {
-            let how = "reference: a layer doing only the request-id contract";
-            if method == http::Method::GET && wanted(what, threads, how) {
-                let layered = IdOnly(tower::service_fn(small_service::<Body>));
-                row(
-                    what,
-                    threads,
-                    how,
-                    layered_vs_bare(&layered, &bare_tower, threads, &method),
-                );
-            }
+        if *method == http::Method::GET {
+            rows!(
+                what,
+                method,
+                "reference: a layer doing only the request-id contract",
+                IdOnly(tower::service_fn(small_service::<Body>)),
+                bare_tower
+            );
         }
-        for threads in [1, 2] {
-            let how = "axum Router::layer";
-            if wanted(what, threads, how) {
-                let layered = small_routes().layer(plain.layer());
-                row(
-                    what,
-                    threads,
-                    how,
-                    layered_vs_bare(&layered, &bare_axum, threads, &method),
-                );
-            }
-        }
+        rows!(
+            what,
+            method,
+            "axum Router::layer",
+            small_routes().layer(plain.layer()),
+            bare_axum
+        );
         // What `Router::layer` costs with any layer: axum boxes the layered route's service,
         // future and response body. A pass-through layer (a `MapResponse` that returns the
         // response as it is) against no layer.
-        for threads in [1, 2] {
-            let how = "axum Router::layer of a pass-through layer (axum's own cost)";
-            if wanted(what, threads, how) {
-                let layered = small_routes().layer(tower::util::MapResponseLayer::new(
-                    |response: Response| response,
-                ));
-                row(
-                    what,
-                    threads,
-                    how,
-                    layered_vs_bare(&layered, &bare_axum, threads, &method),
-                );
-            }
-        }
+        rows!(
+            what,
+            method,
+            "axum Router::layer of a pass-through layer (axum's own cost)",
+            small_routes().layer(tower::util::MapResponseLayer::new(|response: Response| {
+                response
+            })),
+            bare_axum
+        );
         // The layer around the whole router (`inspector.layer().layer(router)`): applied once,
         // outside axum's per-route boxing.
-        for threads in [1, 2] {
-            let how = "axum, layer around the Router";
-            if wanted(what, threads, how) {
-                let layered = tower::Layer::layer(&plain.layer(), small_routes());
-                row(
-                    what,
-                    threads,
-                    how,
-                    layered_vs_bare(&layered, &bare_axum, threads, &method),
-                );
-            }
-        }
+        rows!(
+            what,
+            method,
+            "axum, layer around the Router",
+            tower::Layer::layer(&plain.layer(), small_routes()),
+            bare_axum
+        );
     }
     if !only.is_empty() {
         return rows;
