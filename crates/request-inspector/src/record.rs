@@ -331,10 +331,11 @@ impl Record {
             + usize::try_from(request.body_hint)
                 .unwrap_or(usize::MAX)
                 .min(config.body_limit);
-        // An evicted record's arena when this thread kept one that fits (issue #23).
+        // An evicted record's arena when this thread kept one with room for the request's
+        // part (issue #23); the response's room is made when it comes.
         let mut arena = shared
             .spares
-            .take(room, SLACK_KEPT)
+            .take(room - RESPONSE_HEADERS_ROOM)
             .unwrap_or_else(|| Vec::with_capacity(room));
         let mut ends = Ends::default();
         arena.extend_from_slice(request.request_id.as_bytes());

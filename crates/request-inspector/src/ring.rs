@@ -246,7 +246,7 @@ impl Striped {
 const SPARE_MAX: usize = 16 * 1024;
 
 /// Text arenas of evicted records, kept for the next captures of the thread that evicted them:
-/// at most one per stripe, at most [`SPARE_MAX`] bytes each, counted in
+/// one per stripe (the newest), at most [`SPARE_MAX`] bytes each, counted in
 /// [`InspectorStats::spare_bytes`].
 ///
 /// Issue #23: a full ring evicts a record on every capture, and with several threads the record
@@ -268,28 +268,32 @@ struct SpareLine {
 }
 
 impl Spares {
-    /// Keep `arena` for this thread's next capture if its place is free and it is not too
-    /// large; otherwise it is freed.
+    /// Keep `arena` for this thread's next capture unless it is too large; it replaces the
+    /// spare kept before (the newest arena is the likeliest to fit the next capture; one that
+    /// did not fit would otherwise stay for good), which is freed.
     pub(crate) fn put(&self, arena: Vec<u8>) {
         let capacity = arena.capacity();
         if capacity == 0 || capacity > SPARE_MAX {
             return;
         }
         let line = &self.0[stripe()];
-        if let Ok(mut slot) = line.arena.try_lock()
-            && slot.capacity() == 0
-        {
-            *slot = arena;
-            line.bytes.store(capacity, Ordering::Relaxed);
-        }
+        let replaced = match line.arena.try_lock() {
+            Ok(mut slot) => {
+                line.bytes.store(capacity, Ordering::Relaxed);
+                std::mem::replace(&mut *slot, arena)
+            }
+            Err(_) => arena,
+        };
+        drop(replaced);
     }
 
-    /// This thread's spare arena, emptied, if it has room for `room` bytes and not much more
-    /// (so that the finished record keeps at most its usual slack).
-    pub(crate) fn take(&self, room: usize, slack: usize) -> Option<Vec<u8>> {
+    /// This thread's spare arena, emptied, if it has room for `need` bytes (the new request's
+    /// text and announced body; the response's room is made when the response comes, and a
+    /// larger arena is shrunk when the record is finished, as a new one would be).
+    pub(crate) fn take(&self, need: usize) -> Option<Vec<u8>> {
         let line = &self.0[stripe()];
         let mut slot = line.arena.try_lock().ok()?;
-        if slot.capacity() < room.max(1) || slot.capacity() > room + slack {
+        if slot.capacity() < need.max(1) {
             return None;
         }
         let mut arena = std::mem::take(&mut *slot);
@@ -497,20 +501,23 @@ mod tests {
         let spares = Spares::default();
         spares.put(Vec::with_capacity(SPARE_MAX + 1));
         assert_eq!(spares.bytes(), 0, "too large: freed");
-        spares.put(Vec::with_capacity(1000));
-        assert_eq!(spares.bytes(), 1000);
         spares.put(Vec::with_capacity(2000));
-        assert_eq!(spares.bytes(), 1000, "one per stripe: the second is freed");
-        assert!(spares.take(1001, 128).is_none(), "too small for the room");
-        assert!(spares.take(800, 128).is_none(), "too much slack");
-        let mut arena = spares.take(900, 128).expect("fits");
+        assert_eq!(spares.bytes(), 2000);
+        spares.put(Vec::with_capacity(1000));
+        assert_eq!(
+            spares.bytes(),
+            1000,
+            "one per stripe: the newest replaces the older"
+        );
+        assert!(spares.take(1001).is_none(), "too small for what is needed");
+        let mut arena = spares.take(300).expect("fits (larger is fine)");
         assert_eq!(
             (arena.len(), arena.capacity(), spares.bytes()),
             (0, 1000, 0)
         );
         arena.extend_from_slice(b"recorded");
         spares.put(arena);
-        assert_eq!(spares.take(1000, 0).expect("emptied when taken").len(), 0);
+        assert_eq!(spares.take(1000).expect("emptied when taken").len(), 0);
         // Another thread's spare is counted too, and `clear` frees every stripe's.
         std::thread::scope(|scope| {
             scope.spawn(|| {
@@ -520,7 +527,7 @@ mod tests {
         assert_eq!(spares.bytes(), 128);
         spares.clear();
         assert_eq!(spares.bytes(), 0);
-        assert!(spares.take(1, 1000).is_none());
+        assert!(spares.take(1).is_none());
     }
 
     fn shared() -> Arc<Shared> {
