@@ -253,7 +253,9 @@ impl InspectorConfig {
     /// With `true` (the default), the layer inserts each request's [`RequestId`] into the
     /// request's extensions, where handlers take it with `Extension<RequestId>`.
     ///
-    /// With `false`, the id is still on the request's and the response's `x-request-id` header
+    /// With `false`, the layer inserts nothing there (and removes a `RequestId` another layer
+    /// put there before it, so that no handler sees an id other than the response's). The id
+    /// is still on the request's and the response's `x-request-id` header
     /// (present, valid and the only one behind the layer) and in the `request` span, and
     /// handlers take it with the [`RequestId`] extractor (feature `axum`), which reads the
     /// extension when there is one and the header otherwise, or with

@@ -105,6 +105,10 @@ where
         }
         if config.request_id_extension {
             request.extensions_mut().insert(id.clone());
+        } else {
+            // An id another layer put there would shadow this one for the extractor (which
+            // reads the extension first). Nothing to do, and no allocation, when there is none.
+            request.extensions_mut().remove::<RequestId>();
         }
 
         let (request, finisher) = if capture {
