@@ -331,12 +331,14 @@ impl Record {
             + usize::try_from(request.body_hint)
                 .unwrap_or(usize::MAX)
                 .min(config.body_limit);
-        // An evicted record's arena when this thread kept one with room for the request's
-        // part (issue #23); the response's room is made when it comes.
-        let mut arena = shared
-            .spares
-            .take(room - RESPONSE_HEADERS_ROOM)
-            .unwrap_or_else(|| Vec::with_capacity(room));
+        // An evicted record this thread kept, when its arena has room for the request's part
+        // (issue #23): its `Arc` and its arena are reused; the response's room is made when
+        // the response comes.
+        let mut spare = shared.spares.take(room - RESPONSE_HEADERS_ROOM);
+        let mut arena = match spare.as_mut().and_then(Arc::get_mut) {
+            Some(old) => std::mem::take(&mut old.state_mut().text),
+            None => Vec::with_capacity(room),
+        };
         let mut ends = Ends::default();
         arena.extend_from_slice(request.request_id.as_bytes());
         ends.request_id = arena.len();
@@ -359,7 +361,7 @@ impl Record {
         let in_flight = arena.capacity();
         shared.counters.hold(in_flight);
         let started = Instant::now();
-        Arc::new(Self {
+        let record = Self {
             state: Mutex::new(State {
                 started,
                 started_unix_ms: shared.epoch.unix_ms(started),
@@ -377,7 +379,39 @@ impl Record {
             }),
             retained: AtomicUsize::new(0),
             id: AtomicU64::new(0),
-        })
+        };
+        if let Some(mut reused) = spare
+            && let Some(old) = Arc::get_mut(&mut reused)
+        {
+            *old = record;
+            return reused;
+        }
+        Arc::new(record)
+    }
+
+    /// The state of a record only this thread can reach (no lock taken).
+    fn state_mut(&mut self) -> &mut State {
+        self.state.get_mut().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Make a finished record that nothing else holds ready to be kept as a spare: its spill
+    /// buffers are freed and its arena emptied (its capacity kept). Returns the bytes it still
+    /// holds, as [`retained_bytes`](Self::retained_bytes) counts them; `None` if the record is
+    /// shared or too large to keep (`max_arena`).
+    pub(crate) fn empty_for_reuse(self: &mut Arc<Self>, max_arena: usize) -> Option<usize> {
+        let state = Arc::get_mut(self)?.state_mut();
+        if state.text.capacity() > max_arena {
+            return None;
+        }
+        state.text.clear();
+        state.request.spill = Vec::new();
+        state.response.spill = Vec::new();
+        Some(ARC_COUNTS + size_of::<Self>() + state.text.capacity())
+    }
+
+    /// The capacity of the arena of a record only this thread can reach.
+    pub(crate) fn arena_capacity(self: &mut Arc<Self>) -> usize {
+        Arc::get_mut(self).map_or(0, |record| record.state_mut().text.capacity())
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -535,18 +569,10 @@ impl Record {
         let evicted = shared
             .ring
             .push(Arc::clone(self), retained, counters, metrics);
-        if let Some(oldest) = evicted
-            && let Ok(oldest) = Arc::try_unwrap(oldest)
-        {
-            shared.spares.put(oldest.into_arena());
+        if let Some(oldest) = evicted {
+            shared.spares.put(oldest);
         }
         counters.note_ring_peak();
-    }
-
-    /// The finished record's text arena (its spill buffers are freed).
-    fn into_arena(self) -> Vec<u8> {
-        let state = self.state.into_inner().unwrap_or_else(|e| e.into_inner());
-        state.text
     }
 
     /// The bytes this record keeps alive while the ring holds it, as the allocator sees them:

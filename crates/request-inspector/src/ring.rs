@@ -245,77 +245,74 @@ impl Striped {
 /// The largest arena kept for reuse; a larger one is freed.
 const SPARE_MAX: usize = 16 * 1024;
 
-/// Text arenas of evicted records, kept for the next captures of the thread that evicted them:
-/// one per stripe (the newest), at most [`SPARE_MAX`] bytes each, counted in
-/// [`InspectorStats::spare_bytes`].
+/// Evicted records, kept for the next captures of the thread that evicted them: their `Arc`
+/// and their text arena are reused. One per stripe (the newest), only with an arena of at most
+/// [`SPARE_MAX`] bytes, counted in [`InspectorStats::spare_bytes`].
 ///
 /// Issue #23: a full ring evicts a record on every capture, and with several threads the record
 /// was mostly captured by another thread, so its arena was freed into another thread's
 /// allocator arena. glibc takes that arena's lock for a chunk of more than 1 KiB, and two
 /// threads capturing were seen parking on those locks (tens of thousands of `futex` calls per
-/// second, the captured POST at 3.4–4.4× instead of 2.5× in the bench). Reused, the arena is
-/// never freed on the hot path.
+/// run, the captured POST at 3.4–4.4× instead of 2.5× in the bench). Reused, the record and its
+/// arena are never freed on the hot path, and a capture allocates neither.
 #[derive(Debug, Default)]
 pub(crate) struct Spares([SpareLine; STRIPES]);
 
 #[derive(Debug, Default)]
 #[repr(align(64))]
 struct SpareLine {
-    /// Empty (no capacity) when there is no spare.
-    arena: Mutex<Vec<u8>>,
-    /// The spare's capacity, read by [`Spares::bytes`] without the lock.
+    record: Mutex<Option<Arc<Record>>>,
+    /// The spare's bytes, read by [`Spares::bytes`] without the lock.
     bytes: AtomicUsize,
 }
 
 impl Spares {
-    /// Keep `arena` for this thread's next capture unless it is too large; it replaces the
-    /// spare kept before (the newest arena is the likeliest to fit the next capture; one that
-    /// did not fit would otherwise stay for good), which is freed.
-    pub(crate) fn put(&self, arena: Vec<u8>) {
-        let capacity = arena.capacity();
-        if capacity == 0 || capacity > SPARE_MAX {
+    /// Keep `record` (finished, evicted) for this thread's next capture if nothing else holds
+    /// it and its arena is not too large; it replaces the spare kept before (the newest is the
+    /// likeliest to fit the next capture; one that did not fit would otherwise stay for good),
+    /// which is freed.
+    pub(crate) fn put(&self, mut record: Arc<Record>) {
+        let Some(bytes) = record.empty_for_reuse(SPARE_MAX) else {
             return;
-        }
+        };
         let line = &self.0[stripe()];
-        let replaced = match line.arena.try_lock() {
+        let replaced = match line.record.try_lock() {
             Ok(mut slot) => {
-                line.bytes.store(capacity, Ordering::Relaxed);
-                std::mem::replace(&mut *slot, arena)
+                line.bytes.store(bytes, Ordering::Relaxed);
+                slot.replace(record)
             }
-            Err(_) => arena,
+            Err(_) => Some(record),
         };
         drop(replaced);
     }
 
-    /// This thread's spare arena, emptied, if it has room for `need` bytes (the new request's
+    /// This thread's spare record, if its arena has room for `need` bytes (the new request's
     /// text and announced body; the response's room is made when the response comes, and a
     /// larger arena is shrunk when the record is finished, as a new one would be).
-    pub(crate) fn take(&self, need: usize) -> Option<Vec<u8>> {
+    pub(crate) fn take(&self, need: usize) -> Option<Arc<Record>> {
         let line = &self.0[stripe()];
-        let mut slot = line.arena.try_lock().ok()?;
-        if slot.capacity() < need.max(1) {
+        let mut slot = line.record.try_lock().ok()?;
+        if slot.as_mut().map_or(0, Record::arena_capacity) < need.max(1) {
             return None;
         }
-        let mut arena = std::mem::take(&mut *slot);
         line.bytes.store(0, Ordering::Relaxed);
-        drop(slot);
-        arena.clear();
-        Some(arena)
+        slot.take()
     }
 
     /// Free every spare.
     pub(crate) fn clear(&self) {
         for line in &self.0 {
-            let arena = {
-                let mut slot = line.arena.lock().unwrap_or_else(|e| e.into_inner());
+            let record = {
+                let mut slot = line.record.lock().unwrap_or_else(|e| e.into_inner());
                 line.bytes.store(0, Ordering::Relaxed);
-                std::mem::take(&mut *slot)
+                slot.take()
             };
-            drop(arena);
+            drop(record);
         }
     }
 
-    /// The spares' bytes (their capacities).
+    /// The spares' bytes (as `Entry::retained_bytes` counts a record: its `Arc` and its
+    /// arena's capacity).
     pub(crate) fn bytes(&self) -> usize {
         self.0
             .iter()
@@ -461,8 +458,9 @@ pub struct InspectorStats {
     /// Bytes of the ring's own slots: chunks of 64 entry handles (528 bytes each on 64-bit
     /// targets, about 8 bytes per entry), allocated as the ring first fills.
     pub ring_slot_bytes: usize,
-    /// Bytes of evicted records' arenas kept for reuse by the next captures: at most one arena
-    /// of at most 16 KiB per thread stripe (8), so at most 128 KiB; freed by `clear()`.
+    /// Bytes of evicted records kept for reuse by the next captures, each counted as
+    /// [`Entry::retained_bytes`] counts it (the record and its emptied arena's capacity): at
+    /// most one per thread stripe (8), with an arena of at most 16 KiB; freed by `clear()`.
     pub spare_bytes: usize,
     /// `in_flight_bytes + ring_bytes + ring_slot_bytes + spare_bytes`: the layer's own memory
     /// for captured data. `tests/memory.rs` checks it against a counting allocator.
@@ -494,40 +492,41 @@ mod tests {
         assert_eq!(counter.get(), (STRIPES as u64 + 3) * 1000);
     }
 
-    // Issue #23: one spare arena per stripe, bounded, taken only when it fits without much
-    // slack, and counted while kept.
+    // Issue #23: one spare record per stripe (the newest), kept only when nothing else holds
+    // it, taken only when its arena fits, counted while kept.
     #[test]
-    fn spares_keep_one_bounded_arena_per_thread() {
+    fn spares_keep_one_unshared_record_per_thread() {
+        let shared = shared();
         let spares = Spares::default();
-        spares.put(Vec::with_capacity(SPARE_MAX + 1));
-        assert_eq!(spares.bytes(), 0, "too large: freed");
-        spares.put(Vec::with_capacity(2000));
-        assert_eq!(spares.bytes(), 2000);
-        spares.put(Vec::with_capacity(1000));
+        let held = finished(&shared, 1);
+        let reader = Arc::clone(&held);
+        spares.put(held);
+        assert_eq!(spares.bytes(), 0, "a record a reader holds is not kept");
+        drop(reader);
+        let first = finished(&shared, 2);
+        spares.put(first);
+        let second = finished(&shared, 3);
+        let bytes = second.retained_bytes();
+        spares.put(second);
         assert_eq!(
             spares.bytes(),
-            1000,
-            "one per stripe: the newest replaces the older"
+            bytes,
+            "the newest replaces the one kept before"
         );
-        assert!(spares.take(1001).is_none(), "too small for what is needed");
-        let mut arena = spares.take(300).expect("fits (larger is fine)");
-        assert_eq!(
-            (arena.len(), arena.capacity(), spares.bytes()),
-            (0, 1000, 0)
+        assert!(
+            spares.take(SPARE_MAX).is_none(),
+            "too small for what is needed"
         );
-        arena.extend_from_slice(b"recorded");
-        spares.put(arena);
-        assert_eq!(spares.take(1000).expect("emptied when taken").len(), 0);
+        let reused = spares.take(16).expect("fits");
+        assert_eq!((Arc::strong_count(&reused), spares.bytes()), (1, 0));
+        assert!(spares.take(1).is_none(), "taken once");
         // Another thread's spare is counted too, and `clear` frees every stripe's.
         std::thread::scope(|scope| {
-            scope.spawn(|| {
-                spares.put(Vec::with_capacity(128));
-            });
+            scope.spawn(|| spares.put(reused));
         });
-        assert_eq!(spares.bytes(), 128);
+        assert_eq!(spares.bytes(), bytes);
         spares.clear();
         assert_eq!(spares.bytes(), 0);
-        assert!(spares.take(1).is_none());
     }
 
     fn shared() -> Arc<Shared> {

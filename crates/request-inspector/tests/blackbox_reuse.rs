@@ -1,11 +1,11 @@
 //! Black-box review of three additions (issue #23), through the public API only, written from
 //! docs/request-inspector.md and the rustdoc:
 //!
-//! 1. **Spare arenas.** Once the ring is full each capture evicts the oldest record; when no
-//!    reader holds it, its arena is kept (emptied) for the evicting thread's next capture: one
-//!    spare per thread stripe (8), only arenas of at most 16 KiB, counted in
-//!    `InspectorStats::spare_bytes` and `retained_bytes`, at most 128 KiB, freed by `clear()`
-//!    and with the inspector. An entry must never show bytes of a previous exchange; each entry
+//! 1. **Spare records.** Once the ring is full each capture evicts the oldest record; when no
+//!    reader holds it, it is kept with its arena (emptied) for the evicting thread's next
+//!    capture: one spare per thread stripe (8), only with arenas of at most 16 KiB, counted in
+//!    `InspectorStats::spare_bytes` (the record's 320 bytes and its arena) and
+//!    `retained_bytes`, freed by `clear()` and with the inspector. An entry must never show bytes of a previous exchange; each entry
 //!    keeps at most 128 bytes of unused arena (the guide's sizing section).
 //! 2. `InspectorConfig::request_id_extension(false)` and `RequestId::from_request_headers`.
 //! 3. The axum `RequestId` extractor (extension, else header, else 500).
@@ -47,8 +47,10 @@ static GLOBAL: &stats_alloc::StatsAlloc<std::alloc::System> = &stats_alloc::INST
 const RECORD_BYTES: usize = 320;
 /// Unused arena an entry may keep (guide, "Memory per entry").
 const MAX_UNUSED_ARENA: usize = 128;
-/// The largest arena kept as a spare, and the stripes.
+/// The largest arena kept with a spare record, the most a spare counts (the record and its
+/// arena), and the stripes.
 const MAX_SPARE_ARENA: usize = 16 * 1024;
+const MAX_SPARE: usize = RECORD_BYTES + MAX_SPARE_ARENA;
 const STRIPES: usize = 8;
 /// Bytes of ring slots per chunk of 64.
 const CHUNK_BYTES: usize = 528;
@@ -878,7 +880,7 @@ fn check_quiet_stats(inspector: &Inspector, evicted_since_clear: bool, prev_peak
         "ring_bytes is the sum of Entry::retained_bytes"
     );
     assert!(
-        stats.spare_bytes <= MAX_SPARE_ARENA,
+        stats.spare_bytes <= MAX_SPARE,
         "one thread, one stripe: {stats:?}"
     );
     if !evicted_since_clear {
@@ -907,7 +909,7 @@ fn assert_sum(stats: &InspectorStats) {
         stats.peak_retained_bytes >= stats.retained_bytes,
         "{stats:?}"
     );
-    assert!(stats.spare_bytes <= STRIPES * MAX_SPARE_ARENA, "{stats:?}");
+    assert!(stats.spare_bytes <= STRIPES * MAX_SPARE, "{stats:?}");
 }
 
 /// One polling GET (never captured).
@@ -979,10 +981,10 @@ async fn play_and_check(
         assert_eq!(entries.len(), t.since_clear.min(capacity), "{ctx}");
         let newest = &entries[0];
         check_entry(newest, &x, &ctx);
-        // Taken: the new entry has exactly the spare's capacity, and the spare is gone (another
-        // arena, the one just evicted, or none took its place).
+        // Taken: the new entry keeps exactly the spare's bytes (the record and its arena), and
+        // the spare is gone (another record, the one just evicted, or none took its place).
         if spare_before > 0
-            && newest.retained_bytes() - RECORD_BYTES == spare_before
+            && newest.retained_bytes() == spare_before
             && spare_after != spare_before
         {
             t.reused += 1;
@@ -1127,7 +1129,7 @@ async fn two_inspectors_on_one_thread_keep_their_own_arenas() {
     for inspector in [&small, &large] {
         let stats = inspector.stats();
         assert_eq!(stats.captured, 300, "{stats:?}");
-        assert!(stats.spare_bytes <= MAX_SPARE_ARENA, "{stats:?}");
+        assert!(stats.spare_bytes <= MAX_SPARE, "{stats:?}");
     }
     small.clear();
     assert_eq!(small.stats().retained_bytes, 0);
@@ -1265,16 +1267,16 @@ async fn spare_bytes_follow_evictions_bounds_and_clear() {
         drive(&inspector, &small(&mut rng)).await;
         assert_eq!(inspector.stats().spare_bytes, 0, "{:?}", inspector.stats());
     }
-    // The first eviction keeps the oldest record's arena: its capacity is what its entry
-    // retained beyond the fixed part (no spill buffer here).
+    // The first eviction keeps the oldest record with its arena: the spare counts what its
+    // entry retained (no spill buffer here).
     let oldest = inspector.entries().last().cloned().unwrap();
     drive(&inspector, &small(&mut rng)).await;
     let stats = inspector.stats();
     assert_eq!(stats.evicted, 1);
     assert_eq!(
         stats.spare_bytes,
-        oldest.retained_bytes() - RECORD_BYTES,
-        "the evicted arena is kept and counted: {stats:?}"
+        oldest.retained_bytes(),
+        "the evicted record is kept and counted: {stats:?}"
     );
     assert_sum(&stats);
     // clear() frees it, also while a capture is in flight.
@@ -1343,7 +1345,11 @@ async fn spare_bytes_follow_evictions_bounds_and_clear() {
         drive(&inspector, &small(&mut rng)).await;
         let spare = inspector.stats().spare_bytes;
         if arena <= MAX_SPARE_ARENA {
-            assert_eq!(spare, arena, "an arena of {arena} bytes is kept");
+            assert_eq!(
+                spare,
+                RECORD_BYTES + arena,
+                "a record with an arena of {arena} bytes is kept"
+            );
             kept += 1;
         } else {
             assert_eq!(
@@ -1756,10 +1762,11 @@ fn live_bytes_equal_retained_bytes_with_spares_in_play() {
     run_probe("memory");
 }
 
-// Documented: an evicted arena "is kept, emptied, for the next capture of the thread that
-// evicted it ... So a steady stream of captures allocates and frees no arena"; a generated id
-// costs one allocation and an accepted incoming id none (shared, not copied). With the extension
-// off, a captured POST in a full ring then costs its record and its id only. True for a POST
+// Documented: an evicted record "is kept, with its arena emptied, for the next capture of the
+// thread that evicted it ... So a steady stream of similar captures allocates and frees no
+// record and no arena"; a generated id costs one allocation and an accepted incoming id none
+// (shared, not copied). With the extension off, a captured POST in a full ring then costs its
+// id only. True for a POST
 // answered with 75 bytes and a content-type, generated or propagated id.
 #[test]
 fn a_steady_stream_of_captures_reuses_the_spare_arena() {
@@ -1845,7 +1852,7 @@ fn probe_memory() {
             let stats = inspector.stats();
             assert_eq!(stats.in_flight_bytes, 0);
             spares_seen += usize::from(stats.spare_bytes > 0);
-            let newest = inspector.entries()[0].retained_bytes() - RECORD_BYTES;
+            let newest = inspector.entries()[0].retained_bytes();
             taken += usize::from(before > 0 && newest == before && stats.spare_bytes != before);
             assert_eq!(
                 live(&region),
@@ -2104,17 +2111,17 @@ fn probe_after_one() {
 fn probe_steady(shape: Answer) {
     let runtime = current_thread_runtime();
     // The control: a shape whose reuse works, so the method counts what it should.
-    for (id, expected) in [(None, 2.0), (Some("0123456789abcdef0123456789abcdef"), 1.0)] {
+    for (id, expected) in [(None, 1.0), (Some("0123456789abcdef0123456789abcdef"), 0.0)] {
         let got = layer_allocations(&runtime, id, Answer::Small);
-        assert_eq!(got, expected, "control, id {id:?}: record and id only");
+        assert_eq!(got, expected, "control, id {id:?}: the id only");
     }
-    for (id, expected) in [(None, 2.0), (Some("r-1"), 1.0)] {
+    for (id, expected) in [(None, 1.0), (Some("r-1"), 0.0)] {
         let got = layer_allocations(&runtime, id, shape);
         println!("{shape:?}, id {id:?}: {got} allocations per capture");
         assert_eq!(
             got, expected,
-            "{shape:?} answer, id {id:?}: allocations per capture beyond the record and the \
-             id (an arena allocated, the evicted one freed)"
+            "{shape:?} answer, id {id:?}: allocations per capture beyond the id (a record or an \
+             arena allocated, the evicted one freed)"
         );
     }
 }

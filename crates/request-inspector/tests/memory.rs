@@ -22,7 +22,7 @@ static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 #[test]
 fn the_layer_allocates_what_it_needs_and_counts_what_it_keeps() {
     polling_get_allocates_only_for_its_request_id();
-    captures_in_a_full_ring_reuse_the_evicted_arenas();
+    captures_in_a_full_ring_reuse_the_evicted_records();
     retained_bytes_match_a_counting_allocator();
     retained_bytes_stay_exact_for_streamed_and_interleaved_bodies();
 }
@@ -192,13 +192,12 @@ fn polling_get_allocates_only_for_its_request_id() {
     );
 }
 
-// Issue #23: once the ring is full, every capture evicts a record; its arena is kept for this
-// thread's next capture instead of being freed (and a new one allocated), so a captured POST
-// in a full ring allocates one arena less than one that finds no spare: the record, the
-// request id and its extension (1 + 1 + 3), and nothing for its text and bodies. No arena is
-// freed either, which is what two threads evicting each other's records were seen parking on
-// (glibc's arena locks).
-fn captures_in_a_full_ring_reuse_the_evicted_arenas() {
+// Issue #23: once the ring is full, every capture evicts a record; the record and its arena
+// are kept for this thread's next capture instead of being freed (and new ones allocated), so
+// a captured POST in a full ring allocates only for its request id and its extension (1 + 3):
+// nothing for its record, its text or its bodies. No arena is freed either, which is what two
+// threads evicting each other's records were seen parking on (glibc's arena locks).
+fn captures_in_a_full_ring_reuse_the_evicted_records() {
     let runtime = runtime();
     let inspector = inspector(8);
     let mut bare = service_fn(handler::<Full<Bytes>>);
@@ -211,13 +210,13 @@ fn captures_in_a_full_ring_reuse_the_evicted_arenas() {
     let with_layer = allocations_per_exchange(&runtime, &mut layered, n, post);
     assert_eq!(
         with_layer - base,
-        5.0,
+        4.0,
         "{with_layer} allocations per captured POST in a full ring vs {base} without the layer"
     );
     let stats = inspector.stats();
     assert!(stats.evicted > 0);
     assert!(
-        stats.spare_bytes > 0 && stats.spare_bytes <= 16 * 1024,
+        stats.spare_bytes > 0 && stats.spare_bytes <= 320 + 16 * 1024,
         "{stats:?}"
     );
     inspector.clear();
