@@ -18,6 +18,8 @@
 //! process, alone (`alloc_probe`, selected by an environment variable, like
 //! `tests/blackbox_capture.rs`); in this process it only counts.
 
+mod common;
+
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::io;
@@ -39,6 +41,8 @@ use request_inspector::{
     Outcome, REDACTED, REQUEST_ID_HEADER, RequestId,
 };
 use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+
+use common::Rng;
 
 #[global_allocator]
 static GLOBAL: &stats_alloc::StatsAlloc<std::alloc::System> = &stats_alloc::INSTRUMENTED_SYSTEM;
@@ -105,57 +109,6 @@ impl Body for Script {
 }
 
 type BoxBody = UnsyncBoxBody<Bytes, io::Error>;
-
-/// xorshift64*: deterministic, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        if n == 0 {
-            0
-        } else {
-            (self.next() % n as u64) as usize
-        }
-    }
-
-    fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + self.below(hi.saturating_sub(lo) + 1)
-    }
-
-    fn chance(&mut self, percent: usize) -> bool {
-        self.below(100) < percent
-    }
-
-    /// Up to `max` characters from `alphabet`.
-    fn text_upto(&mut self, max: usize, alphabet: &[u8]) -> String {
-        let n = self.below(max);
-        self.text(n, alphabet)
-    }
-
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-
-    /// `n` characters from `alphabet`.
-    fn text(&mut self, n: usize, alphabet: &[u8]) -> String {
-        (0..n)
-            .map(|_| alphabet[self.below(alphabet.len())] as char)
-            .collect()
-    }
-}
 
 const ALNUM: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
 const VALUE_CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789 -_.,;:=/+*";

@@ -18,6 +18,8 @@
 //! No real sleeps: single-task tests run in paused virtual time, the concurrent ones on OS
 //! threads or a multi-thread runtime and end when their writers are done.
 
+mod common;
+
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -27,11 +29,13 @@ use std::thread;
 use axum::body::Body as AxumBody;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use request_inspector::{
     Entry, EntryFilter, InspectBody, Inspector, InspectorConfig, Outcome, REQUEST_ID_HEADER,
 };
 use tower::{ServiceBuilder, ServiceExt, service_fn};
+
+use common::{Rng, read_all};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -93,12 +97,7 @@ async fn handler(
     req: Request<InspectBody<Full<Bytes>>>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_owned();
-    let body = req
-        .into_body()
-        .collect()
-        .await
-        .expect("request body")
-        .to_bytes();
+    let body = read_all(req.into_body()).await;
     Ok(match path.strip_prefix("/api/r/") {
         Some(tag) => {
             assert_eq!(
@@ -129,12 +128,7 @@ async fn exchange(inspector: &Inspector, tag: Tag) {
         .expect("request");
     let response = service.oneshot(req).await.expect("response");
     assert_eq!(response.status().as_u16(), status_of(tag));
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("response body")
-        .to_bytes();
+    let body = read_all(response.into_body()).await;
     assert_eq!(body, format!("res-{text}"));
 }
 
@@ -149,12 +143,7 @@ async fn poll(inspector: &Inspector) {
         .body(Full::new(Bytes::new()))
         .expect("request");
     let response = service.oneshot(req).await.expect("response");
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
+    let body = read_all(response.into_body()).await;
     assert_eq!(body, "polled");
 }
 
@@ -313,23 +302,6 @@ impl Model {
     }
 }
 
-/// A tiny deterministic generator (xorshift64*), so the op sequences are reproducible.
-#[derive(Debug)]
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// Whether to read the whole ring after this push: always for small rings, around chunk
 /// boundaries and wrap points (and every so often) for large ones, to keep debug runs short.
 fn full_check_due(model: &Model) -> bool {
@@ -385,7 +357,7 @@ async fn ring_matches_the_model_through_many_wraps() {
 #[tokio::test(start_paused = true)]
 async fn random_pushes_and_clears_match_the_model() {
     for capacity in CAPACITIES {
-        let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ capacity as u64);
+        let mut rng = Rng::new(capacity as u64);
         let inspector = new_inspector(capacity);
         let mut model = Model::new(capacity);
         let mut held: Vec<Held> = Vec::new();
@@ -417,7 +389,7 @@ async fn random_pushes_and_clears_match_the_model() {
                 _ => {
                     // Sometimes a burst that crosses a chunk edge or wraps in one go.
                     let burst = if rng.below(10) == 0 {
-                        1 + rng.below(2 * CHUNK as u64)
+                        1 + rng.below(2 * CHUNK)
                     } else {
                         1
                     };
@@ -649,12 +621,7 @@ async fn in_flight_exchanges_land_in_completion_order_across_wrap_and_clear() {
         let mut slots: Vec<Option<_>> = open.into_iter().map(Some).collect();
         for &k in &order {
             let (tag, response) = slots[k].take().expect("each once");
-            let body = response
-                .into_body()
-                .collect()
-                .await
-                .expect("body")
-                .to_bytes();
+            let body = read_all(response.into_body()).await;
             assert_eq!(body, format!("res-{}", tag_text(tag)));
             model.push(tag);
         }
@@ -748,12 +715,7 @@ async fn json_handler_serves_the_wrapped_ring() {
         .await
         .expect("response");
     assert_eq!(response.status(), StatusCode::OK);
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
+    let bytes = read_all(response.into_body()).await;
     let page: serde_json::Value = serde_json::from_slice(&bytes).expect("JSON");
     assert_eq!(page["capacity"], capacity);
     assert_eq!(page["stats"]["ring_len"], capacity);
