@@ -144,6 +144,16 @@ fn reserve(buf: &mut Vec<u8>, want: usize, exact: bool) {
 }
 
 impl State {
+    /// The bytes the record keeps alive, as the allocator sees them: the record in its `Arc`,
+    /// its text arena and its two body copies (capacities).
+    fn retained_bytes(&self) -> usize {
+        ARC_COUNTS
+            + size_of::<Record>()
+            + self.text.capacity()
+            + self.request.spill.capacity()
+            + self.response.spill.capacity()
+    }
+
     /// Copy what fits under `limit` of one body's frame (I5); everything beyond it is only
     /// counted. `remaining`: the body's announced rest after this frame (`size_hint().lower()`);
     /// `end`: no frame follows. Returns the bytes of capacity added.
@@ -406,7 +416,7 @@ impl Record {
         state.text.clear();
         state.request.spill = Vec::new();
         state.response.spill = Vec::new();
-        Some(ARC_COUNTS + size_of::<Self>() + state.text.capacity())
+        Some(state.retained_bytes())
     }
 
     /// The capacity of the arena of a record only this thread can reach.
@@ -520,11 +530,7 @@ impl Record {
         if state.text.capacity() - state.text.len() > SLACK_KEPT {
             state.text.shrink_to_fit();
         }
-        let retained = ARC_COUNTS
-            + size_of::<Self>()
-            + state.text.capacity()
-            + state.request.spill.capacity()
-            + state.response.spill.capacity();
+        let retained = state.retained_bytes();
         metrics.request_bytes.add(state.request.len() as u64);
         metrics.response_bytes.add(state.response.len() as u64);
         tracing::debug!(
@@ -565,7 +571,7 @@ impl Record {
         // Counted by the push (the entry id is the count).
         metrics.captured.add(1);
         // Evicted records are dropped here, after the ring's lock is released; an evicted
-        // record no reader holds gives its arena to this thread's next capture.
+        // record no reader holds is kept, with its arena, for this thread's next capture.
         let evicted = shared
             .ring
             .push(Arc::clone(self), retained, counters, metrics);
@@ -687,7 +693,7 @@ pub(crate) mod tests {
             shared
                 .counters
                 .release(std::mem::take(&mut state.in_flight));
-            let retained = ARC_COUNTS + size_of::<Record>() + state.text.capacity();
+            let retained = state.retained_bytes();
             record.retained.store(retained, Ordering::Relaxed);
         }
         record
