@@ -22,9 +22,10 @@
 //!   soonest-expiring (K5). Dropping a handle returns it to the pool (K6); retires run outside
 //!   the pool's locks, `reset` isolates failures and `shutdown` never blocks on a held lock (K7).
 //! - Sessions speak HTTP/2 (K8–K10): each builds its own stack (kube's auth, base-URI and
-//!   header layers over a hyper-util client on a hyper-rustls connector made from kube's rustls
-//!   configuration, ALPN `h2` and `http/1.1`) and multiplexes every call over **one** TLS
-//!   connection; a cold burst waits for the one handshake. The server's stream limit (100 on
+//!   header layers over hyper's HTTP/2 connection on a hyper-rustls connector made from kube's
+//!   rustls configuration, ALPN `h2` and `http/1.1`) and multiplexes every call over **one** TLS
+//!   connection, kept by the session itself; a cold burst waits for the one handshake, even on
+//!   a multi-threaded runtime. A connection unused for 90 s is let go. The server's stream limit (100 on
 //!   kube-apiserver) bounds requests in flight; HTTP/2 keep-alive replaces a stalled connection.
 //!   Upgrade requests (exec, attach, port-forward) and servers that only speak HTTP/1.1 use an
 //!   HTTP/1.1 client of the same session, at most `K8S_SESSION_MAX_IN_FLIGHT` (32, [1, 1024])

@@ -1004,6 +1004,76 @@ async fn multi_thread_cold_flood_cert() {
     assert_eq!(pool.stats().creations, 1);
 }
 
+// K8 under a multi-threaded cold burst, many times over: every session opens exactly one TLS
+// connection. (hyper-util's pooling client let a request on the other worker thread open a
+// second one when it missed the pool just as the first connection entered it: about one cold
+// burst in forty.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_cold_burst_opens_one_connection() {
+    let server = K8sServer::start().await.unwrap();
+    server.inject(PODS, Fault::latency(ms(20)));
+    let pool = Arc::new(
+        SessionPool::builder(KubeconfigSource::from_kubeconfig(server.kubeconfig_token()))
+            .knobs_from(|_| None)
+            .build(),
+    );
+    const SESSIONS: u64 = 30;
+    for n in 0..SESSIONS {
+        let k = key(&format!("cluster-{n}"));
+        let tasks: Vec<_> = (0..60)
+            .map(|_| {
+                let (pool, k) = (pool.clone(), k.clone());
+                tokio::spawn(async move { call(&pool, &k).await })
+            })
+            .collect();
+        let results = timeout(Duration::from_secs(30), join_all(tasks))
+            .await
+            .expect("burst hung");
+        all_ok(&results.into_iter().map(|r| r.unwrap()).collect::<Vec<_>>());
+        assert_eq!(
+            server.tls_connections(),
+            n + 1,
+            "cold burst {n} opened a second connection"
+        );
+    }
+    assert_eq!(pool.connection_stats().http2_connections, SESSIONS);
+}
+
+// K8: a connection no request has used for 90 s is let go (hyper-util's pool default), so an
+// idle session does not hold a socket; the next request opens a new one. A request within the
+// 90 s keeps it.
+#[tokio::test]
+async fn idle_connection_is_let_go_and_reopened() {
+    let server = K8sServer::start().await.unwrap();
+    let pool = SessionPool::builder(KubeconfigSource::from_kubeconfig(server.kubeconfig_token()))
+        .knobs_from(|_| None)
+        .ttl(Duration::from_secs(3600))
+        .http2_keep_alive(Duration::from_secs(3600), Duration::from_secs(3600))
+        .build();
+    let k = key("east");
+    let session = pool.session(&k).await.unwrap();
+    assert!(list_pods(&session).await.is_ok());
+    let idle = |secs| async move {
+        tokio::time::pause();
+        tokio::time::advance(Duration::from_secs(secs)).await;
+        tokio::time::resume();
+    };
+    idle(80).await;
+    assert!(list_pods(&session).await.is_ok());
+    idle(80).await;
+    assert!(list_pods(&session).await.is_ok());
+    assert_eq!(server.tls_connections(), 1, "a used connection was let go");
+    assert_eq!(server.open_connections(), 1);
+    idle(91).await;
+    assert!(
+        wait_until(Duration::from_secs(5), || server.open_connections() == 0).await,
+        "an idle connection stays open"
+    );
+    assert!(list_pods(&session).await.is_ok());
+    assert_eq!(server.tls_connections(), 2);
+    assert_eq!(pool.connection_stats().http2_connections, 2);
+}
+
 // Flow control: bodies well beyond the default 64 KiB stream window, many at once on one
 // connection, all complete.
 #[tokio::test]

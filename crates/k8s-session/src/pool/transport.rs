@@ -8,9 +8,9 @@
 //!   (the *probe*) while every other request waits for its outcome; the probe's connection is
 //!   then handed to the HTTP/2 client (or to the HTTP/1.1 client when the server chose
 //!   HTTP/1.1: a fallback, counted), so a cold burst costs one TLS handshake (K9);
-//! - sends everything over that HTTP/2 connection (hyper-util with `http2_only`: one shared
-//!   connection per session, further connects wait for it), the server's
-//!   `SETTINGS_MAX_CONCURRENT_STREAMS` bounding the streams in flight (K10);
+//! - sends everything over that HTTP/2 connection (kept by the session itself, see [`link`]:
+//!   one connection at a time, every further connect waits for the one attempt in progress),
+//!   the server's `SETTINGS_MAX_CONCURRENT_STREAMS` bounding the streams in flight (K10);
 //! - sends requests carrying `Upgrade` (exec, attach, port-forward: websockets cannot run over
 //!   HTTP/2 without RFC 8441) to an HTTP/1.1 client of the same session (K8);
 //! - detects a stalled connection by HTTP/2 keep-alive PINGs: it is closed, only its own streams
@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::future::{BoxFuture, FutureExt as _, Shared};
+use futures::future::{BoxFuture, Either, FutureExt as _, Shared, TryFutureExt as _};
 use http::{Request, Response, Uri, header};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -43,6 +43,10 @@ use tracing::Instrument as _;
 
 use crate::telemetry::{ClusterMetrics, InUse};
 
+mod link;
+
+use link::H2Link;
+
 type BoxError = Box<dyn StdError + Send + Sync>;
 
 /// What a session's connector yields: TLS (or plain TCP for an `http://` cluster URL).
@@ -57,7 +61,7 @@ pub(crate) const DEFAULT_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20)
 /// ...and the connection is closed when its acknowledgement takes longer than this.
 pub(crate) const DEFAULT_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Idle pooled connections are closed after this long (hyper-util's default).
+/// Idle pooled HTTP/1.1 connections are closed after this long (hyper-util's default).
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Connection counters shared by every session of a pool.
@@ -289,16 +293,31 @@ impl SessionState {
             _ => None,
         }
     }
+
+    /// A connection for the HTTP/2 client: the probe's, or a new one. A server that now answers
+    /// HTTP/1.1 fails this request and moves the session to HTTP/1.1 (with this connection).
+    async fn h2_io(&self, uri: Uri) -> Result<Io, BoxError> {
+        if let Some(io) = self.take_stash(Protocol::H2) {
+            return Ok(io);
+        }
+        let (io, negotiated) = self.connect(&self.h2_tls, uri).await?;
+        if negotiated == Protocol::H2 {
+            return Ok(io);
+        }
+        self.fallback();
+        *self.stash.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((Protocol::Http1, Instant::now(), io));
+        self.set(Negotiation::Known(Protocol::Http1));
+        Err(NotHttp2.into())
+    }
 }
 
-/// The connector of one of the session's two clients.
+/// The connector of the session's HTTP/1.1 client: the probe's connection when the server chose
+/// HTTP/1.1, else a new one offering no ALPN.
 #[derive(Clone)]
-struct SessionConnector {
-    state: Arc<SessionState>,
-    protocol: Protocol,
-}
+struct Http1Connector(Arc<SessionState>);
 
-impl Service<Uri> for SessionConnector {
+impl Service<Uri> for Http1Connector {
     type Response = Io;
     type Error = BoxError;
     type Future = BoxFuture<'static, Result<Io, BoxError>>;
@@ -308,25 +327,11 @@ impl Service<Uri> for SessionConnector {
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        let (state, protocol) = (Arc::clone(&self.state), self.protocol);
+        let state = Arc::clone(&self.0);
         Box::pin(async move {
-            if let Some(io) = state.take_stash(protocol) {
-                return Ok(io);
-            }
-            match protocol {
-                Protocol::Http1 => Ok(state.connect(&state.http1_tls, uri).await?.0),
-                Protocol::H2 => {
-                    let (io, negotiated) = state.connect(&state.h2_tls, uri).await?;
-                    if negotiated == Protocol::H2 {
-                        return Ok(io);
-                    }
-                    // A reconnect found HTTP/1.1: later requests use it (and this connection).
-                    state.fallback();
-                    *state.stash.lock().unwrap_or_else(|e| e.into_inner()) =
-                        Some((Protocol::Http1, Instant::now(), io));
-                    state.set(Negotiation::Known(Protocol::Http1));
-                    Err(NotHttp2.into())
-                }
+            match state.take_stash(Protocol::Http1) {
+                Some(io) => Ok(io),
+                None => Ok(state.connect(&state.http1_tls, uri).await?.0),
             }
         })
     }
@@ -337,8 +342,8 @@ impl Service<Uri> for SessionConnector {
 #[derive(Clone)]
 pub(crate) struct Router {
     state: Arc<SessionState>,
-    h2: HyperClient<SessionConnector, Body>,
-    http1: HyperClient<SessionConnector, Body>,
+    h2: H2Link,
+    http1: HyperClient<Http1Connector, Body>,
     http1_bound: Arc<Semaphore>,
     h2_bound: Option<Arc<Semaphore>>,
     read_timeout: Option<Duration>,
@@ -381,23 +386,11 @@ impl Router {
             counters,
             metrics,
         });
-        let connector = |protocol| SessionConnector {
-            state: Arc::clone(&state),
-            protocol,
-        };
-        let h2 = HyperClient::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .http2_only(true)
-            .http2_keep_alive_interval(options.keep_alive_interval)
-            .http2_keep_alive_timeout(options.keep_alive_timeout)
-            .http2_keep_alive_while_idle(true)
-            .build(connector(Protocol::H2));
+        let h2 = H2Link::new(Arc::clone(&state), options);
         let http1 = HyperClient::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .build(connector(Protocol::Http1));
+            .build(Http1Connector(Arc::clone(&state)));
         Self {
             h2,
             http1,
@@ -442,9 +435,9 @@ impl Service<Request<Body>> for Router {
                     "network.protocol.version",
                     if protocol == Protocol::H2 { "2" } else { "1.1" },
                 );
-                let (client, bound) = match protocol {
-                    Protocol::H2 => (&this.h2, this.h2_bound.as_ref()),
-                    Protocol::Http1 => (&this.http1, Some(&this.http1_bound)),
+                let bound = match protocol {
+                    Protocol::H2 => this.h2_bound.as_ref(),
+                    Protocol::Http1 => Some(&this.http1_bound),
                 };
                 // The semaphores are never closed: `ok()` only drops an impossible error.
                 let permit = match bound {
@@ -452,7 +445,12 @@ impl Service<Request<Body>> for Router {
                     None => None,
                 };
                 let active = this.state.metrics.request_active();
-                let sending = client.request(request);
+                let sending = match protocol {
+                    Protocol::H2 => Either::Left(this.h2.send(request)),
+                    Protocol::Http1 => {
+                        Either::Right(this.http1.request(request).map_err(BoxError::from))
+                    }
+                };
                 let response = match this.read_timeout {
                     Some(limit) => tokio::time::timeout(limit, sending)
                         .await
