@@ -25,8 +25,9 @@
 //!   header layers over hyper's HTTP/2 connection on a hyper-rustls connector made from kube's
 //!   rustls configuration, ALPN `h2` and `http/1.1`) and multiplexes every call over **one** TLS
 //!   connection, kept by the session itself; a cold burst waits for the one handshake, even on
-//!   a multi-threaded runtime. A connection unused for 90 s is let go. The server's stream limit (100 on
-//!   kube-apiserver) bounds requests in flight; HTTP/2 keep-alive replaces a stalled connection.
+//!   a multi-threaded runtime. A connection that carried no stream for 90 s is let go. The
+//!   server's stream limit (100 on kube-apiserver) bounds requests in flight; HTTP/2 keep-alive
+//!   replaces a stalled connection.
 //!   Upgrade requests (exec, attach, port-forward) and servers that only speak HTTP/1.1 use an
 //!   HTTP/1.1 client of the same session, at most `K8S_SESSION_MAX_IN_FLIGHT` (32, [1, 1024])
 //!   requests in flight ([`SessionPoolBuilder::max_in_flight_per_session`]); more **wait** for

@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::future::{BoxFuture, Either, FutureExt as _, Shared, TryFutureExt as _};
+use futures::future::{BoxFuture, FutureExt as _, Shared, TryFutureExt as _};
 use http::{Request, Response, Uri, header};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -45,7 +45,7 @@ use crate::telemetry::{ClusterMetrics, InUse};
 
 mod link;
 
-use link::H2Link;
+use link::{H2Link, SendError, Stream};
 
 type BoxError = Box<dyn StdError + Send + Sync>;
 
@@ -404,6 +404,44 @@ impl Router {
     }
 }
 
+impl Router {
+    /// `sending`, failing with [`ReadTimeout`] past the read timeout.
+    async fn within_read_timeout<T>(
+        &self,
+        sending: impl Future<Output = T>,
+    ) -> Result<T, BoxError> {
+        match self.read_timeout {
+            Some(limit) => Ok(tokio::time::timeout(limit, sending)
+                .await
+                .map_err(|_| ReadTimeout(limit))?),
+            None => Ok(sending.await),
+        }
+    }
+}
+
+/// A slot of `bound` (none without a bound), waited for. The semaphores are never closed:
+/// `ok()` only drops an impossible error.
+async fn slot(bound: Option<&Arc<Semaphore>>) -> Option<OwnedSemaphorePermit> {
+    match bound {
+        Some(bound) => Arc::clone(bound).acquire_owned().await.ok(),
+        None => None,
+    }
+}
+
+/// What a response body holds until it ends, fails or is dropped.
+#[expect(
+    dead_code,
+    reason = "never read: each is held for what its drop gives back"
+)]
+struct Held {
+    /// The request's in-flight slot.
+    permit: Option<OwnedSemaphorePermit>,
+    /// Its place in the active-requests gauge.
+    active: InUse,
+    /// Its stream on the session's HTTP/2 connection (which is not idle while one is held).
+    stream: Option<Stream>,
+}
+
 impl Service<Request<Body>> for Router {
     type Response = Response<StreamBody>;
     type Error = BoxError;
@@ -435,29 +473,39 @@ impl Service<Request<Body>> for Router {
                     "network.protocol.version",
                     if protocol == Protocol::H2 { "2" } else { "1.1" },
                 );
-                let bound = match protocol {
-                    Protocol::H2 => this.h2_bound.as_ref(),
-                    Protocol::Http1 => Some(&this.http1_bound),
-                };
-                // The semaphores are never closed: `ok()` only drops an impossible error.
-                let permit = match bound {
-                    Some(bound) => Arc::clone(bound).acquire_owned().await.ok(),
-                    None => None,
-                };
-                let active = this.state.metrics.request_active();
-                let sending = match protocol {
-                    Protocol::H2 => Either::Left(this.h2.send(request)),
-                    Protocol::Http1 => {
-                        Either::Right(this.http1.request(request).map_err(BoxError::from))
+                let mut request = request;
+                if protocol == Protocol::H2 {
+                    let permit = slot(this.h2_bound.as_ref()).await;
+                    let active = this.state.metrics.request_active();
+                    match this.within_read_timeout(this.h2.send(request)).await? {
+                        Ok((response, stream)) => {
+                            let held = Held {
+                                permit,
+                                active,
+                                stream: Some(stream),
+                            };
+                            return Ok(
+                                response.map(|body| StreamBody::new(body, held, this.read_timeout))
+                            );
+                        }
+                        Err(SendError::Failed(error)) => return Err(error),
+                        // A reconnect found HTTP/1.1: this request goes over it, unsent so far.
+                        Err(SendError::Http1(unsent)) => {
+                            tracing::Span::current().record("network.protocol.version", "1.1");
+                            request = *unsent;
+                        }
                     }
+                }
+                let permit = slot(Some(&this.http1_bound)).await;
+                let active = this.state.metrics.request_active();
+                let sending = this.http1.request(request).map_err(BoxError::from);
+                let response = this.within_read_timeout(sending).await??;
+                let held = Held {
+                    permit,
+                    active,
+                    stream: None,
                 };
-                let response = match this.read_timeout {
-                    Some(limit) => tokio::time::timeout(limit, sending)
-                        .await
-                        .map_err(|_| ReadTimeout(limit))??,
-                    None => sending.await?,
-                };
-                Ok(response.map(|body| StreamBody::new(body, (permit, active), this.read_timeout)))
+                Ok(response.map(|body| StreamBody::new(body, held, this.read_timeout)))
             }
             .instrument(span),
         )
@@ -471,18 +519,14 @@ pin_project_lite::pin_project! {
     pub(crate) struct StreamBody {
         #[pin]
         inner: Incoming,
-        held: Option<(Option<OwnedSemaphorePermit>, InUse)>,
+        held: Option<Held>,
         read_timeout: Option<Duration>,
         idle: Option<Pin<Box<Sleep>>>,
     }
 }
 
 impl StreamBody {
-    fn new(
-        inner: Incoming,
-        held: (Option<OwnedSemaphorePermit>, InUse),
-        read_timeout: Option<Duration>,
-    ) -> Self {
+    fn new(inner: Incoming, held: Held, read_timeout: Option<Duration>) -> Self {
         // An empty body (204, 101, Content-Length: 0) frees its slot now.
         let held = Some(held).filter(|_| !inner.is_end_stream());
         Self {

@@ -12,14 +12,16 @@
 //!   replaced by the next request, through one new attempt;
 //! - a request the closed connection never started is sent again on the new one, as
 //!   hyper-util does for a reused connection;
-//! - a connection unused for [`IDLE_TIMEOUT`] is let go: its streams still in progress finish,
-//!   then it closes.
+//! - a connection that carried no stream for [`IDLE_TIMEOUT`] (counted from the end of its last
+//!   response body, so a long watch keeps it) is let go and closes;
+//! - a reconnect that finds the server speaking HTTP/1.1 hands every request waiting on it back
+//!   unsent, to go out over HTTP/1.1 ([`SendError::Http1`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use futures::future::{BoxFuture, FutureExt as _, Shared};
+use futures::future::{self, BoxFuture, Either, FutureExt as _, Shared};
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper::client::conn::http2;
@@ -27,10 +29,17 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use kube::client::Body;
 use tokio::time::Instant;
 
-use super::{BoxError, ConnectError, SessionState, StackOptions};
+use super::{BoxError, ConnectError, NotHttp2, SessionState, StackOptions};
 
-/// A connection no request has used for this long is let go (hyper-util's pool default).
+/// A connection that carried no stream for this long is let go (hyper-util's pool default).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Why [`H2Link::send`] did not get a response.
+pub(super) enum SendError {
+    /// The server now speaks HTTP/1.1: the request, unsent, for the HTTP/1.1 client.
+    Http1(Box<Request<Body>>),
+    Failed(BoxError),
+}
 
 /// The session's HTTP/2 connection (cheap to clone: one shared slot).
 #[derive(Clone)]
@@ -44,6 +53,8 @@ struct Inner {
     slot: Mutex<Slot>,
     /// Numbers connections, so a late watchdog or failure never touches a newer one.
     opened: AtomicU64,
+    /// Dropped with the link: ends the idle watches at once (not at their next wake-up).
+    dropped: tokio::sync::watch::Sender<()>,
 }
 
 type Opening = Shared<BoxFuture<'static, Result<Open, ConnectError>>>;
@@ -61,11 +72,12 @@ struct Open {
     usage: Arc<Usage>,
 }
 
-/// When a connection was last handed to a request.
+/// A connection's streams in progress, and when its last one started or ended.
 struct Usage {
     since: Instant,
     /// Milliseconds after `since`.
     last: AtomicU64,
+    streams: AtomicU64,
 }
 
 impl Usage {
@@ -74,8 +86,30 @@ impl Usage {
         self.last.store(now, Ordering::Relaxed);
     }
 
+    fn begin(self: &Arc<Self>) -> Stream {
+        self.streams.fetch_add(1, Ordering::Relaxed);
+        self.touch();
+        Stream(Arc::clone(self))
+    }
+
+    /// When the connection will have been idle for [`IDLE_TIMEOUT`]: never sooner than that
+    /// from now while a stream is in progress.
     fn idle_until(&self) -> Instant {
+        if self.streams.load(Ordering::Relaxed) > 0 {
+            return Instant::now() + IDLE_TIMEOUT;
+        }
         self.since + Duration::from_millis(self.last.load(Ordering::Relaxed)) + IDLE_TIMEOUT
+    }
+}
+
+/// A request's stream on the session's connection, from its send until its response body ends,
+/// fails or is dropped: the connection is not idle while one is held.
+pub(crate) struct Stream(Arc<Usage>);
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.streams.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -93,20 +127,28 @@ impl H2Link {
                 builder,
                 slot: Mutex::new(Slot::Closed),
                 opened: AtomicU64::new(0),
+                dropped: tokio::sync::watch::Sender::new(()),
             }),
         }
     }
 
-    /// Send `request` over the session's connection, opening it first when there is none.
+    /// Send `request` over the session's connection, opening it first when there is none. The
+    /// [`Stream`] goes with the response body.
     pub(super) async fn send(
         &self,
         mut request: Request<Body>,
-    ) -> Result<Response<Incoming>, BoxError> {
+    ) -> Result<(Response<Incoming>, Stream), SendError> {
         loop {
-            let (mut open, reused) = self.connection(request.uri()).await?;
-            open.usage.touch();
+            let (mut open, reused) = match self.connection(request.uri()).await {
+                Ok(connection) => connection,
+                Err(error) if error.0.is::<NotHttp2>() => {
+                    return Err(SendError::Http1(Box::new(request)));
+                }
+                Err(error) => return Err(SendError::Failed(error.into())),
+            };
+            let stream = open.usage.begin();
             match open.sender.try_send_request(request).await {
-                Ok(response) => return Ok(response),
+                Ok(response) => return Ok((response, stream)),
                 Err(mut error) => match error.take_message() {
                     // The connection closed before this request started: it goes out on the
                     // next one. A fresh connection failing so is not retried (no loop).
@@ -114,7 +156,7 @@ impl H2Link {
                         self.inner.forget(open.id);
                         request = unsent;
                     }
-                    _ => return Err(error.into_error().into()),
+                    _ => return Err(SendError::Failed(error.into_error().into())),
                 },
             }
         }
@@ -170,6 +212,7 @@ impl Inner {
         if let Ok(open) = &result {
             tokio::spawn(watch_idle(
                 Arc::downgrade(&self),
+                self.dropped.subscribe(),
                 open.id,
                 Arc::clone(&open.usage),
             ));
@@ -196,16 +239,27 @@ impl Inner {
             usage: Arc::new(Usage {
                 since: Instant::now(),
                 last: AtomicU64::new(0),
+                streams: AtomicU64::new(0),
             }),
         })
     }
 }
 
-/// Let `open` go once no request has used it for [`IDLE_TIMEOUT`]; its streams in progress keep
-/// it alive until they end. Holds the link weakly: a dropped session ends the watch.
-async fn watch_idle(link: Weak<Inner>, id: u64, usage: Arc<Usage>) {
+/// Let connection `id` go once it has carried no stream for [`IDLE_TIMEOUT`]. Holds the link
+/// weakly and ends when the link is dropped, or when `id` is no longer its connection.
+async fn watch_idle(
+    link: Weak<Inner>,
+    mut dropped: tokio::sync::watch::Receiver<()>,
+    id: u64,
+    usage: Arc<Usage>,
+) {
     loop {
-        tokio::time::sleep_until(usage.idle_until()).await;
+        let wake = std::pin::pin!(tokio::time::sleep_until(usage.idle_until()));
+        // Ends (with `Err`) when the link's sender is dropped: nothing is ever sent.
+        let gone = std::pin::pin!(dropped.changed());
+        if let Either::Right(_) = future::select(wake, gone).await {
+            return;
+        }
         let Some(link) = link.upgrade() else { return };
         let mut slot = link.lock();
         match &*slot {
