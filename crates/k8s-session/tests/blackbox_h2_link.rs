@@ -19,6 +19,7 @@ use k8s_session::{KubeconfigSource, SessionKey, SessionPool};
 use kube::api::{Api, ListParams};
 use kube::config::Kubeconfig;
 use testkit::k8s::{Fault, K8sServer, SAMPLE_NAMESPACE};
+use tokio::io::AsyncReadExt as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout};
@@ -202,6 +203,23 @@ impl Proxy {
 
     fn kubeconfig(&self, server: &K8sServer) -> Kubeconfig {
         redirect(server.kubeconfig_token(), self.port)
+    }
+
+    /// Whether the client closed every socket held silent so far within `within` (each read to
+    /// its end: the client's TLS hello, then EOF).
+    async fn held_closed_by_client(&self, within: Duration) -> bool {
+        let held: Vec<TcpStream> = self.held.lock().unwrap().drain(..).collect();
+        assert!(!held.is_empty(), "no socket was held");
+        let closed = join_all(held.into_iter().map(|mut sock| async move {
+            let mut buf = [0u8; 4096];
+            loop {
+                match sock.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        }));
+        timeout(within, closed).await.is_ok()
     }
 }
 
@@ -435,6 +453,40 @@ async fn pool_dropped_during_open_leaks_no_connection() {
         server.open_connections(),
         server.tls_connections()
     );
+}
+
+// A session dropped while its connection attempt is stalled (the server accepted TCP and never
+// answers the TLS hello; the connect timeout is an hour) closes that socket at once: the
+// attempt, abandoned by its caller, must not keep the session (and the socket) alive. Both the
+// first attempt (the probe) and a reconnect of the HTTP/2 connection.
+#[tokio::test]
+async fn dropped_session_closes_its_stalled_attempt() {
+    let server = K8sServer::start().await.unwrap();
+    for warm in [false, true] {
+        let proxy = Proxy::start(server.addr(), Mode::Forward).await;
+        let pool =
+            SessionPool::builder(KubeconfigSource::from_kubeconfig(proxy.kubeconfig(&server)))
+                .knobs_from(|_| None)
+                .connect_timeout(Some(Duration::from_secs(3600)))
+                .build();
+        let session = pool.session(&key("east")).await.unwrap();
+        if warm {
+            assert!(list_pods(&session).await.is_ok());
+            proxy.cut_all();
+        }
+        proxy.set(Mode::Silent);
+        assert!(
+            timeout(ms(300), list_pods(&session)).await.is_err(),
+            "a call through a silent server returned"
+        );
+        drop(session);
+        pool.shutdown().await;
+        drop(pool);
+        assert!(
+            proxy.held_closed_by_client(Duration::from_secs(5)).await,
+            "the stalled attempt of a dropped session (warm: {warm}) keeps its socket open"
+        );
+    }
 }
 
 // reset() during the open with the callers still waiting: they get through (they hold the

@@ -22,7 +22,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -195,7 +195,15 @@ struct SessionState {
     negotiation: Mutex<Negotiation>,
     /// The probe's connection, waiting for the client of its protocol.
     stash: Mutex<Option<(Protocol, Instant, Io)>>,
-    /// ALPN h2 + http/1.1: the probe and the HTTP/2 client.
+    dial: Dial,
+}
+
+/// How a session opens connections. A connection attempt owns a clone, not the session: an
+/// attempt its callers abandoned is stored in the session (to be resumed by the next request)
+/// and must not keep the session, and its socket, alive once the session is dropped.
+#[derive(Clone)]
+struct Dial {
+    /// ALPN h2 + http/1.1: the probe and the HTTP/2 connection.
     h2_tls: HttpsConnector<HttpConnector>,
     /// No ALPN (kube's own choice for HTTP/1.1): the HTTP/1.1 client.
     http1_tls: HttpsConnector<HttpConnector>,
@@ -204,14 +212,11 @@ struct SessionState {
     metrics: ClusterMetrics,
 }
 
-impl SessionState {
-    /// Open a TLS connection with `tls` within the connect timeout; count it by protocol.
-    async fn connect(
-        &self,
-        tls: &HttpsConnector<HttpConnector>,
-        uri: Uri,
-    ) -> Result<(Io, Protocol), BoxError> {
-        let mut tls = tls.clone();
+impl Dial {
+    /// Open a TLS connection (offering h2 and http/1.1 when `h2`) within the connect timeout;
+    /// count it by protocol.
+    async fn connect(&self, h2: bool, uri: Uri) -> Result<(Io, Protocol), BoxError> {
+        let mut tls = if h2 { &self.h2_tls } else { &self.http1_tls }.clone();
         let connecting = Service::call(&mut tls, uri);
         let io = match self.connect_timeout {
             Some(limit) => tokio::time::timeout(limit, connecting)
@@ -238,7 +243,9 @@ impl SessionState {
              over HTTP/1.1, bounded by its in-flight limit"
         );
     }
+}
 
+impl SessionState {
     fn set(&self, negotiation: Negotiation) {
         *self.negotiation.lock().unwrap_or_else(|e| e.into_inner()) = negotiation;
     }
@@ -251,34 +258,15 @@ impl SessionState {
                 Negotiation::Known(protocol) => return Ok(*protocol),
                 Negotiation::Probing(probe) => probe.clone(),
                 Negotiation::Unknown => {
-                    let probe = Arc::clone(self).probe(uri.clone()).boxed().shared();
+                    let probe = probe(Arc::downgrade(self), self.dial.clone(), uri.clone())
+                        .boxed()
+                        .shared();
                     *negotiation = Negotiation::Probing(probe.clone());
                     probe
                 }
             }
         };
         probe.await
-    }
-
-    /// Open the session's first connection, offering h2 and http/1.1, and keep it for the
-    /// client of the protocol the server chose.
-    async fn probe(self: Arc<Self>, uri: Uri) -> Result<Protocol, ConnectError> {
-        match self.connect(&self.h2_tls, uri).await {
-            Ok((io, protocol)) => {
-                if protocol == Protocol::Http1 {
-                    self.fallback();
-                }
-                *self.stash.lock().unwrap_or_else(|e| e.into_inner()) =
-                    Some((protocol, Instant::now(), io));
-                self.set(Negotiation::Known(protocol));
-                Ok(protocol)
-            }
-            Err(error) => {
-                // Every request waiting on this probe fails with it; the next one probes again.
-                self.set(Negotiation::Unknown);
-                Err(ConnectError(Arc::new(error)))
-            }
-        }
     }
 
     /// The probe's connection, if it was for `protocol` and is fresh.
@@ -300,15 +288,43 @@ impl SessionState {
         if let Some(io) = self.take_stash(Protocol::H2) {
             return Ok(io);
         }
-        let (io, negotiated) = self.connect(&self.h2_tls, uri).await?;
+        let (io, negotiated) = self.dial.connect(true, uri).await?;
         if negotiated == Protocol::H2 {
             return Ok(io);
         }
-        self.fallback();
+        self.dial.fallback();
         *self.stash.lock().unwrap_or_else(|e| e.into_inner()) =
             Some((Protocol::Http1, Instant::now(), io));
         self.set(Negotiation::Known(Protocol::Http1));
         Err(NotHttp2.into())
+    }
+}
+
+/// Open the session's first connection, offering h2 and http/1.1, and keep it for the client of
+/// the protocol the server chose.
+async fn probe(state: Weak<SessionState>, dial: Dial, uri: Uri) -> Result<Protocol, ConnectError> {
+    let result = dial.connect(true, uri).await;
+    // Gone: no request waits for the answer any more.
+    let Some(state) = state.upgrade() else {
+        return result
+            .map(|(_, protocol)| protocol)
+            .map_err(|e| ConnectError(Arc::new(e)));
+    };
+    match result {
+        Ok((io, protocol)) => {
+            if protocol == Protocol::Http1 {
+                dial.fallback();
+            }
+            *state.stash.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some((protocol, Instant::now(), io));
+            state.set(Negotiation::Known(protocol));
+            Ok(protocol)
+        }
+        Err(error) => {
+            // Every request waiting on this probe fails with it; the next one probes again.
+            state.set(Negotiation::Unknown);
+            Err(ConnectError(Arc::new(error)))
+        }
     }
 }
 
@@ -331,7 +347,7 @@ impl Service<Uri> for Http1Connector {
         Box::pin(async move {
             match state.take_stash(Protocol::Http1) {
                 Some(io) => Ok(io),
-                None => Ok(state.connect(&state.http1_tls, uri).await?.0),
+                None => Ok(state.dial.connect(false, uri).await?.0),
             }
         })
     }
@@ -380,11 +396,13 @@ impl Router {
         let state = Arc::new(SessionState {
             negotiation: Mutex::new(Negotiation::Unknown),
             stash: Mutex::new(None),
-            h2_tls: tls(true),
-            http1_tls: tls(false),
-            connect_timeout: options.connect_timeout,
-            counters,
-            metrics,
+            dial: Dial {
+                h2_tls: tls(true),
+                http1_tls: tls(false),
+                connect_timeout: options.connect_timeout,
+                counters,
+                metrics,
+            },
         });
         let h2 = H2Link::new(Arc::clone(&state), options);
         let http1 = HyperClient::builder(TokioExecutor::new())
@@ -476,7 +494,7 @@ impl Service<Request<Body>> for Router {
                 let mut request = request;
                 if protocol == Protocol::H2 {
                     let permit = slot(this.h2_bound.as_ref()).await;
-                    let active = this.state.metrics.request_active();
+                    let active = this.state.dial.metrics.request_active();
                     match this.within_read_timeout(this.h2.send(request)).await? {
                         Ok((response, stream)) => {
                             let held = Held {
@@ -497,7 +515,7 @@ impl Service<Request<Body>> for Router {
                     }
                 }
                 let permit = slot(Some(&this.http1_bound)).await;
-                let active = this.state.metrics.request_active();
+                let active = this.state.dial.metrics.request_active();
                 let sending = this.http1.request(request).map_err(BoxError::from);
                 let response = this.within_read_timeout(sending).await??;
                 let held = Held {

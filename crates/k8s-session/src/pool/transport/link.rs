@@ -171,10 +171,15 @@ impl H2Link {
                 Slot::Opening(opening) => opening.clone(),
                 Slot::Open(_) | Slot::Closed => {
                     let id = self.inner.opened.fetch_add(1, Ordering::Relaxed) + 1;
-                    let opening = Arc::clone(&self.inner)
-                        .open(id, uri.clone())
-                        .boxed()
-                        .shared();
+                    let opening = open(
+                        Arc::downgrade(&self.inner),
+                        Arc::clone(&self.inner.state),
+                        self.inner.builder.clone(),
+                        id,
+                        uri.clone(),
+                    )
+                    .boxed()
+                    .shared();
                     *slot = Slot::Opening(opening.clone());
                     opening
                 }
@@ -196,53 +201,69 @@ impl Inner {
             *slot = Slot::Closed;
         }
     }
+}
 
-    /// Open connection `id` (the probe's, when it waits for us), and make it the current one.
-    async fn open(self: Arc<Self>, id: u64, uri: Uri) -> Result<Open, ConnectError> {
-        let result = self.handshake(id, uri).await;
-        let mut slot = self.lock();
-        if matches!(&*slot, Slot::Opening(_)) {
-            *slot = match &result {
-                Ok(open) => Slot::Open(open.clone()),
-                // The next request tries again.
-                Err(_) => Slot::Closed,
-            };
-        }
-        drop(slot);
-        if let Ok(open) = &result {
-            tokio::spawn(watch_idle(
-                Arc::downgrade(&self),
-                self.dropped.subscribe(),
-                open.id,
-                Arc::clone(&open.usage),
-            ));
-        }
-        result
-    }
-
-    async fn handshake(&self, id: u64, uri: Uri) -> Result<Open, ConnectError> {
-        let connect = async {
-            let io = self.state.h2_io(uri).await?;
-            let (mut sender, connection) = self.builder.handshake(io).await?;
-            tokio::spawn(async move {
-                if let Err(error) = connection.await {
-                    tracing::debug!(%error, "HTTP/2 connection to the Kubernetes API server ended");
-                }
-            });
-            sender.ready().await?;
-            Ok::<_, BoxError>(sender)
+/// Open connection `id` (the probe's, when it waits for us), and make it the link's current one.
+/// Holds the link weakly: an attempt its callers abandoned stays in the link's slot (the next
+/// request resumes it) and must not keep the link, or its socket, alive once the session is
+/// dropped.
+async fn open(
+    link: Weak<Inner>,
+    state: Arc<SessionState>,
+    builder: http2::Builder<TokioExecutor>,
+    id: u64,
+    uri: Uri,
+) -> Result<Open, ConnectError> {
+    let result = handshake(&state, &builder, uri).await.map(|sender| Open {
+        id,
+        sender,
+        usage: Arc::new(Usage {
+            since: Instant::now(),
+            last: AtomicU64::new(0),
+            streams: AtomicU64::new(0),
+        }),
+    });
+    let Some(link) = link.upgrade() else {
+        return result;
+    };
+    let mut slot = link.lock();
+    if matches!(&*slot, Slot::Opening(_)) {
+        *slot = match &result {
+            Ok(open) => Slot::Open(open.clone()),
+            // The next request tries again.
+            Err(_) => Slot::Closed,
         };
-        let sender = connect.await.map_err(|e| ConnectError(Arc::new(e)))?;
-        Ok(Open {
-            id,
-            sender,
-            usage: Arc::new(Usage {
-                since: Instant::now(),
-                last: AtomicU64::new(0),
-                streams: AtomicU64::new(0),
-            }),
-        })
     }
+    drop(slot);
+    if let Ok(open) = &result {
+        tokio::spawn(watch_idle(
+            Arc::downgrade(&link),
+            link.dropped.subscribe(),
+            id,
+            Arc::clone(&open.usage),
+        ));
+    }
+    result
+}
+
+/// A connection for the HTTP/2 client, its handshake done and its task spawned.
+async fn handshake(
+    state: &SessionState,
+    builder: &http2::Builder<TokioExecutor>,
+    uri: Uri,
+) -> Result<http2::SendRequest<Body>, ConnectError> {
+    let connect = async {
+        let io = state.h2_io(uri).await?;
+        let (mut sender, connection) = builder.handshake(io).await?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "HTTP/2 connection to the Kubernetes API server ended");
+            }
+        });
+        sender.ready().await?;
+        Ok::<_, BoxError>(sender)
+    };
+    connect.await.map_err(|e| ConnectError(Arc::new(e)))
 }
 
 /// Let connection `id` go once it has carried no stream for [`IDLE_TIMEOUT`]. Holds the link
