@@ -489,6 +489,43 @@ async fn dropped_session_closes_its_stalled_attempt() {
     }
 }
 
+// A connection attempt every caller abandoned serves the next request, even one made after the
+// attempt's connect timeout has passed (the server answered in time; the attempt was only
+// waiting to be polled): no failure, no second connection. The first attempt (the probe) and a
+// reconnect of the HTTP/2 connection.
+#[tokio::test]
+async fn abandoned_attempt_serves_the_next_request() {
+    let server = K8sServer::start().await.unwrap();
+    for warm in [false, true] {
+        let proxy = Proxy::start(server.addr(), Mode::Forward).await;
+        let pool =
+            SessionPool::builder(KubeconfigSource::from_kubeconfig(proxy.kubeconfig(&server)))
+                .knobs_from(|_| None)
+                .connect_timeout(Some(ms(500)))
+                .build();
+        let session = pool.session(&key("east")).await.unwrap();
+        if warm {
+            assert!(list_pods(&session).await.is_ok());
+            proxy.cut_all();
+        }
+        proxy.set(Mode::Delay(ms(300)));
+        assert!(
+            timeout(ms(100), list_pods(&session)).await.is_err(),
+            "the call returned before the delayed connection"
+        );
+        tokio::time::sleep(ms(800)).await;
+        proxy.set(Mode::Refuse);
+        let next = timeout(Duration::from_secs(5), list_pods(&session))
+            .await
+            .expect("hung");
+        assert!(
+            next.is_ok(),
+            "the call after an abandoned attempt (warm: {warm}) failed: {next:?}"
+        );
+        assert_eq!(proxy.accepted(), if warm { 2 } else { 1 });
+    }
+}
+
 // reset() during the open with the callers still waiting: they get through (they hold the
 // session), and the retired session's connection closes once they are gone.
 #[tokio::test]
