@@ -300,9 +300,11 @@ where
 /// The reference for the polling GET rows: a layer that does only what the request-id contract
 /// asks (a fresh id into the request's `x-request-id` header and its extensions, and into the
 /// response's header), as tower-http's request-id layers do, and nothing else. What it costs is
-/// the floor of any layer that keeps `Extension<RequestId>` and both headers.
+/// the floor of any layer that keeps `Extension<RequestId>` and both headers. With a handle, it
+/// also holds what any layer with shared state holds (an `Arc`, cloned with every service clone,
+/// as axum and the bench clone the service per request): the floor of a layer that records.
 #[derive(Clone)]
-struct IdOnly<S>(S);
+struct IdOnly<S>(S, Option<Arc<()>>);
 
 impl<S, B, RB> tower::Service<http::Request<B>> for IdOnly<S>
 where
@@ -317,6 +319,7 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        std::hint::black_box(&self.1);
         let id = RequestId::generate();
         request
             .headers_mut()
@@ -569,7 +572,14 @@ fn per_request_rows() -> Vec<Comparison> {
                 what,
                 method,
                 "reference: a layer doing only the request-id contract",
-                IdOnly(tower::service_fn(small_service::<Body>)),
+                IdOnly(tower::service_fn(small_service::<Body>), None),
+                bare_tower
+            );
+            rows!(
+                what,
+                method,
+                "reference: the request-id contract and a shared handle",
+                IdOnly(tower::service_fn(small_service::<Body>), Some(Arc::new(()))),
                 bare_tower
             );
         }
