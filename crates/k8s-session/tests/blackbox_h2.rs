@@ -3,90 +3,25 @@
 //! Network scenarios run in real time (the server is on real sockets); waits poll the server's
 //! gauges with a bound, and every call that could hang is wrapped in a timeout.
 
+mod h2_common;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::join_all;
-use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_session::{
     ClusterCredentials, ClusterMaterial, CredentialsError, KubeconfigSource, SessionError,
     SessionKey, SessionPool,
 };
-use kube::api::{Api, ListParams};
 use kube::config::Kubeconfig;
-use testkit::k8s::{Fault, K8sServer, KubeAuth, SAMPLE_NAMESPACE};
+use testkit::k8s::{Fault, K8sServer, KubeAuth};
 use tokio::time::{Instant, timeout};
 
-const PODS: &str = "/api/v1/namespaces/testkit/pods";
-const NODES: &str = "/api/v1/nodes";
-
-fn key(cluster: &str) -> SessionKey {
-    SessionKey::new("sub", "rg", cluster)
-}
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-async fn list_pods(client: &kube::Client) -> Result<usize, String> {
-    Api::<Pod>::namespaced(client.clone(), SAMPLE_NAMESPACE)
-        .list(&ListParams::default())
-        .await
-        .map(|l| l.items.len())
-        .map_err(|e| format!("{e:?}"))
-}
-
-async fn list_nodes(client: &kube::Client) -> Result<usize, String> {
-    Api::<Node>::all(client.clone())
-        .list(&ListParams::default())
-        .await
-        .map(|l| l.items.len())
-        .map_err(|e| format!("{e:?}"))
-}
-
-/// One call: a session from the pool, a pod list through it.
-async fn call(pool: &SessionPool, key: &SessionKey) -> Result<usize, String> {
-    let session = pool.session(key).await.map_err(|e| format!("{e:?}"))?;
-    list_pods(&session).await
-}
-
-/// `n` concurrent calls (each takes its own session handle), bounded by 30 s overall.
-async fn burst(pool: &SessionPool, key: &SessionKey, n: usize) -> Vec<Result<usize, String>> {
-    timeout(
-        Duration::from_secs(30),
-        join_all((0..n).map(|_| call(pool, key))),
-    )
-    .await
-    .expect("a burst hung")
-}
-
-/// Poll `cond` (real time) until it holds or `max` passes.
-async fn wait_until(max: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + max;
-    while Instant::now() < end {
-        if cond() {
-            return true;
-        }
-        tokio::time::sleep(ms(5)).await;
-    }
-    cond()
-}
-
-fn token_pool(server: &K8sServer) -> SessionPool {
-    SessionPool::builder(KubeconfigSource::from_kubeconfig(server.kubeconfig_token()))
-        .knobs_from(|_| None)
-        .build()
-}
+use h2_common::*;
 
 fn versions(server: &K8sServer) -> Vec<http::Version> {
     server.requests().iter().map(|r| r.version).collect()
-}
-
-fn all_ok(results: &[Result<usize, String>]) {
-    for r in results {
-        assert!(r.is_ok(), "a call failed: {r:?}");
-    }
 }
 
 // K8/K9: a cold burst through one bearer session opens ONE TLS connection, negotiates h2,
@@ -986,17 +921,7 @@ async fn multi_thread_cold_flood_cert() {
         .knobs_from(|_| None)
         .build(),
     );
-    let tasks: Vec<_> = (0..400)
-        .map(|_| {
-            let pool = pool.clone();
-            tokio::spawn(async move { call(&pool, &key("east")).await })
-        })
-        .collect();
-    let results = timeout(Duration::from_secs(30), join_all(tasks))
-        .await
-        .expect("flood hung");
-    let results: Vec<_> = results.into_iter().map(|r| r.unwrap()).collect();
-    all_ok(&results);
+    all_ok(&spawned_burst(&pool, &key("east"), 400).await);
     assert_eq!(server.tls_connections(), 1);
     assert_eq!(server.tcp_connections(), 1);
     assert!(server.peak_in_flight() <= 100);
@@ -1012,24 +937,10 @@ async fn multi_thread_cold_flood_cert() {
 async fn every_cold_burst_opens_one_connection() {
     let server = K8sServer::start().await.unwrap();
     server.inject(PODS, Fault::latency(ms(20)));
-    let pool = Arc::new(
-        SessionPool::builder(KubeconfigSource::from_kubeconfig(server.kubeconfig_token()))
-            .knobs_from(|_| None)
-            .build(),
-    );
+    let pool = Arc::new(token_pool(&server));
     const SESSIONS: u64 = 30;
     for n in 0..SESSIONS {
-        let k = key(&format!("cluster-{n}"));
-        let tasks: Vec<_> = (0..60)
-            .map(|_| {
-                let (pool, k) = (pool.clone(), k.clone());
-                tokio::spawn(async move { call(&pool, &k).await })
-            })
-            .collect();
-        let results = timeout(Duration::from_secs(30), join_all(tasks))
-            .await
-            .expect("burst hung");
-        all_ok(&results.into_iter().map(|r| r.unwrap()).collect::<Vec<_>>());
+        all_ok(&spawned_burst(&pool, &key(&format!("cluster-{n}")), 60).await);
         assert_eq!(
             server.tls_connections(),
             n + 1,
@@ -1481,17 +1392,7 @@ async fn multi_thread_cold_flood_fallback() {
     let server = K8sServer::start().await.unwrap();
     server.inject(PODS, Fault::latency(ms(20)));
     let pool = Arc::new(fallback_pool(&server, 8));
-    let tasks: Vec<_> = (0..200)
-        .map(|_| {
-            let pool = pool.clone();
-            tokio::spawn(async move { call(&pool, &key("east")).await })
-        })
-        .collect();
-    let results = timeout(Duration::from_secs(30), join_all(tasks))
-        .await
-        .expect("flood hung");
-    let results: Vec<_> = results.into_iter().map(|r| r.unwrap()).collect();
-    all_ok(&results);
+    all_ok(&spawned_burst(&pool, &key("east"), 200).await);
     assert!(server.peak_in_flight() <= 8, "{}", server.peak_in_flight());
     assert!(
         server.tls_connections() <= 12,

@@ -9,95 +9,22 @@
 //! A small loopback TCP proxy in front of the server lets a test refuse, black-hole, delay or cut
 //! the session's connections. Every call that could hang is wrapped in a timeout.
 
+mod h2_common;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::join_all;
-use k8s_openapi::api::core::v1::{Node, Pod};
-use k8s_session::{KubeconfigSource, SessionKey, SessionPool};
-use kube::api::{Api, ListParams};
+use k8s_session::{KubeconfigSource, SessionPool};
 use kube::config::Kubeconfig;
-use testkit::k8s::{Fault, K8sServer, SAMPLE_NAMESPACE};
+use testkit::k8s::{Fault, K8sServer};
 use tokio::io::AsyncReadExt as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout};
 
-const PODS: &str = "/api/v1/namespaces/testkit/pods";
-const NODES: &str = "/api/v1/nodes";
-
-fn key(cluster: &str) -> SessionKey {
-    SessionKey::new("sub", "rg", cluster)
-}
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-async fn list_pods(client: &kube::Client) -> Result<usize, String> {
-    Api::<Pod>::namespaced(client.clone(), SAMPLE_NAMESPACE)
-        .list(&ListParams::default())
-        .await
-        .map(|l| l.items.len())
-        .map_err(|e| format!("{e:?}"))
-}
-
-async fn list_nodes(client: &kube::Client) -> Result<usize, String> {
-    Api::<Node>::all(client.clone())
-        .list(&ListParams::default())
-        .await
-        .map(|l| l.items.len())
-        .map_err(|e| format!("{e:?}"))
-}
-
-/// One call: a session from the pool, a pod list through it.
-async fn call(pool: &SessionPool, key: &SessionKey) -> Result<usize, String> {
-    let session = pool.session(key).await.map_err(|e| format!("{e:?}"))?;
-    list_pods(&session).await
-}
-
-/// `n` concurrent calls (each takes its own session handle), bounded by 20 s overall.
-async fn burst(pool: &SessionPool, key: &SessionKey, n: usize) -> Vec<Result<usize, String>> {
-    timeout(
-        Duration::from_secs(20),
-        join_all((0..n).map(|_| call(pool, key))),
-    )
-    .await
-    .expect("a burst hung")
-}
-
-/// `n` concurrent pod lists through one client, bounded by 20 s overall.
-async fn lists(client: &kube::Client, n: usize) -> Vec<Result<usize, String>> {
-    timeout(
-        Duration::from_secs(20),
-        join_all((0..n).map(|_| list_pods(client))),
-    )
-    .await
-    .expect("a burst hung")
-}
-
-/// Poll `cond` (real time) until it holds or `max` passes.
-async fn wait_until(max: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + max;
-    while Instant::now() < end {
-        if cond() {
-            return true;
-        }
-        tokio::time::sleep(ms(5)).await;
-    }
-    cond()
-}
-
-fn all_ok(results: &[Result<usize, String>]) {
-    for r in results {
-        assert!(r.is_ok(), "a call failed: {r:?}");
-    }
-}
-
-fn failures(results: &[Result<usize, String>]) -> usize {
-    results.iter().filter(|r| r.is_err()).count()
-}
+use h2_common::*;
 
 fn redirect(mut kubeconfig: Kubeconfig, port: u16) -> Kubeconfig {
     for c in &mut kubeconfig.clusters {
@@ -228,6 +155,26 @@ impl Drop for Proxy {
         self.task.abort();
         self.cut_all();
     }
+}
+
+/// A pool through `proxy` with `connect_timeout`, and a session of it: cold, or warm (one call
+/// made, then its connection cut, so the next call reconnects).
+async fn proxied_session(
+    proxy: &Proxy,
+    server: &K8sServer,
+    connect_timeout: Duration,
+    warm: bool,
+) -> (SessionPool, k8s_session::Session) {
+    let pool = SessionPool::builder(KubeconfigSource::from_kubeconfig(proxy.kubeconfig(server)))
+        .knobs_from(|_| None)
+        .connect_timeout(Some(connect_timeout))
+        .build();
+    let session = pool.session(&key("east")).await.unwrap();
+    if warm {
+        assert!(list_pods(&session).await.is_ok());
+        proxy.cut_all();
+    }
+    (pool, session)
 }
 
 fn proxied_pool(proxy: &Proxy, server: &K8sServer) -> SessionPool {
@@ -464,16 +411,8 @@ async fn dropped_session_closes_its_stalled_attempt() {
     let server = K8sServer::start().await.unwrap();
     for warm in [false, true] {
         let proxy = Proxy::start(server.addr(), Mode::Forward).await;
-        let pool =
-            SessionPool::builder(KubeconfigSource::from_kubeconfig(proxy.kubeconfig(&server)))
-                .knobs_from(|_| None)
-                .connect_timeout(Some(Duration::from_secs(3600)))
-                .build();
-        let session = pool.session(&key("east")).await.unwrap();
-        if warm {
-            assert!(list_pods(&session).await.is_ok());
-            proxy.cut_all();
-        }
+        let (pool, session) =
+            proxied_session(&proxy, &server, Duration::from_secs(3600), warm).await;
         proxy.set(Mode::Silent);
         assert!(
             timeout(ms(300), list_pods(&session)).await.is_err(),
@@ -498,16 +437,7 @@ async fn abandoned_attempt_serves_the_next_request() {
     let server = K8sServer::start().await.unwrap();
     for warm in [false, true] {
         let proxy = Proxy::start(server.addr(), Mode::Forward).await;
-        let pool =
-            SessionPool::builder(KubeconfigSource::from_kubeconfig(proxy.kubeconfig(&server)))
-                .knobs_from(|_| None)
-                .connect_timeout(Some(ms(500)))
-                .build();
-        let session = pool.session(&key("east")).await.unwrap();
-        if warm {
-            assert!(list_pods(&session).await.is_ok());
-            proxy.cut_all();
-        }
+        let (_pool, session) = proxied_session(&proxy, &server, ms(500), warm).await;
         proxy.set(Mode::Delay(ms(300)));
         assert!(
             timeout(ms(100), list_pods(&session)).await.is_err(),
@@ -581,19 +511,19 @@ async fn reset_with_calls_queued_on_the_stream_bound() {
     assert_eq!(server.tls_connections(), 2);
 }
 
-// K10: calls beyond the server's 100 streams wait for a stream; when the connection is reset
-// with 100 streams open, the calls it never started go out on the new connection.
-#[tokio::test]
-async fn reset_with_calls_beyond_the_server_stream_limit() {
-    let server = K8sServer::start().await.unwrap();
-    let pool = SessionPool::builder(KubeconfigSource::from_kubeconfig(server.kubeconfig_token()))
-        .knobs_from(|_| None)
-        .build();
-    let k = key("east");
-    let session = pool.session(&k).await.unwrap();
+/// 99 pod lists the server holds for `hold` and a node list that meets `fault`, which takes the
+/// connection down with 100 streams open; 50 more calls wait beyond the server's stream limit.
+/// The 100 fail; the 50 the connection never started go out on ONE new connection.
+async fn lose_connection_beyond_the_stream_limit(
+    server: &K8sServer,
+    pool: &SessionPool,
+    hold: Duration,
+    fault: Fault,
+) {
+    let session = pool.session(&key("east")).await.unwrap();
     all_ok(&lists(&session, 5).await);
-    server.inject(PODS, Fault::latency(Duration::from_secs(2)).times(99));
-    server.inject(NODES, Fault::reset().with_latency(ms(500)).times(1));
+    server.inject(PODS, Fault::latency(hold).times(99));
+    server.inject(NODES, fault);
     let (first, (node, extra)) = timeout(Duration::from_secs(15), async {
         tokio::join!(join_all((0..99).map(|_| list_pods(&session))), async {
             assert!(wait_until(Duration::from_secs(3), || server.in_flight() >= 99).await);
@@ -604,16 +534,31 @@ async fn reset_with_calls_beyond_the_server_stream_limit() {
         })
     })
     .await
-    .expect("hung");
+    .expect("the lost connection hung its calls");
     assert!(node.is_err());
     assert_eq!(failures(&first), 99);
     assert!(
         failures(&extra) <= 1,
-        "{} of 50 calls the reset connection never started failed: {:?}",
+        "{} of 50 calls the lost connection never started failed: {:?}",
         failures(&extra),
         extra.iter().find(|r| r.is_err())
     );
     assert_eq!(server.tls_connections(), 2);
+}
+
+// K10: calls beyond the server's 100 streams wait for a stream; when the connection is reset
+// with 100 streams open, the calls it never started go out on the new connection.
+#[tokio::test]
+async fn reset_with_calls_beyond_the_server_stream_limit() {
+    let server = K8sServer::start().await.unwrap();
+    let fault = Fault::reset().with_latency(ms(500)).times(1);
+    lose_connection_beyond_the_stream_limit(
+        &server,
+        &token_pool(&server),
+        Duration::from_secs(2),
+        fault,
+    )
+    .await;
 }
 
 // K10 under load: a stalled connection with calls queued beyond the server's stream limit:
@@ -625,31 +570,8 @@ async fn stall_with_calls_beyond_the_server_stream_limit() {
         .knobs_from(|_| None)
         .http2_keep_alive(ms(100), ms(200))
         .build();
-    let k = key("east");
-    let session = pool.session(&k).await.unwrap();
-    all_ok(&lists(&session, 5).await);
-    server.inject(PODS, Fault::latency(Duration::from_secs(3)).times(99));
-    server.inject(NODES, Fault::stall_connection().times(1));
-    let (first, (node, extra)) = timeout(Duration::from_secs(15), async {
-        tokio::join!(join_all((0..99).map(|_| list_pods(&session))), async {
-            assert!(wait_until(Duration::from_secs(3), || server.in_flight() >= 99).await);
-            tokio::join!(list_nodes(&session), async {
-                assert!(wait_until(Duration::from_secs(3), || server.in_flight() >= 100).await);
-                join_all((0..50).map(|_| list_pods(&session))).await
-            })
-        })
-    })
-    .await
-    .expect("a stalled connection hung its calls");
-    assert!(node.is_err());
-    assert_eq!(failures(&first), 99);
-    assert!(
-        failures(&extra) <= 1,
-        "{} of 50 calls the stalled connection never started failed: {:?}",
-        failures(&extra),
-        extra.iter().find(|r| r.is_err())
-    );
-    assert_eq!(server.tls_connections(), 2);
+    let fault = Fault::stall_connection().times(1);
+    lose_connection_beyond_the_stream_limit(&server, &pool, Duration::from_secs(3), fault).await;
 }
 
 // K10: the same with the session's own bound: calls waiting for the one stream when keep-alive
@@ -685,9 +607,7 @@ async fn stall_with_calls_queued_on_the_stream_bound() {
 #[tokio::test]
 async fn reconnect_to_http1_under_a_burst() {
     let server = K8sServer::start().await.unwrap();
-    let pool = SessionPool::builder(KubeconfigSource::from_kubeconfig(server.kubeconfig_token()))
-        .knobs_from(|_| None)
-        .build();
+    let pool = token_pool(&server);
     let k = key("east");
     let session = pool.session(&k).await.unwrap();
     all_ok(&lists(&session, 5).await);
@@ -931,11 +851,7 @@ async fn failed_and_cancelled_opens_leak_no_stream() {
 async fn multi_thread_concurrent_cold_bursts_across_keys() {
     let server = K8sServer::start().await.unwrap();
     server.inject(PODS, Fault::latency(ms(10)));
-    let pool = Arc::new(
-        SessionPool::builder(KubeconfigSource::from_kubeconfig(server.kubeconfig_token()))
-            .knobs_from(|_| None)
-            .build(),
-    );
+    let pool = Arc::new(token_pool(&server));
     const KEYS: u64 = 8;
     for round in 0..3u64 {
         let tasks: Vec<_> = (0..KEYS)
@@ -968,11 +884,7 @@ async fn multi_thread_concurrent_cold_bursts_across_keys() {
 async fn multi_thread_burst_after_reset_opens_one_connection() {
     let server = K8sServer::start().await.unwrap();
     server.inject(PODS, Fault::latency(ms(10)));
-    let pool = Arc::new(
-        SessionPool::builder(KubeconfigSource::from_kubeconfig(server.kubeconfig_token()))
-            .knobs_from(|_| None)
-            .build(),
-    );
+    let pool = Arc::new(token_pool(&server));
     let k = key("east");
     call(&pool, &k).await.unwrap();
     for round in 0..8u64 {
@@ -985,16 +897,7 @@ async fn multi_thread_burst_after_reset_opens_one_connection() {
         drop(session);
         assert!(wait_until(Duration::from_secs(3), || server.open_connections() == 0).await);
         tokio::time::sleep(ms(20)).await;
-        let tasks: Vec<_> = (0..60)
-            .map(|_| {
-                let (pool, k) = (pool.clone(), k.clone());
-                tokio::spawn(async move { call(&pool, &k).await })
-            })
-            .collect();
-        let results = timeout(Duration::from_secs(20), join_all(tasks))
-            .await
-            .expect("burst hung");
-        all_ok(&results.into_iter().map(|r| r.unwrap()).collect::<Vec<_>>());
+        all_ok(&spawned_burst(&pool, &k, 60).await);
         assert_eq!(
             server.tls_connections(),
             round + 2,
@@ -1009,11 +912,7 @@ async fn multi_thread_burst_after_reset_opens_one_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multi_thread_reset_mid_stream_of_calls_replaced_once() {
     let server = K8sServer::start().await.unwrap();
-    let pool = Arc::new(
-        SessionPool::builder(KubeconfigSource::from_kubeconfig(server.kubeconfig_token()))
-            .knobs_from(|_| None)
-            .build(),
-    );
+    let pool = Arc::new(token_pool(&server));
     let k = key("east");
     call(&pool, &k).await.unwrap();
     server.inject(PODS, Fault::latency(ms(300)).times(40));
