@@ -169,8 +169,9 @@ impl fmt::Display for ReadTimeout {
 
 impl StdError for ReadTimeout {}
 
-/// The server answered a reconnect with HTTP/1.1 after having spoken HTTP/2: this request fails,
-/// the session's later requests go over HTTP/1.1.
+/// The server answered a reconnect with HTTP/1.1 after having spoken HTTP/2: the requests
+/// waiting for that connection, and the session's later ones, go over HTTP/1.1 (the link turns
+/// it into [`SendError::Http1`]: no request fails with it).
 #[derive(Debug)]
 struct NotHttp2;
 
@@ -283,7 +284,8 @@ impl SessionState {
     }
 
     /// A connection for the HTTP/2 client: the probe's, or a new one. A server that now answers
-    /// HTTP/1.1 fails this request and moves the session to HTTP/1.1 (with this connection).
+    /// HTTP/1.1 moves the session to HTTP/1.1 (with this connection) and gets [`NotHttp2`]: the
+    /// requests waiting for the connection go to the HTTP/1.1 client, unsent.
     async fn h2_io(&self, uri: Uri) -> Result<Io, BoxError> {
         if let Some(io) = self.take_stash(Protocol::H2) {
             return Ok(io);
@@ -420,9 +422,7 @@ impl Router {
             state,
         }
     }
-}
 
-impl Router {
     /// `sending`, failing with [`ReadTimeout`] past the read timeout.
     async fn within_read_timeout<T>(
         &self,
