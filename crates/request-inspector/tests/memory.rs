@@ -3,8 +3,11 @@
 //! bytes the ring keeps alive.
 //!
 //! The allocator's counts are process-wide, so this binary has one `#[test]`, which runs the
-//! checks one after the other on its own thread (the harness's other threads allocate when a
-//! test ends), on a current-thread runtime, with no spawned task.
+//! checks one after the other on its own thread, on a current-thread runtime, with no spawned
+//! task. The harness's main thread allocates as the test starts (and when it ends): on a busy
+//! machine that landed in the first window of 500 exchanges about half the time (4 allocations
+//! more), so allocation counts take the fewest of several windows — other threads only ever
+//! add to them.
 
 use std::alloc::System;
 use std::convert::Infallible;
@@ -98,7 +101,8 @@ where
 }
 
 /// Allocations per exchange: `make` builds each request (its own allocations are the same on
-/// both sides, the layer's are the difference), counted over `n` exchanges after a warm-up.
+/// both sides, the layer's are the difference), counted over `n` exchanges after a warm-up; the
+/// fewest of [`WINDOWS`] windows (another thread's allocations can only add to one).
 fn allocations_per_exchange<S, B>(
     runtime: &tokio::runtime::Runtime,
     service: &mut S,
@@ -114,13 +118,20 @@ where
         for _ in 0..10 {
             exchange(service, make()).await;
         }
-        let region = Region::new(GLOBAL);
-        for _ in 0..n {
-            exchange(service, make()).await;
+        let mut fewest = usize::MAX;
+        for _ in 0..WINDOWS {
+            let region = Region::new(GLOBAL);
+            for _ in 0..n {
+                exchange(service, make()).await;
+            }
+            fewest = fewest.min(region.change().allocations);
         }
-        region.change().allocations as f64 / n as f64
+        fewest as f64 / n as f64
     })
 }
+
+/// Windows of exchanges [`allocations_per_exchange`] counts, keeping the fewest.
+const WINDOWS: usize = 3;
 
 // Issue #23: the pass-through path allocates only what the request id needs. A generated id
 // costs one allocation (its 32 digits, shared by the request header, the extension and the
@@ -162,7 +173,7 @@ fn polling_get_allocates_only_for_its_request_id() {
     let stats = inspector.stats();
     assert_eq!(
         (stats.captured, stats.passed_through),
-        (0, 2 * (n as u64 + 10))
+        (0, 2 * (WINDOWS * n + 10) as u64)
     );
 
     // Without the extension (`request_id_extension(false)`): a generated id costs its one
