@@ -993,16 +993,24 @@ async fn multi_thread_repeated_cuts_under_load_replaced_once_each() {
     let k = key("east");
     all_ok(&burst(&pool, &k, 5).await);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Calls finished so far, ok and failed (for the failure messages).
+    let done = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
     let workers: Vec<_> = (0..8)
         .map(|_| {
-            let (pool, k, stop) = (pool.clone(), k.clone(), stop.clone());
+            let (pool, k, stop, done) = (pool.clone(), k.clone(), stop.clone(), done.clone());
             tokio::spawn(async move {
                 let (mut ok, mut failed) = (0u64, 0u64);
                 while !stop.load(Ordering::SeqCst) {
-                    match timeout(Duration::from_secs(5), call(&pool, &k)).await {
-                        Ok(Ok(_)) => ok += 1,
-                        Ok(Err(_)) => failed += 1,
+                    let outcome = match timeout(Duration::from_secs(5), call(&pool, &k)).await {
+                        Ok(Ok(_)) => 0,
+                        Ok(Err(_)) => 1,
                         Err(_) => panic!("a call hung"),
+                    };
+                    done[outcome].fetch_add(1, Ordering::Relaxed);
+                    if outcome == 0 {
+                        ok += 1;
+                    } else {
+                        failed += 1;
                     }
                 }
                 (ok, failed)
@@ -1018,9 +1026,14 @@ async fn multi_thread_repeated_cuts_under_load_replaced_once_each() {
                 >= cut + 2
                 && server.open_connections() == 1)
             .await,
-            "cut {cut}: no single replacement (TLS {}, open {})",
+            "cut {cut}: no single replacement (TLS {}, open {}; the proxy accepted {} TCP \
+             connections; calls ok {}, failed {}; {:?})",
             server.tls_connections(),
-            server.open_connections()
+            server.open_connections(),
+            proxy.accepted(),
+            done[0].load(Ordering::Relaxed),
+            done[1].load(Ordering::Relaxed),
+            pool.connection_stats()
         );
     }
     tokio::time::sleep(ms(100)).await;
