@@ -133,12 +133,28 @@ where
 /// Windows of exchanges [`allocations_per_exchange`] counts, keeping the fewest.
 const WINDOWS: usize = 3;
 
+/// `extra` allocations per exchange are `whole` plus a generated id's share: one buffer per 16
+/// ids (`RequestId::generate` writes 16 at a time), so over `n` exchanges `n / 16` buffers,
+/// give or take the one a window starts or ends in.
+fn assert_batched_id(extra: f64, whole: f64, n: usize, what: &str) {
+    let batches = n as f64 / 16.0;
+    let (low, high) = (
+        whole + (batches - 1.0) / n as f64,
+        whole + (batches + 1.0) / n as f64,
+    );
+    assert!(
+        (low..=high).contains(&extra),
+        "{what}: {extra} extra allocations, not {whole} and one per 16 ids ({low}..={high})"
+    );
+}
+
 // Issue #23: the pass-through path allocates only what the request id needs. A generated id
-// costs one allocation (its 32 digits, shared by the request header, the extension and the
-// response header) and one for its place in the request's extensions (plus the extension
-// map's own two when the request had none yet: every router makes that map anyway). An
-// accepted incoming id is shared, not copied. Before: two Strings per path segment in the dot
-// check (8 for this path), `format!`, a copy of the id and a second one on its first clone.
+// costs a sixteenth of an allocation (its 32 digits are a slice of a buffer written for 16 ids,
+// shared by the request header, the extension and the response header) and one for its place
+// in the request's extensions (plus the extension map's own two when the request had none yet:
+// every router makes that map anyway). An accepted incoming id is shared, not copied. Before:
+// two Strings per path segment in the dot check (8 for this path), `format!`, a copy of the id
+// and a second one on its first clone; then one allocation per generated id.
 fn polling_get_allocates_only_for_its_request_id() {
     let runtime = runtime();
     let inspector = inspector(16);
@@ -150,10 +166,11 @@ fn polling_get_allocates_only_for_its_request_id() {
     let n = 500;
     let base = allocations_per_exchange(&runtime, &mut bare, n, poll);
     let with_layer = allocations_per_exchange(&runtime, &mut layered, n, poll);
-    assert_eq!(
+    assert_batched_id(
         with_layer - base,
-        4.0,
-        "generated id: {with_layer} allocations per polling GET vs {base} without the layer"
+        3.0,
+        n,
+        "generated id: {with_layer} allocations per polling GET vs {base} without the layer",
     );
     let poll_with_id = || {
         request(
@@ -176,8 +193,8 @@ fn polling_get_allocates_only_for_its_request_id() {
         (0, 2 * (WINDOWS * n + 10) as u64)
     );
 
-    // Without the extension (`request_id_extension(false)`): a generated id costs its one
-    // allocation, an accepted incoming id none at all.
+    // Without the extension (`request_id_extension(false)`): a generated id costs its share of
+    // a batch, an accepted incoming id nothing at all.
     let headers_only = Inspector::new(
         InspectorConfig::new()
             .polling_prefixes(["/api/monitor"])
@@ -189,10 +206,11 @@ fn polling_get_allocates_only_for_its_request_id() {
         .service(service_fn(handler));
     let base = allocations_per_exchange(&runtime, &mut bare, n, poll);
     let with_layer = allocations_per_exchange(&runtime, &mut layered, n, poll);
-    assert_eq!(
+    assert_batched_id(
         with_layer - base,
-        1.0,
-        "generated id, no extension: {with_layer} allocations per polling GET vs {base}"
+        0.0,
+        n,
+        "generated id, no extension: {with_layer} allocations per polling GET vs {base}",
     );
     let base = allocations_per_exchange(&runtime, &mut bare, n, poll_with_id);
     let with_layer = allocations_per_exchange(&runtime, &mut layered, n, poll_with_id);
@@ -205,7 +223,7 @@ fn polling_get_allocates_only_for_its_request_id() {
 
 // Issue #23: once the ring is full, every capture evicts a record; the record and its arena
 // are kept for this thread's next capture instead of being freed (and new ones allocated), so
-// a captured POST in a full ring allocates only for its request id and its extension (1 + 3):
+// a captured POST in a full ring allocates only for its request id and its extension (1/16 + 3):
 // nothing for its record, its text or its bodies. No arena is freed either, which is what two
 // threads evicting each other's records were seen parking on (glibc's arena locks).
 fn captures_in_a_full_ring_reuse_the_evicted_records() {
@@ -219,10 +237,11 @@ fn captures_in_a_full_ring_reuse_the_evicted_records() {
     let n = 200;
     let base = allocations_per_exchange(&runtime, &mut bare, n, post);
     let with_layer = allocations_per_exchange(&runtime, &mut layered, n, post);
-    assert_eq!(
+    assert_batched_id(
         with_layer - base,
-        4.0,
-        "{with_layer} allocations per captured POST in a full ring vs {base} without the layer"
+        3.0,
+        n,
+        "{with_layer} allocations per captured POST in a full ring vs {base} without the layer",
     );
     let stats = inspector.stats();
     assert!(stats.evicted > 0);
