@@ -299,10 +299,10 @@ where
 
 /// The reference for the polling GET rows: a layer that does only what the request-id contract
 /// asks (a fresh id into the request's `x-request-id` header and its extensions, and into the
-/// response's header), as tower-http's request-id layers do, and nothing else. What it costs is
-/// the floor of any layer that keeps `Extension<RequestId>` and both headers. With a handle, it
-/// also holds what any layer with shared state holds (an `Arc`, cloned with every service clone,
-/// as axum and the bench clone the service per request): the floor of a layer that records.
+/// response's header), as tower-http's request-id layers do (cloning the id into each place),
+/// and nothing else: what a plain layer keeping `Extension<RequestId>` and both headers costs.
+/// With a handle, it also holds what any layer with shared state holds (an `Arc`, cloned with
+/// every service clone, as axum and the bench clone the service per request).
 #[derive(Clone)]
 struct IdOnly<S>(S, Option<Arc<()>>);
 
@@ -565,8 +565,8 @@ fn per_request_rows() -> Vec<Comparison> {
             tower_app(&headers_only),
             bare_tower
         );
-        // The floor: a layer doing only the request-id contract (polling GET rows only: it
-        // captures nothing).
+        // The reference: a plain layer doing only the request-id contract (polling GET rows
+        // only: it captures nothing).
         if *method == http::Method::GET {
             rows!(
                 what,

@@ -32,7 +32,8 @@
 //!   copy out one handle per 64 entries, never across an `.await`, and [`Inspector::stats`]
 //!   reads atomics only; [`InspectorStats`] counts the bytes the layer holds as the allocator
 //!   sees them, so "how much memory does the inspector cost" is a number, not a guess;
-//! - a polling GET costs little: no allocation beyond its request id's, no string building;
+//! - a polling GET costs little: no allocation beyond its request id's (a generated id is a
+//!   slice of a per-thread buffer written 16 ids at a time), no string building;
 //!   a full ring reuses the evicted records (and their arenas) for the next captures;
 //! - with the feature `metrics` (default), `inspector.*` series (requests by mode, bytes
 //!   captured, evictions, the ring's entries and bytes) are recorded through the `metrics`
