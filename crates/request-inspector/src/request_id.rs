@@ -173,10 +173,14 @@ impl RequestId {
     /// (a reference count, not an allocation). So a generated id keeps its batch's 512 bytes
     /// alive: an application that holds on to many ids for long can keep a copy instead
     /// (`RequestId::parse(id.as_str())`).
+    ///
+    /// Ids are unique, not secret: the counter starts at 0 in every process, so two ids tell
+    /// their order and roughly how many were generated between them. Do not use them as tokens.
     pub fn generate() -> Self {
         let digits = ID_BATCH
             .try_with(|batch| batch.borrow_mut().next())
-            // Only while this thread's locals are torn down: an id of its own.
+            // Only while this thread's locals are torn down: an id of its own, from a counter
+            // block of its own (unique still; the block's other values go unused).
             .unwrap_or_else(|_| Bytes::copy_from_slice(&IdBatch::new().digits(0)));
         // Hex digits are always a valid header value.
         let value = HeaderValue::from_maybe_shared(digits)
@@ -278,7 +282,8 @@ impl fmt::Debug for RequestId {
 
 impl fmt::Display for RequestId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        // `pad`: width, fill and alignment apply, as for a `str`.
+        f.pad(self.as_str())
     }
 }
 
@@ -336,6 +341,16 @@ mod tests {
             assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
             assert!(RequestId::parse(id).is_ok());
         }
+    }
+
+    // `Display` pads like a `str` (a helper's black-box review found width ignored).
+    #[test]
+    fn display_honours_width_and_alignment() {
+        let id = RequestId::parse("abc").unwrap();
+        assert_eq!(
+            format!("{id:>6}|{id:<5}|{id:^7}|{id}"),
+            "   abc|abc  |  abc  |abc"
+        );
     }
 
     #[test]
