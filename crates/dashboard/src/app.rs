@@ -300,7 +300,7 @@ impl Dashboard {
         // Order, outside in: count 401s, authenticate, then the inspector — so a request
         // without a valid key never reaches the ring (issue #24 finding 3).
         let api = api
-            .layer(inner.inspector.layer())
+            .layer(inner.inspector.axum_layer())
             .layer(ApiKeyLayer::new(inner.keys.clone()))
             .layer(from_fn_with_state(
                 (inner.rejected.clone(), Arc::clone(&inner.telemetry)),

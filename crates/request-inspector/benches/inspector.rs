@@ -611,6 +611,22 @@ fn per_request_rows() -> Vec<Comparison> {
             tower::Layer::layer(&plain.layer(), small_routes()),
             bare_axum
         );
+        // The same two placements with the axum layer (`Inspector::axum_layer`): axum's `Body`
+        // on both sides, a polling GET's bodies handed on unwrapped.
+        rows!(
+            what,
+            method,
+            "axum Router::layer, axum_layer()",
+            small_routes().layer(plain.axum_layer()),
+            bare_axum
+        );
+        rows!(
+            what,
+            method,
+            "axum, axum_layer() around the Router",
+            tower::Layer::layer(&plain.axum_layer(), small_routes()),
+            bare_axum
+        );
     }
     if !only.is_empty() {
         return rows;

@@ -80,9 +80,30 @@ impl Inspector {
         }
     }
 
-    /// The tower layer that records into this inspector.
+    /// The tower layer that records into this inspector. Its service takes and gives any
+    /// [`http_body`] 1.x body, wrapped in an [`InspectBody`](crate::InspectBody).
     pub fn layer(&self) -> InspectorLayer {
         InspectorLayer::new(Arc::clone(&self.shared))
+    }
+
+    /// The same layer for axum (feature `axum`): requests and responses keep axum's `Body`, and
+    /// only a captured exchange's bodies are wrapped, so a polling GET is handed on untouched
+    /// (no body boxed on its way to the handler or back). Prefer it in an axum application,
+    /// with `Router::layer` or around a `Router`:
+    ///
+    /// ```
+    /// use axum::{Router, routing::get};
+    /// use request_inspector::{Inspector, InspectorConfig};
+    ///
+    /// let inspector = Inspector::new(InspectorConfig::new().polling_prefixes(["/api/monitor"])?);
+    /// let app: Router = Router::new()
+    ///     .route("/api/monitor/aks", get(|| async { "[]" }))
+    ///     .layer(inspector.axum_layer());
+    /// # Ok::<(), request_inspector::ConfigError>(())
+    /// ```
+    #[cfg(feature = "axum")]
+    pub fn axum_layer(&self) -> crate::AxumInspectorLayer {
+        crate::AxumInspectorLayer::new(Arc::clone(&self.shared))
     }
 
     /// Whether a request to `path` with `method` would be captured (I4): everything except a

@@ -42,8 +42,10 @@
 //!
 //! The layer works with any tower service over `http::Request<B>` / `http::Response<B>` with
 //! [`http_body`] 1.x bodies whose data is [`bytes::Bytes`] (hyper, axum). The
-//! feature `axum` (default) adds [`Inspector::router`] / [`entries_handler`], which serve the
-//! ring as JSON with `?method=` / `?status=` / `?limit=` filters.
+//! feature `axum` (default) adds [`Inspector::axum_layer`], the same layer with axum's `Body`
+//! on both sides (a polling GET's bodies are handed on unwrapped, with no box on the way to the
+//! handler and back), and [`Inspector::router`] / [`entries_handler`], which serve the ring as
+//! JSON with `?method=` / `?status=` / `?limit=` filters.
 //!
 //! # Example
 //!
@@ -68,7 +70,8 @@
 //!     .route("/api/monitor/aks", get(|| async { "cluster status" }))
 //!     .route("/api/jobs", post(|body: String| async move { format!("submitted {body}") }))
 //!     .nest("/api/inspector", inspector.router())
-//!     .layer(inspector.layer());
+//!     // `axum_layer()` for axum; `layer()` for any other tower stack.
+//!     .layer(inspector.axum_layer());
 //!
 //! let response = app
 //!     .clone()
@@ -94,6 +97,8 @@
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
+#[cfg(feature = "axum")]
+mod axum_layer;
 mod body;
 mod capture;
 mod config;
@@ -109,6 +114,8 @@ mod ring;
 mod service;
 mod telemetry;
 
+#[cfg(feature = "axum")]
+pub use axum_layer::{AxumInspectorLayer, AxumInspectorService, AxumResponseFuture};
 pub use body::InspectBody;
 pub use config::{
     BODY_LIMIT, CAPACITY, DEFAULT_REDACTED_HEADERS, HEADER_LIMIT, HEADERS_CUT, InspectorConfig,

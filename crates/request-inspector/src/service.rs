@@ -78,73 +78,20 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        let (id, rejected) = RequestId::take_or_insert(request.headers_mut());
-        let path = request.uri().path();
-        let config = &self.shared.config;
-        let polling = !config.polling.should_capture(path, Some(request.method()));
-        // The owner is derived only for requests that would be captured: a polling GET costs
-        // nothing more than before.
-        let owner = if polling {
-            None
-        } else {
-            config.owner.and_then(|owner| owner(request.extensions()))
+        let Begun {
+            span,
+            request_id,
+            capture,
+        } = begin(&self.shared, &mut request);
+        let (tap, finisher) = match capture {
+            Some((record, finisher)) => (Tap::Request(record), Some(finisher)),
+            None => (Tap::None, None),
         };
-        let unowned = !polling && config.require_owner && owner.is_none();
-        let capture = !polling && !unowned;
-        let span = tracing::info_span!(
-            "request",
-            request_id = %id,
-            method = %request.method(),
-            path = %path,
-            captured = capture,
-            status = tracing::field::Empty,
-        );
-        if let Some(reason) = rejected {
-            let _enter = span.enter();
-            tracing::debug!(%reason, "replaced the incoming x-request-id with a fresh one");
-        }
-        if config.request_id_extension {
-            request.extensions_mut().insert(id.clone());
-        } else {
-            // An id another layer put there would shadow this one for the extractor (which
-            // reads the extension first). Nothing to do, and no allocation, when there is none.
-            request.extensions_mut().remove::<RequestId>();
-        }
-
-        let (request, finisher) = if capture {
-            let shared = &self.shared;
-            let record = Record::start(
-                shared,
-                RequestParts {
-                    request_id: id.as_str(),
-                    method: request.method().as_str(),
-                    path: request.uri().path(),
-                    query: request.uri().query(),
-                    owner,
-                    headers: request.headers(),
-                    body_hint: request.body().size_hint().lower(),
-                },
-            );
-            let finisher = Finisher::new(Arc::clone(&record));
-            let tap = Tap::Request(record);
-            let request = request.map(|body| {
-                let mut body = InspectBody::new(body, tap);
-                body.end_if_empty();
-                body
-            });
-            (request, Some(finisher))
-        } else {
-            let shared = &self.shared;
-            let (counter, metric) = if unowned {
-                (&shared.counters.unowned, &shared.metrics.unowned)
-            } else {
-                (&shared.counters.passed_through, &shared.metrics.streamed)
-            };
-            counter.add(1);
-            metric.add(1);
-            (request.map(|body| InspectBody::new(body, Tap::None)), None)
-        };
-
+        let request = request.map(|body| {
+            let mut body = InspectBody::new(body, tap);
+            body.end_if_empty();
+            body
+        });
         let inner = {
             let _enter = span.enter();
             self.inner.call(request)
@@ -152,10 +99,109 @@ where
         ResponseFuture {
             inner,
             span,
-            request_id: Some(id),
+            request_id: Some(request_id),
             finisher,
         }
     }
+}
+
+/// What the layer decided and made for one request before its body is handed on: the same for
+/// every kind of service the layer makes.
+pub(crate) struct Begun {
+    pub(crate) span: Span,
+    pub(crate) request_id: RequestId,
+    /// A captured exchange's record (the request body's tap) and its response side.
+    pub(crate) capture: Option<(Arc<Record>, Finisher)>,
+}
+
+/// The request side of the layer: the id taken or generated and put into the header (and the
+/// extensions), the capture decided, the span opened, the pass-through counted or the record
+/// started.
+pub(crate) fn begin<B: Body>(shared: &Arc<Shared>, request: &mut Request<B>) -> Begun {
+    let (id, rejected) = RequestId::take_or_insert(request.headers_mut());
+    let path = request.uri().path();
+    let config = &shared.config;
+    let polling = !config.polling.should_capture(path, Some(request.method()));
+    // The owner is derived only for requests that would be captured: a polling GET costs
+    // nothing more than before.
+    let owner = if polling {
+        None
+    } else {
+        config.owner.and_then(|owner| owner(request.extensions()))
+    };
+    let unowned = !polling && config.require_owner && owner.is_none();
+    let capture = !polling && !unowned;
+    let span = tracing::info_span!(
+        "request",
+        request_id = %id,
+        method = %request.method(),
+        path = %path,
+        captured = capture,
+        status = tracing::field::Empty,
+    );
+    if let Some(reason) = rejected {
+        let _enter = span.enter();
+        tracing::debug!(%reason, "replaced the incoming x-request-id with a fresh one");
+    }
+    if config.request_id_extension {
+        request.extensions_mut().insert(id.clone());
+    } else {
+        // An id another layer put there would shadow this one for the extractor (which
+        // reads the extension first). Nothing to do, and no allocation, when there is none.
+        request.extensions_mut().remove::<RequestId>();
+    }
+    let capture = if capture {
+        let record = Record::start(
+            shared,
+            RequestParts {
+                request_id: id.as_str(),
+                method: request.method().as_str(),
+                path: request.uri().path(),
+                query: request.uri().query(),
+                owner,
+                headers: request.headers(),
+                body_hint: request.body().size_hint().lower(),
+            },
+        );
+        let finisher = Finisher::new(Arc::clone(&record));
+        Some((record, finisher))
+    } else {
+        let (counter, metric) = if unowned {
+            (&shared.counters.unowned, &shared.metrics.unowned)
+        } else {
+            (&shared.counters.passed_through, &shared.metrics.streamed)
+        };
+        counter.add(1);
+        metric.add(1);
+        None
+    };
+    Begun {
+        span,
+        request_id: id,
+        capture,
+    }
+}
+
+/// The response side of the layer, when the head arrives: the id moved into the response's
+/// header, the status into the span; for a captured exchange the head is recorded and the
+/// finisher becomes the response body's tap (`None`: not captured).
+pub(crate) fn on_head<B: Body>(
+    span: &Span,
+    request_id: &mut Option<RequestId>,
+    finisher: &mut Option<Finisher>,
+    parts: &mut http::response::Parts,
+    body: &B,
+) -> Option<Tap> {
+    if let Some(id) = request_id.take() {
+        parts
+            .headers
+            .insert(REQUEST_ID_HEADER, id.into_header_value());
+    }
+    span.record("status", parts.status.as_u16());
+    let mut finisher = finisher.take()?;
+    let hint = body.size_hint().lower();
+    finisher.response(parts.status.as_u16(), &parts.headers, hint);
+    Some(Tap::Response(finisher))
 }
 
 pin_project! {
@@ -193,21 +239,8 @@ where
         match ready!(this.inner.poll(cx)) {
             Ok(response) => {
                 let (mut parts, body) = response.into_parts();
-                if let Some(id) = this.request_id.take() {
-                    parts
-                        .headers
-                        .insert(REQUEST_ID_HEADER, id.into_header_value());
-                }
-                this.span.record("status", parts.status.as_u16());
-                let tap = match this.finisher.take() {
-                    None => Tap::None,
-                    Some(mut finisher) => {
-                        let hint = body.size_hint().lower();
-                        finisher.response(parts.status.as_u16(), &parts.headers, hint);
-                        Tap::Response(finisher)
-                    }
-                };
-                let mut body = InspectBody::new(body, tap);
+                let tap = on_head(this.span, this.request_id, this.finisher, &mut parts, &body);
+                let mut body = InspectBody::new(body, tap.unwrap_or(Tap::None));
                 body.end_if_empty();
                 Poll::Ready(Ok(Response::from_parts(parts, body)))
             }
