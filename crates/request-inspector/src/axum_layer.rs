@@ -10,6 +10,7 @@ use std::task::{Context, Poll, ready};
 use axum::body::Body;
 use bytes::Bytes;
 use http::{Request, Response};
+use http_body_util::BodyExt;
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -96,7 +97,7 @@ where
                 let request = request.map(|body| {
                     let mut body = InspectBody::new(body, Tap::Request(record));
                     body.end_if_empty();
-                    Body::new(body)
+                    into_axum_body(body)
                 });
                 (request, Some(finisher))
             }
@@ -156,7 +157,7 @@ where
                         Some(tap) => {
                             let mut body = InspectBody::new(body, tap);
                             body.end_if_empty();
-                            Body::new(body)
+                            into_axum_body(body)
                         }
                         // Not captured: axum's `Body` is handed on as it is (`Body::new` boxes any
                         // other body type, as axum would).
@@ -172,4 +173,24 @@ where
             }
         }
     }
+}
+
+/// A captured body as axum's `Body`, its errors as the body without the layer would give them.
+///
+/// `Body::new` wraps a foreign body's error in an `axum::Error`; the wrapped body's own error is
+/// often one already (axum's `Body`), and an `axum::Error` in an `axum::Error` hides its cause
+/// from axum's extractors: a request body cut by an outer length limit (tower-http's
+/// `RequestBodyLimitLayer`) must answer `413`, not `400` (a helper's black-box review). So one
+/// `axum::Error` is taken off first, and `Body::new` puts it back: one, as without the layer.
+fn into_axum_body<B>(body: InspectBody<B>) -> Body
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    Body::new(body.map_err(|error| -> axum::BoxError {
+        match error.into().downcast::<axum::Error>() {
+            Ok(error) => error.into_inner(),
+            Err(error) => error,
+        }
+    }))
 }
