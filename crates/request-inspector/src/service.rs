@@ -117,6 +117,9 @@ pub(crate) struct Begun {
 /// The request side of the layer: the id taken or generated and put into the header (and the
 /// extensions), the capture decided, the span opened, the pass-through counted or the record
 /// started.
+// Always inlined: a call returning `Begun` through memory cost about 110 instructions per
+// request on the bench's captured POST (callgrind), against the code before it was shared.
+#[inline(always)]
 pub(crate) fn begin<B: Body>(shared: &Arc<Shared>, request: &mut Request<B>) -> Begun {
     let (id, rejected) = RequestId::take_or_insert(request.headers_mut());
     let path = request.uri().path();
@@ -185,6 +188,7 @@ pub(crate) fn begin<B: Body>(shared: &Arc<Shared>, request: &mut Request<B>) -> 
 /// The response side of the layer, when the head arrives: the id moved into the response's
 /// header, the status into the span; for a captured exchange the head is recorded and the
 /// finisher becomes the response body's tap (`None`: not captured).
+#[inline]
 pub(crate) fn on_head<B: Body>(
     span: &Span,
     request_id: &mut Option<RequestId>,
