@@ -769,3 +769,94 @@ async fn x5_very_long_exchanges_record_their_duration() {
     assert!(entry.duration_us >= year_us, "{}", entry.duration_us);
     assert!(entry.response_after_us.unwrap() >= year_us);
 }
+
+// covers I2, I3 with axum's own layer (`axum_layer()`, what the dashboard uses), as the seed's
+// app sat behind its middleware: one axum router with the seed's polling routes and its one-shot
+// calls, the layer added with `Router::layer`. A 64 MiB polling GET reaches the client after one
+// chunk was made, with nothing held by the layer; 300 polling GETs over every seed prefix leave
+// the 2-entry ring holding exactly the POST and the DELETE, bodies and ids recorded.
+#[tokio::test(start_paused = true)]
+async fn seed001_dashboard_router_with_the_axum_layer() {
+    use axum::routing::{delete, get, post};
+    let inspector = seed_inspector(2, 1024);
+    let made = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&made);
+    let mut router = axum::Router::new().route(
+        "/api/monitor/aks",
+        get(move || {
+            let made = Arc::clone(&counter);
+            async move { Body::new(common::CountingBody::counting_into(1024, CHUNK, made)) }
+        }),
+    );
+    for prefix in &SEED_PREFIXES[1..] {
+        router = router.route(prefix, get(|| async { "[]" }));
+    }
+    let app = router
+        .route(
+            "/api/blast/submit",
+            post(|body: String| async move { body }),
+        )
+        .route("/api/blast/jobs/{id}", delete(|| async { "deleted" }))
+        .layer(inspector.axum_layer());
+
+    let response = app
+        .clone()
+        .oneshot(req(Method::GET, "/api/monitor/aks", Body::empty()))
+        .await
+        .unwrap();
+    assert_eq!(response.headers()[REQUEST_ID_HEADER].len(), 32);
+    let mut body = response.into_body();
+    assert_eq!(first_frame(&mut body).await.len(), CHUNK);
+    assert_eq!(
+        made.load(Ordering::SeqCst),
+        1,
+        "nothing buffered or read ahead"
+    );
+    assert_eq!(inspector.stats().retained_bytes, 0);
+    drop(body);
+
+    let submit = app
+        .clone()
+        .oneshot(req(Method::POST, "/api/blast/submit", "job-42"))
+        .await
+        .unwrap();
+    let submit_id = submit.headers()[REQUEST_ID_HEADER]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(read_all(submit.into_body()).await, "job-42");
+    let deleted = app
+        .clone()
+        .oneshot(req(Method::DELETE, "/api/blast/jobs/7", Body::empty()))
+        .await
+        .unwrap();
+    assert_eq!(read_all(deleted.into_body()).await, "deleted");
+    for i in 0..300 {
+        let path = SEED_PREFIXES[1 + i % (SEED_PREFIXES.len() - 1)];
+        let response = app
+            .clone()
+            .oneshot(req(Method::GET, path, Body::empty()))
+            .await
+            .unwrap();
+        assert_eq!(read_all(response.into_body()).await, "[]");
+    }
+    let entries = inspector.entries();
+    let got: Vec<_> = entries
+        .iter()
+        .map(|e| (e.method.as_str(), e.path.as_str(), e.response_body.text()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("DELETE", "/api/blast/jobs/7", "deleted".to_string()),
+            ("POST", "/api/blast/submit", "job-42".to_string())
+        ]
+    );
+    assert_eq!(entries[1].request_body.text(), "job-42");
+    assert_eq!(entries[1].request_id, submit_id);
+    let stats = inspector.stats();
+    assert_eq!(
+        (stats.passed_through, stats.captured, stats.evicted),
+        (301, 2, 0)
+    );
+}
