@@ -75,14 +75,7 @@ const COUNTER_BLOCK: u64 = 1024;
 
 thread_local! {
     /// This thread's counter block and its current batch of ids.
-    static ID_BATCH: RefCell<IdBatch> = const {
-        RefCell::new(IdBatch {
-            next: 0,
-            end: 0,
-            digits: Bytes::new(),
-            used: IDS_PER_BATCH,
-        })
-    };
+    static ID_BATCH: RefCell<IdBatch> = const { RefCell::new(IdBatch::new()) };
 }
 
 /// A thread's counter block (`next..end`) and its batch of written ids, `used` of them handed
@@ -95,8 +88,8 @@ struct IdBatch {
 }
 
 impl IdBatch {
-    /// A fresh batch state with an empty counter block.
-    fn new() -> Self {
+    /// No counter block yet, and a used-up batch.
+    const fn new() -> Self {
         Self {
             next: 0,
             end: 0,
@@ -105,42 +98,27 @@ impl IdBatch {
         }
     }
 
-    /// The digits of the id for the next counter value; a new block is taken when this one is
-    /// used up. `n` more values are taken (for a batch of `n + 1` ids).
-    fn digits(&mut self, n: u64) -> [u8; ID_LEN] {
-        static PREFIX: OnceLock<[u8; 16]> = OnceLock::new();
+    /// The first of `count` consecutive counter values, from this thread's block; a new block is
+    /// taken when fewer than `count` are left in it.
+    fn take_values(&mut self, count: u64) -> u64 {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
-        // `RandomState` is seeded from the OS's randomness: a random u64 without a dependency.
-        // Its digits are written once.
-        let prefix = PREFIX.get_or_init(|| {
-            let mut hasher = RandomState::new().build_hasher();
-            hasher.write_u32(std::process::id());
-            let mut digits = [0_u8; 16];
-            hex_into(&mut digits, hasher.finish());
-            digits
-        });
-        if self.next + n >= self.end {
+        if self.end - self.next < count {
             self.next = COUNTER.fetch_add(COUNTER_BLOCK, Ordering::Relaxed);
             self.end = self.next + COUNTER_BLOCK;
         }
-        let mut low = [0_u8; 16];
-        hex_into(&mut low, self.next);
-        self.next += 1;
-        let mut digits = [0_u8; ID_LEN];
-        digits[..16].copy_from_slice(prefix);
-        digits[16..].copy_from_slice(&low);
-        digits
+        let first = self.next;
+        self.next += count;
+        first
     }
 
     /// The next id of the batch, a new batch written when this one is used up.
     fn next(&mut self) -> Bytes {
         if self.used == IDS_PER_BATCH {
+            // One block holds whole batches (1 024 is a multiple of 16).
+            let first = self.take_values(IDS_PER_BATCH as u64);
             let mut all = [0_u8; ID_LEN * IDS_PER_BATCH];
-            // The whole batch comes from one counter block (1 024 is a multiple of 16).
-            let mut left = IDS_PER_BATCH as u64;
-            for id in all.chunks_exact_mut(ID_LEN) {
-                left -= 1;
-                id.copy_from_slice(&self.digits(left));
+            for (value, id) in (first..).zip(all.chunks_exact_mut(ID_LEN)) {
+                write_id(id, value);
             }
             self.digits = Bytes::from_owner(all);
             self.used = 0;
@@ -149,6 +127,25 @@ impl IdBatch {
         self.used += 1;
         self.digits.slice(at..at + ID_LEN)
     }
+}
+
+/// The id of counter value `value` into `out` ([`ID_LEN`] bytes): the process's prefix, then
+/// the value, as hex digits.
+fn write_id(out: &mut [u8], value: u64) {
+    static PREFIX: OnceLock<[u8; 16]> = OnceLock::new();
+    // `RandomState` is seeded from the OS's randomness: a random u64 without a dependency. Its
+    // digits are written once.
+    let prefix = PREFIX.get_or_init(|| {
+        let mut hasher = RandomState::new().build_hasher();
+        hasher.write_u32(std::process::id());
+        let mut digits = [0_u8; 16];
+        hex_into(&mut digits, hasher.finish());
+        digits
+    });
+    let mut low = [0_u8; 16];
+    hex_into(&mut low, value);
+    out[..16].copy_from_slice(prefix);
+    out[16..ID_LEN].copy_from_slice(&low);
 }
 
 impl RequestId {
@@ -181,7 +178,11 @@ impl RequestId {
             .try_with(|batch| batch.borrow_mut().next())
             // Only while this thread's locals are torn down: an id of its own, from a counter
             // block of its own (unique still; the block's other values go unused).
-            .unwrap_or_else(|_| Bytes::copy_from_slice(&IdBatch::new().digits(0)));
+            .unwrap_or_else(|_| {
+                let mut id = [0_u8; ID_LEN];
+                write_id(&mut id, IdBatch::new().take_values(1));
+                Bytes::copy_from_slice(&id)
+            });
         // Hex digits are always a valid header value.
         let value = HeaderValue::from_maybe_shared(digits)
             .unwrap_or_else(|_| HeaderValue::from_static("0"));
