@@ -19,8 +19,8 @@ use tracing::Span;
 use crate::body::Tap;
 use crate::capture::Finisher;
 use crate::inspector::Shared;
-use crate::service::{Begun, begin, on_head};
-use crate::{InspectBody, Outcome, RequestId};
+use crate::service::{Begun, begin, on_head, on_service_error};
+use crate::{InspectBody, RequestId};
 
 /// The tower layer made by [`Inspector::axum_layer`](crate::Inspector::axum_layer): what
 /// [`InspectorLayer`](crate::InspectorLayer) does, for axum's [`Body`] on both sides.
@@ -94,11 +94,8 @@ where
         } = begin(&self.shared, &mut request);
         let (request, finisher) = match capture {
             Some((record, finisher)) => {
-                let request = request.map(|body| {
-                    let mut body = InspectBody::new(body, Tap::Request(record));
-                    body.end_if_empty();
-                    into_axum_body(body)
-                });
+                let request = request
+                    .map(|body| into_axum_body(InspectBody::tapped(body, Tap::Request(record))));
                 (request, Some(finisher))
             }
             // A polling GET: the body as it came.
@@ -154,11 +151,7 @@ where
                 let (mut parts, body) = response.into_parts();
                 let body =
                     match on_head(this.span, this.request_id, this.finisher, &mut parts, &body) {
-                        Some(tap) => {
-                            let mut body = InspectBody::new(body, tap);
-                            body.end_if_empty();
-                            into_axum_body(body)
-                        }
+                        Some(tap) => into_axum_body(InspectBody::tapped(body, tap)),
                         // Not captured: axum's `Body` is handed on as it is (`Body::new` boxes any
                         // other body type, as axum would).
                         None => Body::new(body),
@@ -166,9 +159,7 @@ where
                 Poll::Ready(Ok(Response::from_parts(parts, body)))
             }
             Err(err) => {
-                if let Some(mut finisher) = this.finisher.take() {
-                    finisher.finish(Outcome::ServiceError);
-                }
+                on_service_error(this.finisher);
                 Poll::Ready(Err(err))
             }
         }

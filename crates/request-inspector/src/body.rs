@@ -37,10 +37,6 @@ pub(crate) enum Tap {
 }
 
 impl<B> InspectBody<B> {
-    pub(crate) fn new(inner: B, tap: Tap) -> Self {
-        Self { inner, tap }
-    }
-
     /// The wrapped body.
     pub fn into_inner(self) -> B {
         self.inner
@@ -48,11 +44,13 @@ impl<B> InspectBody<B> {
 }
 
 impl<B: Body> InspectBody<B> {
-    /// Record the end now for a body that is already empty (a server may never poll it).
-    pub(crate) fn end_if_empty(&mut self) {
-        if self.inner.is_end_stream() {
-            self.tap.on_end();
+    /// `inner` with `tap`, its end recorded at once when it is already empty (a server may never
+    /// poll it).
+    pub(crate) fn tapped(inner: B, mut tap: Tap) -> Self {
+        if inner.is_end_stream() {
+            tap.on_end();
         }
+        Self { inner, tap }
     }
 }
 

@@ -87,11 +87,7 @@ where
             Some((record, finisher)) => (Tap::Request(record), Some(finisher)),
             None => (Tap::None, None),
         };
-        let request = request.map(|body| {
-            let mut body = InspectBody::new(body, tap);
-            body.end_if_empty();
-            body
-        });
+        let request = request.map(|body| InspectBody::tapped(body, tap));
         let inner = {
             let _enter = span.enter();
             self.inner.call(request)
@@ -185,6 +181,14 @@ pub(crate) fn begin<B: Body>(shared: &Arc<Shared>, request: &mut Request<B>) -> 
     }
 }
 
+/// The response side of the layer when the inner service fails: a captured exchange is
+/// recorded as `service_error`.
+pub(crate) fn on_service_error(finisher: &mut Option<Finisher>) {
+    if let Some(mut finisher) = finisher.take() {
+        finisher.finish(Outcome::ServiceError);
+    }
+}
+
 /// The response side of the layer, when the head arrives: the id moved into the response's
 /// header, the status into the span; for a captured exchange the head is recorded and the
 /// finisher becomes the response body's tap (`None`: not captured).
@@ -244,14 +248,11 @@ where
             Ok(response) => {
                 let (mut parts, body) = response.into_parts();
                 let tap = on_head(this.span, this.request_id, this.finisher, &mut parts, &body);
-                let mut body = InspectBody::new(body, tap.unwrap_or(Tap::None));
-                body.end_if_empty();
+                let body = InspectBody::tapped(body, tap.unwrap_or(Tap::None));
                 Poll::Ready(Ok(Response::from_parts(parts, body)))
             }
             Err(err) => {
-                if let Some(mut finisher) = this.finisher.take() {
-                    finisher.finish(Outcome::ServiceError);
-                }
+                on_service_error(this.finisher);
                 Poll::Ready(Err(err))
             }
         }
