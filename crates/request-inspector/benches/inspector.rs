@@ -14,18 +14,22 @@
 //!   axum's `Router::layer`, through `Router::layer` of a pass-through layer (what axum's
 //!   per-route boxing costs any layer), and with the layer around the whole `Router`. For the
 //!   polling GET, a reference layer that does only the request-id contract (the floor); and
-//!   the layer with `request_id_extension(false)` (no `Extension<RequestId>`).
+//!   the layer with `request_id_extension(false)` (no `Extension<RequestId>`). For the captured
+//!   POST, a reference layer that only captures (headers cloned, both bodies copied, exchanges
+//!   pushed into one shared ring of 200), alone and under the request-id reference: the floor
+//!   under any layer that records whole exchanges in a shared ring.
 //!
 //! "Peak extra memory" is counted, not guessed from RSS: for the layer it is
 //! `InspectorStats::peak_retained_bytes` (every byte it copies or records is counted), for the
 //! buffering middleware the size of the body it held. Run with `cargo xtask bench inspector`.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Barrier};
+use std::sync::{Arc, Barrier, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -358,6 +362,170 @@ where
     }
 }
 
+/// The reference for the captured POST rows: the least a layer that records whole exchanges in a
+/// shared ring does, and nothing else. The request's method, URI and headers are cloned (its
+/// header values shared, not copied), both bodies are copied as they stream through, and the
+/// finished exchange is pushed into a ring of 200 under one mutex (the oldest dropped outside
+/// it). No request id, no redaction, no size limits, no clock, no accounting, no metrics: the
+/// floor under any capture of this kind, measured in the same run as the layer.
+#[derive(Clone)]
+struct CaptureOnly<S> {
+    inner: S,
+    ring: Arc<Mutex<VecDeque<Captured>>>,
+}
+
+/// One exchange as [`CaptureOnly`] keeps it (held, never read: the bench only pays for it).
+#[derive(Default)]
+#[expect(
+    dead_code,
+    reason = "what a capture holds; nothing reads it in the bench"
+)]
+struct Captured {
+    method: http::Method,
+    uri: http::Uri,
+    request_headers: http::HeaderMap,
+    request_body: Vec<u8>,
+    status: u16,
+    response_headers: http::HeaderMap,
+    response_body: Vec<u8>,
+}
+
+/// An exchange being captured, shared by the request body, the future and the response body.
+type Partial = Arc<Mutex<Captured>>;
+
+const CAPTURE_ONLY_CAPACITY: usize = 200;
+
+impl<S> CaptureOnly<S> {
+    fn new(inner: S) -> Self {
+        Self {
+            inner,
+            ring: Arc::new(Mutex::new(VecDeque::with_capacity(CAPTURE_ONLY_CAPACITY))),
+        }
+    }
+}
+
+impl<S, B, RB> tower::Service<http::Request<B>> for CaptureOnly<S>
+where
+    S: tower::Service<http::Request<CopyBody<B>>, Response = http::Response<RB>>,
+{
+    type Response = http::Response<CopyBody<RB>>;
+    type Error = S::Error;
+    type Future = CaptureOnlyFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let partial = Arc::new(Mutex::new(Captured {
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            request_headers: request.headers().clone(),
+            ..Captured::default()
+        }));
+        let request = request.map(|inner| CopyBody {
+            inner,
+            partial: Some(Arc::clone(&partial)),
+            push_to: None,
+        });
+        CaptureOnlyFuture {
+            inner: self.inner.call(request),
+            partial: Some(partial),
+            ring: Arc::clone(&self.ring),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    struct CaptureOnlyFuture<F> {
+        #[pin]
+        inner: F,
+        partial: Option<Partial>,
+        ring: Arc<Mutex<VecDeque<Captured>>>,
+    }
+}
+
+impl<F, RB, E> Future for CaptureOnlyFuture<F>
+where
+    F: Future<Output = Result<http::Response<RB>, E>>,
+{
+    type Output = Result<http::Response<CopyBody<RB>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = std::task::ready!(this.inner.poll(cx))?;
+        let partial = this.partial.take().expect("polled after completion");
+        {
+            let mut captured = partial.lock().expect("capture");
+            captured.status = response.status().as_u16();
+            captured.response_headers = response.headers().clone();
+        }
+        let ring = Arc::clone(this.ring);
+        Poll::Ready(Ok(response.map(|inner| CopyBody {
+            inner,
+            partial: Some(partial),
+            push_to: Some(ring),
+        })))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A body copied into its exchange as it streams; the response's pushes the exchange into
+    /// the ring when it ends.
+    struct CopyBody<B> {
+        #[pin]
+        inner: B,
+        partial: Option<Partial>,
+        // `Some` on the response side.
+        push_to: Option<Arc<Mutex<VecDeque<Captured>>>>,
+    }
+}
+
+impl<B: http_body::Body<Data = Bytes>> http_body::Body for CopyBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let mut this = self.project();
+        let frame = std::task::ready!(this.inner.as_mut().poll_frame(cx));
+        if let (Some(Ok(frame)), Some(partial)) = (&frame, &this.partial)
+            && let Some(data) = frame.data_ref()
+        {
+            let mut captured = partial.lock().expect("capture");
+            let copy = if this.push_to.is_some() {
+                &mut captured.response_body
+            } else {
+                &mut captured.request_body
+            };
+            copy.extend_from_slice(data);
+        }
+        if (frame.is_none() || this.inner.is_end_stream())
+            && let Some(partial) = this.partial.take()
+            && let Some(ring) = this.push_to.as_ref()
+        {
+            let captured = std::mem::take(&mut *partial.lock().expect("capture"));
+            let oldest = {
+                let mut ring = ring.lock().expect("ring");
+                ring.push_back(captured);
+                (ring.len() > CAPTURE_ONLY_CAPACITY).then(|| ring.pop_front())
+            };
+            drop(oldest);
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Ns per request per thread through `layered` and through `bare`: `threads` threads,
 /// each on its own current-thread runtime with its own clones of both apps, kept for the whole
 /// measurement (warm allocator caches). Each round, all threads send [`SMALL_PER_ROUND`]
@@ -580,6 +748,27 @@ fn per_request_rows() -> Vec<Comparison> {
                 method,
                 "reference: the request-id contract and a shared handle",
                 IdOnly(tower::service_fn(small_service::<Body>), Some(Arc::new(()))),
+                bare_tower
+            );
+        }
+        // The reference: a minimal capture layer (POST rows only: a polling GET is not
+        // captured).
+        if *method == http::Method::POST {
+            rows!(
+                what,
+                method,
+                "reference: a minimal capture layer (headers cloned, bodies copied, one ring)",
+                CaptureOnly::new(tower::service_fn(small_service::<CopyBody<Body>>)),
+                bare_tower
+            );
+            rows!(
+                what,
+                method,
+                "reference: the request-id contract and a minimal capture layer",
+                IdOnly(
+                    CaptureOnly::new(tower::service_fn(small_service::<CopyBody<Body>>)),
+                    None
+                ),
                 bare_tower
             );
         }
