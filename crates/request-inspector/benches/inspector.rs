@@ -222,6 +222,14 @@ fn in_process(runtime: &tokio::runtime::Runtime, apps: [Router; 2]) -> [(f64, f6
     ]
 }
 
+/// `router` as `axum::serve` runs it: `with_state(())` turns every handler into a route once.
+/// Called as a plain tower service without it, a `Router` turns the matched handler into a
+/// route on every request, and under `Router::layer` it also clones the boxed layer for it (an
+/// allocation for any layer that is not zero-sized): costs a served router never pays.
+fn serving(router: Router) -> Router {
+    router.with_state(())
+}
+
 /// The small app the in-process per-request rows go through: the polling GET answers
 /// [`SMALL_JSON`], the POST reads its body and answers a short JSON.
 fn small_routes() -> Router {
@@ -665,7 +673,7 @@ fn per_request_rows() -> Vec<Comparison> {
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let recorded = metrics::with_local_recorder(&prometheus, || Inspector::new(config()));
     let bare_tower = tower::service_fn(small_service::<Body>);
-    let bare_axum = small_routes();
+    let bare_axum = serving(small_routes());
     let mut rows = Vec::new();
     let mut row = |what: &str, threads: usize, how: &str, (ours, base): (f64, f64)| {
         let metric = format!("{what} in-process, {threads} thread(s), {how}: time per request");
@@ -776,7 +784,7 @@ fn per_request_rows() -> Vec<Comparison> {
             what,
             method,
             "axum Router::layer",
-            small_routes().layer(plain.layer()),
+            serving(small_routes().layer(plain.layer())),
             bare_axum
         );
         // What `Router::layer` costs with any layer: axum boxes the layered route's service,
@@ -786,9 +794,9 @@ fn per_request_rows() -> Vec<Comparison> {
             what,
             method,
             "axum Router::layer of a pass-through layer (axum's own cost)",
-            small_routes().layer(tower::util::MapResponseLayer::new(|response: Response| {
-                response
-            })),
+            serving(small_routes().layer(tower::util::MapResponseLayer::new(
+                |response: Response| response
+            ))),
             bare_axum
         );
         // The layer around the whole router (`inspector.layer().layer(router)`): applied once,
@@ -797,7 +805,7 @@ fn per_request_rows() -> Vec<Comparison> {
             what,
             method,
             "axum, layer around the Router",
-            tower::Layer::layer(&plain.layer(), small_routes()),
+            tower::Layer::layer(&plain.layer(), serving(small_routes())),
             bare_axum
         );
         // The same two placements with the axum layer (`Inspector::axum_layer`): axum's `Body`
@@ -806,14 +814,14 @@ fn per_request_rows() -> Vec<Comparison> {
             what,
             method,
             "axum Router::layer, axum_layer()",
-            small_routes().layer(plain.axum_layer()),
+            serving(small_routes().layer(plain.axum_layer())),
             bare_axum
         );
         rows!(
             what,
             method,
             "axum, axum_layer() around the Router",
-            tower::Layer::layer(&plain.axum_layer(), small_routes()),
+            tower::Layer::layer(&plain.axum_layer(), serving(small_routes())),
             bare_axum
         );
     }
