@@ -16,8 +16,8 @@
 //!   polling GET, a reference layer that does only the request-id contract (the floor); and
 //!   the layer with `request_id_extension(false)` (no `Extension<RequestId>`). For the captured
 //!   POST, a reference layer that only captures (headers cloned, both bodies copied, exchanges
-//!   pushed into one shared ring of 200), alone and under the request-id reference: the floor
-//!   under any layer that records whole exchanges in a shared ring.
+//!   pushed into one shared ring of 200), alone and under the request-id reference: what
+//!   recording whole exchanges in a shared ring costs done the plain way.
 //!
 //! "Peak extra memory" is counted, not guessed from RSS: for the layer it is
 //! `InspectorStats::peak_retained_bytes` (every byte it copies or records is counted), for the
@@ -375,7 +375,7 @@ where
 /// header values shared, not copied), both bodies are copied as they stream through, and the
 /// finished exchange is pushed into a ring of 200 under one mutex (the oldest dropped outside
 /// it). No request id, no redaction, no size limits, no clock, no accounting, no metrics: the
-/// floor under any capture of this kind, measured in the same run as the layer.
+/// plain way of capturing into a shared ring, measured in the same run as the layer.
 #[derive(Clone)]
 struct CaptureOnly<S> {
     inner: S,
