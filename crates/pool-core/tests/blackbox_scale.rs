@@ -704,6 +704,45 @@ async fn x4_after_thrashing_a_smaller_working_set_settles_to_all_hits() {
     }
 }
 
+// After thrashing (33 keys over 32), one key leaves and the other 32 fit exactly. They must
+// settle to all hits within four rounds, whichever key left (one the thrashing protection had
+// protected or an open one) and however fast the rounds run; once settled, nothing more counts
+// as thrashing. Found by k8s-session's black-box capacity suite: the pool kept rebuilding one
+// key a round (and counting it as thrashing) until the protection had filled up, about 22
+// rounds, or until the key that left came within its expiry margin.
+#[tokio::test(start_paused = true)]
+async fn x4_a_working_set_that_shrinks_to_the_capacity_settles_within_four_rounds() {
+    for step in [Duration::from_millis(1), Duration::from_secs(1)] {
+        for left in [0u64, 1, 16, 29, 31, 32] {
+            let ledger = Arc::new(Ledger::default());
+            let pool = Pool::new(
+                PoolConfig::default()
+                    .max_entries(32)
+                    .ttl(Duration::from_secs(3600)),
+            );
+            cycle(&pool, &ledger, 33, 10, step).await;
+            let mut misses = Vec::new();
+            let mut thrashing = Vec::new();
+            for _ in 0..8 {
+                let before = pool.stats().misses;
+                for key in (0..33).filter(|key| *key != left) {
+                    drop(fetch(&pool, key, &ledger).await);
+                    advance(step).await;
+                }
+                settle().await;
+                misses.push(pool.stats().misses - before);
+                thrashing.push(pool.stats().thrashing);
+            }
+            assert!(
+                misses[4..].iter().all(|m| *m == 0)
+                    && thrashing[3..].windows(2).all(|w| w[0] == w[1]),
+                "step {step:?}, key {left} left: misses per round {misses:?}, thrashing {thrashing:?}"
+            );
+            assert_eq!(pool.len(), 32);
+        }
+    }
+}
+
 // Protection earned while thrashing must be given back when protected entries leave by any
 // other path (invalidate, evict_where, prune_idle, expiry found by a lookup, the sweeper,
 // reset): after each, a fresh 33-over-32 cycle keeps >= 90 % hits again (leaked protection

@@ -14,9 +14,12 @@
 //! has not been used since the returning key's previous use — the reuse-distance test of LIRS.
 //! In a cycle of `capacity + 1` keys every key returns at the same distance, so the protected
 //! keys stay and two keys share the open slot (≈ 94 % hits instead of 0 %); when the working set
-//! shifts, entries nobody uses any more lose the test against keys in use and age out.
+//! shifts, entries nobody uses any more lose the test against keys in use and age out, and a
+//! returning key that needs room takes the place of such an entry first (see
+//! [`Index::victim`]), so a working set that shrinks back under the capacity settles.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -29,6 +32,9 @@ use super::Slot;
 /// even when every entry was hit since it was indexed (the refreshes owed are paid a few per
 /// call).
 const REFRESH_LIMIT: usize = 8;
+
+/// Open entries the hand of [`Index::take_left_behind`] looks at per call.
+const SWEEP: usize = 8;
 
 /// Where an entry stands in the capacity order: soonest deadline first (none = never, last),
 /// then least recently used (as last indexed), then oldest.
@@ -74,6 +80,9 @@ pub(crate) struct Index<K, V> {
     /// Protected entries by (last use as last indexed, id): the least recently used first.
     guarded_lru: BTreeMap<(u64, u64), Rank>,
     ghosts: Ghosts,
+    /// Where the sweep for open entries the working set left behind stopped (see
+    /// [`Index::take_left_behind`]).
+    open_hand: Option<Rank>,
     last_warning: Option<Instant>,
     /// Entries looked at by searches (tests bound the work of one eviction).
     #[cfg(test)]
@@ -87,6 +96,7 @@ impl<K: Clone, V> Index<K, V> {
             guarded: BTreeMap::new(),
             guarded_lru: BTreeMap::new(),
             ghosts: Ghosts::default(),
+            open_hand: None,
             last_warning: None,
             #[cfg(test)]
             steps: 0,
@@ -126,6 +136,7 @@ impl<K: Clone, V> Index<K, V> {
         self.guarded.clear();
         self.guarded_lru.clear();
         self.ghosts.clear();
+        self.open_hand = None;
     }
 
     /// If `hash` was capacity-evicted recently (the key came straight back: the pool is
@@ -176,11 +187,15 @@ impl<K: Clone, V> Index<K, V> {
     ///
     /// - An entry whose deadline is within `margin` of `now` (expired ones included) goes first,
     ///   soonest deadline first, protected or not.
-    /// - When the key being inserted came back after a capacity eviction (`returning`), the
-    ///   last open entry in capacity order goes (under a uniform TTL, the newest: in a cycle,
-    ///   the one needed last); with no open entry, the least recently used protected one. Keys
-    ///   that keep coming back thus cycle through the open places while the protected ones stay,
-    ///   and a cycle settles within a round instead of evicting the next key needed.
+    /// - When the key being inserted came back after a capacity eviction (`returning`: its last
+    ///   use before that eviction), the first open entry in capacity order goes if it has not
+    ///   been used since that last use (a key the working set left behind: its reuse distance
+    ///   is longer than the returning key's, so a working set that shrank back under the
+    ///   capacity settles within a round); otherwise the last open entry (under a uniform TTL,
+    ///   the newest: in a cycle, the one needed last); with no open entry, the least recently
+    ///   used protected one. Keys that keep coming back thus cycle through the open places while
+    ///   the protected ones stay, and a cycle settles within a round instead of evicting the
+    ///   next key needed.
     /// - A key seen for the first time is a new working set arriving, not a cycle: the
     ///   soonest-deadline entry goes whether protected or not, so a working set that moves on
     ///   replaces the old one in one round.
@@ -191,7 +206,7 @@ impl<K: Clone, V> Index<K, V> {
         &mut self,
         now: Instant,
         margin: Duration,
-        returning: bool,
+        returning: Option<u64>,
         ghost_capacity: usize,
     ) -> Option<Victim<K>> {
         let soon = now.checked_add(margin).unwrap_or(now);
@@ -204,13 +219,18 @@ impl<K: Clone, V> Index<K, V> {
             (Some(open), Some(guarded)) if guarded < open => self.pop_guarded_first(),
             (None, Some(_)) => self.pop_guarded_first(),
             (Some(_), _) => self.open.pop_first().map(|(_, entry)| entry),
-            (None, None) if returning => match self.open.pop_last() {
-                Some((_, entry)) => Some(entry),
-                None => self
-                    .least_recently_used_guarded()
-                    .and_then(|(_, rank)| self.take_guarded(&rank))
-                    .or_else(|| self.pop_guarded_first()),
-            },
+            (None, None) if let Some(previous_use) = returning => {
+                match self.take_left_behind(previous_use) {
+                    Some(entry) => Some(entry),
+                    None => match self.open.pop_last() {
+                        Some((_, entry)) => Some(entry),
+                        None => self
+                            .least_recently_used_guarded()
+                            .and_then(|(_, rank)| self.take_guarded(&rank))
+                            .or_else(|| self.pop_guarded_first()),
+                    },
+                }
+            }
             (None, None) => {
                 let open = self.soonest_open();
                 let guarded = self.guarded.first_key_value().map(|(rank, _)| *rank);
@@ -229,6 +249,43 @@ impl<K: Clone, V> Index<K, V> {
             hash: entry.hash,
             id: entry.slot.id,
         })
+    }
+
+    /// Take an entry the working set left behind: one not used since `previous_use` (a
+    /// returning key's last use before its eviction), so its reuse distance is longer than the
+    /// returning key's. A hand sweeps the open set [`SWEEP`] entries per call, wrapping around
+    /// (so a left-behind entry anywhere in it is found within `open / SWEEP` calls), and the
+    /// least recently used protected entry is checked (at most [`REFRESH_LIMIT`] re-ranks).
+    /// O(log n) per call. In a cycle every other key was used since the returning key's
+    /// previous use, so none is taken.
+    fn take_left_behind(&mut self, previous_use: u64) -> Option<Entry<K, V>> {
+        let after = self.open_hand.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut hand = None;
+        let mut left_behind = None;
+        for (rank, entry) in self
+            .open
+            .range((after, Bound::Unbounded))
+            .chain(self.open.iter())
+            .take(SWEEP.min(self.open.len()))
+        {
+            #[cfg(test)]
+            {
+                self.steps += 1;
+            }
+            hand = Some(*rank);
+            if entry.slot.last_used_ms() < previous_use {
+                left_behind = Some(*rank);
+                break;
+            }
+        }
+        self.open_hand = hand;
+        if let Some(rank) = left_behind {
+            return self.open.remove(&rank);
+        }
+        match self.least_recently_used_guarded() {
+            Some((used, rank)) if used < previous_use => self.take_guarded(&rank),
+            _ => None,
+        }
     }
 
     fn pop_guarded_first(&mut self) -> Option<Entry<K, V>> {

@@ -630,7 +630,7 @@ where
             // even for the instant between the two (inserts are serialised by the index lock).
             if self.map.with_slot(hash, key, |_| ()).is_none() {
                 while self.map.len() >= max {
-                    let Some(victim) = index.victim(now, self.config.expiry_margin, thrashing, max)
+                    let Some(victim) = index.victim(now, self.config.expiry_margin, returned, max)
                     else {
                         break;
                     };
