@@ -188,12 +188,12 @@ impl<K: Clone, V> Index<K, V> {
     /// - An entry whose deadline is within `margin` of `now` (expired ones included) goes first,
     ///   soonest deadline first, protected or not.
     /// - When the key being inserted came back after a capacity eviction (`returning`: its last
-    ///   use before that eviction), the first open entry in capacity order goes if it has not
-    ///   been used since that last use (a key the working set left behind: its reuse distance
+    ///   use before that eviction), an entry not used since that last use goes if one is found
+    ///   ([`Index::take_left_behind`]: a key the working set left behind, whose reuse distance
     ///   is longer than the returning key's, so a working set that shrank back under the
-    ///   capacity settles within a round); otherwise the last open entry (under a uniform TTL,
-    ///   the newest: in a cycle, the one needed last); with no open entry, the least recently
-    ///   used protected one. Keys that keep coming back thus cycle through the open places while
+    ///   capacity settles within a few rounds); otherwise the last open entry (under a uniform
+    ///   TTL, the newest: in a cycle, the one needed last); with no open entry, the least
+    ///   recently used protected one. Keys that keep coming back thus cycle through the open places while
     ///   the protected ones stay, and a cycle settles within a round instead of evicting the
     ///   next key needed.
     /// - A key seen for the first time is a new working set arriving, not a cycle: the
