@@ -75,9 +75,17 @@ pub(crate) async fn retire_all<V: Retire>(
 }
 
 /// Run one retire, returning whether it succeeded.
+///
+/// A retire that finishes on its first poll (one with nothing to await, like the default) needs
+/// no timer: the timeout, which reads the clock and takes a timer handle, is set only for a
+/// retire that has to wait.
 async fn retire_one<V: Retire>(value: &V, timeout: Duration) -> bool {
-    let attempt = AssertUnwindSafe(value.retire()).catch_unwind();
-    match tokio::time::timeout(timeout, attempt).await {
+    let mut attempt = std::pin::pin!(AssertUnwindSafe(value.retire()).catch_unwind());
+    let outcome = match futures::poll!(attempt.as_mut()) {
+        std::task::Poll::Ready(outcome) => Ok(outcome),
+        std::task::Poll::Pending => tokio::time::timeout(timeout, attempt).await,
+    };
+    match outcome {
         Ok(Ok(Ok(()))) => true,
         Ok(Ok(Err(error))) => {
             tracing::warn!(error = %error, "retiring a pooled value failed");
