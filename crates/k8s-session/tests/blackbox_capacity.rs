@@ -229,6 +229,16 @@ fn hit_rate(misses: &[usize], visits_per_round: usize) -> f64 {
     1.0 - missed as f64 / total as f64
 }
 
+/// Assert that at least `at_least` of the visits hit (`misses` per round of `visits_per_round`).
+#[track_caller]
+fn assert_hit_rate(what: &str, misses: &[usize], visits_per_round: usize, at_least: f64) {
+    let rate = hit_rate(misses, visits_per_round);
+    assert!(
+        rate >= at_least,
+        "{what}: hit rate {rate:.3} < {at_least} (misses per round {misses:?})"
+    );
+}
+
 /// A tiny deterministic PRNG (xorshift64*), so no dependency is needed.
 struct Rng(u64);
 
@@ -567,8 +577,7 @@ async fn x4_round_robin_mixed_deadlines() {
         let order = keys(0..33);
         cycle(&pool, &h.journal, &order, 3, 1, ms(100)).await;
         let m = cycle(&pool, &h.journal, &order, 15, 1, ms(100)).await;
-        let rate = hit_rate(&m, 33);
-        assert!(rate >= 0.90, "{label} deadlines: {rate:.3} ({m:?})");
+        assert_hit_rate(&format!("{label} deadlines"), &m, 33, 0.90);
         assert_eq!(pool.stats().evictions.expired, 0);
     }
 }
@@ -582,22 +591,14 @@ async fn x4_twice_capacity_and_other_sizes_no_cliff() {
     let order = keys(0..64);
     cycle(&pool, &h.journal, &order, 3, 1, ms(50)).await;
     let measured = cycle(&pool, &h.journal, &order, 8, 1, ms(50)).await;
-    let rate = hit_rate(&measured, 64);
-    assert!(
-        rate >= 0.40,
-        "64 over 32: hit rate {rate:.3} ({measured:?})"
-    );
+    assert_hit_rate("64 over 32", &measured, 64, 0.40);
     assert!(pool.len() <= 32);
 
     let pool = h.builder(&[]).max_entries(64).build();
     let order = keys(1000..1065);
     cycle(&pool, &h.journal, &order, 3, 1, ms(20)).await;
     let measured = cycle(&pool, &h.journal, &order, 8, 1, ms(20)).await;
-    let rate = hit_rate(&measured, 65);
-    assert!(
-        rate >= 0.90,
-        "65 over 64: hit rate {rate:.3} ({measured:?})"
-    );
+    assert_hit_rate("65 over 64", &measured, 65, 0.90);
 }
 
 // X4 at small and large capacities: a cycle one cluster past capacity keeps at least the
@@ -632,8 +633,7 @@ async fn x4_capacity_plus_one_small_and_large_capacities() {
     let order = keys(2000..3025);
     cycle(&pool, &h.journal, &order, 2, 1, ms(1)).await;
     let m = cycle(&pool, &h.journal, &order, 2, 1, ms(1)).await;
-    let rate = hit_rate(&m, 1025);
-    assert!(rate >= 0.90, "1025 over 1024: {rate:.4} ({m:?})");
+    assert_hit_rate("1025 over 1024", &m, 1025, 0.90);
     assert!(pool.len() <= 1024);
 }
 
@@ -649,14 +649,12 @@ async fn x4_round_robin_visit_shapes() {
     let pool = h.builder(&[]).build();
     cycle(&pool, &h.journal, &order, 3, 2, ms(50)).await;
     let m = cycle(&pool, &h.journal, &order, 20, 2, ms(50)).await;
-    let rate = hit_rate(&m, 33);
-    assert!(rate >= 0.90, "two lookups per visit: {rate:.3} ({m:?})");
+    assert_hit_rate("two lookups per visit", &m, 33, 0.90);
 
     let pool = h.builder(&[]).build();
     cycle(&pool, &h.journal, &order, 3, 1, Duration::ZERO).await;
     let m = cycle(&pool, &h.journal, &order, 20, 1, Duration::ZERO).await;
-    let rate = hit_rate(&m, 33);
-    assert!(rate >= 0.90, "tight loop: {rate:.3} ({m:?})");
+    assert_hit_rate("tight loop", &m, 33, 0.90);
 
     let pool = h.builder(&[]).build();
     let mut per_round = Vec::new();
@@ -678,11 +676,7 @@ async fn x4_round_robin_visit_shapes() {
             per_round.push((h.journal.builds() - before) as usize);
         }
     }
-    let rate = hit_rate(&per_round, 33);
-    assert!(
-        rate >= 0.90,
-        "four concurrent callers per visit: {rate:.3} ({per_round:?})"
-    );
+    assert_hit_rate("four concurrent callers per visit", &per_round, 33, 0.90);
 }
 
 // #23: a thrashing working set replaced by another thrashing working set (33 new clusters):
@@ -694,8 +688,7 @@ async fn thrashing_set_replaced_by_another_recovers() {
     cycle(&pool, &h.journal, &keys(0..33), 5, 1, ms(100)).await;
     let m = cycle(&pool, &h.journal, &keys(200..233), 12, 1, ms(100)).await;
     assert_eq!(m[0], 33, "all new");
-    let rate = hit_rate(&m[2..], 33);
-    assert!(rate >= 0.90, "the new cycle: {rate:.3} ({m:?})");
+    assert_hit_rate("the new cycle", &m[2..], 33, 0.90);
 }
 
 // X4: random access over capacity + 1 (uniform) and a round-robin whose order is reshuffled
@@ -732,11 +725,7 @@ async fn x4_random_and_shuffled_access_capacity_plus_one() {
             per_round.push(m[0]);
         }
     }
-    let rate = hit_rate(&per_round, 33);
-    assert!(
-        rate >= 0.90,
-        "reshuffled rounds 33 over 32: {rate:.3} ({per_round:?})"
-    );
+    assert_hit_rate("reshuffled rounds 33 over 32", &per_round, 33, 0.90);
 }
 
 // X4 over several TTLs: the round-robin over 33 keeps >= 90 % across session expiry and rebuilds
@@ -895,8 +884,7 @@ async fn shrinking_working_set_settles_within_a_ttl() {
         let pool = h.builder(&[]).build();
         let shrunk = shrink(&h, &pool, &over, leaving).await;
         let m = cycle(&pool, &h.journal, &shrunk, 8, 1, ms(100)).await;
-        let rate = hit_rate(&m, 32);
-        assert!(rate >= 0.90, "the {label} left: {rate:.3} ({m:?})");
+        assert_hit_rate(&format!("the {label} left"), &m, 32, 0.90);
         // Past every session's first deadline (all built within the first ~35 s).
         let until = Instant::now() + secs(300);
         while Instant::now() < until {
