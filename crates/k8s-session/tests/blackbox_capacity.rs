@@ -94,13 +94,28 @@ impl Journal {
     fn events(&self) -> Vec<(Instant, Ev, String)> {
         self.events.lock().unwrap().clone()
     }
-    fn retires(&self) -> usize {
+    /// The clusters retired, in retire order.
+    fn retired(&self) -> Vec<String> {
         self.events
             .lock()
             .unwrap()
             .iter()
             .filter(|e| e.1 == Ev::Retire)
-            .count()
+            .map(|e| e.2.clone())
+            .collect()
+    }
+    fn retires(&self) -> usize {
+        self.retired().len()
+    }
+    /// When `ev` last happened to `cluster`.
+    fn last(&self, ev: Ev, cluster: &str) -> Option<Instant> {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|e| e.1 == ev && e.2 == cluster)
+            .map(|e| e.0)
     }
 }
 
@@ -974,13 +989,7 @@ async fn k5_new_key_evicts_soonest_expiring_not_lru() {
 
     lookup(&pool, &h.journal, &key(500)).await;
     settle().await;
-    let retired: Vec<String> = h
-        .journal
-        .events()
-        .into_iter()
-        .filter(|e| e.1 == Ev::Retire)
-        .map(|e| e.2)
-        .collect();
+    let retired = h.journal.retired();
     assert_eq!(
         retired,
         vec!["c0005".to_owned()],
@@ -992,13 +1001,7 @@ async fn k5_new_key_evicts_soonest_expiring_not_lru() {
     lookup(&pool, &h.journal, &key(0)).await;
     lookup(&pool, &h.journal, &key(501)).await;
     settle().await;
-    let retired: Vec<String> = h
-        .journal
-        .events()
-        .into_iter()
-        .filter(|e| e.1 == Ev::Retire)
-        .map(|e| e.2)
-        .collect();
+    let retired = h.journal.retired();
     assert_eq!(retired, vec!["c0005".to_owned(), "c0000".to_owned()]);
     assert_eq!(pool.stats().thrashing, 0);
 }
@@ -1106,18 +1109,8 @@ async fn stale_entry_inside_margin_or_expired_goes_first() {
             checked <= 1,
             "margin {margin:?}: c0007 retired {checked} times inside its window"
         );
-        let events = h.journal.events();
-        let last_build = events
-            .iter()
-            .rev()
-            .find(|(_, ev, cluster)| matches!(ev, Ev::Build) && cluster == "c0007")
-            .map(|(at, ..)| *at)
-            .expect("c0007 was built");
-        let retired = events
-            .iter()
-            .rev()
-            .find(|(_, ev, cluster)| matches!(ev, Ev::Retire) && cluster == "c0007")
-            .map(|(at, ..)| *at);
+        let last_build = h.journal.last(Ev::Build, "c0007").expect("c0007 was built");
+        let retired = h.journal.last(Ev::Retire, "c0007");
         assert!(
             retired.is_some_and(|at| at >= last_build && at <= last_build + window + secs(1)),
             "margin {margin:?}: c0007 (built at {last_build:?}) must be gone by the end of its \
