@@ -283,7 +283,13 @@ fn main() {
         .build()
         .expect("runtime");
     let mut results = Vec::new();
+    // `POOL_SCALE_ONLY=<label>` (1k, 100k or 1M) measures that size's latencies alone, without
+    // the memory rows and without writing results (for profiling).
+    let only = std::env::var("POOL_SCALE_ONLY").ok();
     for (n, label) in SIZES {
+        if only.as_deref().is_some_and(|only| only != label) {
+            continue;
+        }
         let pool = pool(n);
         let dash: DashMap<u64, Arc<Client>> = DashMap::new();
         let moka: Moka = moka::future::Cache::new(n as u64);
@@ -298,6 +304,17 @@ fn main() {
         let [hit, dash_hit, moka_hit] = hits(n, &pool, &dash, &moka);
         let ins = runtime.block_on(inserts(n, &pool, &dash, &moka));
         drop((pool, dash, moka));
+        if only.is_some() {
+            println!(
+                "pool_scale {label}: hit {hit:.0} ns; miss-create {:.0} ns; \
+                 insert-with-eviction {:.0} ns (moka {:.0}); evicting/non-evicting {:.2}x",
+                ins.ours_fresh,
+                ins.ours_evicting,
+                ins.moka_evicting,
+                ins.ours_evicting / ins.ours_fresh,
+            );
+            continue;
+        }
         let [mem, dash_mem, moka_mem] = ["ours", "dashmap", "moka"].map(|w| memory(w, n));
         println!(
             "pool_scale {label}: hit {hit:.0} ns (DashMap {dash_hit:.0}, moka {moka_hit:.0}); \
@@ -380,5 +397,7 @@ fn main() {
             ),
         ]);
     }
-    emit(&results);
+    if only.is_none() {
+        emit(&results);
+    }
 }

@@ -345,6 +345,56 @@ async fn failing_and_panicking_retires_do_not_stop_the_others() {
     assert_eq!(pool.len(), 1);
 }
 
+// covers P5: capacity victims evicted back to back are retired in the background together: the
+// quick ones at once, a hanging one bounded by the timeout without delaying the others, two
+// hanging ones cut at the same time (concurrently, not one timeout after the other).
+#[tokio::test(start_paused = true)]
+async fn a_batch_of_capacity_victims_retires_concurrently() {
+    let pool = Pool::new(
+        PoolConfig::default()
+            .max_entries(1)
+            .retire_timeout(Duration::from_secs(5)),
+    );
+    let probe = Probe::default();
+    let gate = Arc::new(Notify::new());
+    let behaviours = [
+        ("hang1", OnRetire::Block(gate.clone())),
+        ("fail", OnRetire::Fail),
+        ("panic", OnRetire::Panic),
+        ("ok", OnRetire::Succeed),
+        ("hang2", OnRetire::Block(gate)),
+        ("last", OnRetire::Succeed),
+    ];
+    // No yield between the inserts: the victims queue up for one background task.
+    for (key, on_retire) in behaviours {
+        let probe = probe.clone();
+        drop(
+            pool.get_or_create(&key, || async move {
+                let mut value = conn(key, &probe);
+                value.on_retire = on_retire;
+                Ok::<_, FactoryError>(Created::new(value))
+            })
+            .await
+            .expect("create"),
+        );
+    }
+    assert_eq!(pool.stats().evictions.capacity, 5);
+    settle().await;
+    assert_eq!(probe.retired.load(Ordering::SeqCst), 1, "the quick one is done");
+    assert_eq!(pool.stats().retire_failures, 2, "fail and panic counted at once");
+    advance(Duration::from_millis(4_999)).await;
+    settle().await;
+    assert_eq!(pool.stats().retire_failures, 2, "the hanging ones still have time");
+    advance(Duration::from_millis(2)).await;
+    settle().await;
+    assert_eq!(
+        pool.stats().retire_failures,
+        4,
+        "both hanging retires cut by one timeout"
+    );
+    assert_eq!(probe.retired.load(Ordering::SeqCst), 1);
+}
+
 // covers P6: a value whose deadline already passed is one-shot: retired on drop, pool unchanged.
 #[tokio::test(start_paused = true)]
 async fn past_deadline_gives_a_one_shot_value_retired_on_drop() {
