@@ -380,11 +380,23 @@ async fn a_batch_of_capacity_victims_retires_concurrently() {
     }
     assert_eq!(pool.stats().evictions.capacity, 5);
     settle().await;
-    assert_eq!(probe.retired.load(Ordering::SeqCst), 1, "the quick one is done");
-    assert_eq!(pool.stats().retire_failures, 2, "fail and panic counted at once");
+    assert_eq!(
+        probe.retired.load(Ordering::SeqCst),
+        1,
+        "the quick one is done"
+    );
+    assert_eq!(
+        pool.stats().retire_failures,
+        2,
+        "fail and panic counted at once"
+    );
     advance(Duration::from_millis(4_999)).await;
     settle().await;
-    assert_eq!(pool.stats().retire_failures, 2, "the hanging ones still have time");
+    assert_eq!(
+        pool.stats().retire_failures,
+        2,
+        "the hanging ones still have time"
+    );
     advance(Duration::from_millis(2)).await;
     settle().await;
     assert_eq!(
