@@ -80,7 +80,13 @@ pub(crate) async fn retire_all<V: Retire>(
 /// no timer: the timeout, which reads the clock and takes a timer handle, is set only for a
 /// retire that has to wait.
 async fn retire_one<V: Retire>(value: &V, timeout: Duration) -> bool {
-    let mut attempt = std::pin::pin!(AssertUnwindSafe(value.retire()).catch_unwind());
+    // `retire` may run code (and panic) before it returns its future: caught like a panic
+    // inside the future, so it neither unwinds into the caller nor ends a background batch.
+    let Ok(retire) = std::panic::catch_unwind(AssertUnwindSafe(|| value.retire())) else {
+        tracing::warn!("retiring a pooled value panicked");
+        return false;
+    };
+    let mut attempt = std::pin::pin!(AssertUnwindSafe(retire).catch_unwind());
     let outcome = match futures::poll!(attempt.as_mut()) {
         std::task::Poll::Ready(outcome) => Ok(outcome),
         std::task::Poll::Pending => tokio::time::timeout(timeout, attempt).await,
@@ -211,10 +217,33 @@ async fn retire_concurrently<V: Retire>(
     if waiting.is_empty() {
         return;
     }
-    let mut waiting: futures::stream::FuturesUnordered<_> = waiting.into_iter().collect();
-    while let Some(ok) = futures::StreamExt::next(&mut waiting).await {
+    let mut waiting = CutOff {
+        retires: waiting.into_iter().collect(),
+        counters,
+    };
+    while let Some(ok) = futures::StreamExt::next(&mut waiting.retires).await {
         if !ok {
             counters.retire_failures.add(1);
+        }
+    }
+}
+
+/// Retires still waiting when their batch is dropped unfinished (its runtime shut down): each
+/// is counted as a retire that could not run.
+struct CutOff<'a, F> {
+    retires: futures::stream::FuturesUnordered<F>,
+    counters: &'a Counters,
+}
+
+impl<F> Drop for CutOff<'_, F> {
+    fn drop(&mut self) {
+        let cut = self.retires.len();
+        if cut > 0 {
+            tracing::warn!(
+                count = cut,
+                "retires of pooled values cut off by their runtime shutting down"
+            );
+            self.counters.retire_failures.add(cut as u64);
         }
     }
 }
