@@ -77,6 +77,23 @@ async fn make(pool: &Pool, key: &'static str, probe: &Probe) -> Pooled<Conn> {
     .expect("create")
 }
 
+/// Create `key` with a value that does `on_retire` when retired.
+async fn make_retiring(
+    pool: &Pool,
+    key: &'static str,
+    probe: &Probe,
+    on_retire: OnRetire,
+) -> Pooled<Conn> {
+    let probe = probe.clone();
+    pool.get_or_create(&key, || async move {
+        let mut value = conn(key, &probe);
+        value.on_retire = on_retire;
+        Ok::<_, FactoryError>(Created::new(value))
+    })
+    .await
+    .expect("create")
+}
+
 /// Let spawned background retires run.
 async fn settle() {
     for _ in 0..10 {
@@ -283,16 +300,7 @@ async fn blocked_retire_does_not_block_gets() {
     let pool = Pool::new(PoolConfig::default());
     let gate = Arc::new(Notify::new());
     let probe = Probe::default();
-    {
-        let (probe, gate) = (probe.clone(), gate.clone());
-        pool.get_or_create(&"stuck", || async move {
-            let mut value = conn("stuck", &probe);
-            value.on_retire = OnRetire::Block(gate);
-            Ok::<_, FactoryError>(Created::new(value))
-        })
-        .await
-        .expect("create");
-    }
+    drop(make_retiring(&pool, "stuck", &probe, OnRetire::Block(gate.clone())).await);
     drop(make(&pool, "other", &probe).await);
     let invalidating = {
         let pool = pool.clone();
@@ -323,14 +331,7 @@ async fn failing_and_panicking_retires_do_not_stop_the_others() {
         ("ok2", OnRetire::Succeed),
     ];
     for (key, on_retire) in behaviours {
-        let probe = probe.clone();
-        pool.get_or_create(&key, || async move {
-            let mut value = conn(key, &probe);
-            value.on_retire = on_retire;
-            Ok::<_, FactoryError>(Created::new(value))
-        })
-        .await
-        .expect("create");
+        drop(make_retiring(&pool, key, &probe, on_retire).await);
     }
     let report = pool.reset().await;
     assert_eq!(report.retired, 2);
@@ -367,16 +368,7 @@ async fn a_batch_of_capacity_victims_retires_concurrently() {
     ];
     // No yield between the inserts: the victims queue up for one background task.
     for (key, on_retire) in behaviours {
-        let probe = probe.clone();
-        drop(
-            pool.get_or_create(&key, || async move {
-                let mut value = conn(key, &probe);
-                value.on_retire = on_retire;
-                Ok::<_, FactoryError>(Created::new(value))
-            })
-            .await
-            .expect("create"),
-        );
+        drop(make_retiring(&pool, key, &probe, on_retire).await);
     }
     assert_eq!(pool.stats().evictions.capacity, 5);
     settle().await;
