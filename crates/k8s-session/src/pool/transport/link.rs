@@ -147,13 +147,19 @@ impl H2Link {
                 Err(error) => return Err(SendError::Failed(error.into())),
             };
             let stream = open.usage.begin();
-            match open.sender.try_send_request(request).await {
+            let id = open.id;
+            let sending = open.sender.try_send_request(request);
+            // The connection's `SendRequest` is not held while the response is awaited (see
+            // [`forget_when_closed`]): a request queued just as the connection closed is handed
+            // back once the last one is dropped.
+            drop(open);
+            match sending.await {
                 Ok(response) => return Ok((response, stream)),
                 Err(mut error) => match error.take_message() {
                     // The connection closed before this request started: it goes out on the
                     // next one. A fresh connection failing so is not retried (no loop).
                     Some(unsent) if reused => {
-                        self.inner.forget(open.id);
+                        self.inner.forget(id);
                         request = unsent;
                     }
                     _ => return Err(SendError::Failed(error.into_error().into())),
@@ -214,24 +220,27 @@ async fn open(
     id: u64,
     uri: Uri,
 ) -> Result<Open, ConnectError> {
-    let result = handshake(&state, &builder, uri).await.map(|sender| Open {
-        id,
-        sender,
-        usage: Arc::new(Usage {
-            since: Instant::now(),
-            last: AtomicU64::new(0),
-            streams: AtomicU64::new(0),
-        }),
-    });
+    let result = handshake(&state, &builder, uri, forget_when_closed(link.clone(), id))
+        .await
+        .map(|sender| Open {
+            id,
+            sender,
+            usage: Arc::new(Usage {
+                since: Instant::now(),
+                last: AtomicU64::new(0),
+                streams: AtomicU64::new(0),
+            }),
+        });
     let Some(link) = link.upgrade() else {
         return result;
     };
     let mut slot = link.lock();
     if matches!(&*slot, Slot::Opening(_)) {
         *slot = match &result {
-            Ok(open) => Slot::Open(open.clone()),
-            // The next request tries again.
-            Err(_) => Slot::Closed,
+            Ok(open) if !open.sender.is_closed() => Slot::Open(open.clone()),
+            // The next request tries again (also when the new connection is already gone:
+            // its end has been seen, and must not leave it in the slot).
+            Ok(_) | Err(_) => Slot::Closed,
         };
     }
     drop(slot);
@@ -246,11 +255,33 @@ async fn open(
     result
 }
 
-/// A connection for the HTTP/2 client, its handshake done and its task spawned.
+/// What the task driving connection `id` does when the connection ends: the link lets it go at
+/// once, so that its last `SendRequest` is dropped.
+///
+/// hyper queues a request for the connection's task in a channel; a request queued in the
+/// instant the task ends (the channel's receiver closing between the sender's check and its
+/// push) stays in the channel, unanswered, until the channel's last sender is dropped, and is
+/// then handed back unsent. The link's slot held that sender until the next request noticed the
+/// closed connection, and each request held one while awaiting its response: under a loaded
+/// multi-threaded runtime a request sent as its connection was cut waited for the read timeout
+/// (`blackbox_h2_link::multi_thread_repeated_cuts_under_load_replaced_once_each` caught it, a
+/// call waiting more than 5 s in about one run of 200). Now the request is handed back as soon
+/// as the connection ends, and goes out on the next one.
+fn forget_when_closed(link: Weak<Inner>, id: u64) -> impl FnOnce() + Send + 'static {
+    move || {
+        if let Some(link) = link.upgrade() {
+            link.forget(id);
+        }
+    }
+}
+
+/// A connection for the HTTP/2 client, its handshake done and its task spawned; `on_close`
+/// runs when the connection ends.
 async fn handshake(
     state: &SessionState,
     builder: &http2::Builder<TokioExecutor>,
     uri: Uri,
+    on_close: impl FnOnce() + Send + 'static,
 ) -> Result<http2::SendRequest<Body>, ConnectError> {
     let connect = async {
         let io = state.h2_io(uri).await?;
@@ -259,6 +290,7 @@ async fn handshake(
             if let Err(error) = connection.await {
                 tracing::debug!(%error, "HTTP/2 connection to the Kubernetes API server ended");
             }
+            on_close();
         });
         sender.ready().await?;
         Ok::<_, BoxError>(sender)
