@@ -16,28 +16,15 @@
 //! Every call runs under a bound (5 s per call; 2–3 s where the guide says "promptly"); the
 //! read timeout stays at its 295 s default so any wait it would end shows up as a hang.
 //!
-//! No call was found to hang because its connection died. Four tests are `#[ignore]`d as defects,
-//! each beside a passing test of the same scenario's timing: with `max_streams_per_session(Some(n))`
-//! full on a connection that received a graceful GOAWAY, queued calls wait for the old connection's
-//! streams to end instead of going out on a new connection (the one real "waits far longer"); and
-//! three cases of "requests it never started go out on the next connection" that fail instead —
-//! calls racing a graceful GOAWAY, calls waiting beyond the server's stream limit when a GOAWAY
-//! arrives, streams a GOAWAY refused (above its last stream id). Run them with
-//! `K8S_SESSION_OPEN_DEFECTS=1 cargo test -p k8s-session --test blackbox_h2_hang -- --ignored`.
+//! No call was found to hang because its connection died. Four tests here were open defects when
+//! the suite was written (ignored until the session fixed them): with `max_streams_per_session(Some(n))`
+//! full on a connection that received a graceful GOAWAY, queued calls waited for the old
+//! connection's streams to end instead of going out on a new connection; and three cases of
+//! "requests it never started go out on the next connection" that failed instead — calls racing a
+//! graceful GOAWAY, calls waiting beyond the server's stream limit when a GOAWAY arrives, streams a
+//! GOAWAY refused (above its last stream id). They now run with the others.
 
 mod h2_common;
-
-/// The four `#[ignore = "BUG: ..."]` tests are open defects (listed in docs/k8s-session.md):
-/// they fail today. `cargo xtask test` runs ignored tests (the backend suites are ignored by
-/// default), so they check something only with `K8S_SESSION_OPEN_DEFECTS=1`:
-/// `K8S_SESSION_OPEN_DEFECTS=1 cargo test -p k8s-session --test blackbox_h2_hang -- --ignored`.
-fn open_defects_checked() -> bool {
-    let checked = std::env::var_os("K8S_SESSION_OPEN_DEFECTS").is_some();
-    if !checked {
-        eprintln!("open defect, not checked: set K8S_SESSION_OPEN_DEFECTS=1 to run it");
-    }
-    checked
-}
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{Read as _, Write as _};
@@ -410,6 +397,7 @@ const END_STREAM: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
 const NO_ERROR: u32 = 0x0;
 const INTERNAL_ERROR: u32 = 0x2;
+const REFUSED_STREAM: u32 = 0x7;
 const ENHANCE_YOUR_CALM: u32 = 0xb;
 const MAX_STREAM_ID: u32 = 0x7fff_ffff;
 const POD_LIST: &[u8] =
@@ -447,6 +435,8 @@ enum Behaviour {
     /// Send GOAWAY (last stream 0, this code) right after SETTINGS: a draining server. The socket
     /// stays open until the client closes it.
     GoAwayAtOnce(u32),
+    /// Reset the first n streams with `REFUSED_STREAM` (not processed), answer the rest.
+    RefuseFirst(u64),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -484,6 +474,8 @@ struct H2Stats {
     /// Streams received after this connection's GOAWAY, above its last id (ignored, as RFC 9113
     /// says; a client racing our GOAWAY may send a few).
     ignored: AtomicU64,
+    /// Streams reset with `REFUSED_STREAM` ([`Behaviour::RefuseFirst`]).
+    reset_refused: AtomicU64,
     /// Streams received per connection (index: connection number − 1).
     streams_on: Mutex<Vec<u64>>,
 }
@@ -716,6 +708,12 @@ impl H2Conn {
             return;
         }
         let received = self.stats.streams_on.lock().unwrap()[self.index];
+        if matches!(self.behaviour, Behaviour::RefuseFirst(n) if received <= n) {
+            self.out
+                .extend(frame(RST_STREAM, 0, stream, &REFUSED_STREAM.to_be_bytes()));
+            self.stats.reset_refused.fetch_add(1, Ordering::SeqCst);
+            return;
+        }
         let hold = match self.behaviour {
             Behaviour::Hold => true,
             Behaviour::HoldAfter(n) => received > n,
@@ -1528,13 +1526,7 @@ async fn calls_racing_a_graceful_goaway_end_promptly() {
 // failure table ("a request is sent in the instant its connection ends: it goes out on the next
 // connection as soon as the old one has ended") none may fail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: a call made as a graceful GOAWAY (last stream 2^31-1) arrives sometimes fails \
-            with hyper Http2 GoAway(NO_ERROR, Remote) although it never reached the server; \
-            about 1 run in 3 of 30 rounds x 10 calls"]
 async fn calls_racing_a_graceful_goaway_all_succeed() {
-    if !open_defects_checked() {
-        return;
-    }
     let (server, rounds) = calls_racing_graceful_goaways().await;
     let refused = server.get(|s| &s.refused) + server.get(|s| &s.ignored);
     assert_eq!(refused, 0, "{}", server.summary());
@@ -1632,13 +1624,7 @@ async fn goaway_with_the_stream_limit_full_no_call_waits_for_the_old_streams() {
 // limit "wait inside the connection"; failure table: "requests it never started go out on the
 // next connection") none of them may fail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: calls waiting beyond the server's stream limit when a graceful GOAWAY arrives \
-            fail (hyper Http2 GoAway(NO_ERROR, Remote), sometimes DispatchGone) instead of going \
-            out on the next connection; 1-6 of 6 in every run"]
 async fn goaway_with_the_stream_limit_full_no_unsent_call_fails() {
-    if !open_defects_checked() {
-        return;
-    }
     let server = H2Server::start(4, Behaviour::Answer).await;
     let pool = h2_pool(&server);
     let (first, _, goaway) = goaway_with_the_stream_limit_full(&server, &pool, 0).await;
@@ -1668,18 +1654,11 @@ async fn goaway_with_the_stream_limit_full_no_unsent_call_fails() {
 // connection 1 stays open with its four streams (as it would with four watches or followed logs).
 // K10 says "over HTTP/2 the bound is streams per connection … max_streams_per_session(Some(n))
 // lowers it", K9 that a connection closed by GOAWAY "is replaced by the next request": the six
-// should go out on a new connection at once. They wait, with no second connection opened, until
-// the old connection's streams end — for as long as those streams live (up to the 295 s read
-// timeout; without one, for as long as a watch runs).
+// should go out on a new connection at once. (They used to wait, with no second connection
+// opened, until the old connection's streams ended — for as long as those streams lived: up to
+// the 295 s read timeout; without one, for as long as a watch runs.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG (or doc ambiguity, K10 per-connection vs per-session bound): with \
-            max_streams_per_session(Some(n)) full on a connection that received a graceful \
-            GOAWAY, queued calls wait until the old connection's streams end instead of going \
-            out on a new connection; every run"]
 async fn goaway_with_the_session_stream_bound_full_queued_calls_go_out_at_once() {
-    if !open_defects_checked() {
-        return;
-    }
     let server = H2Server::start(100, Behaviour::Answer).await;
     server.plan([Behaviour::HoldAfter(1)]);
     let pool = Arc::new(
@@ -1762,13 +1741,7 @@ async fn goaway_refusing_streams_ends_them_promptly() {
 // 9113 §6.8: "can be safely retried"), so "requests it never started go out on the next
 // connection" would have them succeed on connection 2.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG (or doc ambiguity): calls on streams a GOAWAY refused (above its last stream id, \
-            never processed) fail with hyper Http2 GoAway(NO_ERROR, Remote) instead of going out \
-            on the next connection"]
 async fn goaway_refused_streams_go_out_on_the_next_connection() {
-    if !open_defects_checked() {
-        return;
-    }
     let server = H2Server::start(100, Behaviour::Answer).await;
     server.plan([Behaviour::Hold]);
     let pool = h2_pool(&server);
@@ -1963,4 +1936,35 @@ async fn reconnect_cut_in_handshake_then_goaway_with_many_waiting() {
         server.summary()
     );
     assert_eq!(pool.stats().creations, 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streams refused with RST_STREAM(REFUSED_STREAM) (added in session 35 with the resend of
+// unprocessed requests).
+
+// A stream the server resets with `REFUSED_STREAM` was not processed (RFC 9113 §8.7): the call
+// is sent again, on the same connection, and succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_streams_are_sent_again() {
+    let server = H2Server::start(100, Behaviour::RefuseFirst(2)).await;
+    let pool = h2_pool(&server);
+    all_ok(&join_bounded(spawn_calls(&pool, 1)).await);
+    assert_eq!(server.get(|s| &s.reset_refused), 2, "{}", server.summary());
+    assert_eq!(server.streams_on(1), 3, "{}", server.summary());
+    assert_eq!(server.tls(), 1, "{}", server.summary());
+    all_ok(&join_bounded(spawn_calls(&pool, 5)).await);
+}
+
+// A server that refuses every stream: the call fails after the guide's 3 resends (4 streams),
+// promptly; it does not loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_refused_every_time_fails_after_three_resends() {
+    let server = H2Server::start(100, Behaviour::RefuseFirst(u64::MAX)).await;
+    let pool = h2_pool(&server);
+    let started = Instant::now();
+    let results = join_bounded(spawn_calls(&pool, 1)).await;
+    assert_eq!(hung(&results), 0, "{}", server.summary());
+    assert_eq!(failures(&results), 1, "{results:?}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(server.streams_on(1), 4, "{}", server.summary());
 }

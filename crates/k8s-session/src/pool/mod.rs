@@ -451,6 +451,12 @@ impl SessionPoolBuilder {
     /// kube-apiserver) alone. `Some(n)` is clamped to [1, 1024]; the server's limit still
     /// applies when it is lower. Calls beyond the bound wait, they do not fail; a slot is held
     /// until the response body ends, fails or is dropped.
+    ///
+    /// The bound is per connection: when the server sends GOAWAY (or the connection is reset),
+    /// the calls waiting for one of its slots go out on the session's next connection at once,
+    /// rather than waiting for the old connection's streams (watches, followed logs) to end.
+    /// While an old connection drains, a session can so have up to `max` streams on it and
+    /// `max` on the new one.
     #[must_use]
     pub fn max_streams_per_session(mut self, max: Option<usize>) -> Self {
         let (min, most) = MAX_IN_FLIGHT_KNOB.range();

@@ -15,6 +15,8 @@
 //!   HTTP/2 without RFC 8441) to an HTTP/1.1 client of the same session (K8);
 //! - detects a stalled connection by HTTP/2 keep-alive PINGs: it is closed, only its own streams
 //!   fail, and the next request opens a new connection (K10);
+//! - lets a connection go the moment the server's GOAWAY arrives (see [`goaway`]), and sends
+//!   again, on the next connection, the requests the server never processed (see [`link`]);
 //! - bounds the wait for response headers and for each body frame by the read timeout.
 
 use std::error::Error as StdError;
@@ -43,9 +45,10 @@ use tracing::Instrument as _;
 
 use crate::telemetry::{ClusterMetrics, InUse};
 
+mod goaway;
 mod link;
 
-use link::{H2Link, SendError, Stream};
+use link::{H2Link, SendError, Sent, Stream};
 
 type BoxError = Box<dyn StdError + Send + Sync>;
 
@@ -363,7 +366,6 @@ pub(crate) struct Router {
     h2: H2Link,
     http1: HyperClient<Http1Connector, Body>,
     http1_bound: Arc<Semaphore>,
-    h2_bound: Option<Arc<Semaphore>>,
     read_timeout: Option<Duration>,
 }
 
@@ -415,9 +417,6 @@ impl Router {
             h2,
             http1,
             http1_bound: Arc::new(Semaphore::new(options.http1_in_flight.max(1))),
-            h2_bound: options
-                .h2_in_flight
-                .map(|n| Arc::new(Semaphore::new(n.max(1)))),
             read_timeout: options.read_timeout,
             state,
         }
@@ -434,15 +433,6 @@ impl Router {
                 .map_err(|_| ReadTimeout(limit))?),
             None => Ok(sending.await),
         }
-    }
-}
-
-/// A slot of `bound` (none without a bound), waited for. The semaphores are never closed:
-/// `ok()` only drops an impossible error.
-async fn slot(bound: Option<&Arc<Semaphore>>) -> Option<OwnedSemaphorePermit> {
-    match bound {
-        Some(bound) => Arc::clone(bound).acquire_owned().await.ok(),
-        None => None,
     }
 }
 
@@ -493,12 +483,15 @@ impl Service<Request<Body>> for Router {
                 );
                 let mut request = request;
                 if protocol == Protocol::H2 {
-                    let permit = slot(this.h2_bound.as_ref()).await;
-                    let active = this.state.dial.metrics.request_active();
-                    match this.within_read_timeout(this.h2.send(request)).await? {
-                        Ok((response, stream)) => {
+                    match this.h2.send(request, this.read_timeout).await {
+                        Ok(Sent {
+                            response,
+                            stream,
+                            slot,
+                            active,
+                        }) => {
                             let held = Held {
-                                permit,
+                                permit: slot,
                                 active,
                                 stream: Some(stream),
                             };
@@ -514,7 +507,7 @@ impl Service<Request<Body>> for Router {
                         }
                     }
                 }
-                let permit = slot(Some(&this.http1_bound)).await;
+                let permit = Arc::clone(&this.http1_bound).acquire_owned().await.ok();
                 let active = this.state.dial.metrics.request_active();
                 let sending = this.http1.request(request).map_err(BoxError::from);
                 let response = this.within_read_timeout(sending).await??;

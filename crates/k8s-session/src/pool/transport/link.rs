@@ -10,14 +10,24 @@
 //! - the slot is `Closed`, `Opening` (one shared attempt every caller waits on) or `Open`;
 //! - an open connection that hyper reports closed (GOAWAY, keep-alive timeout, reset) is
 //!   replaced by the next request, through one new attempt;
+//! - a connection the server sends GOAWAY on is let go the moment the frame arrives (see
+//!   [`goaway`](super::goaway)): new requests go out on the next connection while it finishes
+//!   its streams in progress;
 //! - a request the closed connection never started is sent again on the new one, as
-//!   hyper-util does for a reused connection;
+//!   hyper-util does for a reused connection, and so is a request the server never processed:
+//!   its stream was refused (`REFUSED_STREAM`) or came after a GOAWAY (RFC 9113 §6.8, §8.7),
+//!   when its body can be sent again (kube buffers every request body it builds);
+//! - with `max_streams_per_session(Some(n))`, each connection has `n` stream slots: a request
+//!   waits for one of its connection's slots, not the session's, so requests waiting when a
+//!   connection goes away move to the next connection instead of waiting for the old one's
+//!   streams (watches) to end;
 //! - a connection that carried no stream for [`IDLE_TIMEOUT`] (counted from the end of its last
 //!   response body, so a long watch keeps it) is let go and closes;
 //! - a reconnect that finds the server speaking HTTP/1.1 hands every request waiting on it back
 //!   unsent, to go out over HTTP/1.1 ([`SendError::Http1`]).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -25,20 +35,39 @@ use futures::future::{self, BoxFuture, Either, FutureExt as _, Shared};
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper::client::conn::http2;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use kube::client::Body;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use super::{BoxError, ConnectError, NotHttp2, SessionState, StackOptions};
+use super::goaway::GoAwayWatch;
+use super::{BoxError, ConnectError, NotHttp2, ReadTimeout, SessionState, StackOptions};
+use crate::telemetry::InUse;
 
 /// A connection that carried no stream for this long is let go (hyper-util's pool default).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// A request is sent again at most this many times when its connection closed, went away or
+/// refused it before processing it (every resend goes out on a newer connection, except after
+/// `REFUSED_STREAM`).
+const MAX_RESENDS: u32 = 3;
 
 /// Why [`H2Link::send`] did not get a response.
 pub(super) enum SendError {
     /// The server now speaks HTTP/1.1: the request, unsent, for the HTTP/1.1 client.
     Http1(Box<Request<Body>>),
     Failed(BoxError),
+}
+
+/// A response from [`H2Link::send`], with what its body holds until it ends.
+pub(super) struct Sent {
+    pub(super) response: Response<Incoming>,
+    /// The request's stream on its connection.
+    pub(super) stream: Stream,
+    /// Its stream slot on that connection (`max_streams_per_session`; none without a bound).
+    pub(super) slot: Option<OwnedSemaphorePermit>,
+    /// Its place in the active-requests gauge, taken with its slot.
+    pub(super) active: InUse,
 }
 
 /// The session's HTTP/2 connection (cheap to clone: one shared slot).
@@ -50,6 +79,8 @@ pub(super) struct H2Link {
 struct Inner {
     state: Arc<SessionState>,
     builder: http2::Builder<TokioExecutor>,
+    /// Stream slots per connection (`max_streams_per_session`), if bounded.
+    max_streams: Option<usize>,
     slot: Mutex<Slot>,
     /// Numbers connections, so a late watchdog or failure never touches a newer one.
     opened: AtomicU64,
@@ -70,6 +101,18 @@ struct Open {
     id: u64,
     sender: http2::SendRequest<Body>,
     usage: Arc<Usage>,
+    /// The connection's stream slots (never taken from without a bound), closed when it goes
+    /// away or ends: the requests waiting for a slot then move to the next connection.
+    slots: Arc<Semaphore>,
+    /// Set when the server's GOAWAY arrives.
+    went_away: Arc<AtomicBool>,
+}
+
+impl Open {
+    /// Whether new requests may go out on it.
+    fn usable(&self) -> bool {
+        !self.sender.is_closed() && !self.slots.is_closed()
+    }
 }
 
 /// A connection's streams in progress, and when its last one started or ended.
@@ -125,6 +168,7 @@ impl H2Link {
             inner: Arc::new(Inner {
                 state,
                 builder,
+                max_streams: options.h2_in_flight.map(|n| n.max(1)),
                 slot: Mutex::new(Slot::Closed),
                 opened: AtomicU64::new(0),
                 dropped: tokio::sync::watch::Sender::new(()),
@@ -132,39 +176,111 @@ impl H2Link {
         }
     }
 
-    /// Send `request` over the session's connection, opening it first when there is none. The
-    /// [`Stream`] goes with the response body.
+    /// Send `request` over the session's connection, opening it first when there is none, and
+    /// waiting for one of its stream slots when they are bounded. The wait for a slot is not
+    /// bounded; connecting and the wait for the response headers are, by `read_timeout` (each
+    /// attempt).
     pub(super) async fn send(
         &self,
         mut request: Request<Body>,
-    ) -> Result<(Response<Incoming>, Stream), SendError> {
+        read_timeout: Option<Duration>,
+    ) -> Result<Sent, SendError> {
+        let mut resends = 0;
         loop {
-            let (mut open, reused) = match self.connection(request.uri()).await {
-                Ok(connection) => connection,
-                Err(error) if error.0.is::<NotHttp2>() => {
-                    return Err(SendError::Http1(Box::new(request)));
-                }
-                Err(error) => return Err(SendError::Failed(error.into())),
+            let (mut open, reused, slot) = match self.slot(request.uri(), read_timeout).await {
+                Ok(slotted) => slotted,
+                Err(Unavailable::Http1) => return Err(SendError::Http1(Box::new(request))),
+                Err(Unavailable::Failed(error)) => return Err(SendError::Failed(error)),
             };
+            let copy = if resends < MAX_RESENDS {
+                replayable(&request)
+            } else {
+                None
+            };
+            let active = self.inner.state.dial.metrics.request_active();
             let stream = open.usage.begin();
             let id = open.id;
+            let went_away = Arc::clone(&open.went_away);
             let sending = open.sender.try_send_request(request);
             // The connection's `SendRequest` is not held while the response is awaited (see
-            // [`forget_when_closed`]): a request queued just as the connection closed is handed
+            // [`Ending`]): a request queued just as the connection closed is handed
             // back once the last one is dropped.
             drop(open);
-            match sending.await {
-                Ok(response) => return Ok((response, stream)),
-                Err(mut error) => match error.take_message() {
-                    // The connection closed before this request started: it goes out on the
-                    // next one. A fresh connection failing so is not retried (no loop).
-                    Some(unsent) if reused => {
-                        self.inner.forget(id);
-                        request = unsent;
-                    }
-                    _ => return Err(SendError::Failed(error.into_error().into())),
-                },
+            let mut error = match within(read_timeout, sending).await {
+                Ok(Ok(response)) => {
+                    return Ok(Sent {
+                        response,
+                        stream,
+                        slot,
+                        active,
+                    });
+                }
+                Ok(Err(error)) => error,
+                Err(timeout) => return Err(SendError::Failed(timeout)),
+            };
+            let unsent = error.take_message();
+            let error = error.into_error();
+            let unprocessed = unprocessed(&error, went_away.load(Ordering::Acquire));
+            request = match (unsent, copy, unprocessed) {
+                // The connection closed before this request started: it goes out on the next
+                // one. A fresh connection failing so is not retried.
+                (Some(unsent), _, _) if reused && resends < MAX_RESENDS => {
+                    self.inner.forget(id);
+                    unsent
+                }
+                // The server never processed it: the same request again, on the next
+                // connection after a GOAWAY.
+                (_, Some(copy), Some(Unprocessed::GoneAway)) => {
+                    self.inner.forget(id);
+                    copy
+                }
+                (_, Some(copy), Some(Unprocessed::Refused)) => copy,
+                _ => return Err(SendError::Failed(error.into())),
+            };
+            resends += 1;
+        }
+    }
+
+    /// The connection to send on (`true`: it served requests before) and one of its stream
+    /// slots when they are bounded, waited for without a time limit; a wait cut short by the
+    /// connection going away goes on for the next connection's slots.
+    async fn slot(
+        &self,
+        uri: &Uri,
+        read_timeout: Option<Duration>,
+    ) -> Result<(Open, bool, Option<OwnedSemaphorePermit>), Unavailable> {
+        loop {
+            let (open, reused) = self.connection_within(uri, read_timeout).await?;
+            if self.inner.max_streams.is_none() {
+                return Ok((open, reused, None));
             }
+            let slots = Arc::clone(&open.slots);
+            if let Ok(slot) = Arc::clone(&slots).try_acquire_owned() {
+                return Ok((open, reused, Some(slot)));
+            }
+            // Not holding the connection while waiting (see [`Ending`]).
+            drop(open);
+            let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+                continue;
+            };
+            let (open, reused) = self.connection_within(uri, read_timeout).await?;
+            if Arc::ptr_eq(&open.slots, &slots) {
+                return Ok((open, reused, Some(slot)));
+            }
+        }
+    }
+
+    /// [`connection`](Self::connection) within the read timeout.
+    async fn connection_within(
+        &self,
+        uri: &Uri,
+        read_timeout: Option<Duration>,
+    ) -> Result<(Open, bool), Unavailable> {
+        match within(read_timeout, self.connection(uri)).await {
+            Ok(Ok(connection)) => Ok(connection),
+            Ok(Err(error)) if error.0.is::<NotHttp2>() => Err(Unavailable::Http1),
+            Ok(Err(error)) => Err(Unavailable::Failed(error.into())),
+            Err(timeout) => Err(Unavailable::Failed(timeout)),
         }
     }
 
@@ -173,7 +289,7 @@ impl H2Link {
         let opening = {
             let mut slot = self.inner.lock();
             match &*slot {
-                Slot::Open(open) if !open.sender.is_closed() => return Ok((open.clone(), true)),
+                Slot::Open(open) if open.usable() => return Ok((open.clone(), true)),
                 Slot::Opening(opening) => opening.clone(),
                 Slot::Open(_) | Slot::Closed => {
                     let id = self.inner.opened.fetch_add(1, Ordering::Relaxed) + 1;
@@ -181,6 +297,7 @@ impl H2Link {
                         Arc::downgrade(&self.inner),
                         Arc::clone(&self.inner.state),
                         self.inner.builder.clone(),
+                        self.inner.max_streams,
                         id,
                         uri.clone(),
                     )
@@ -192,6 +309,72 @@ impl H2Link {
             }
         };
         Ok((opening.await?, false))
+    }
+}
+
+/// Why [`H2Link::slot`] has no connection to offer.
+enum Unavailable {
+    /// The server now speaks HTTP/1.1.
+    Http1,
+    Failed(BoxError),
+}
+
+/// How the server let a request go without processing it: it can be sent again as it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unprocessed {
+    /// The connection went away: its stream came after the server's GOAWAY (above its last
+    /// stream id, or opened once it had arrived; RFC 9113 §6.8).
+    GoneAway,
+    /// The server reset its stream with `REFUSED_STREAM` (RFC 9113 §8.7).
+    Refused,
+}
+
+/// Whether hyper's `error` says the server never processed the request, sent on a connection
+/// that received GOAWAY (`went_away`) or not.
+///
+/// A request hyper had to hold back because the server's stream limit was reached fails with
+/// `DispatchGone` ("runtime dropped the dispatch task") when a GOAWAY ends the connection's
+/// dispatch: its stream, above the GOAWAY's last stream id, was never sent. That error (a
+/// "user" error of hyper's) counts as unprocessed after a GOAWAY only.
+fn unprocessed(error: &hyper::Error, went_away: bool) -> Option<Unprocessed> {
+    let h2 = std::error::Error::source(error).and_then(|e| e.downcast_ref::<h2::Error>());
+    let Some(h2) = h2 else {
+        return (went_away && error.is_user()).then_some(Unprocessed::GoneAway);
+    };
+    if !h2.is_remote() {
+        return None;
+    }
+    if h2.is_go_away() {
+        Some(Unprocessed::GoneAway)
+    } else if h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM) {
+        Some(Unprocessed::Refused)
+    } else {
+        None
+    }
+}
+
+/// A copy of `request` to send again, when its body can be (kube buffers every request body it
+/// builds).
+fn replayable(request: &Request<Body>) -> Option<Request<Body>> {
+    let mut copy = Request::new(request.body().try_clone()?);
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    *copy.extensions_mut() = request.extensions().clone();
+    Some(copy)
+}
+
+/// `future`, failing with [`ReadTimeout`] past `limit`.
+async fn within<T>(
+    limit: Option<Duration>,
+    future: impl Future<Output = T>,
+) -> Result<T, BoxError> {
+    match limit {
+        Some(limit) => tokio::time::timeout(limit, future)
+            .await
+            .map_err(|_| ReadTimeout(limit).into()),
+        None => Ok(future.await),
     }
 }
 
@@ -217,10 +400,25 @@ async fn open(
     link: Weak<Inner>,
     state: Arc<SessionState>,
     builder: http2::Builder<TokioExecutor>,
+    max_streams: Option<usize>,
     id: u64,
     uri: Uri,
 ) -> Result<Open, ConnectError> {
-    let result = handshake(&state, &builder, uri, forget_when_closed(link.clone(), id))
+    let slots = Arc::new(Semaphore::new(max_streams.unwrap_or(0)));
+    let went_away = Arc::new(AtomicBool::new(false));
+    let ending = Ending {
+        link: link.clone(),
+        id,
+        slots: Arc::clone(&slots),
+    };
+    let goaway = {
+        let (ending, went_away) = (ending.clone(), Arc::clone(&went_away));
+        move || {
+            went_away.store(true, Ordering::Release);
+            ending.run();
+        }
+    };
+    let result = handshake(&state, &builder, uri, goaway, ending)
         .await
         .map(|sender| Open {
             id,
@@ -230,6 +428,8 @@ async fn open(
                 last: AtomicU64::new(0),
                 streams: AtomicU64::new(0),
             }),
+            slots,
+            went_away,
         });
     let Some(link) = link.upgrade() else {
         return result;
@@ -237,7 +437,7 @@ async fn open(
     let mut slot = link.lock();
     if matches!(&*slot, Slot::Opening(_)) {
         *slot = match &result {
-            Ok(open) if !open.sender.is_closed() => Slot::Open(open.clone()),
+            Ok(open) if open.usable() => Slot::Open(open.clone()),
             // The next request tries again (also when the new connection is already gone:
             // its end has been seen, and must not leave it in the slot).
             Ok(_) | Err(_) => Slot::Closed,
@@ -255,42 +455,57 @@ async fn open(
     result
 }
 
-/// What the task driving connection `id` does when the connection ends: the link lets it go at
-/// once, so that its last `SendRequest` is dropped.
+/// What connection `id` does when it goes away (the server's GOAWAY, seen as it arrives) or
+/// ends (its task done): the link lets it go at once, and the requests waiting for one of its
+/// stream slots move on to the next connection.
 ///
-/// hyper queues a request for the connection's task in a channel; a request queued in the
-/// instant the task ends (the channel's receiver closing between the sender's check and its
-/// push) stays in the channel, unanswered, until the channel's last sender is dropped, and is
-/// then handed back unsent. The link's slot held that sender until the next request noticed the
-/// closed connection, and each request held one while awaiting its response: under a loaded
-/// multi-threaded runtime a request sent as its connection was cut waited for the read timeout
+/// Letting it go as it ends also drops its last `SendRequest`. hyper queues a request for the
+/// connection's task in a channel; a request queued in the instant the task ends (the channel's
+/// receiver closing between the sender's check and its push) stays in the channel, unanswered,
+/// until the channel's last sender is dropped, and is then handed back unsent. The link's slot
+/// held that sender until the next request noticed the closed connection, and each request
+/// held one while awaiting its response: under a loaded multi-threaded runtime a request sent
+/// as its connection was cut waited for the read timeout
 /// (`blackbox_h2_link::multi_thread_repeated_cuts_under_load_replaced_once_each` caught it, a
 /// call waiting more than 5 s in about one run of 200). Now the request is handed back as soon
 /// as the connection ends, and goes out on the next one.
-fn forget_when_closed(link: Weak<Inner>, id: u64) -> impl FnOnce() + Send + 'static {
-    move || {
-        if let Some(link) = link.upgrade() {
-            link.forget(id);
+#[derive(Clone)]
+struct Ending {
+    link: Weak<Inner>,
+    id: u64,
+    slots: Arc<Semaphore>,
+}
+
+impl Ending {
+    fn run(self) {
+        self.slots.close();
+        if let Some(link) = self.link.upgrade() {
+            link.forget(self.id);
         }
     }
 }
 
-/// A connection for the HTTP/2 client, its handshake done and its task spawned; `on_close`
-/// runs when the connection ends.
+/// A connection for the HTTP/2 client, its handshake done and its task spawned; `on_goaway`
+/// runs when the server's GOAWAY arrives, `on_close` when the connection ends.
 async fn handshake(
     state: &SessionState,
     builder: &http2::Builder<TokioExecutor>,
     uri: Uri,
-    on_close: impl FnOnce() + Send + 'static,
+    on_goaway: impl FnOnce() + Send + 'static,
+    on_close: Ending,
 ) -> Result<http2::SendRequest<Body>, ConnectError> {
     let connect = async {
         let io = state.h2_io(uri).await?;
+        let io = TokioIo::new(GoAwayWatch::new(TokioIo::new(io), move || {
+            tracing::debug!("the Kubernetes API server sent GOAWAY: the next request reconnects");
+            on_goaway();
+        }));
         let (mut sender, connection) = builder.handshake(io).await?;
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%error, "HTTP/2 connection to the Kubernetes API server ended");
             }
-            on_close();
+            on_close.run();
         });
         sender.ready().await?;
         Ok::<_, BoxError>(sender)
