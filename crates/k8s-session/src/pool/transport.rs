@@ -254,6 +254,14 @@ impl SessionState {
         *self.negotiation.lock().unwrap_or_else(|e| e.into_inner()) = negotiation;
     }
 
+    /// Whether the session has learned that its server speaks HTTP/1.1 only.
+    fn speaks_http1(&self) -> bool {
+        matches!(
+            *self.negotiation.lock().unwrap_or_else(|e| e.into_inner()),
+            Negotiation::Known(Protocol::Http1)
+        )
+    }
+
     /// The protocol to send with: known, or learned by the one probe in progress (K9).
     async fn protocol(self: &Arc<Self>, uri: &Uri) -> Result<Protocol, ConnectError> {
         let probe = {

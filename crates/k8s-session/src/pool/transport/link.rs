@@ -47,9 +47,10 @@ use crate::telemetry::InUse;
 /// A connection that carried no stream for this long is let go (hyper-util's pool default).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// A request is sent again at most this many times when its connection closed, went away or
-/// refused it before processing it (every resend goes out on a newer connection, except after
-/// `REFUSED_STREAM`).
+/// A request is sent again at most this many times in all when its connection closed or went
+/// away before writing it, or the server refused it without processing it (every resend goes out
+/// on a newer connection, except after `REFUSED_STREAM` on a connection still open). Bounded, so a
+/// server that sends GOAWAY on every connection (draining) costs a call at most 4 connections.
 const MAX_RESENDS: u32 = 3;
 
 /// Why [`H2Link::send`] did not get a response.
@@ -220,11 +221,13 @@ impl H2Link {
             };
             let unsent = error.take_message();
             let error = error.into_error();
-            let unprocessed = unprocessed(&error, went_away.load(Ordering::Acquire));
+            let went_away = went_away.load(Ordering::Acquire);
+            let unprocessed = unprocessed(&error, went_away);
             request = match (unsent, copy, unprocessed) {
                 // The connection closed before this request started: it goes out on the next
-                // one. A fresh connection failing so is not retried.
-                (Some(unsent), _, _) if reused && resends < MAX_RESENDS => {
+                // one. A fresh connection failing so is not retried, unless the server said why
+                // (a GOAWAY, even one that came with the connection's first frames).
+                (Some(unsent), _, _) if (reused || went_away) && resends < MAX_RESENDS => {
                     self.inner.forget(id);
                     unsent
                 }
@@ -291,6 +294,11 @@ impl H2Link {
             match &*slot {
                 Slot::Open(open) if open.usable() => return Ok((open.clone(), true)),
                 Slot::Opening(opening) => opening.clone(),
+                // The session moved to HTTP/1.1 (a reconnect was answered so) while this request
+                // was on its way here: no second probe of the server.
+                Slot::Open(_) | Slot::Closed if self.inner.state.speaks_http1() => {
+                    return Err(ConnectError(Arc::new(NotHttp2.into())));
+                }
                 Slot::Open(_) | Slot::Closed => {
                     let id = self.inner.opened.fetch_add(1, Ordering::Relaxed) + 1;
                     let opening = open(
