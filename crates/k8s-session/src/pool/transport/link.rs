@@ -191,7 +191,14 @@ impl H2Link {
             let (mut open, reused, slot) = match self.slot(request.uri(), read_timeout).await {
                 Ok(slotted) => slotted,
                 Err(Unavailable::Http1) => return Err(SendError::Http1(Box::new(request))),
-                Err(Unavailable::Failed(error)) => return Err(SendError::Failed(error)),
+                // Never sent: it goes out on the next connection (a resend of the budget).
+                Err(Unavailable::WentAway(_)) if resends < MAX_RESENDS => {
+                    resends += 1;
+                    continue;
+                }
+                Err(Unavailable::WentAway(error) | Unavailable::Failed(error)) => {
+                    return Err(SendError::Failed(error));
+                }
             };
             let copy = if resends < MAX_RESENDS {
                 replayable(&request)
@@ -282,6 +289,9 @@ impl H2Link {
         match within(read_timeout, self.connection(uri)).await {
             Ok(Ok(connection)) => Ok(connection),
             Ok(Err(error)) if error.0.is::<NotHttp2>() => Err(Unavailable::Http1),
+            Ok(Err(error)) if error.0.is::<WentAwayAtHandshake>() => {
+                Err(Unavailable::WentAway(error.into()))
+            }
             Ok(Err(error)) => Err(Unavailable::Failed(error.into())),
             Err(timeout) => Err(Unavailable::Failed(timeout)),
         }
@@ -324,8 +334,26 @@ impl H2Link {
 enum Unavailable {
     /// The server now speaks HTTP/1.1.
     Http1,
+    /// The new connection ended with the server's GOAWAY before it could carry a request: the
+    /// request can go out on the next one.
+    WentAway(BoxError),
     Failed(BoxError),
 }
+
+/// A new connection the server sent GOAWAY on, and that ended, before it could carry a request.
+#[derive(Debug)]
+struct WentAwayAtHandshake;
+
+impl std::fmt::Display for WentAwayAtHandshake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(
+            "the Kubernetes API server sent GOAWAY and closed the new HTTP/2 connection before \
+             any request could go out on it",
+        )
+    }
+}
+
+impl std::error::Error for WentAwayAtHandshake {}
 
 /// How the server let a request go without processing it: it can be sent again as it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -426,7 +454,7 @@ async fn open(
             ending.run();
         }
     };
-    let result = handshake(&state, &builder, uri, goaway, ending)
+    let result = handshake(&state, &builder, uri, &went_away, goaway, ending)
         .await
         .map(|sender| Open {
             id,
@@ -499,6 +527,7 @@ async fn handshake(
     state: &SessionState,
     builder: &http2::Builder<TokioExecutor>,
     uri: Uri,
+    went_away: &AtomicBool,
     on_goaway: impl FnOnce() + Send + 'static,
     on_close: Ending,
 ) -> Result<http2::SendRequest<Body>, ConnectError> {
@@ -515,8 +544,12 @@ async fn handshake(
             }
             on_close.run();
         });
-        sender.ready().await?;
-        Ok::<_, BoxError>(sender)
+        match sender.ready().await {
+            Ok(()) => Ok::<_, BoxError>(sender),
+            // Ended by the server's GOAWAY before any request could go out on it.
+            Err(_) if went_away.load(Ordering::Acquire) => Err(WentAwayAtHandshake.into()),
+            Err(error) => Err(error.into()),
+        }
     };
     connect.await.map_err(|e| ConnectError(Arc::new(e)))
 }
