@@ -427,15 +427,40 @@ fn run_bounded(limit: Duration, body: impl FnOnce() + Send + 'static) {
     }
 }
 
-/// Waits (real time, multi-thread runtime) until `done()` or fails after `limit`.
-async fn wait_real(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+/// What the pool and the log read, for a failed wait.
+fn state(pool: &Pool, log: &Log) -> String {
+    let stats = pool.stats();
+    format!(
+        "created {}, evicted {}, retires started {}, ok {}, retire failures {}, resident {}",
+        log.created().len(),
+        stats.evictions.total(),
+        log.started_total(),
+        log.ok_count(),
+        stats.retire_failures,
+        pool.len()
+    )
+}
+
+/// Waits (real time, multi-thread runtime) until `done()` or fails after `limit`, saying what
+/// `state()` reads then.
+///
+/// Checks every millisecond, not in a spin: a spinning check takes the log's locks over and over
+/// and, on a loaded two-core machine, can keep the retires it waits for from taking them (a
+/// clean-clone CI run once timed out after 5 s here; not reproduced in about 1 300 loaded runs).
+async fn wait_real(
+    limit: Duration,
+    what: &str,
+    mut done: impl FnMut() -> bool,
+    state: impl Fn() -> String,
+) {
     let deadline = std::time::Instant::now() + limit;
     while !done() {
         assert!(
             std::time::Instant::now() < deadline,
-            "timed out after {limit:?} waiting for: {what}"
+            "timed out after {limit:?} waiting for: {what}; {}",
+            state()
         );
-        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 
@@ -679,13 +704,16 @@ async fn concurrent_tasks_on_a_multi_thread_runtime_retire_each_value_exactly_on
         for task in tasks {
             task.await.expect("task");
         }
+        // Well above a retire's 10 s timeout: a retire stranded or stuck until its timeout still
+        // fails the wait (it is never `ok`), a slow machine does not.
         wait_real(
-            Duration::from_secs(5),
+            Duration::from_secs(20),
             "every evicted value retired",
             || {
                 log.started_total() == pool.stats().evictions.total()
                     && log.ok_count() == log.started_total()
             },
+            || state(&pool, &log),
         )
         .await;
         log.assert_no_double_retire();
@@ -701,9 +729,12 @@ async fn concurrent_tasks_on_a_multi_thread_runtime_retire_each_value_exactly_on
         );
         let report = pool.reset().await;
         assert_eq!(report.total(), resident.len());
-        wait_real(Duration::from_secs(5), "the final reset's retires", || {
-            log.started_total() == log.created().len() as u64
-        })
+        wait_real(
+            Duration::from_secs(20),
+            "the final reset's retires",
+            || log.started_total() == log.created().len() as u64,
+            || state(&pool, &log),
+        )
         .await;
         log.assert_all_created_retired_once();
         log.assert_no_drop_before_retire();
@@ -761,16 +792,22 @@ async fn concurrent_lookups_of_expired_entries_retire_each_once() {
     for task in tasks {
         task.await.expect("task");
     }
-    wait_real(Duration::from_secs(5), "expired values retired", || {
-        expired.iter().all(|&id| log.started(id) >= 1)
-    })
+    wait_real(
+        Duration::from_secs(20),
+        "expired values retired",
+        || expired.iter().all(|&id| log.started(id) >= 1),
+        || state(&pool, &log),
+    )
     .await;
     log.assert_no_double_retire();
     assert_eq!(pool.stats().evictions.expired, expired.len() as u64);
     let _ = pool.reset().await;
-    wait_real(Duration::from_secs(5), "everything retired", || {
-        log.started_total() == log.created().len() as u64
-    })
+    wait_real(
+        Duration::from_secs(20),
+        "everything retired",
+        || log.started_total() == log.created().len() as u64,
+        || state(&pool, &log),
+    )
     .await;
     log.assert_all_created_retired_once();
     log.detach();
