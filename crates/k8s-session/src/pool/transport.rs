@@ -429,18 +429,18 @@ impl Router {
             state,
         }
     }
+}
 
-    /// `sending`, failing with [`ReadTimeout`] past the read timeout.
-    async fn within_read_timeout<T>(
-        &self,
-        sending: impl Future<Output = T>,
-    ) -> Result<T, BoxError> {
-        match self.read_timeout {
-            Some(limit) => Ok(tokio::time::timeout(limit, sending)
-                .await
-                .map_err(|_| ReadTimeout(limit))?),
-            None => Ok(sending.await),
-        }
+/// `future`, failing with [`ReadTimeout`] past `limit` (the read timeout; `None`: unbounded).
+async fn within_read_timeout<T>(
+    limit: Option<Duration>,
+    future: impl Future<Output = T>,
+) -> Result<T, BoxError> {
+    match limit {
+        Some(limit) => Ok(tokio::time::timeout(limit, future)
+            .await
+            .map_err(|_| ReadTimeout(limit))?),
+        None => Ok(future.await),
     }
 }
 
@@ -518,7 +518,7 @@ impl Service<Request<Body>> for Router {
                 let permit = Arc::clone(&this.http1_bound).acquire_owned().await.ok();
                 let active = this.state.dial.metrics.request_active();
                 let sending = this.http1.request(request).map_err(BoxError::from);
-                let response = this.within_read_timeout(sending).await??;
+                let response = within_read_timeout(this.read_timeout, sending).await??;
                 let held = Held {
                     permit,
                     active,

@@ -26,7 +26,6 @@
 //! - a reconnect that finds the server speaking HTTP/1.1 hands every request waiting on it back
 //!   unsent, to go out over HTTP/1.1 ([`SendError::Http1`]).
 
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -41,7 +40,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::goaway::GoAwayWatch;
-use super::{BoxError, ConnectError, NotHttp2, ReadTimeout, SessionState, StackOptions};
+use super::{BoxError, ConnectError, NotHttp2, SessionState, StackOptions, within_read_timeout};
 use crate::telemetry::InUse;
 
 /// A connection that carried no stream for this long is let go (hyper-util's pool default).
@@ -214,7 +213,7 @@ impl H2Link {
             // [`Ending`]): a request queued just as the connection closed is handed
             // back once the last one is dropped.
             drop(open);
-            let mut error = match within(read_timeout, sending).await {
+            let mut error = match within_read_timeout(read_timeout, sending).await {
                 Ok(Ok(response)) => {
                     return Ok(Sent {
                         response,
@@ -286,7 +285,7 @@ impl H2Link {
         uri: &Uri,
         read_timeout: Option<Duration>,
     ) -> Result<(Open, bool), Unavailable> {
-        match within(read_timeout, self.connection(uri)).await {
+        match within_read_timeout(read_timeout, self.connection(uri)).await {
             Ok(Ok(connection)) => Ok(connection),
             Ok(Err(error)) if error.0.is::<NotHttp2>() => Err(Unavailable::Http1),
             Ok(Err(error)) if error.0.is::<WentAwayAtHandshake>() => {
@@ -399,19 +398,6 @@ fn replayable(request: &Request<Body>) -> Option<Request<Body>> {
     *copy.headers_mut() = request.headers().clone();
     *copy.extensions_mut() = request.extensions().clone();
     Some(copy)
-}
-
-/// `future`, failing with [`ReadTimeout`] past `limit`.
-async fn within<T>(
-    limit: Option<Duration>,
-    future: impl Future<Output = T>,
-) -> Result<T, BoxError> {
-    match limit {
-        Some(limit) => tokio::time::timeout(limit, future)
-            .await
-            .map_err(|_| ReadTimeout(limit).into()),
-        None => Ok(future.await),
-    }
 }
 
 impl Inner {
