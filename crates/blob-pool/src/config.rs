@@ -70,7 +70,7 @@ impl BlobPoolConfig {
     /// [`BlobPool::prune_idle`]: crate::BlobPool::prune_idle
     #[must_use]
     pub fn idle_ttl(mut self, idle_ttl: Duration) -> Self {
-        self.idle_ttl = clamp_secs(idle_ttl, &IDLE_TTL_SECONDS).max(Duration::from_secs(1));
+        self.idle_ttl = clamp_idle_ttl(idle_ttl);
         self
     }
 
@@ -87,9 +87,11 @@ impl BlobPoolConfig {
     }
 
     /// Pooled clients at most; past it the least recently used goes first (pool-core P4).
+    /// Clamped into the knob's range, 1 – 65 536 (X5: `usize::MAX` is not "no limit").
     #[must_use]
     pub fn max_entries(mut self, max_entries: usize) -> Self {
-        self.max_entries = max_entries.max(1);
+        let (min, max) = MAX_ENTRIES.range();
+        self.max_entries = max_entries.clamp(min, max);
         self
     }
 
@@ -133,6 +135,12 @@ impl BlobPoolConfig {
 /// `value` no longer than `knob`'s maximum (in seconds).
 pub(crate) fn clamp_secs(value: Duration, knob: &Knob<u64>) -> Duration {
     value.min(Duration::from_secs(knob.range().1))
+}
+
+/// An idle TTL clamped into [`IDLE_TTL_SECONDS`]' range, 1 s – 7 days.
+pub(crate) fn clamp_idle_ttl(value: Duration) -> Duration {
+    let (min, max) = IDLE_TTL_SECONDS.range();
+    value.clamp(Duration::from_secs(min), Duration::from_secs(max))
 }
 
 #[cfg(test)]

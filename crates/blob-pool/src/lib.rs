@@ -14,7 +14,7 @@
 //!   be at that address. Address reuse is impossible while a registration or a pooled client
 //!   exists, and once both are gone the next credential at that address gets a new id.
 //! - **Eviction when the credential is dropped (B4),** without keeping it alive: the pool holds
-//!   only `Weak`s. Each [`BlobPool::client`] call checks up to four registrations (all of
+//!   only `Weak`s. Each [`BlobPool::client`] call checks up to 16 registrations (all of
 //!   them when there are that few) and evicts the clients of dropped ones before it returns
 //!   (cause `OwnerGone`); the background sweeper (every 60 s by default) checks all.
 //! - **Last-used and idle TTL (B3, B5):** pool-core's `KeyedPool` records every hit;

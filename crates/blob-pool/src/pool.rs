@@ -129,7 +129,7 @@ impl BlobPool {
     /// The cached client for (`credential`, `endpoint`), or a new one (B1).
     ///
     /// Hit path: one read lock on the credential registry (the credential's id, plus a check
-    /// of up to four registrations for dropped credentials) and pool-core's hit path, which
+    /// of up to 16 registrations for dropped credentials) and pool-core's hit path, which
     /// updates the entry's last-used time (B3). A dropped credential seen here has its clients
     /// evicted before this call returns (B4). A miss registers the credential if needed and
     /// builds the client once, however many callers miss together (no IO: the client
@@ -237,10 +237,11 @@ impl BlobPool {
         self.prune_idle_with(self.inner.config.idle_ttl).await
     }
 
-    /// Retire clients unused for longer than `idle_ttl` (any value, `Duration::MAX` included:
-    /// longer than the idle-TTL knob's maximum of 7 days is clamped to it).
+    /// Retire clients unused for longer than `idle_ttl`, clamped into the idle-TTL knob's range
+    /// as [`BlobPoolConfig::idle_ttl`](crate::BlobPoolConfig::idle_ttl) is: 1 s – 7 days (any
+    /// value, zero and `Duration::MAX` included).
     pub async fn prune_idle_with(&self, idle_ttl: Duration) -> RetireReport {
-        let idle_ttl = crate::config::clamp_secs(idle_ttl, &crate::config::IDLE_TTL_SECONDS);
+        let idle_ttl = crate::config::clamp_idle_ttl(idle_ttl);
         self.inner.pool.prune_idle(idle_ttl).await
     }
 
