@@ -86,7 +86,8 @@ impl BlobPoolConfig {
         self
     }
 
-    /// Pooled clients at most; past it the least recently used goes first (pool-core P4).
+    /// Pooled clients at most; past it the least recently used goes first (pool-core P4: the
+    /// soonest deadline first, and a pooled client has none, so the tie-break, last use).
     /// Clamped into the knob's range, 1 – 65 536 (X5: `usize::MAX` is not "no limit").
     #[must_use]
     pub fn max_entries(mut self, max_entries: usize) -> Self {
