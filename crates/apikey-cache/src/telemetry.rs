@@ -99,54 +99,51 @@ impl std::fmt::Debug for Telemetry {
 #[cfg(feature = "metrics")]
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        describe_counter!(
-            "apikey.authentications",
-            Unit::Count,
-            "authenticate calls by outcome (ok, unknown, revoked, unavailable, malformed)"
-        );
-        describe_counter!(
-            "apikey.store.reads",
-            Unit::Count,
-            "store reads by operation (load, get_record, read_feed) and outcome (ok, error)"
-        );
-        describe_histogram!(
-            "apikey.store.read.duration",
-            Unit::Seconds,
-            "duration of one store read, by operation"
-        );
-        describe_counter!(
-            "apikey.reload.failures",
-            Unit::Count,
-            "failed document loads, point reads and feed reads (the previous state stays)"
-        );
-        describe_gauge!(
-            "apikey.snapshot.age",
-            Unit::Seconds,
-            "time since the store last confirmed this instance's view (document: the snapshot; keyed: the change feed), as of the last read"
-        );
-        describe_gauge!(
-            "apikey.negative_cache.entries",
-            Unit::Count,
-            "unknown keys remembered as unknown"
-        );
-        describe_counter!(
-            "apikey.feed.entries",
-            Unit::Count,
-            "change-feed entries applied"
-        );
-        describe_counter!(
-            "apikey.feed.gaps",
-            Unit::Count,
-            "change-feed gaps met (each dropped every cached key)"
-        );
-        describe_counter!(
-            "apikey.cache.idle_evictions",
-            Unit::Count,
-            "cached keys freed by the idle sweep (unused for key_idle)"
-        );
-    });
+    describe_counter!(
+        "apikey.authentications",
+        Unit::Count,
+        "authenticate calls by outcome (ok, unknown, revoked, unavailable, malformed)"
+    );
+    describe_counter!(
+        "apikey.store.reads",
+        Unit::Count,
+        "store reads by operation (load, get_record, read_feed) and outcome (ok, error)"
+    );
+    describe_histogram!(
+        "apikey.store.read.duration",
+        Unit::Seconds,
+        "duration of one store read, by operation"
+    );
+    describe_counter!(
+        "apikey.reload.failures",
+        Unit::Count,
+        "failed document loads, point reads and feed reads (the previous state stays)"
+    );
+    describe_gauge!(
+        "apikey.snapshot.age",
+        Unit::Seconds,
+        "time since the store last confirmed this instance's view (document: the snapshot; keyed: the change feed), as of the last read"
+    );
+    describe_gauge!(
+        "apikey.negative_cache.entries",
+        Unit::Count,
+        "unknown keys remembered as unknown"
+    );
+    describe_counter!(
+        "apikey.feed.entries",
+        Unit::Count,
+        "change-feed entries applied"
+    );
+    describe_counter!(
+        "apikey.feed.gaps",
+        Unit::Count,
+        "change-feed gaps met (each dropped every cached key)"
+    );
+    describe_counter!(
+        "apikey.cache.idle_evictions",
+        Unit::Count,
+        "cached keys freed by the idle sweep (unused for key_idle)"
+    );
 }
 
 impl Telemetry {

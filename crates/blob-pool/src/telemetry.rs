@@ -27,20 +27,18 @@ impl BlobMetrics {
         #[cfg(feature = "metrics")]
         {
             use metrics::{Unit, counter, describe_counter};
-            static ONCE: std::sync::Once = std::sync::Once::new();
-            ONCE.call_once(|| {
-                describe_counter!(
-                    "blob_pool.tokens_rejected",
-                    Unit::Count,
-                    "Cached tokens Azure Storage rejected (401, 403 AuthenticationFailed), each \
-                     invalidated in its credential's token cache (T11)."
-                );
-                describe_counter!(
-                    "blob_pool.credentials_dropped",
-                    Unit::Count,
-                    "Registrations removed because their credential was dropped (B4)."
-                );
-            });
+            describe_counter!(
+                "blob_pool.tokens_rejected",
+                Unit::Count,
+                "Cached tokens Azure Storage rejected (401, 403 AuthenticationFailed), each \
+                 invalidated in its credential's token cache (T11)."
+            );
+            describe_counter!(
+                "blob_pool.credentials_dropped",
+                Unit::Count,
+                "Registrations removed because their credential was dropped (B4)."
+            );
+
             Self {
                 tokens_rejected: counter!("blob_pool.tokens_rejected", "pool.name" => POOL_NAME),
                 credentials_dropped: counter!(

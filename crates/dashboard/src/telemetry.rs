@@ -8,7 +8,7 @@
 //! template, never the raw path — and kept in a small map.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Once, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
@@ -26,29 +26,26 @@ pub(crate) const REJECTED: &str = "dashboard.requests.rejected";
 pub(crate) const JOBS: &str = "dashboard.jobs.submitted";
 
 fn describe() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        metrics::describe_histogram!(
-            REQUEST_DURATION,
-            Unit::Seconds,
-            "Duration of HTTP requests the dashboard served"
-        );
-        metrics::describe_gauge!(
-            ACTIVE_REQUESTS,
-            Unit::Count,
-            "HTTP requests the dashboard is serving now"
-        );
-        metrics::describe_counter!(
-            REJECTED,
-            Unit::Count,
-            "/api requests refused by the API-key layer (401)"
-        );
-        metrics::describe_counter!(
-            JOBS,
-            Unit::Count,
-            "Jobs submitted through POST /api/blast/jobs, by outcome"
-        );
-    });
+    metrics::describe_histogram!(
+        REQUEST_DURATION,
+        Unit::Seconds,
+        "Duration of HTTP requests the dashboard served"
+    );
+    metrics::describe_gauge!(
+        ACTIVE_REQUESTS,
+        Unit::Count,
+        "HTTP requests the dashboard is serving now"
+    );
+    metrics::describe_counter!(
+        REJECTED,
+        Unit::Count,
+        "/api requests refused by the API-key layer (401)"
+    );
+    metrics::describe_counter!(
+        JOBS,
+        Unit::Count,
+        "Jobs submitted through POST /api/blast/jobs, by outcome"
+    );
 }
 
 /// HTTP methods kept as label values; any other is `_OTHER` (the OpenTelemetry rule).

@@ -23,30 +23,27 @@ const CLUSTER: &str = "k8s.cluster.name";
 
 #[cfg(feature = "metrics")]
 fn describe() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        use metrics::{Unit, describe_counter, describe_gauge};
-        describe_gauge!(
-            SESSIONS_IN_USE,
-            Unit::Count,
-            "Kubernetes sessions handed out by the pool and not yet returned"
-        );
-        describe_gauge!(
-            ACTIVE_REQUESTS,
-            Unit::Count,
-            "Kubernetes API requests in flight (holding a slot or an HTTP/2 stream) until their response body ends"
-        );
-        describe_counter!(
-            CONNECTIONS,
-            Unit::Count,
-            "TLS connections opened to Kubernetes API servers, by negotiated protocol"
-        );
-        describe_counter!(
-            HTTP1_FALLBACKS,
-            Unit::Count,
-            "times an API server answered HTTP/1.1 when HTTP/2 was offered"
-        );
-    });
+    use metrics::{Unit, describe_counter, describe_gauge};
+    describe_gauge!(
+        SESSIONS_IN_USE,
+        Unit::Count,
+        "Kubernetes sessions handed out by the pool and not yet returned"
+    );
+    describe_gauge!(
+        ACTIVE_REQUESTS,
+        Unit::Count,
+        "Kubernetes API requests in flight (holding a slot or an HTTP/2 stream) until their response body ends"
+    );
+    describe_counter!(
+        CONNECTIONS,
+        Unit::Count,
+        "TLS connections opened to Kubernetes API servers, by negotiated protocol"
+    );
+    describe_counter!(
+        HTTP1_FALLBACKS,
+        Unit::Count,
+        "times an API server answered HTTP/1.1 when HTTP/2 was offered"
+    );
 }
 
 /// The handles of one cluster's series, registered when a session is built.

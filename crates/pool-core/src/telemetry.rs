@@ -161,64 +161,62 @@ impl PoolMetrics {
     }
 }
 
-/// Describe every series once per process.
+/// Describe every series to the current recorder, each time handles are registered (not once per
+/// process: a recorder installed later, or a test's local one, gets the units too).
 #[cfg(feature = "metrics")]
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        describe_gauge!("pool.entries", Unit::Count, "Entries in the pool now.");
-        describe_counter!(
-            "pool.hits",
-            Unit::Count,
-            "Lookups served from the pool (published in batches of at most 64 per thread, \
-             exactly on every miss and stats read)."
-        );
-        describe_counter!(
-            "pool.misses",
-            Unit::Count,
-            "Lookups that found nothing usable and went to single-flight creation."
-        );
-        describe_counter!(
-            "pool.coalesced",
-            Unit::Count,
-            "Misses served by another caller's creation (single-flight waiters)."
-        );
-        describe_counter!(
-            "pool.creations",
-            Unit::Count,
-            "Factory calls that produced a pooled value."
-        );
-        describe_counter!(
-            "pool.creation_failures",
-            Unit::Count,
-            "Factory calls that failed."
-        );
-        describe_counter!(
-            "pool.one_shots",
-            Unit::Count,
-            "Factory calls whose value could not be pooled (handed to one caller, then retired)."
-        );
-        describe_histogram!(
-            "pool.create.duration",
-            Unit::Seconds,
-            "Time one factory call took, by outcome (ok, error)."
-        );
-        describe_counter!(
-            "pool.evictions",
-            Unit::Count,
-            "Entries that left the pool, by cause (idle, expired, capacity, owner_gone, reset, \
-             invalidated)."
-        );
-        describe_counter!(
-            "pool.retire_failures",
-            Unit::Count,
-            "Retires that returned an error, panicked, timed out or could not run."
-        );
-        describe_counter!(
-            "pool.thrashing",
-            Unit::Count,
-            "Misses on keys a capacity eviction removed recently: the working set does not fit."
-        );
-    });
+    describe_gauge!("pool.entries", Unit::Count, "Entries in the pool now.");
+    describe_counter!(
+        "pool.hits",
+        Unit::Count,
+        "Lookups served from the pool (published in batches of at most 64 per thread, \
+         exactly on every miss and stats read)."
+    );
+    describe_counter!(
+        "pool.misses",
+        Unit::Count,
+        "Lookups that found nothing usable and went to single-flight creation."
+    );
+    describe_counter!(
+        "pool.coalesced",
+        Unit::Count,
+        "Misses served by another caller's creation (single-flight waiters)."
+    );
+    describe_counter!(
+        "pool.creations",
+        Unit::Count,
+        "Factory calls that produced a pooled value."
+    );
+    describe_counter!(
+        "pool.creation_failures",
+        Unit::Count,
+        "Factory calls that failed."
+    );
+    describe_counter!(
+        "pool.one_shots",
+        Unit::Count,
+        "Factory calls whose value could not be pooled (handed to one caller, then retired)."
+    );
+    describe_histogram!(
+        "pool.create.duration",
+        Unit::Seconds,
+        "Time one factory call took, by outcome (ok, error)."
+    );
+    describe_counter!(
+        "pool.evictions",
+        Unit::Count,
+        "Entries that left the pool, by cause (idle, expired, capacity, owner_gone, reset, \
+         invalidated)."
+    );
+    describe_counter!(
+        "pool.retire_failures",
+        Unit::Count,
+        "Retires that returned an error, panicked, timed out or could not run."
+    );
+    describe_counter!(
+        "pool.thrashing",
+        Unit::Count,
+        "Misses on keys a capacity eviction removed recently: the working set does not fit."
+    );
 }

@@ -107,44 +107,42 @@ impl Metrics {
     }
 }
 
-/// Describe every series once per process.
+/// Describe every series to the current recorder, each time handles are registered (not once per
+/// process: a recorder installed later, or a test's local one, gets the units too).
 #[cfg(feature = "metrics")]
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge};
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        describe_counter!(
-            "inspector.requests",
-            Unit::Count,
-            "Requests seen by the inspector layer, by mode: captured (recorded into the ring), \
-             streamed (polling GET passed through untouched), unowned (no owner: counted, not \
-             stored)."
-        );
-        describe_counter!(
-            "inspector.captured.bytes",
-            Unit::Bytes,
-            "Body bytes copied into ring entries (at most the body limit per body), by body: \
-             request or response."
-        );
-        describe_counter!(
-            "inspector.bodies.truncated",
-            Unit::Count,
-            "Captured bodies cut at the body limit."
-        );
-        describe_counter!(
-            "inspector.ring.evictions",
-            Unit::Count,
-            "Entries pushed out of the ring by newer ones."
-        );
-        describe_gauge!(
-            "inspector.ring.entries",
-            Unit::Count,
-            "Entries in the ring now."
-        );
-        describe_gauge!(
-            "inspector.ring.bytes",
-            Unit::Bytes,
-            "Bytes held by the ring's entries now (InspectorStats::ring_bytes)."
-        );
-    });
+    describe_counter!(
+        "inspector.requests",
+        Unit::Count,
+        "Requests seen by the inspector layer, by mode: captured (recorded into the ring), \
+         streamed (polling GET passed through untouched), unowned (no owner: counted, not \
+         stored)."
+    );
+    describe_counter!(
+        "inspector.captured.bytes",
+        Unit::Bytes,
+        "Body bytes copied into ring entries (at most the body limit per body), by body: \
+         request or response."
+    );
+    describe_counter!(
+        "inspector.bodies.truncated",
+        Unit::Count,
+        "Captured bodies cut at the body limit."
+    );
+    describe_counter!(
+        "inspector.ring.evictions",
+        Unit::Count,
+        "Entries pushed out of the ring by newer ones."
+    );
+    describe_gauge!(
+        "inspector.ring.entries",
+        Unit::Count,
+        "Entries in the ring now."
+    );
+    describe_gauge!(
+        "inspector.ring.bytes",
+        Unit::Bytes,
+        "Bytes held by the ring's entries now (InspectorStats::ring_bytes)."
+    );
 }

@@ -463,86 +463,84 @@ fn duration_histogram(
     metrics::histogram!("http.client.request.duration", labels)
 }
 
-/// Describe every series once per process.
+/// Describe every series to the current recorder, each time handles are registered (not once per
+/// process: a recorder installed later, or a test's local one, gets the units too).
 #[cfg(feature = "metrics")]
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        describe_histogram!(
-            "http.client.request.duration",
-            Unit::Seconds,
-            "Duration of one send, retries and waits included, until the response headers \
-             (OpenTelemetry HTTP client)."
-        );
-        describe_gauge!(
-            "http.client.active_requests",
-            Unit::Count,
-            "Sends in progress (OpenTelemetry HTTP client)."
-        );
-        describe_counter!(
-            "http.client.attempts",
-            Unit::Count,
-            "Attempts sent, first tries and retries."
-        );
-        describe_counter!(
-            "http.client.retries",
-            Unit::Count,
-            "Retries sent, by cause."
-        );
-        describe_counter!(
-            "http.client.give_ups",
-            Unit::Count,
-            "Retryable outcomes handed back because retrying stopped, by reason."
-        );
-        describe_counter!(
-            "http.client.throttle.rejections",
-            Unit::Count,
-            "First attempts rejected locally by adaptive throttling (R10): nothing was sent."
-        );
-        describe_gauge!(
-            "http.client.throttle.probability",
-            "Adaptive throttling's rejection probability for the host's last partition (R10)."
-        );
-        describe_gauge!(
-            "http.client.retry_budget.balance",
-            Unit::Count,
-            "Retries the host's last partition's retry budget allows now (R9)."
-        );
-        describe_gauge!(
-            "http.client.slot.count",
-            Unit::Count,
-            "Connection slots by state (used, idle)."
-        );
-        describe_gauge!(
-            "http.client.slot.host_used",
-            Unit::Count,
-            "Connection slots held for one host (R11)."
-        );
-        describe_gauge!(
-            "http.client.slot.max",
-            Unit::Count,
-            "The connection-slot limit (R4)."
-        );
-        describe_gauge!(
-            "http.client.slot.max_per_host",
-            Unit::Count,
-            "The per-host connection-slot limit (R11)."
-        );
-        describe_gauge!(
-            "http.client.slot.pending_requests",
-            Unit::Count,
-            "Requests waiting for a connection slot."
-        );
-        describe_counter!(
-            "http.client.slot.timeouts",
-            Unit::Count,
-            "Requests that got no slot within the acquire timeout (Error::PoolTimeout)."
-        );
-        describe_histogram!(
-            "http.client.slot.wait_time",
-            Unit::Seconds,
-            "Time spent waiting for a connection slot, timeouts included."
-        );
-    });
+    describe_histogram!(
+        "http.client.request.duration",
+        Unit::Seconds,
+        "Duration of one send, retries and waits included, until the response headers \
+         (OpenTelemetry HTTP client)."
+    );
+    describe_gauge!(
+        "http.client.active_requests",
+        Unit::Count,
+        "Sends in progress (OpenTelemetry HTTP client)."
+    );
+    describe_counter!(
+        "http.client.attempts",
+        Unit::Count,
+        "Attempts sent, first tries and retries."
+    );
+    describe_counter!(
+        "http.client.retries",
+        Unit::Count,
+        "Retries sent, by cause."
+    );
+    describe_counter!(
+        "http.client.give_ups",
+        Unit::Count,
+        "Retryable outcomes handed back because retrying stopped, by reason."
+    );
+    describe_counter!(
+        "http.client.throttle.rejections",
+        Unit::Count,
+        "First attempts rejected locally by adaptive throttling (R10): nothing was sent."
+    );
+    describe_gauge!(
+        "http.client.throttle.probability",
+        "Adaptive throttling's rejection probability for the host's last partition (R10)."
+    );
+    describe_gauge!(
+        "http.client.retry_budget.balance",
+        Unit::Count,
+        "Retries the host's last partition's retry budget allows now (R9)."
+    );
+    describe_gauge!(
+        "http.client.slot.count",
+        Unit::Count,
+        "Connection slots by state (used, idle)."
+    );
+    describe_gauge!(
+        "http.client.slot.host_used",
+        Unit::Count,
+        "Connection slots held for one host (R11)."
+    );
+    describe_gauge!(
+        "http.client.slot.max",
+        Unit::Count,
+        "The connection-slot limit (R4)."
+    );
+    describe_gauge!(
+        "http.client.slot.max_per_host",
+        Unit::Count,
+        "The per-host connection-slot limit (R11)."
+    );
+    describe_gauge!(
+        "http.client.slot.pending_requests",
+        Unit::Count,
+        "Requests waiting for a connection slot."
+    );
+    describe_counter!(
+        "http.client.slot.timeouts",
+        Unit::Count,
+        "Requests that got no slot within the acquire timeout (Error::PoolTimeout)."
+    );
+    describe_histogram!(
+        "http.client.slot.wait_time",
+        Unit::Seconds,
+        "Time spent waiting for a connection slot, timeouts included."
+    );
 }

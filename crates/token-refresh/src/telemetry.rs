@@ -27,9 +27,9 @@ impl fmt::Debug for Counter {
 
 /// The counter `name` with `labels` (bounded, static values).
 pub(crate) fn counter(name: &'static str, labels: &[(&'static str, &'static str)]) -> Counter {
+    // Described by `CacheGauges::new`, which every set of counters makes.
     #[cfg(feature = "metrics")]
     {
-        describe();
         let labels: Vec<metrics::Label> = labels
             .iter()
             .map(|(k, v)| metrics::Label::new(*k, *v))
@@ -109,87 +109,85 @@ impl CacheGauges {
     }
 }
 
-/// Describe every series once per process.
+/// Describe every series to the current recorder, each time handles are registered (not once per
+/// process: a recorder installed later, or a test's local one, gets the units too).
 #[cfg(feature = "metrics")]
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        describe_counter!(
-            "token.calls",
-            Unit::Count,
-            "Token calls by how they were served (fresh, stale, waited, served_during_backoff, \
-             cached_error)."
-        );
-        describe_counter!(
-            "token.refresh.started",
-            Unit::Count,
-            "Calls to the token source, by mode (blocking, background)."
-        );
-        describe_counter!(
-            "token.refreshes",
-            Unit::Count,
-            "Refreshes that ended, by mode and outcome (ok, failed, superseded, discarded)."
-        );
-        describe_counter!(
-            "token.refreshes.lost",
-            Unit::Count,
-            "Background refreshes that panicked or were cancelled (also counted failed)."
-        );
-        describe_counter!(
-            "token.refreshes.unusable",
-            Unit::Count,
-            "Refreshed tokens already inside the mandatory window (static stability)."
-        );
-        describe_counter!(
-            "token.refresh.timeouts",
-            Unit::Count,
-            "Refreshes abandoned at the load timeout."
-        );
-        describe_counter!(
-            "token.refresh.non_recoverable",
-            Unit::Count,
-            "Non-recoverable errors from the token source (T10)."
-        );
-        describe_counter!(
-            "token.backoffs",
-            Unit::Count,
-            "Back-offs started after a failed refresh (T4)."
-        );
-        describe_gauge!(
-            "token.backoff.active",
-            "1 while the last refresh failed and a back-off holds the source off, 0 once a token \
-             is installed."
-        );
-        describe_gauge!(
-            "token.expires_in",
-            Unit::Seconds,
-            "Seconds the cached token has left, as of its installation or the last stale call."
-        );
-        describe_histogram!(
-            "token.wait.duration",
-            Unit::Seconds,
-            "Time a call waited for a blocking refresh."
-        );
-        describe_counter!(
-            "token.served_past_expiry",
-            Unit::Count,
-            "Calls served a token past its expiry (static stability, T9)."
-        );
-        describe_counter!(
-            "token.served_cached_after_failure",
-            Unit::Count,
-            "Blocking refreshes that failed and whose waiters got the cached token (T9)."
-        );
-        describe_counter!(
-            "token.invalidations",
-            Unit::Count,
-            "Rejected-token reports, by outcome (matched, ignored) (T11)."
-        );
-        describe_counter!(
-            "token.invalidated_refreshes",
-            Unit::Count,
-            "Blocking refreshes started because the cached token was invalidated (T11)."
-        );
-    });
+    describe_counter!(
+        "token.calls",
+        Unit::Count,
+        "Token calls by how they were served (fresh, stale, waited, served_during_backoff, \
+         cached_error)."
+    );
+    describe_counter!(
+        "token.refresh.started",
+        Unit::Count,
+        "Calls to the token source, by mode (blocking, background)."
+    );
+    describe_counter!(
+        "token.refreshes",
+        Unit::Count,
+        "Refreshes that ended, by mode and outcome (ok, failed, superseded, discarded)."
+    );
+    describe_counter!(
+        "token.refreshes.lost",
+        Unit::Count,
+        "Background refreshes that panicked or were cancelled (also counted failed)."
+    );
+    describe_counter!(
+        "token.refreshes.unusable",
+        Unit::Count,
+        "Refreshed tokens already inside the mandatory window (static stability)."
+    );
+    describe_counter!(
+        "token.refresh.timeouts",
+        Unit::Count,
+        "Refreshes abandoned at the load timeout."
+    );
+    describe_counter!(
+        "token.refresh.non_recoverable",
+        Unit::Count,
+        "Non-recoverable errors from the token source (T10)."
+    );
+    describe_counter!(
+        "token.backoffs",
+        Unit::Count,
+        "Back-offs started after a failed refresh (T4)."
+    );
+    describe_gauge!(
+        "token.backoff.active",
+        "1 while the last refresh failed and a back-off holds the source off, 0 once a token \
+         is installed."
+    );
+    describe_gauge!(
+        "token.expires_in",
+        Unit::Seconds,
+        "Seconds the cached token has left, as of its installation or the last stale call."
+    );
+    describe_histogram!(
+        "token.wait.duration",
+        Unit::Seconds,
+        "Time a call waited for a blocking refresh."
+    );
+    describe_counter!(
+        "token.served_past_expiry",
+        Unit::Count,
+        "Calls served a token past its expiry (static stability, T9)."
+    );
+    describe_counter!(
+        "token.served_cached_after_failure",
+        Unit::Count,
+        "Blocking refreshes that failed and whose waiters got the cached token (T9)."
+    );
+    describe_counter!(
+        "token.invalidations",
+        Unit::Count,
+        "Rejected-token reports, by outcome (matched, ignored) (T11)."
+    );
+    describe_counter!(
+        "token.invalidated_refreshes",
+        Unit::Count,
+        "Blocking refreshes started because the cached token was invalidated (T11)."
+    );
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use testkit::metrics::{counter, histogram, recorded};
+use testkit::metrics::{counter, histogram, recorded, unit};
 use tokio::time::sleep;
 use warmup_fanout::{BoxError, FanOut, FanOutConfig, ReadSpec};
 
@@ -70,4 +70,25 @@ fn reads_are_counted_by_outcome_and_phases_timed() {
     );
     assert_eq!(histogram(&recorded, "fanout.read.duration", &[]).len(), 5);
     assert_eq!(histogram(&recorded, "fanout.duration", &[]), [1.0]);
+}
+
+// covers X1: units and descriptions reach a recorder installed after another fan-out was built
+// (they were described once per process: the first fan-out's recorder, here none, got them and
+// a later recorder never saw a unit).
+#[test]
+fn a_recorder_installed_later_gets_the_units() {
+    drop(FanOut::new(FanOutConfig::default()));
+    let recorded = recorded(|| async {
+        let mut fan = FanOut::new(FanOutConfig::default());
+        fan.read(ReadSpec::new("one", 0u32), async { Ok::<_, BoxError>(1) });
+        fan.join().await;
+    });
+    for name in [
+        "fanout.read.duration",
+        "fanout.phase.duration",
+        "fanout.duration",
+    ] {
+        assert_eq!(unit(&recorded, name), Some(metrics::Unit::Seconds), "{name}");
+    }
+    assert_eq!(unit(&recorded, "fanout.reads"), Some(metrics::Unit::Count));
 }

@@ -11,8 +11,9 @@ use serde::{Deserialize, Serialize};
 pub enum Outcome {
     /// The read returned a value; that value is used.
     Ok,
-    /// The read failed (an error, a panic, a dependency that never resolved); its default is
-    /// used instead.
+    /// The read failed (an error, a panic, or its task ended without a result as the runtime
+    /// shut down); its default is used instead. A read that ran on a failed dependency's
+    /// default reports its own outcome.
     Degraded {
         /// Why, as the error's chain of messages (`outer: inner: …`).
         reason: String,

@@ -72,17 +72,28 @@ impl Shared {
         let (value, outcome) = match std::panic::catch_unwind(AssertUnwindSafe(make)) {
             Err(panic) => (None, panicked(&*panic)),
             Ok(future) => {
-                match tokio::time::timeout(timeout, AssertUnwindSafe(future).catch_unwind()).await {
-                    Err(_elapsed) => (None, Outcome::TimedOut { after: timeout }),
-                    Ok(Err(panic)) => (None, panicked(&*panic)),
-                    Ok(Ok(Err(error))) => (
-                        None,
-                        Outcome::Degraded {
-                            reason: error_chain(&*error.into()),
-                        },
-                    ),
-                    Ok(Ok(Ok(value))) => (Some(value), Outcome::Ok),
-                }
+                // Everything the read's own code can still run is inside the outer
+                // `catch_unwind`: the future's `Drop` (when it is cut at its timeout, or after
+                // it finished) and its error's `Display`, `source` and `Drop`.
+                let run = async move {
+                    match tokio::time::timeout(timeout, AssertUnwindSafe(future).catch_unwind())
+                        .await
+                    {
+                        Err(_elapsed) => (None, Outcome::TimedOut { after: timeout }),
+                        Ok(Err(panic)) => (None, panicked(&*panic)),
+                        Ok(Ok(Err(error))) => (
+                            None,
+                            Outcome::Degraded {
+                                reason: error_chain(&*error.into()),
+                            },
+                        ),
+                        Ok(Ok(Ok(value))) => (Some(value), Outcome::Ok),
+                    }
+                };
+                AssertUnwindSafe(run)
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|panic| (None, panicked(&*panic)))
             }
         };
         let duration = start.elapsed();

@@ -99,32 +99,30 @@ impl FanOutMetrics {
     }
 }
 
-/// Describe every series once per process.
+/// Describe every series to the current recorder, each time handles are registered (not once per
+/// process: a recorder installed later, or a test's local one, gets the units too).
 #[cfg(feature = "metrics")]
 fn describe() {
     use metrics::{Unit, describe_counter, describe_histogram};
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        describe_counter!(
-            "fanout.reads",
-            Unit::Count,
-            "Reads by outcome: ok, or degraded to their default with a reason (error, timeout, \
-             panic, cancelled)."
-        );
-        describe_histogram!(
-            "fanout.read.duration",
-            Unit::Seconds,
-            "Time one read ran (after its permit)."
-        );
-        describe_histogram!(
-            "fanout.phase.duration",
-            Unit::Seconds,
-            "From the first read of a phase starting to its last read ending, by phase."
-        );
-        describe_histogram!(
-            "fanout.duration",
-            Unit::Seconds,
-            "From a fan-out's creation to its join."
-        );
-    });
+    describe_counter!(
+        "fanout.reads",
+        Unit::Count,
+        "Reads by outcome: ok, or degraded to their default with a reason (error, timeout, \
+         panic, cancelled)."
+    );
+    describe_histogram!(
+        "fanout.read.duration",
+        Unit::Seconds,
+        "Time one read ran (after its permit)."
+    );
+    describe_histogram!(
+        "fanout.phase.duration",
+        Unit::Seconds,
+        "From the first read of a phase starting to its last read ending, by phase."
+    );
+    describe_histogram!(
+        "fanout.duration",
+        Unit::Seconds,
+        "From a fan-out's creation to its join."
+    );
 }

@@ -75,11 +75,15 @@ pub(crate) fn pod(pod: &Pod) -> PodInfo {
     let labels = pod.metadata.labels.as_ref();
     PodInfo {
         name: pod.metadata.name.clone().unwrap_or_default(),
+        // An empty `spec.nodeName` is no node (a real API server leaves it out; the label
+        // then says where the pod runs).
         node: pod
             .spec
             .as_ref()
             .and_then(|s| s.node_name.clone())
-            .or_else(|| labels.and_then(|l| l.get(NODE_LABEL).cloned())),
+            .filter(|node| !node.is_empty())
+            .or_else(|| labels.and_then(|l| l.get(NODE_LABEL).cloned()))
+            .filter(|node| !node.is_empty()),
         phase: pod.status.as_ref().and_then(|s| s.phase.clone()),
         containers: pod
             .spec
