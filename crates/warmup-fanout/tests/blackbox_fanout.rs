@@ -1578,16 +1578,15 @@ async fn dropping_warmup_status_mid_flight_sends_no_further_requests() {
 async fn w3_the_six_top_level_reads_overlap_at_the_server() {
     let (server, client) = support::serve(0).await;
     server.inject(Route::Any, Fault::latency(ms(200)));
-    let started = Instant::now();
     let status = warmup_status(client, NS, &WarmupOptions::default()).await;
-    let elapsed = started.elapsed();
     assert!(status.complete, "{:?}", status.reads);
+    // The server saw them together; the wall time is the benchmark's to measure (W4), not a
+    // loaded test machine's.
     assert!(
         server.peak_in_flight() >= 6,
         "peak {}",
         server.peak_in_flight()
     );
-    assert!(elapsed < ms(1_150), "six 200 ms reads took {elapsed:?}");
     for r in status.reads.reads.iter().filter(|r| r.phase == 1) {
         assert!(r.started_after < ms(100), "{r:?}");
     }
