@@ -245,8 +245,9 @@ impl RefreshConfig {
         self
     }
 
-    /// How far a failed background refresh pushes the next one (default 60 s; clamped into
-    /// [1 ms, 1 h], so a failed refresh is always retried within the hour).
+    /// How far a failed background refresh pushes the next one (default 60 s, plus up to the
+    /// jitter fraction of it; clamped into [1 ms, 1 h], jitter included, so a failed refresh is
+    /// always retried within the hour).
     #[must_use]
     pub fn backoff(mut self, backoff: Duration) -> Self {
         self.backoff = backoff.clamp(Duration::from_millis(1), knob_max(Self::BACKOFF));
@@ -363,14 +364,16 @@ impl RefreshConfig {
     /// Until when a refresh that failed at `now` backs off (T4; uniform in the range, T8).
     pub(crate) fn backoff_until(&self, now: Instant) -> Instant {
         let backoff = match self.backoff_max {
-            Some(max) if max > self.backoff => {
+            // `max` is at least `backoff` (the setters clamp it): `[min, min]` is `min`.
+            Some(max) => {
                 let sample = sample(&self.jitter_source);
-                self.backoff + scale(max - self.backoff, sample)
+                self.backoff + scale(max.saturating_sub(self.backoff), sample)
             }
-            _ => scale(self.backoff, 1.0 + self.spread()),
+            // The jitter never takes it past the hour the setters promise.
+            None => scale(self.backoff, 1.0 + self.spread()).min(knob_max(Self::BACKOFF)),
         };
-        // The back-off is at most 1.5 h (clamped, jitter ≤ 50 %); the fallback only matters
-        // for a clock at the very end of `Instant`'s range, where it must not panic either.
+        // At most 1 h; the fallback only matters for a clock at the very end of `Instant`'s
+        // range, where it must not panic either.
         now.checked_add(backoff).unwrap_or(now)
     }
 }

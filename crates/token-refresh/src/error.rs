@@ -6,9 +6,12 @@ use std::time::Duration;
 /// Why [`TokenCache::token`](crate::TokenCache::token) returned no token.
 ///
 /// Only callers that had to wait (no token yet, or the cached one expired) ever see an error:
-/// a stale token is served whatever happens to its background refresh. The error is shared by
-/// every caller that waited on the same refresh (it is cheap to clone) and is not cached: the
-/// next call tries again.
+/// a stale token is served whatever happens to its background refresh, and in the
+/// static-stability preset (T9) a cached token, even an expired one, is served instead of a
+/// recoverable error. The error is shared by every caller that waited on the same refresh (it is
+/// cheap to clone). A recoverable error is not cached: the next call tries again. A
+/// [`NonRecoverable`](Self::NonRecoverable) one (T10) reaches the waiting callers in both
+/// presets and is repeated to callers for a jittered 1–5 s without contacting the source.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum RefreshError {
