@@ -169,7 +169,8 @@ impl Limits {
 
     /// The limits as the client uses them: zero slots or a zero timeout is an
     /// [`Error::Config`]; values above a maximum are clamped to it (timeouts to
-    /// [`MAX_TIMEOUT`], the drain timeout to 60 s, slots to 4096, the knob's range), so
+    /// [`MAX_TIMEOUT`], the drain timeout to 60 s, slots and idle connections to 4096, the
+    /// knobs' ranges), so
     /// even `Duration::MAX` can never overflow a deadline (X5).
     fn checked(mut self) -> Result<Self, Error> {
         if self.max_in_use == 0 {
@@ -184,6 +185,7 @@ impl Limits {
         self.max_in_use_per_host = self
             .max_in_use_per_host
             .min(MAX_CONNECTIONS_PER_HOST.range().1);
+        self.max_idle_per_host = self.max_idle_per_host.min(MAX_IDLE_PER_HOST.range().1);
         self.acquire_timeout = positive(self.acquire_timeout, "acquire_timeout must be positive")?;
         self.idle_timeout = positive(self.idle_timeout, "idle_timeout must be positive")?;
         self.read_timeout = positive(self.read_timeout, "read_timeout must be positive")?;
@@ -269,6 +271,10 @@ impl ClientConfig {
             builder = builder.timeout(timeout);
         }
         builder
+            // Redirects are answered, not followed: a hop would run on another host's
+            // connection under the first host's slot, outside that host's cap (R11), retry
+            // partition and credential. The Azure SDK's own reqwest client does the same.
+            .redirect(reqwest::redirect::Policy::none())
             .read_timeout(self.limits.read_timeout)
             .default_headers(self.default_headers.clone())
             .pool_max_idle_per_host(self.limits.max_idle_per_host)
@@ -384,8 +390,9 @@ impl Builder {
         self
     }
 
-    /// Any other reqwest setting (`no_gzip`, `redirect`, `http1_only` …), applied on every
-    /// build and rebuild before the limits, which it cannot override.
+    /// Any other reqwest setting (`no_gzip`, `http1_only` …), applied on every build and rebuild
+    /// before the limits, which it cannot override; nor can it turn redirects back on (a 3xx is
+    /// returned to the caller: see the guide's "Redirects").
     pub fn customize(
         mut self,
         customize: impl Fn(reqwest::ClientBuilder) -> reqwest::ClientBuilder + Send + Sync + 'static,
