@@ -7,8 +7,12 @@ use std::time::Duration;
 /// A numeric setting read from an environment variable (P8).
 ///
 /// - unset or blank → the default;
-/// - unparseable → a `warn` event naming the variable, and the default;
+/// - unparseable → a `warn` event naming the variable, and the default: also a negative value
+///   for an unsigned knob and a number too long for its type (`-5` seconds is a typo, not a
+///   request for the minimum);
 /// - out of range → a `warn` event, and the value clamped into `[min, max]`.
+///
+/// Surrounding whitespace is ignored.
 ///
 /// Reading never panics. [`Knob::read_with`] takes the lookup as a function, so tests exercise
 /// every case without mutating the process environment.
