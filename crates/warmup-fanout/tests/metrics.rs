@@ -88,7 +88,11 @@ fn a_recorder_installed_later_gets_the_units() {
         "fanout.phase.duration",
         "fanout.duration",
     ] {
-        assert_eq!(unit(&recorded, name), Some(metrics::Unit::Seconds), "{name}");
+        assert_eq!(
+            unit(&recorded, name),
+            Some(metrics::Unit::Seconds),
+            "{name}"
+        );
     }
     assert_eq!(unit(&recorded, "fanout.reads"), Some(metrics::Unit::Count));
 }
