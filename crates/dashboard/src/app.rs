@@ -322,6 +322,12 @@ impl Dashboard {
             .merge(admin)
             .merge(api)
             .layer(DefaultBodyLimit::max(inner.config.body_limit_bytes))
+            // A declared length over the limit is refused before anything else, at once:
+            // DefaultBodyLimit alone would wait for the bytes (up to the request timeout).
+            .layer(from_fn_with_state(
+                inner.config.body_limit_bytes,
+                routes::refuse_declared_oversize,
+            ))
             .layer(
                 tower::ServiceBuilder::new()
                     .layer(HandleErrorLayer::new(|_: tower::BoxError| async {

@@ -398,6 +398,15 @@ impl DashboardConfig {
         self.max_connections = clamp_usize(MAX_CONNECTIONS, self.max_connections);
         self.body_limit_bytes = clamp_usize(BODY_LIMIT_BYTES, self.body_limit_bytes);
         self.max_header_bytes = clamp_usize(MAX_HEADER_BYTES, self.max_header_bytes);
+        self.inspector_capacity = clamp_usize(INSPECTOR_CAPACITY, self.inspector_capacity);
+        self.upstream.max_connections =
+            clamp_usize(UPSTREAM_MAX_CONNECTIONS, self.upstream.max_connections);
+        self.upstream.acquire_timeout_ms = clamp_u64(
+            UPSTREAM_ACQUIRE_TIMEOUT_MS,
+            self.upstream.acquire_timeout_ms,
+        );
+        let (min, max) = UPSTREAM_MAX_ATTEMPTS.range();
+        self.upstream.max_attempts = self.upstream.max_attempts.clamp(min, max);
         self.storage.job_retention = self
             .storage
             .job_retention
@@ -463,6 +472,9 @@ impl DashboardConfig {
         }
         // Set but empty is a mistake, not "unset": it is refused like a short token.
         if let Some(token) = lookup("DASHBOARD_ADMIN_TOKEN") {
+            // Trimmed like every `DASHBOARD_*` value (a secret mounted with a trailing newline):
+            // a header value never carries surrounding whitespace, so only the trimmed token
+            // could ever match. In a file or in code a padded token is refused (`validate`).
             self.admin_token = Some(AdminToken::new(token.trim()));
         }
         if set(INSPECTOR_CAPACITY.name()).is_some() {

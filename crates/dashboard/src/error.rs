@@ -117,6 +117,12 @@ pub enum ApiError {
     /// The upstream's connection pool had no free slot in time.
     #[error("upstream busy: no connection slot within the acquire timeout")]
     UpstreamBusy,
+    /// The request declared a body longer than the body limit (`content-length`).
+    #[error("the request body is longer than the limit of {limit} bytes")]
+    PayloadTooLarge {
+        /// The body limit.
+        limit: usize,
+    },
 }
 
 impl ApiError {
@@ -140,6 +146,7 @@ impl ApiError {
             Self::Backend { .. } => ("backend_failed", StatusCode::BAD_GATEWAY),
             Self::UpstreamBusy => ("upstream_busy", StatusCode::SERVICE_UNAVAILABLE),
             Self::Timeout => ("request_timeout", StatusCode::SERVICE_UNAVAILABLE),
+            Self::PayloadTooLarge { .. } => ("payload_too_large", StatusCode::PAYLOAD_TOO_LARGE),
         }
     }
 }

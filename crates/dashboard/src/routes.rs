@@ -59,6 +59,24 @@ pub(crate) fn page_csp() -> &'static str {
 
 /// On every answer: `X-Content-Type-Options: nosniff` and `Referrer-Policy: no-referrer`;
 /// on `/api/*` answers also `Cache-Control: no-store` (they carry account data).
+/// 413 at once for a request whose `content-length` is over the body limit (`limit`), before
+/// authentication, routing or any read of the body.
+pub(crate) async fn refuse_declared_oversize(
+    State(limit): State<usize>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return ApiError::PayloadTooLarge { limit }.into_response();
+    }
+    next.run(request).await
+}
+
 pub(crate) async fn security_headers(
     request: axum::extract::Request,
     next: axum::middleware::Next,
