@@ -192,7 +192,9 @@ impl CacheConfig {
     }
 
     /// Keyed layout: most verified keys (valid or revoked) held at once (default 100 000,
-    /// ~0.4 KiB each; clamped to 1 – 10^8). Least recently used keys go first (A12).
+    /// ~0.4 KiB each; clamped to 1 – 10^8). Past it, keys used once go before keys used again
+    /// (CLOCK-Pro, A12), not strictly the least recently used; the guide says how the bound is
+    /// rounded per shard.
     pub fn key_capacity(mut self, capacity: u64) -> Self {
         self.key_capacity = capacity.clamp(1, 100_000_000);
         self

@@ -102,7 +102,8 @@ pub struct CacheStats {
     pub feed_entries: u64,
     /// Keyed layout: gaps met in the change feed (each dropped every cached key).
     pub feed_gaps: u64,
-    /// Keyed layout: local writes whose feed append failed (others see them within one TTL).
+    /// Keyed layout: local writes whose feed append failed (others see them at their safety
+    /// revalidation of the key, within `revalidate`).
     pub feed_append_failures: u64,
     /// Keyed layout: cached keys freed by the idle sweep (unused for `key_idle`; A12).
     pub idle_evictions: u64,

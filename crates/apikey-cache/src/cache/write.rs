@@ -82,7 +82,8 @@ impl<S: KeyStore> ApiKeyCache<S> {
         .await
     }
 
-    /// Revoke a key (idempotent). Rejected here at once; on other instances within one TTL.
+    /// Revoke a key (idempotent). Rejected here at once; on other instances within one TTL
+    /// (single-document layout) or one `poll` (keyed layout, through the change feed).
     pub async fn revoke_key(&self, key: &KeyId) -> Result<(), WriteError> {
         if self.inner.keyed.is_some() {
             return self.revoke_key_keyed(key).await;

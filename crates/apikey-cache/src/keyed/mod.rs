@@ -302,6 +302,11 @@ impl<S: KeyStore> ApiKeyCache<S> {
 
     /// `authenticate` for the keyed layout past the hit path: checksum → feed tail if due →
     /// bounded cache → negative cache → one point read (single-flight per hash, rate-limited) → cache the answer.
+    ///
+    /// One `load_timeout` bounds the request's waits on the store (A9): an uncached key's point
+    /// read runs beside a due feed read (the feed can tell it nothing its own read does not),
+    /// and a cached key's revalidation, or any read before the feed's first, gets what is left
+    /// after the feed read.
     pub(crate) async fn authenticate_keyed(
         &self,
         presented: &str,
@@ -315,6 +320,16 @@ impl<S: KeyStore> ApiKeyCache<S> {
             // checksum is offline). A key the hit path found cached was checked on its way in.
             Counters::bump(&inner.counters.rejected_malformed);
             return Err(AuthError::Malformed);
+        }
+        let deadline = now + inner.config.load_timeout;
+        // Until the feed was read once, its first read goes first: it finds the feed's end and
+        // drops what was cached before, so a point read beside it could not be cached.
+        if state.keys.get(&hash).is_none() && state.feed.ok_at().is_some() {
+            let (_, answer) = tokio::join!(
+                self.poll_feed_if_due(now),
+                self.read_key(hash, None, deadline)
+            );
+            return answer;
         }
         self.poll_feed_if_due(now).await;
         let cached = state.keys.get(&hash);
@@ -333,6 +348,26 @@ impl<S: KeyStore> ApiKeyCache<S> {
             self.revalidate_in_background(hash, entry, now);
             return self.keyed_answer(entry);
         }
+        self.read_key(hash, cached, deadline).await
+    }
+
+    /// The point read of a key that is not cached (`cached` is `None`: negative cache, miss
+    /// budget, a permit for reads in flight) or is due for revalidation, all by `deadline`.
+    async fn read_key(
+        &self,
+        hash: KeyHash,
+        cached: Option<Arc<Cached>>,
+        deadline: Instant,
+    ) -> Result<Identity, AuthError> {
+        let inner = &*self.inner;
+        let state = self.keyed();
+        let now = Instant::now();
+        let timed_out = || {
+            Counters::bump(&inner.counters.store_timeouts);
+            Arc::new(StoreError::TimedOut {
+                after: inner.config.load_timeout,
+            })
+        };
         let mut _permit = None;
         if cached.is_none() {
             if inner.negative().contains(&hash, now) {
@@ -350,14 +385,11 @@ impl<S: KeyStore> ApiKeyCache<S> {
             // read has found nothing; a waiter re-checks the budget the finished reads spent.
             // Real keys wait at most for reads in flight, never get a false Unknown.
             let acquire = state.in_flight.acquire();
-            match tokio::time::timeout(inner.config.load_timeout, acquire).await {
+            match tokio::time::timeout_at(deadline, acquire).await {
                 Ok(Ok(permit)) => _permit = Some(permit),
                 _ => {
-                    Counters::bump(&inner.counters.store_timeouts);
                     return Err(AuthError::Unavailable {
-                        source: Arc::new(StoreError::TimedOut {
-                            after: inner.config.load_timeout,
-                        }),
+                        source: timed_out(),
                     });
                 }
             }
@@ -374,7 +406,12 @@ impl<S: KeyStore> ApiKeyCache<S> {
             }
             Counters::bump(&inner.counters.miss_reloads);
         }
-        match state.reads.run(hash, self.point_read(hash)).await {
+        // The read itself is bounded by `load_timeout` too; the deadline also bounds a wait
+        // for another caller's read of the same key.
+        let read = tokio::time::timeout_at(deadline, state.reads.run(hash, self.point_read(hash)))
+            .await
+            .unwrap_or_else(|_| Err(timed_out()));
+        match read {
             Ok(Found::Key(entry)) => self.keyed_answer(&entry),
             Ok(Found::Missing { cacheable }) => {
                 let now = Instant::now();

@@ -56,7 +56,8 @@ impl<S: KeyStore> ApiKeyCache<S> {
 
     /// Append to the feed after a successful record write. A failure does not undo the write
     /// (the record is the truth): it is logged and counted, and other instances see the change
-    /// when they revalidate the key (within one TTL) instead of within one poll.
+    /// when they revalidate the key (at most `revalidate`, 5 min by default) instead of within
+    /// one poll.
     async fn announce(&self, entry: &FeedEntry) {
         let inner = &*self.inner;
         let appended = bounded(
@@ -67,7 +68,7 @@ impl<S: KeyStore> ApiKeyCache<S> {
         .await;
         if let Err(error) = appended {
             Counters::bump(&inner.counters.feed_append_failures);
-            tracing::warn!(store = %inner.store.describe(), error = %crate::cache::chain(&error), "change feed append failed; other instances see this write within one TTL");
+            tracing::warn!(store = %inner.store.describe(), error = %crate::cache::chain(&error), "change feed append failed; other instances see this write when they revalidate the key");
         }
     }
 
