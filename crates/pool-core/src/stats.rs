@@ -60,7 +60,8 @@ pub struct PoolStats {
     pub hits: u64,
     /// Lookups that found nothing usable and went to the single-flight creation path.
     pub misses: u64,
-    /// Misses that were served by another caller's creation (single-flight followers).
+    /// Misses that were served by another caller's creation: single-flight followers, and a
+    /// caller that found the value installed between its lookup and its turn to create.
     pub coalesced: u64,
     /// Factory calls that produced a pooled value.
     pub creations: u64,
@@ -70,8 +71,9 @@ pub struct PoolStats {
     pub one_shots: u64,
     /// Evictions by cause.
     pub evictions: Evictions,
-    /// Misses on keys that a capacity eviction had removed recently (among the last
-    /// `max_entries` capacity evictions): the working set does not fit and the pool thrashes.
+    /// Misses on keys that a capacity eviction had removed recently (the pool remembers up to
+    /// four victims per entry of capacity, at most 65 536: see the guide's "Thrashing"): the
+    /// working set does not fit and the pool thrashes.
     /// While it does, capacity eviction keeps a protected subset of the returning keys
     /// resident and a warning naming the capacity setting is logged once a minute.
     pub thrashing: u64,

@@ -272,12 +272,14 @@ where
         let mut factory = Some(factory);
         let mut mine: Option<V> = None;
         let mut led = false;
+        let mut found = false;
         let flight = inner
             .flights
             .run(key.clone(), async {
                 led = true;
                 // Another creation may have finished between our lookup and joining the flight.
                 if let Some(slot) = self.live_slot(key) {
+                    found = true;
                     return Flight::Pooled(slot);
                 }
                 let Some(factory) = factory.take() else {
@@ -293,7 +295,8 @@ where
                 }
             })
             .await;
-        if !led {
+        // Served by another caller's creation: as a follower, or found by the re-check.
+        if !led || found {
             inner.counters.coalesced.add(1);
         }
 
