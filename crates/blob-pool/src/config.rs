@@ -70,7 +70,7 @@ impl BlobPoolConfig {
     /// [`BlobPool::prune_idle`]: crate::BlobPool::prune_idle
     #[must_use]
     pub fn idle_ttl(mut self, idle_ttl: Duration) -> Self {
-        self.idle_ttl = clamp_idle_ttl(idle_ttl);
+        self.idle_ttl = IDLE_TTL_SECONDS.clamp_secs(idle_ttl);
         self
     }
 
@@ -82,7 +82,7 @@ impl BlobPoolConfig {
     pub fn sweep_interval(mut self, every: Option<Duration>) -> Self {
         self.sweep_interval = every
             .filter(|d| !d.is_zero())
-            .map(|d| clamp_secs(d, &SWEEP_SECONDS));
+            .map(|d| SWEEP_SECONDS.clamp_secs(d));
         self
     }
 
@@ -91,8 +91,7 @@ impl BlobPoolConfig {
     /// Clamped into the knob's range, 1 – 65 536 (X5: `usize::MAX` is not "no limit").
     #[must_use]
     pub fn max_entries(mut self, max_entries: usize) -> Self {
-        let (min, max) = MAX_ENTRIES.range();
-        self.max_entries = max_entries.clamp(min, max);
+        self.max_entries = MAX_ENTRIES.clamp(max_entries);
         self
     }
 
@@ -131,17 +130,6 @@ impl BlobPoolConfig {
     pub fn api_version_value(&self) -> Option<&str> {
         self.api_version.as_deref()
     }
-}
-
-/// `value` no longer than `knob`'s maximum (in seconds).
-pub(crate) fn clamp_secs(value: Duration, knob: &Knob<u64>) -> Duration {
-    value.min(Duration::from_secs(knob.range().1))
-}
-
-/// An idle TTL clamped into [`IDLE_TTL_SECONDS`]' range, 1 s – 7 days.
-pub(crate) fn clamp_idle_ttl(value: Duration) -> Duration {
-    let (min, max) = IDLE_TTL_SECONDS.range();
-    value.clamp(Duration::from_secs(min), Duration::from_secs(max))
 }
 
 #[cfg(test)]

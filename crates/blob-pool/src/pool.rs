@@ -241,7 +241,7 @@ impl BlobPool {
     /// as [`BlobPoolConfig::idle_ttl`](crate::BlobPoolConfig::idle_ttl) is: 1 s – 7 days (any
     /// value, zero and `Duration::MAX` included).
     pub async fn prune_idle_with(&self, idle_ttl: Duration) -> RetireReport {
-        let idle_ttl = crate::config::clamp_idle_ttl(idle_ttl);
+        let idle_ttl = crate::config::IDLE_TTL_SECONDS.clamp_secs(idle_ttl);
         self.inner.pool.prune_idle(idle_ttl).await
     }
 

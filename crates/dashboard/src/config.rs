@@ -384,29 +384,17 @@ impl DashboardConfig {
                 });
             }
         }
-        let clamp_u64 = |knob: Knob<u64>, v: u64| {
-            let (min, max) = knob.range();
-            v.clamp(min, max)
-        };
-        let clamp_usize = |knob: Knob<usize>, v: usize| {
-            let (min, max) = knob.range();
-            v.clamp(min, max)
-        };
-        self.header_read_timeout_ms =
-            clamp_u64(HEADER_READ_TIMEOUT_MS, self.header_read_timeout_ms);
-        self.request_timeout_ms = clamp_u64(REQUEST_TIMEOUT_MS, self.request_timeout_ms);
-        self.max_connections = clamp_usize(MAX_CONNECTIONS, self.max_connections);
-        self.body_limit_bytes = clamp_usize(BODY_LIMIT_BYTES, self.body_limit_bytes);
-        self.max_header_bytes = clamp_usize(MAX_HEADER_BYTES, self.max_header_bytes);
-        self.inspector_capacity = clamp_usize(INSPECTOR_CAPACITY, self.inspector_capacity);
-        self.upstream.max_connections =
-            clamp_usize(UPSTREAM_MAX_CONNECTIONS, self.upstream.max_connections);
-        self.upstream.acquire_timeout_ms = clamp_u64(
-            UPSTREAM_ACQUIRE_TIMEOUT_MS,
-            self.upstream.acquire_timeout_ms,
-        );
-        let (min, max) = UPSTREAM_MAX_ATTEMPTS.range();
-        self.upstream.max_attempts = self.upstream.max_attempts.clamp(min, max);
+        self.header_read_timeout_ms = HEADER_READ_TIMEOUT_MS.clamp(self.header_read_timeout_ms);
+        self.request_timeout_ms = REQUEST_TIMEOUT_MS.clamp(self.request_timeout_ms);
+        self.max_connections = MAX_CONNECTIONS.clamp(self.max_connections);
+        self.body_limit_bytes = BODY_LIMIT_BYTES.clamp(self.body_limit_bytes);
+        self.max_header_bytes = MAX_HEADER_BYTES.clamp(self.max_header_bytes);
+        self.inspector_capacity = INSPECTOR_CAPACITY.clamp(self.inspector_capacity);
+        let upstream = &mut self.upstream;
+        upstream.max_connections = UPSTREAM_MAX_CONNECTIONS.clamp(upstream.max_connections);
+        upstream.acquire_timeout_ms =
+            UPSTREAM_ACQUIRE_TIMEOUT_MS.clamp(upstream.acquire_timeout_ms);
+        upstream.max_attempts = UPSTREAM_MAX_ATTEMPTS.clamp(upstream.max_attempts);
         self.storage.job_retention = self
             .storage
             .job_retention

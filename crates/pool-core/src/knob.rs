@@ -75,6 +75,29 @@ where
         (self.min, self.max)
     }
 
+    /// `value` clamped into `[min, max]`, as a setting read from the environment is (for the
+    /// same setting given in code or in a file); an unordered value (NaN) gives the default.
+    ///
+    /// ```
+    /// use pool_core::Knob;
+    ///
+    /// const MAX_ENTRIES: Knob<usize> = Knob::new("K8S_SESSION_POOL_MAX_ENTRIES", 32, 1, 4096);
+    /// assert_eq!(MAX_ENTRIES.clamp(0), 1);
+    /// assert_eq!(MAX_ENTRIES.clamp(usize::MAX), 4096);
+    /// assert_eq!(MAX_ENTRIES.clamp(64), 64);
+    /// ```
+    pub fn clamp(&self, value: T) -> T {
+        if value >= self.min && value <= self.max {
+            value
+        } else if value < self.min {
+            self.min
+        } else if value > self.max {
+            self.max
+        } else {
+            self.default
+        }
+    }
+
     /// Read the knob from the process environment.
     pub fn read(&self) -> T {
         self.read_with(|name| std::env::var(name).ok())
@@ -98,15 +121,12 @@ where
             );
             return self.default;
         };
-        // Written so that NaN (unordered) falls back to the default instead of passing through.
-        if value >= self.min && value <= self.max {
+        // NaN (unordered) falls back to the default instead of passing through.
+        let used = self.clamp(value);
+        if used == value {
             value
-        } else if value < self.min {
-            self.warn_clamped(raw, self.min)
-        } else if value > self.max {
-            self.warn_clamped(raw, self.max)
         } else {
-            self.warn_clamped(raw, self.default)
+            self.warn_clamped(raw, used)
         }
     }
 
@@ -132,6 +152,11 @@ impl Knob<u64> {
     /// [`Knob::read_secs`] through `lookup`.
     pub fn read_secs_with(&self, lookup: impl FnOnce(&str) -> Option<String>) -> Duration {
         Duration::from_secs(self.read_with(lookup))
+    }
+
+    /// A duration clamped into the knob's range of whole seconds (`Duration::MAX` included).
+    pub fn clamp_secs(&self, value: Duration) -> Duration {
+        value.clamp(Duration::from_secs(self.min), Duration::from_secs(self.max))
     }
 }
 
