@@ -87,7 +87,7 @@ struct State {
     tail: Tail,
     request: BodyBuf,
     response: BodyBuf,
-    /// Bytes counted in `Counters::in_flight_bytes` for this record until it is finished.
+    /// Bytes counted in `Counters::in_flight` for this record until it is finished.
     in_flight: usize,
 }
 
@@ -572,13 +572,13 @@ impl Record {
         metrics.captured.add(1);
         // Evicted records are dropped here, after the ring's lock is released; an evicted
         // record no reader holds is kept, with its arena, for this thread's next capture.
-        let evicted = shared
+        let pushed = shared
             .ring
             .push(Arc::clone(self), retained, counters, metrics);
-        if let Some(oldest) = evicted {
+        counters.note_finish_peak(in_flight, &pushed);
+        if let Some(oldest) = pushed.evicted {
             shared.spares.put(oldest);
         }
-        counters.note_ring_peak();
     }
 
     /// The bytes this record keeps alive while the ring holds it, as the allocator sees them:

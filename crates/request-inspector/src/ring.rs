@@ -78,6 +78,14 @@ impl Snapshot {
     }
 }
 
+/// What [`Ring::push`] did: the record it evicted, and the ring's bytes (records and slots)
+/// before and after.
+pub(crate) struct Pushed {
+    pub(crate) evicted: Option<Arc<Record>>,
+    pub(crate) before: usize,
+    pub(crate) after: usize,
+}
+
 /// `chunk`'s slots, copied first if a reader still holds it (at most [`CHUNK`] handles).
 fn writable(chunk: &mut Chunk) -> &mut [Option<Arc<Record>>; CHUNK] {
     if Arc::get_mut(chunk).is_none() {
@@ -106,15 +114,15 @@ impl Ring {
     }
 
     /// Push the newest record, which keeps `added` bytes alive; the oldest one, which it
-    /// replaces once the ring is full, is returned (dropped by the caller, outside the lock).
-    /// Under the lock: one slot written, and the counts.
+    /// replaces once the ring is full, is returned (dropped by the caller, outside the lock),
+    /// with the ring's bytes before and after. Under the lock: one slot written, and the counts.
     pub(crate) fn push(
         &self,
         entry: Arc<Record>,
         added: usize,
         counters: &Counters,
         metrics: &Metrics,
-    ) -> Option<Arc<Record>> {
+    ) -> Pushed {
         let mut slots_added = 0;
         let mut guard = self.lock();
         let slots = &mut *guard;
@@ -133,9 +141,13 @@ impl Ring {
         // Under the lock, so `len` and the byte counts always match the slots.
         let len = (self.len.load(Ordering::Relaxed) + 1).min(self.capacity);
         self.len.store(len, Ordering::Relaxed);
-        let bytes = counters.locked.ring_bytes.load(Ordering::Relaxed) + added - removed;
+        let (old_bytes, old_slot_bytes) = (
+            counters.locked.ring_bytes.load(Ordering::Relaxed),
+            counters.locked.slot_bytes.load(Ordering::Relaxed),
+        );
+        let bytes = old_bytes + added - removed;
         counters.locked.ring_bytes.store(bytes, Ordering::Relaxed);
-        let slot_bytes = counters.locked.slot_bytes.load(Ordering::Relaxed) + slots_added;
+        let slot_bytes = old_slot_bytes + slots_added;
         counters
             .locked
             .slot_bytes
@@ -151,7 +163,11 @@ impl Ring {
         if evicted.is_some() {
             metrics.evictions.add(1);
         }
-        evicted
+        Pushed {
+            evicted,
+            before: old_bytes + old_slot_bytes,
+            after: bytes + slot_bytes,
+        }
     }
 
     /// The chunk handles, copied under the lock; walk them with [`Snapshot::iter`].
@@ -239,6 +255,39 @@ impl Striped {
             .iter()
             .map(|line| line.0.load(Ordering::Relaxed))
             .fold(0, u64::wrapping_add)
+    }
+}
+
+/// A byte count every capture changes, striped like [`Striped`]: a capture adds to the stripe
+/// of the thread it runs on and subtracts from the stripe of the thread that finishes it, so a
+/// stripe can wrap below zero; the wrapping sum of the stripes is the count (issue #23: one
+/// shared count was two writes of a contended line per capture).
+#[derive(Debug, Default)]
+pub(crate) struct StripedBytes([BytesLine; STRIPES]);
+
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct BytesLine(AtomicUsize);
+
+impl StripedBytes {
+    fn add(&self, n: usize) {
+        // Wraps on overflow, as `sub` may have wrapped below zero.
+        self.0[stripe()].0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn sub(&self, n: usize) {
+        self.0[stripe()].0.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    /// The count. A read racing a capture that another thread finishes can see the
+    /// subtraction before the addition: a sum below zero reads as zero.
+    pub(crate) fn get(&self) -> usize {
+        let sum = self
+            .0
+            .iter()
+            .map(|line| line.0.load(Ordering::Relaxed))
+            .fold(0, usize::wrapping_add);
+        if sum > usize::MAX / 2 { 0 } else { sum }
     }
 }
 
@@ -331,6 +380,8 @@ pub(crate) struct Counters {
     /// Bumped by every polling GET: striped.
     pub(crate) passed_through: Striped,
     pub(crate) unowned: Striped,
+    /// Bytes held by captures in flight: every capture writes them, so striped.
+    pub(crate) in_flight: StripedBytes,
     /// Written by captures outside the ring's lock.
     pub(crate) loose: LooseCounts,
 }
@@ -355,19 +406,17 @@ pub(crate) struct LockedCounts {
 #[derive(Debug, Default)]
 #[repr(align(64))]
 pub(crate) struct LooseCounts {
-    pub(crate) in_flight_bytes: AtomicUsize,
     pub(crate) peak_retained: AtomicUsize,
     pub(crate) truncated_bodies: AtomicU64,
 }
 
 impl Counters {
-    /// `n` more bytes held by an in-flight capture.
+    /// `n` more bytes held by an in-flight capture: added to this thread's stripe, nothing
+    /// else (the peak is noted when a capture finishes, and by every read).
     pub(crate) fn hold(&self, n: usize) {
-        if n == 0 {
-            return;
+        if n != 0 {
+            self.in_flight.add(n);
         }
-        let in_flight = self.loose.in_flight_bytes.fetch_add(n, Ordering::Relaxed) + n;
-        self.note_peak(in_flight + self.held_by_ring());
     }
 
     /// Raise the peak to `total` if it is higher; a read only, most of the time (no write to a
@@ -380,26 +429,30 @@ impl Counters {
 
     /// `n` bytes no longer held by an in-flight capture.
     pub(crate) fn release(&self, n: usize) {
-        self.loose.in_flight_bytes.fetch_sub(n, Ordering::Relaxed);
+        if n != 0 {
+            self.in_flight.sub(n);
+        }
     }
 
-    pub(crate) fn note_ring_peak(&self) {
-        self.note_peak(self.loose.in_flight_bytes.load(Ordering::Relaxed) + self.held_by_ring());
-    }
-
-    fn held_by_ring(&self) -> usize {
-        self.locked.ring_bytes.load(Ordering::Relaxed)
-            + self.locked.slot_bytes.load(Ordering::Relaxed)
+    /// A capture that held `released` bytes in flight was pushed: the peak is raised to what
+    /// was held just before it finished (the other captures' in-flight bytes, its own and the
+    /// ring before the push) and just after (the ring after it). Between two finishes the bytes
+    /// only grow (captures start and grow; only a finish evicts or shrinks), so the highest
+    /// `retained_bytes` is always the total just before some finish, or the current one, which
+    /// every read notes (spares aside: they are counted from the first read that sees them).
+    pub(crate) fn note_finish_peak(&self, released: usize, pushed: &Pushed) {
+        let others = self.in_flight.get();
+        self.note_peak(others + (pushed.before + released).max(pushed.after));
     }
 
     /// The counters, read without a lock but consistent with themselves: `evicted` is read
     /// before `captured` (so `evicted <= captured`), and the peak is at least the
-    /// `retained_bytes` read here (a capture raises the peak just after the bytes it counts;
-    /// a read that sees more raises it itself, so the peak never goes back).
+    /// `retained_bytes` read here (a finishing capture raises the peak to the bytes held
+    /// around its push; a read that sees more raises it itself, so the peak never goes back).
     pub(crate) fn snapshot(&self, ring_len: usize, spares: &Spares) -> InspectorStats {
         let evicted = self.locked.evicted.load(Ordering::Acquire);
         let captured = self.locked.next_id.load(Ordering::Relaxed);
-        let in_flight = self.loose.in_flight_bytes.load(Ordering::Relaxed);
+        let in_flight = self.in_flight.get();
         let ring = self.locked.ring_bytes.load(Ordering::Relaxed);
         let slots = self.locked.slot_bytes.load(Ordering::Relaxed);
         let spare = spares.bytes();
@@ -544,10 +597,29 @@ mod tests {
         let record = finished(shared, id);
         let bytes = record.retained_bytes();
         ring.push(record, bytes, &shared.counters, &shared.metrics)
+            .evicted
     }
 
     fn ids(entries: &[Arc<Entry>]) -> Vec<u64> {
         entries.iter().map(|e| e.id).collect()
+    }
+
+    // The in-flight bytes are added on one thread's stripe and taken off another's; the sum is
+    // the count, and a sum caught below zero (a subtraction seen before its addition) reads 0.
+    #[test]
+    fn striped_bytes_sum_across_threads_and_never_read_below_zero() {
+        let bytes = StripedBytes::default();
+        bytes.add(100);
+        std::thread::scope(|scope| {
+            scope.spawn(|| bytes.sub(100));
+        });
+        assert_eq!(bytes.get(), 0);
+        std::thread::scope(|scope| {
+            scope.spawn(|| bytes.sub(40));
+        });
+        assert_eq!(bytes.get(), 0);
+        bytes.add(47);
+        assert_eq!(bytes.get(), 7);
     }
 
     // Newest first across chunks, bounded, and the counts follow the chunks.

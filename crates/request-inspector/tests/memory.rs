@@ -29,6 +29,7 @@ fn the_layer_allocates_what_it_needs_and_counts_what_it_keeps() {
     captures_in_a_full_ring_reuse_the_evicted_records();
     retained_bytes_match_a_counting_allocator();
     retained_bytes_stay_exact_for_streamed_and_interleaved_bodies();
+    the_peak_counts_captures_that_were_in_flight_together();
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -448,4 +449,62 @@ fn retained_bytes_stay_exact_for_streamed_and_interleaved_bodies() {
         inspector.clear();
         assert_eq!(live(&region), 0);
     });
+}
+
+/// Eight echoes of 6 frames in flight together, each with 2 frames through, into a ring of
+/// one entry (so that when they are done, the ring holds one); `read_midway` reads the stats
+/// at that point. Returns the `retained_bytes` read midway (0 without) and the stats
+/// read once all eight finished.
+fn eight_echoes_in_flight(read_midway: bool) -> (usize, InspectorStats) {
+    let runtime = runtime();
+    let inspector = inspector(1);
+    let mut echo = tower::ServiceBuilder::new()
+        .layer(inspector.layer())
+        .service(service_fn(
+            |request: Request<request_inspector::InspectBody<Frames>>| async move {
+                Ok::<_, Infallible>(Response::new(request.into_body()))
+            },
+        ));
+    runtime.block_on(async {
+        let mut bodies = Vec::new();
+        for _ in 0..8 {
+            let request = Request::post("/api/echo").body(frames(6)).expect("request");
+            let response = echo.ready().await.unwrap().call(request).await.unwrap();
+            bodies.push(response.into_body());
+        }
+        for body in &mut bodies {
+            for _ in 0..2 {
+                body.frame().await.expect("a frame").expect("echoed");
+            }
+        }
+        let midway = if read_midway {
+            inspector.stats().retained_bytes
+        } else {
+            0
+        };
+        for body in bodies {
+            body.collect().await.expect("echo");
+        }
+        let stats = inspector.stats();
+        assert_eq!((stats.captured, stats.in_flight_bytes), (8, 0));
+        (midway, stats)
+    })
+}
+
+// Issue #23: captures count their in-flight bytes on their thread's stripe and the peak is
+// noted when a capture finishes (and by every read), not on every change. With no read while
+// eight captures were in flight together, the peak still counts all eight: the first to
+// finish notes the others' bytes too. The run that reads midway tells how much that was.
+fn the_peak_counts_captures_that_were_in_flight_together() {
+    let (in_flight_together, _) = eight_echoes_in_flight(true);
+    let (_, after) = eight_echoes_in_flight(false);
+    assert!(in_flight_together > 8 * 1400, "{in_flight_together}");
+    // One in the ring and one kept as a spare: far less than the eight held together, so only
+    // a peak noted while they were in flight can reach it.
+    assert!(after.retained_bytes < in_flight_together / 2);
+    let peak = after.peak_retained_bytes;
+    assert!(
+        peak >= in_flight_together,
+        "peak {peak} < {in_flight_together} held while all eight were in flight"
+    );
 }
