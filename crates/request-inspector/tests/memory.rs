@@ -15,7 +15,7 @@ use std::convert::Infallible;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response};
 use http_body_util::{BodyExt, Full};
-use request_inspector::{Inspector, InspectorConfig, InspectorStats};
+use request_inspector::{InspectBody, Inspector, InspectorConfig, InspectorStats};
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 use tower::{Service, ServiceExt, service_fn};
 
@@ -394,6 +394,23 @@ fn frames(n: usize) -> Frames {
     http_body_util::StreamBody::new(futures::stream::iter(frames))
 }
 
+/// A service answering with the request's body (an echo), behind `inspector`'s layer.
+fn echo(
+    inspector: &Inspector,
+) -> impl Service<
+    Request<Frames>,
+    Response = Response<InspectBody<InspectBody<Frames>>>,
+    Error = Infallible,
+> {
+    tower::ServiceBuilder::new()
+        .layer(inspector.layer())
+        .service(service_fn(
+            |request: Request<InspectBody<Frames>>| async move {
+                Ok::<_, Infallible>(Response::new(request.into_body()))
+            },
+        ))
+}
+
 // Issue #23: the record keeps bodies in its arena while they arrive one after the other, and a
 // request body still streaming when the response started (an echo) continues in a buffer of its
 // own. With bodies of many frames, no announced size, a cut at the limit, and both bodies
@@ -401,13 +418,7 @@ fn frames(n: usize) -> Frames {
 fn retained_bytes_stay_exact_for_streamed_and_interleaved_bodies() {
     let runtime = runtime();
     let inspector = inspector(8);
-    let mut echo = tower::ServiceBuilder::new()
-        .layer(inspector.layer())
-        .service(service_fn(
-            |request: Request<request_inspector::InspectBody<Frames>>| async move {
-                Ok::<_, Infallible>(Response::new(request.into_body()))
-            },
-        ));
+    let mut echo = echo(&inspector);
     runtime.block_on(async {
         let warm = Request::post("/api/echo").body(frames(2)).expect("request");
         let response = echo.ready().await.unwrap().call(warm).await.unwrap();
@@ -458,13 +469,7 @@ fn retained_bytes_stay_exact_for_streamed_and_interleaved_bodies() {
 fn eight_echoes_in_flight(read_midway: bool) -> (usize, InspectorStats) {
     let runtime = runtime();
     let inspector = inspector(1);
-    let mut echo = tower::ServiceBuilder::new()
-        .layer(inspector.layer())
-        .service(service_fn(
-            |request: Request<request_inspector::InspectBody<Frames>>| async move {
-                Ok::<_, Infallible>(Response::new(request.into_body()))
-            },
-        ));
+    let mut echo = echo(&inspector);
     runtime.block_on(async {
         let mut bodies = Vec::new();
         for _ in 0..8 {
