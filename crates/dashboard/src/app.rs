@@ -289,6 +289,9 @@ impl Dashboard {
                 get(routes::list_jobs).post(routes::submit_job),
             )
             .route("/api/inspector", get(routes::inspector))
+            // A path no route has: behind the same layers (401 without a key), then the
+            // JSON envelope every `/api/*` error has. The merged router takes this fallback.
+            .fallback(routes::not_found)
             .with_state(self.clone());
         let api = match inner.config.mode {
             Mode::Pooled => api,

@@ -117,6 +117,10 @@ pub enum ApiError {
     /// The upstream's connection pool had no free slot in time.
     #[error("upstream busy: no connection slot within the acquire timeout")]
     UpstreamBusy,
+    /// No route has this path (answered to a caller with a valid API key; without one, the
+    /// key layer answers 401 first).
+    #[error("no route has this path")]
+    NotFound,
     /// The request declared a body longer than the body limit (`content-length`).
     #[error("the request body is longer than the limit of {limit} bytes")]
     PayloadTooLarge {
@@ -141,6 +145,7 @@ impl ApiError {
     fn code(&self) -> (&'static str, StatusCode) {
         match self {
             Self::UnknownCluster(_) => ("unknown_cluster", StatusCode::NOT_FOUND),
+            Self::NotFound => ("not_found", StatusCode::NOT_FOUND),
             Self::BadRequest(_) => ("bad_request", StatusCode::BAD_REQUEST),
             Self::Forbidden => ("forbidden", StatusCode::FORBIDDEN),
             Self::Backend { .. } => ("backend_failed", StatusCode::BAD_GATEWAY),

@@ -111,6 +111,11 @@ pub(crate) async fn favicon() -> Response {
         .into_response()
 }
 
+/// The fallback of every path no route has: the JSON `not_found` 404.
+pub(crate) async fn not_found() -> ApiError {
+    ApiError::NotFound
+}
+
 /// `GET /metrics`: the process's metrics in the Prometheus text format, rendered by the
 /// exporter the application installed ([`Dashboard::set_metrics_render`]); 404 without one.
 /// Unauthenticated, like a health check: the series carry no key, token or account.

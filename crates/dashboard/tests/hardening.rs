@@ -109,6 +109,39 @@ impl Harness {
     }
 }
 
+// A path no route has answers like every other `/api/*` error: the key layer first (401 JSON
+// without a key), then the JSON `not_found` envelope; a method a route does not have keeps
+// axum's 405 with its `Allow` header.
+#[tokio::test]
+async fn an_unknown_path_answers_the_json_envelope_behind_the_key_check() {
+    let h = Harness::start(|_| {}, (0, 0)).await;
+    let key = h.account("alice").await;
+    for path in ["/api/nothing-here", "/api/monitor/aks/x/y", "/nothing-here"] {
+        let keyless = h.http.get(h.url(path)).send().await.unwrap();
+        assert_eq!(keyless.status(), 401, "{path}");
+        let response = h
+            .http
+            .get(h.url(path))
+            .header("x-api-key", &key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 404, "{path}");
+        let body: Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+        assert_eq!(body["error"], "not_found", "{path}: {body}");
+        assert!(body["message"].is_string(), "{path}: {body}");
+    }
+    let response = h
+        .http
+        .delete(h.url("/api/me"))
+        .header("x-api-key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+    assert_eq!(response.headers()["allow"], "GET,HEAD");
+}
+
 // Finding 1: an empty admin token is refused at start, whatever builds the configuration.
 #[tokio::test]
 async fn an_empty_admin_token_is_refused_at_start() {
