@@ -18,7 +18,7 @@ use tracing::Span;
 
 use crate::body::Tap;
 use crate::capture::Finisher;
-use crate::inspector::Shared;
+use crate::inspector::{Handle, Shards};
 use crate::service::{Begun, begin, on_head, on_service_error};
 use crate::{InspectBody, RequestId};
 
@@ -32,12 +32,12 @@ use crate::{InspectBody, RequestId};
 /// boxed once. Use it with `Router::layer` and around a `Router` alike.
 #[derive(Clone)]
 pub struct AxumInspectorLayer {
-    shared: Arc<Shared>,
+    shards: Arc<Shards>,
 }
 
 impl AxumInspectorLayer {
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        Self { shared }
+    pub(crate) fn new(shards: Arc<Shards>) -> Self {
+        Self { shards }
     }
 }
 
@@ -53,7 +53,7 @@ impl<S> Layer<S> for AxumInspectorLayer {
     fn layer(&self, inner: S) -> Self::Service {
         AxumInspectorService {
             inner,
-            shared: Arc::clone(&self.shared),
+            handle: Handle::root(&self.shards),
         }
     }
 }
@@ -62,7 +62,7 @@ impl<S> Layer<S> for AxumInspectorLayer {
 #[derive(Clone)]
 pub struct AxumInspectorService<S> {
     inner: S,
-    shared: Arc<Shared>,
+    handle: Handle,
 }
 
 impl<S> fmt::Debug for AxumInspectorService<S> {
@@ -91,7 +91,7 @@ where
             span,
             request_id,
             capture,
-        } = begin(&self.shared, &mut request);
+        } = begin(&self.handle, &mut request);
         let (request, finisher) = match capture {
             Some((record, finisher)) => {
                 let request = request

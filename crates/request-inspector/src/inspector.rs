@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use http::Method;
 
-use crate::ring::{Counters, Ring, Spares};
+use crate::ring::{Counters, Ring, STRIPES, Spares, stripe};
 use crate::telemetry::Metrics;
 use crate::{Entry, FilterError, InspectorConfig, InspectorLayer, InspectorStats};
 
@@ -26,6 +26,78 @@ pub(crate) struct Shared {
     /// entry's `started_at_unix_ms` is derived from its start instant, one clock read less per
     /// captured request.
     pub(crate) epoch: Epoch,
+}
+
+/// One of a root [`Handle`]'s holds on [`Shared`], alone on its cache lines: the reference
+/// count of its `Arc` is written only by the clones (and captures) of one thread stripe.
+#[derive(Debug)]
+#[repr(align(128))]
+pub(crate) struct Shard(Arc<Shared>);
+
+impl std::ops::Deref for Shard {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+impl Shard {
+    /// A shard of its own (tests).
+    #[cfg(test)]
+    pub(crate) fn new(shared: Arc<Shared>) -> Arc<Self> {
+        Arc::new(Self(shared))
+    }
+}
+
+/// A layer's shards: one [`Shard`] per thread stripe, each in an allocation of 256 bytes, made
+/// once per [`Inspector::layer`] (or `axum_layer`) call.
+#[derive(Debug)]
+pub(crate) struct Shards([Arc<Shard>; STRIPES]);
+
+impl Shards {
+    pub(crate) fn new(shared: &Arc<Shared>) -> Arc<Self> {
+        Arc::new(Self(std::array::from_fn(|_| {
+            Arc::new(Shard(Arc::clone(shared)))
+        })))
+    }
+}
+
+/// A service's hold on [`Shared`] (issue #23). axum, tower's `oneshot` and the bench clone a
+/// service for every request, and each clone takes and drops a reference count: with one
+/// `Arc`, that count was a cache line every thread wrote twice per request (and each capture
+/// twice more, for its record). The service a layer makes (a root) holds its layer's
+/// [`Shards`]; a clone of it holds the shard of the thread that cloned it (the root's own count
+/// is not touched), and a capture takes its record's hold from there. Threads of different
+/// stripes write different counts.
+#[derive(Debug)]
+pub(crate) struct Handle(Hold);
+
+#[derive(Debug)]
+enum Hold {
+    Root(Arc<Shards>),
+    Clone(Arc<Shard>),
+}
+
+impl Handle {
+    /// The root hold of a service a layer makes.
+    pub(crate) fn root(shards: &Arc<Shards>) -> Self {
+        Self(Hold::Root(Arc::clone(shards)))
+    }
+
+    /// The shard this thread uses: a clone's own, or the root's for this thread's stripe.
+    pub(crate) fn shard(&self) -> &Arc<Shard> {
+        match &self.0 {
+            Hold::Root(shards) => &shards.0[stripe()],
+            Hold::Clone(shard) => shard,
+        }
+    }
+}
+
+impl Clone for Handle {
+    fn clone(&self) -> Self {
+        Self(Hold::Clone(Arc::clone(self.shard())))
+    }
 }
 
 /// A wall-clock time and the monotonic instant read with it.
@@ -82,14 +154,19 @@ impl Inspector {
 
     /// The tower layer that records into this inspector. Its service takes and gives any
     /// [`http_body`] 1.x body, wrapped in an [`InspectBody`](crate::InspectBody).
+    ///
+    /// Each call makes the layer's 8 shared handles (about 2 KiB), so that the clones of its
+    /// services on different threads never write the same reference count: make the layer
+    /// once and clone it (a clone shares them).
     pub fn layer(&self) -> InspectorLayer {
-        InspectorLayer::new(Arc::clone(&self.shared))
+        InspectorLayer::new(Shards::new(&self.shared))
     }
 
     /// The same layer for axum (feature `axum`): requests and responses keep axum's `Body`, and
     /// only a captured exchange's bodies are wrapped, so a polling GET is handed on untouched
     /// (no body boxed on its way to the handler or back). Prefer it in an axum application,
-    /// with `Router::layer` or around a `Router`:
+    /// with `Router::layer` or around a `Router`. Like [`layer`](Self::layer), each call makes
+    /// the layer's 8 shared handles:
     ///
     /// ```
     /// use axum::{Router, routing::get};
@@ -103,7 +180,7 @@ impl Inspector {
     /// ```
     #[cfg(feature = "axum")]
     pub fn axum_layer(&self) -> crate::AxumInspectorLayer {
-        crate::AxumInspectorLayer::new(Arc::clone(&self.shared))
+        crate::AxumInspectorLayer::new(Shards::new(&self.shared))
     }
 
     /// Whether a request to `path` with `method` would be captured (I4): everything except a
@@ -308,5 +385,50 @@ mod tests {
             EntryFilter::parse(Some("delete"), None).unwrap(),
             EntryFilter::new().method(Method::DELETE)
         );
+    }
+
+    // Issue #23: a clone of a layer's service holds the shard of the thread that cloned it and
+    // leaves the root's count alone; a clone of that clone keeps its shard. Each thread's count
+    // moves only on its own stripe's shard (a thread's stripe is given round-robin, so the two
+    // threads may share one when other tests' threads took the stripes between them).
+    #[test]
+    fn clones_count_on_their_threads_shard_and_leave_the_root_alone() {
+        let inspector = Inspector::new(InspectorConfig::new());
+        let shards = Shards::new(&inspector.shared);
+        let root = Handle::root(&shards);
+        let roots = Arc::strong_count(&shards);
+        let shared = Arc::strong_count(&inspector.shared);
+        let clones: Vec<(usize, Handle, Handle)> = std::thread::scope(|scope| {
+            let threads: Vec<_> = (0..2)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let clone = root.clone();
+                        let again = clone.clone();
+                        (stripe(), clone, again)
+                    })
+                })
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        assert_eq!(
+            Arc::strong_count(&shards),
+            roots,
+            "the root's count never moved"
+        );
+        assert_eq!(
+            Arc::strong_count(&inspector.shared),
+            shared,
+            "nor the state's"
+        );
+        for (stripe, clone, again) in &clones {
+            assert!(Arc::ptr_eq(clone.shard(), &shards.0[*stripe]));
+            assert!(Arc::ptr_eq(again.shard(), clone.shard()));
+        }
+        for (i, shard) in shards.0.iter().enumerate() {
+            let holders = clones.iter().filter(|(stripe, ..)| *stripe == i).count();
+            assert_eq!(Arc::strong_count(shard), 1 + 2 * holders, "shard {i}");
+        }
+        drop(clones);
+        assert!(shards.0.iter().all(|shard| Arc::strong_count(shard) == 1));
     }
 }

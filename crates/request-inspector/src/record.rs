@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use crate::config::{HEADERS_CUT, REDACTED};
 use crate::entry::{CapturedBody, Header};
-use crate::inspector::Shared;
+use crate::inspector::Shard;
 use crate::{Entry, EntryFilter, InspectorConfig, Outcome};
 
 /// Bytes of an `Arc`'s allocation besides its value: the strong and weak counts.
@@ -81,7 +81,7 @@ struct State {
     /// the ring's record does not keep the inspector alive). The one clone of it a capture
     /// makes: the taps reach it through the record (issue #23: every clone and drop is a write
     /// to a line all threads share).
-    shared: Option<Arc<Shared>>,
+    shared: Option<Arc<Shard>>,
     text: Vec<u8>,
     ends: Ends,
     tail: Tail,
@@ -303,7 +303,7 @@ fn read_headers(arena: &[u8], start: usize, end: usize) -> Vec<Header> {
 
 /// A finished record's figures, handed from [`Record::close`] to [`Record::publish`].
 struct Closed {
-    shared: Arc<Shared>,
+    shared: Arc<Shard>,
     retained: usize,
     in_flight: usize,
     truncated: u64,
@@ -325,7 +325,7 @@ pub(crate) struct RequestParts<'a> {
 impl Record {
     /// Start recording an exchange: the request's text goes into a new arena, counted in
     /// `in_flight_bytes`.
-    pub(crate) fn start(shared: &Arc<Shared>, request: RequestParts<'_>) -> Arc<Self> {
+    pub(crate) fn start(shared: &Arc<Shard>, request: RequestParts<'_>) -> Arc<Self> {
         let config = &shared.config;
         let owner = request.owner.as_deref();
         let query_room = request
@@ -666,11 +666,12 @@ fn micros(duration: Duration) -> u64 {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::inspector::Shared;
     use http::HeaderValue;
 
     /// A finished record with `id`, for the ring's unit tests (not pushed anywhere).
     /// (The ring gives it its id when it is pushed; `id` names its request id.)
-    pub(crate) fn finished(shared: &Arc<Shared>, id: u64) -> Arc<Record> {
+    pub(crate) fn finished(shared: &Arc<Shard>, id: u64) -> Arc<Record> {
         let headers = HeaderMap::new();
         let request_id = format!("req-{id}");
         let record = Record::start(
@@ -738,18 +739,19 @@ pub(crate) mod tests {
         assert_eq!(read[1].value, "3 headers (41 bytes) not recorded");
     }
 
-    pub(crate) fn shared(config: InspectorConfig) -> Arc<Shared> {
-        Arc::new(Shared {
+    /// A shard over a new inspector's state with `config`.
+    pub(crate) fn shared(config: InspectorConfig) -> Arc<Shard> {
+        Shard::new(Arc::new(Shared {
             ring: crate::ring::Ring::new(config.capacity),
             config,
             counters: crate::ring::Counters::default(),
             spares: crate::ring::Spares::default(),
             metrics: crate::telemetry::Metrics::new(),
             epoch: crate::inspector::Epoch::now(),
-        })
+        }))
     }
 
-    fn start(shared: &Arc<Shared>, body_hint: u64) -> Arc<Record> {
+    fn start(shared: &Arc<Shard>, body_hint: u64) -> Arc<Record> {
         let mut headers = HeaderMap::new();
         headers.insert("content-type", HeaderValue::from_static("text/plain"));
         Record::start(

@@ -224,14 +224,14 @@ impl Ring {
 pub(crate) struct Striped([Line; STRIPES]);
 
 /// Stripes of a [`Striped`] counter: threads beyond this share stripes, round-robin.
-const STRIPES: usize = 8;
+pub(crate) const STRIPES: usize = 8;
 
 #[derive(Debug, Default)]
 #[repr(align(64))]
 struct Line(AtomicU64);
 
 /// This thread's stripe (`0..STRIPES`), given round-robin on first use.
-fn stripe() -> usize {
+pub(crate) fn stripe() -> usize {
     use std::cell::Cell;
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! {
@@ -526,7 +526,7 @@ pub struct InspectorStats {
 mod tests {
     use super::*;
     use crate::InspectorConfig;
-    use crate::inspector::Shared;
+    use crate::inspector::Shard;
     use crate::record::tests::finished;
 
     // Adds from more threads than stripes all land in the sum.
@@ -582,18 +582,11 @@ mod tests {
         assert_eq!(spares.bytes(), 0);
     }
 
-    fn shared() -> Arc<Shared> {
-        Arc::new(Shared {
-            config: InspectorConfig::new(),
-            ring: Ring::new(1),
-            counters: Counters::default(),
-            spares: Spares::default(),
-            metrics: Metrics::new(),
-            epoch: crate::inspector::Epoch::now(),
-        })
+    fn shared() -> Arc<Shard> {
+        crate::record::tests::shared(InspectorConfig::new().capacity(1))
     }
 
-    fn push(ring: &Ring, shared: &Arc<Shared>, id: u64) -> Option<Arc<Record>> {
+    fn push(ring: &Ring, shared: &Arc<Shard>, id: u64) -> Option<Arc<Record>> {
         let record = finished(shared, id);
         let bytes = record.retained_bytes();
         ring.push(record, bytes, &shared.counters, &shared.metrics)
