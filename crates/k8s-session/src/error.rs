@@ -1,5 +1,6 @@
 //! Error types: from credential sources, from building a session, from the pool.
 
+use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -18,9 +19,11 @@ pub enum CredentialsError {
         #[source]
         source: std::io::Error,
     },
-    /// The kubeconfig is not valid YAML or not a kubeconfig.
+    /// The kubeconfig is not valid YAML or not a kubeconfig. The source says where, never
+    /// what: the YAML parser quotes the line it stopped at, and serde the value it refused,
+    /// which can be a token or a key.
     #[error("the kubeconfig could not be parsed")]
-    ParseKubeconfig(#[source] kube::config::KubeconfigError),
+    ParseKubeconfig(#[source] KubeconfigParseError),
     /// The Azure credential could not provide a token for ARM.
     #[error("getting an Azure token for ARM failed")]
     Token(#[source] azure_core::Error),
@@ -92,6 +95,50 @@ pub enum CredentialsError {
     },
 }
 
+/// Why a kubeconfig's text could not be parsed, without any of its text (see
+/// [`CredentialsError::ParseKubeconfig`]): what kind of error, and the line and column the
+/// parser stopped at when it knows them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubeconfigParseError {
+    kind: &'static str,
+    location: Option<(u64, u64)>,
+}
+
+impl KubeconfigParseError {
+    /// The line (1-based) and column the YAML parser stopped at, if it said.
+    pub fn location(&self) -> Option<(u64, u64)> {
+        self.location
+    }
+}
+
+impl From<kube::config::KubeconfigError> for KubeconfigParseError {
+    fn from(error: kube::config::KubeconfigError) -> Self {
+        use kube::config::KubeconfigError as E;
+        let (kind, location) = match &error {
+            E::Parse(yaml) => (
+                "not a valid kubeconfig YAML document",
+                yaml.location().map(|at| (at.line(), at.column())),
+            ),
+            E::KindMismatch => ("its documents have different kinds", None),
+            E::ApiVersionMismatch => ("its documents have different api versions", None),
+            _ => ("not a kubeconfig", None),
+        };
+        Self { kind, location }
+    }
+}
+
+impl fmt::Display for KubeconfigParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.kind)?;
+        if let Some((line, column)) = self.location {
+            write!(f, " (line {line}, column {column})")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for KubeconfigParseError {}
+
 /// Why a session could not be built from a source's material.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -125,6 +172,33 @@ pub enum BuildError {
     UnsupportedExecPlugin {
         /// The plugin's command.
         command: String,
+    },
+    /// The user's `auth-provider` runs a command (`cmd-path`, as kube's gcp provider does).
+    /// Commands are never run; give the cluster a certificate or token credential instead.
+    #[error(
+        "auth-provider {name:?} runs a command (cmd-path), which is not supported: commands are never run"
+    )]
+    UnsupportedAuthProvider {
+        /// The provider's name.
+        name: String,
+    },
+    /// A bearer token of the kubeconfig (or the AAD token fetched for it) holds bytes an HTTP
+    /// header cannot carry (control characters such as a newline or NUL).
+    #[error("the {what} is not a valid HTTP header value (it holds control characters)")]
+    InvalidToken {
+        /// Which token: `token`, `auth-provider token` or `AAD token`.
+        what: &'static str,
+    },
+    /// The cluster's `certificate-authority(-data)` holds no PEM `CERTIFICATE` (plain text, or
+    /// a key): the session could trust no server.
+    #[error("the cluster's certificate authority holds no PEM CERTIFICATE block")]
+    CertificateAuthority,
+    /// The AAD token for a kubelogin user did not come within the pool's
+    /// [`aad_token_timeout`](crate::SessionPoolBuilder::aad_token_timeout) (default 60 s).
+    #[error("getting an AAD token for the AKS server scope did not finish within {after:?}")]
+    AadTokenTimeout {
+        /// The bound that passed.
+        after: std::time::Duration,
     },
     /// The user authenticates through kubelogin but the pool has no Azure credential.
     #[error(

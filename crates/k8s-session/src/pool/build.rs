@@ -46,6 +46,8 @@ pub(crate) struct ClientOptions {
     pub(crate) max_streams: Option<usize>,
     /// HTTP/2 keep-alive PING interval and acknowledgement timeout (K10).
     pub(crate) keep_alive: (Duration, Duration),
+    /// The bound on fetching a kubelogin user's AAD token.
+    pub(crate) aad_token_timeout: Duration,
 }
 
 /// A built client and what is known about its credentials.
@@ -77,6 +79,20 @@ pub(crate) async fn build(
         .map_err(BuildError::Kubeconfig)?;
     // Before any credential is fetched or sent: material from ARM or a file must not turn TLS
     // verification off unless the code that built the pool said so.
+    // Nothing is run: kube's gcp auth-provider would run its `cmd-path` while the client is
+    // built (exec plugins are refused below).
+    if let Some(provider) = &config.auth_info.auth_provider
+        && provider.config.contains_key("cmd-path")
+    {
+        return Err(BuildError::UnsupportedAuthProvider {
+            name: provider.name.clone(),
+        });
+    }
+    // kube reads an empty trust store from a CA without any CERTIFICATE block (plain text, a
+    // key): every handshake would fail later, with an obscure TLS error.
+    if config.root_cert.as_ref().is_some_and(Vec::is_empty) {
+        return Err(BuildError::CertificateAuthority);
+    }
     if config.accept_invalid_certs {
         let server = config.cluster_url.host().unwrap_or_default().to_string();
         if !options.accept_insecure_skip_tls_verify {
@@ -111,9 +127,10 @@ pub(crate) async fn build(
         }
         let credential = aad.ok_or(BuildError::NoAadCredential)?;
         let scope = server_scope(&exec);
-        let token = credential
-            .get_token(&[scope.as_str()], None)
+        let after = options.aad_token_timeout;
+        let token = tokio::time::timeout(after, credential.get_token(&[scope.as_str()], None))
             .await
+            .map_err(|_| BuildError::AadTokenTimeout { after })?
             .map_err(BuildError::AadToken)?;
         user.token = Some(SecretString::from(token.token.secret().to_string()));
         aad_token = Some((scope, SecretString::from(token.token.secret().to_string())));
@@ -127,6 +144,7 @@ pub(crate) async fn build(
         AuthKind::Other
     };
 
+    check_tokens(&config.auth_info, auth)?;
     config.default_retry = options.kube_retry;
     config.connect_timeout = options.connect_timeout;
     config.read_timeout = options.read_timeout;
@@ -220,6 +238,35 @@ impl<S> OwnStack for S where
         > + Send
         + 'static
 {
+}
+
+/// Every bearer token kube would send must be a valid header value: kube's auth layer
+/// (tower-http's `AddAuthorization`) panics on one that is not, as the client is built.
+fn check_tokens(user: &AuthInfo, auth: AuthKind) -> Result<(), BuildError> {
+    let valid = |token: &str| http::HeaderValue::from_str(&format!("Bearer {token}")).is_ok();
+    if let Some(token) = &user.token
+        && !valid(token.expose_secret())
+    {
+        let what = if auth == AuthKind::AadToken {
+            "AAD token"
+        } else {
+            "token"
+        };
+        return Err(BuildError::InvalidToken { what });
+    }
+    let provider_tokens = user.auth_provider.iter().flat_map(|provider| {
+        ["id-token", "access-token"]
+            .into_iter()
+            .filter_map(|field| provider.config.get(field))
+    });
+    for token in provider_tokens {
+        if !valid(token) {
+            return Err(BuildError::InvalidToken {
+                what: "auth-provider token",
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The `notAfter` of the user's client certificate (inline data or a file), if it has one.

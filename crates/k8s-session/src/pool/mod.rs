@@ -52,6 +52,9 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// kube's read timeout unless [`SessionPoolBuilder::read_timeout`] says otherwise: 295 s, the
 /// value kube uses for writes, above the 290 s a kube watch asks the server to close it after.
 const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(295);
+/// The default bound on fetching a kubelogin user's AAD token while a session is built
+/// ([`SessionPoolBuilder::aad_token_timeout`]).
+pub const DEFAULT_AAD_TOKEN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The range explicit connect and read timeouts are clamped into.
 const TIMEOUT_RANGE: (Duration, Duration) = (Duration::from_millis(1), Duration::from_secs(86_400));
@@ -164,6 +167,7 @@ impl SessionPool {
                 http2: true,
                 max_streams: None,
                 keep_alive: (DEFAULT_KEEP_ALIVE_INTERVAL, DEFAULT_KEEP_ALIVE_TIMEOUT),
+                aad_token_timeout: DEFAULT_AAD_TOKEN_TIMEOUT,
             },
             observer: None,
         }
@@ -497,6 +501,18 @@ impl SessionPoolBuilder {
     #[must_use]
     pub fn read_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.options.read_timeout = clamp_timeout(timeout);
+        self
+    }
+
+    /// The bound on fetching a kubelogin user's AAD token from
+    /// [`aad_credential`](Self::aad_credential) while a session is built (default
+    /// [`DEFAULT_AAD_TOKEN_TIMEOUT`], 60 s; clamped into [1 ms, 1 h]). A hung identity endpoint
+    /// fails the build with [`BuildError::AadTokenTimeout`](crate::BuildError::AadTokenTimeout)
+    /// instead of stalling every caller waiting on that session.
+    #[must_use]
+    pub fn aad_token_timeout(mut self, timeout: Duration) -> Self {
+        self.options.aad_token_timeout =
+            timeout.clamp(Duration::from_millis(1), Duration::from_secs(3600));
         self
     }
 

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use kube::config::Kubeconfig;
@@ -58,7 +58,7 @@ impl KubeconfigSource {
 
     /// A source serving a kubeconfig parsed from YAML text.
     pub fn from_yaml(yaml: &str) -> Result<Self, CredentialsError> {
-        let kubeconfig = Kubeconfig::from_yaml(yaml).map_err(CredentialsError::ParseKubeconfig)?;
+        let kubeconfig = parse(yaml)?;
         Ok(Self::from_kubeconfig(kubeconfig))
     }
 
@@ -108,8 +108,44 @@ impl KubeconfigSource {
                         source,
                     }
                 })?;
-                Kubeconfig::from_yaml(&text).map_err(CredentialsError::ParseKubeconfig)
+                let mut kubeconfig = parse(&text)?;
+                if let Some(dir) = path.parent() {
+                    resolve_relative_paths(&mut kubeconfig, dir);
+                }
+                Ok(kubeconfig)
             }
+        }
+    }
+}
+
+/// `text` parsed, or an error that says where it failed but quotes none of it.
+fn parse(text: &str) -> Result<Kubeconfig, CredentialsError> {
+    Kubeconfig::from_yaml(text).map_err(|e| CredentialsError::ParseKubeconfig(e.into()))
+}
+
+/// The files a kubeconfig file names by relative path (the CA, the client certificate and key,
+/// the token file) are relative to its directory, as kubectl and kube's `Kubeconfig::read_from`
+/// read them, not to the process's working directory. Exec commands are left alone: they are
+/// never run.
+fn resolve_relative_paths(kubeconfig: &mut Kubeconfig, dir: &Path) {
+    let absolute = |file: &mut Option<String>| {
+        if let Some(name) = file.as_deref()
+            && Path::new(name).is_relative()
+            && let Some(joined) = dir.join(name).to_str()
+        {
+            *file = Some(joined.to_owned());
+        }
+    };
+    for named in &mut kubeconfig.clusters {
+        if let Some(cluster) = &mut named.cluster {
+            absolute(&mut cluster.certificate_authority);
+        }
+    }
+    for named in &mut kubeconfig.auth_infos {
+        if let Some(user) = &mut named.auth_info {
+            absolute(&mut user.client_certificate);
+            absolute(&mut user.client_key);
+            absolute(&mut user.token_file);
         }
     }
 }

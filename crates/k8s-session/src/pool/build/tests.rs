@@ -26,6 +26,7 @@ fn options() -> ClientOptions {
         http2: true,
         max_streams: None,
         keep_alive: (Duration::from_secs(20), Duration::from_secs(10)),
+        aad_token_timeout: Duration::from_secs(60),
     }
 }
 
