@@ -30,6 +30,7 @@ fn the_layer_allocates_what_it_needs_and_counts_what_it_keeps() {
     retained_bytes_match_a_counting_allocator();
     retained_bytes_stay_exact_for_streamed_and_interleaved_bodies();
     the_peak_counts_captures_that_were_in_flight_together();
+    everything_is_freed_once_the_inspector_and_its_services_are_dropped();
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -511,5 +512,50 @@ fn the_peak_counts_captures_that_were_in_flight_together() {
     assert!(
         peak >= in_flight_together,
         "peak {peak} < {in_flight_together} held while all eight were in flight"
+    );
+}
+
+// Issue #23: a layer holds one shard per thread stripe, each holding the inspector's state; the
+// clones made on other threads hold their thread's shard, and so do the records. None of them
+// holds a shard back, so once the inspector, the layer and every service and clone are dropped,
+// everything they allocated is freed (no reference cycle keeps the ring alive). Requests carry
+// their id (a generated one would leave its thread's batch of ids allocated), and the threads
+// are joined (their thread-locals freed) before the count.
+fn everything_is_freed_once_the_inspector_and_its_services_are_dropped() {
+    let post = || request(Method::POST, "/api/jobs", br#"{"cluster":"aks-1"}"#, Some("id-1"));
+    let poll = || request(Method::GET, "/api/monitor/aks", b"", Some("id-2"));
+    let region = Region::new(GLOBAL);
+    let inspector = inspector(4);
+    let root = std::sync::Arc::new(
+        tower::ServiceBuilder::new()
+            .layer(inspector.layer())
+            .service(service_fn(handler)),
+    );
+    let threads: Vec<_> = (0..2)
+        .map(|_| {
+            let root = std::sync::Arc::clone(&root);
+            std::thread::spawn(move || {
+                let mut clone = (*root).clone();
+                let runtime = runtime();
+                for i in 0..20 {
+                    let request = if i % 2 == 0 { post() } else { poll() };
+                    runtime.block_on(exchange(&mut clone, request));
+                }
+                clone
+            })
+        })
+        .collect();
+    let clones: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let runtime = runtime();
+    let mut clone = (*root).clone();
+    runtime.block_on(exchange(&mut clone, post()));
+    let stats = inspector.stats();
+    assert_eq!((stats.captured, stats.passed_through), (21, 20));
+    assert!(stats.retained_bytes > 0);
+    drop((clones, clone, root, inspector, runtime));
+    assert_eq!(
+        live(&region),
+        0,
+        "bytes still allocated once the inspector and its services are gone"
     );
 }
