@@ -522,7 +522,14 @@ fn the_peak_counts_captures_that_were_in_flight_together() {
 // their id (a generated one would leave its thread's batch of ids allocated), and the threads
 // are joined (their thread-locals freed) before the count.
 fn everything_is_freed_once_the_inspector_and_its_services_are_dropped() {
-    let post = || request(Method::POST, "/api/jobs", br#"{"cluster":"aks-1"}"#, Some("id-1"));
+    let post = || {
+        request(
+            Method::POST,
+            "/api/jobs",
+            br#"{"cluster":"aks-1"}"#,
+            Some("id-1"),
+        )
+    };
     let poll = || request(Method::GET, "/api/monitor/aks", b"", Some("id-2"));
     let region = Region::new(GLOBAL);
     let inspector = inspector(4);
