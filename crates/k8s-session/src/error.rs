@@ -200,6 +200,24 @@ pub enum BuildError {
         /// The bound that passed.
         after: std::time::Duration,
     },
+    /// The build did not finish within the pool's
+    /// [`build_timeout`](crate::SessionPoolBuilder::build_timeout) (default 150 s): a source
+    /// that never answered, or a file that never finished reading.
+    #[error("building the session did not finish within {after:?}")]
+    Timeout {
+        /// The bound that passed.
+        after: std::time::Duration,
+    },
+    /// A file the kubeconfig names for the selected cluster or user (its CA or client key)
+    /// could not be read.
+    #[error("reading {path:?}, named by the kubeconfig, failed")]
+    ReadFile {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The user authenticates through kubelogin but the pool has no Azure credential.
     #[error(
         "the kubeconfig uses kubelogin (AAD): configure SessionPoolBuilder::aad_credential with an Azure TokenCredential"

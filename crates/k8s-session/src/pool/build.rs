@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use azure_core::credentials::TokenCredential;
 use base64::Engine as _;
-use kube::config::{AuthInfo, ExecConfig, KubeConfigOptions};
+use kube::config::{AuthInfo, ExecConfig, KubeConfigOptions, Kubeconfig};
 use secrecy::{ExposeSecret, SecretString};
 
 use super::in_flight::InFlightLayer;
@@ -48,6 +48,8 @@ pub(crate) struct ClientOptions {
     pub(crate) keep_alive: (Duration, Duration),
     /// The bound on fetching a kubelogin user's AAD token.
     pub(crate) aad_token_timeout: Duration,
+    /// The bound on one session's whole build (applied by the pool).
+    pub(crate) build_timeout: Duration,
 }
 
 /// A built client and what is known about its credentials.
@@ -69,7 +71,8 @@ pub(crate) async fn build(
     metrics: ClusterMetrics,
     on_rejected: impl FnOnce(Option<(String, SecretString)>) -> OnRejected,
 ) -> Result<Built, BuildError> {
-    let (kubeconfig, context, material_expiry) = material.into_parts();
+    let (mut kubeconfig, context, material_expiry) = material.into_parts();
+    inline_files(&mut kubeconfig, context.as_deref()).await?;
     let select = KubeConfigOptions {
         context,
         ..KubeConfigOptions::default()
@@ -238,6 +241,79 @@ impl<S> OwnStack for S where
         > + Send
         + 'static
 {
+}
+
+/// The files the selected context's cluster and user name (the CA, the client certificate and
+/// key), read here asynchronously and put in the kubeconfig as data: kube reads them with
+/// blocking calls while it builds the client, and a file that never finishes reading (a FIFO,
+/// a hung mount) would block the runtime's thread beyond any timeout. Data given inline wins,
+/// as in kube. A selection kube cannot resolve is left to kube, which reports it.
+async fn inline_files(
+    kubeconfig: &mut Kubeconfig,
+    context: Option<&str>,
+) -> Result<(), BuildError> {
+    let Some(name) = context.or(kubeconfig.current_context.as_deref()) else {
+        return Ok(());
+    };
+    let Some(selected) = kubeconfig
+        .contexts
+        .iter()
+        .find(|named| named.name == name)
+        .and_then(|named| named.context.clone())
+    else {
+        return Ok(());
+    };
+    let base64 = |bytes: Vec<u8>| base64::engine::general_purpose::STANDARD.encode(bytes);
+    if let Some(cluster) = kubeconfig
+        .clusters
+        .iter_mut()
+        .find(|named| named.name == selected.cluster)
+        .and_then(|named| named.cluster.as_mut())
+        && cluster.certificate_authority_data.is_none()
+        && let Some(path) = cluster.certificate_authority.take()
+    {
+        let bytes = read_file(path, |path, source| BuildError::ReadFile { path, source }).await?;
+        cluster.certificate_authority_data = Some(base64(bytes));
+    }
+    let user = selected.user.as_ref().and_then(|name| {
+        kubeconfig
+            .auth_infos
+            .iter_mut()
+            .find(|named| &named.name == name)
+            .and_then(|named| named.auth_info.as_mut())
+    });
+    if let Some(user) = user {
+        if user.client_certificate_data.is_none()
+            && let Some(path) = user.client_certificate.take()
+        {
+            let bytes = read_file(path, |path, source| BuildError::CertificateFile {
+                path,
+                source,
+            })
+            .await?;
+            user.client_certificate_data = Some(base64(bytes));
+        }
+        if user.client_key_data.is_none()
+            && let Some(path) = user.client_key.take()
+        {
+            let bytes =
+                read_file(path, |path, source| BuildError::ReadFile { path, source }).await?;
+            user.client_key_data = Some(SecretString::from(base64(bytes)));
+        }
+    }
+    Ok(())
+}
+
+/// The bytes of the file at `path` (read on tokio's blocking pool), or `error`.
+async fn read_file(
+    path: String,
+    error: impl FnOnce(PathBuf, std::io::Error) -> BuildError,
+) -> Result<Vec<u8>, BuildError> {
+    let path = PathBuf::from(path);
+    match tokio::fs::read(&path).await {
+        Ok(bytes) => Ok(bytes),
+        Err(source) => Err(error(path, source)),
+    }
 }
 
 /// Every bearer token kube would send must be a valid header value: kube's auth layer

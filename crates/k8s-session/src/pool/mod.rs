@@ -52,6 +52,9 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// kube's read timeout unless [`SessionPoolBuilder::read_timeout`] says otherwise: 295 s, the
 /// value kube uses for writes, above the 290 s a kube watch asks the server to close it after.
 const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(295);
+/// The default bound on one session's build ([`SessionPoolBuilder::build_timeout`]): room for
+/// the AKS source's 60 s ARM call and the 60 s AAD token fetch, one after the other.
+pub const DEFAULT_BUILD_TIMEOUT: Duration = Duration::from_secs(150);
 /// The default bound on fetching a kubelogin user's AAD token while a session is built
 /// ([`SessionPoolBuilder::aad_token_timeout`]).
 pub const DEFAULT_AAD_TOKEN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -168,6 +171,7 @@ impl SessionPool {
                 max_streams: None,
                 keep_alive: (DEFAULT_KEEP_ALIVE_INTERVAL, DEFAULT_KEEP_ALIVE_TIMEOUT),
                 aad_token_timeout: DEFAULT_AAD_TOKEN_TIMEOUT,
+                build_timeout: DEFAULT_BUILD_TIMEOUT,
             },
             observer: None,
         }
@@ -180,39 +184,10 @@ impl SessionPool {
         let result = shared
             .pool
             .get_or_create(key, || async move {
-                let material = shared.source.credentials(key).await?;
-                let build_id = shared.builds.fetch_add(1, Ordering::Relaxed);
-                let on_rejected = rejection_hook(weak, key.clone(), build_id);
-                let metrics = ClusterMetrics::new(key.cluster_name());
-                let built = build::build(
-                    material,
-                    shared.aad.as_ref(),
-                    &shared.options,
-                    &shared.connections,
-                    metrics.clone(),
-                    on_rejected,
-                )
-                .await?;
-                // The one wall-clock read: every expiry becomes a duration from here.
-                let ttl = effective_ttl(shared.ttl, shared.clock.now(), &built.expiries);
-                let entry = Entry {
-                    client: built.client,
-                    build_id,
-                    key: key.clone(),
-                    auth: built.auth,
-                    ttl,
-                    observer: shared.observer.clone(),
-                    metrics,
-                };
-                tracing::debug!(%key, ttl = ?ttl.ttl, bound = ?ttl.bound, "built Kubernetes session");
-                // The pool TTL is clamped to a day, so `now + ttl` fits; were it ever not to, the
-                // pool's own (clamped) TTL still bounds the entry.
-                let deadline = Instant::now().checked_add(ttl.ttl);
-                Ok::<_, BuildError>(match deadline {
-                    _ if !ttl.is_poolable() => Created::one_shot(entry),
-                    Some(deadline) => Created::until(entry, deadline),
-                    None => Created::new(entry),
-                })
+                let after = shared.options.build_timeout;
+                tokio::time::timeout(after, shared.build(key, weak))
+                    .await
+                    .map_err(|_| BuildError::Timeout { after })?
             })
             .await;
         match result {
@@ -516,6 +491,22 @@ impl SessionPoolBuilder {
         self
     }
 
+    /// The bound on one session's build, from asking the source for material to the built
+    /// client (default [`DEFAULT_BUILD_TIMEOUT`], 150 s; clamped into [1 ms, 2 h], room for the
+    /// AKS source's and the AAD token's own bounds of at most 1 h each): a source of
+    /// your own that never answers, or a kubeconfig, certificate or CA file that never finishes
+    /// reading (a FIFO, a hung mount), fails the build with
+    /// [`BuildError::Timeout`](crate::BuildError::Timeout) instead of holding every caller
+    /// waiting on that session. The files a kubeconfig names are read here, asynchronously,
+    /// and handed to kube as data (kube would read them with blocking calls, which no timeout
+    /// can interrupt).
+    #[must_use]
+    pub fn build_timeout(mut self, timeout: Duration) -> Self {
+        self.options.build_timeout =
+            timeout.clamp(Duration::from_millis(1), Duration::from_secs(2 * 3600));
+        self
+    }
+
     /// Honour a kubeconfig's `insecure-skip-tls-verify: true`: sessions for such a cluster
     /// accept **any** server certificate, so anyone on the network path can read the session's
     /// token or impersonate the API server. Each such session logs a `warn`.
@@ -569,6 +560,50 @@ impl SessionPoolBuilder {
                 connections: Arc::default(),
             }),
         }
+    }
+}
+
+impl Shared {
+    /// One session's build: the source's material, then the client (under
+    /// [`SessionPoolBuilder::build_timeout`], in [`SessionPool::session`]).
+    async fn build(
+        &self,
+        key: &SessionKey,
+        weak: Weak<Shared>,
+    ) -> Result<Created<Entry>, BuildError> {
+        let material = self.source.credentials(key).await?;
+        let build_id = self.builds.fetch_add(1, Ordering::Relaxed);
+        let on_rejected = rejection_hook(weak, key.clone(), build_id);
+        let metrics = ClusterMetrics::new(key.cluster_name());
+        let built = build::build(
+            material,
+            self.aad.as_ref(),
+            &self.options,
+            &self.connections,
+            metrics.clone(),
+            on_rejected,
+        )
+        .await?;
+        // The one wall-clock read: every expiry becomes a duration from here.
+        let ttl = effective_ttl(self.ttl, self.clock.now(), &built.expiries);
+        let entry = Entry {
+            client: built.client,
+            build_id,
+            key: key.clone(),
+            auth: built.auth,
+            ttl,
+            observer: self.observer.clone(),
+            metrics,
+        };
+        tracing::debug!(%key, ttl = ?ttl.ttl, bound = ?ttl.bound, "built Kubernetes session");
+        // The pool TTL is clamped to a day, so `now + ttl` fits; were it ever not to, the
+        // pool's own (clamped) TTL still bounds the entry.
+        let deadline = Instant::now().checked_add(ttl.ttl);
+        Ok(match deadline {
+            _ if !ttl.is_poolable() => Created::one_shot(entry),
+            Some(deadline) => Created::until(entry, deadline),
+            None => Created::new(entry),
+        })
     }
 }
 

@@ -27,6 +27,7 @@ fn options() -> ClientOptions {
         max_streams: None,
         keep_alive: (Duration::from_secs(20), Duration::from_secs(10)),
         aad_token_timeout: Duration::from_secs(60),
+        build_timeout: Duration::from_secs(150),
     }
 }
 

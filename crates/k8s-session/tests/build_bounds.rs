@@ -1,0 +1,177 @@
+//! A session's build is bounded (X5, "a hung or dead dependency gets a bounded wait"): a source
+//! of the application's own that never answers, and a file a kubeconfig names that never
+//! finishes reading, fail the build at `build_timeout` instead of holding its callers. The files
+//! a kubeconfig names are read asynchronously and handed to kube as data: kube's own reads are
+//! blocking calls that no timeout interrupts.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use k8s_session::{
+    BuildError, ClusterCredentials, ClusterMaterial, CredentialsError, DEFAULT_BUILD_TIMEOUT,
+    KubeconfigSource, SessionError, SessionKey, SessionPool,
+};
+use kube::config::Kubeconfig;
+use testkit::k8s::K8sServer;
+use tokio::time::Instant;
+
+fn key() -> SessionKey {
+    SessionKey::new("sub", "rg", "aks-east")
+}
+
+fn build_error(error: &SessionError) -> &BuildError {
+    error.build_error().expect("a build error")
+}
+
+/// A source that never answers, counting the calls.
+#[derive(Debug, Default)]
+struct Silent(AtomicUsize);
+
+#[async_trait::async_trait]
+impl ClusterCredentials for Silent {
+    async fn credentials(&self, _key: &SessionKey) -> Result<ClusterMaterial, CredentialsError> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        std::future::pending().await
+    }
+}
+
+// The default bound (150 s), a bound of the caller's, and the clamps; the failure is not
+// cached: the next call asks the source again.
+#[tokio::test(start_paused = true)]
+async fn a_source_that_never_answers_fails_the_build_at_the_build_timeout() {
+    for (configured, expected) in [
+        (None, DEFAULT_BUILD_TIMEOUT),
+        (Some(Duration::from_secs(5)), Duration::from_secs(5)),
+        (Some(Duration::ZERO), Duration::from_millis(1)),
+        (Some(Duration::MAX), Duration::from_secs(2 * 3600)),
+    ] {
+        let source = Arc::new(Silent::default());
+        let mut builder = SessionPool::builder_arc(Arc::clone(&source) as _).knobs_from(|_| None);
+        if let Some(bound) = configured {
+            builder = builder.build_timeout(bound);
+        }
+        let pool = builder.build();
+        for call in 1..=2 {
+            let start = Instant::now();
+            let error = tokio::time::timeout(Duration::from_secs(3 * 3600), pool.session(&key()))
+                .await
+                .expect("bounded")
+                .expect_err("never answers");
+            assert_eq!(start.elapsed(), expected, "{configured:?}");
+            assert!(
+                matches!(build_error(&error), BuildError::Timeout { after } if *after == expected),
+                "{configured:?}: {error:?}"
+            );
+            assert_eq!(source.0.load(Ordering::SeqCst), call, "asked again");
+        }
+    }
+}
+
+/// A FIFO nobody writes to: opening it for reading blocks until a writer comes.
+struct Fifo(PathBuf);
+
+impl Fifo {
+    fn new(dir: &Path, name: &str) -> Self {
+        let path = dir.join(name);
+        let made = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .expect("mkfifo");
+        assert!(made.success());
+        Self(path)
+    }
+
+    /// Let the blocked reader go: a writer opens the FIFO and closes it (end of file).
+    fn release(&self) {
+        drop(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&self.0)
+                .expect("open the FIFO for writing"),
+        );
+    }
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "k8s-session-build-bounds-{name}-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+// A CA or client key named by path that never finishes reading (a FIFO here; a hung mount
+// alike) fails the build at the bound, on a current-thread runtime too: kube's blocking read
+// would have blocked the runtime's only thread for good. A CA read from a real file works.
+#[tokio::test]
+async fn a_file_that_never_finishes_reading_fails_the_build_at_the_build_timeout() {
+    let server = K8sServer::start().await.expect("test server");
+    let dir = scratch("fifo");
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, server.ca().cert_pem()).expect("CA file");
+    let bound = Duration::from_millis(300);
+    let pool_for = |kubeconfig: Kubeconfig| {
+        SessionPool::builder(KubeconfigSource::from_kubeconfig(kubeconfig))
+            .knobs_from(|_| None)
+            .build_timeout(bound)
+            .build()
+    };
+
+    // The CA from a file: read here, handed to kube as data, and the session works.
+    let mut kubeconfig = server.kubeconfig_token();
+    let cluster = kubeconfig.clusters[0].cluster.as_mut().expect("cluster");
+    cluster.certificate_authority_data = None;
+    cluster.certificate_authority = Some(ca.display().to_string());
+    let pool = pool_for(kubeconfig.clone());
+    let session = pool.session(&key()).await.expect("a CA file is read");
+    let pods = kube::Api::<k8s_openapi::api::core::v1::Pod>::namespaced(
+        session.client().clone(),
+        "default",
+    );
+    pods.list(&Default::default()).await.expect("trusted");
+
+    // The CA as a FIFO.
+    let fifo = Fifo::new(&dir, "ca-fifo");
+    let cluster = kubeconfig.clusters[0].cluster.as_mut().expect("cluster");
+    cluster.certificate_authority = Some(fifo.0.display().to_string());
+    let pool = pool_for(kubeconfig);
+    let start = std::time::Instant::now();
+    let error = pool.session(&key()).await.expect_err("a FIFO never ends");
+    let waited = start.elapsed();
+    assert!(
+        matches!(build_error(&error), BuildError::Timeout { after } if *after == bound),
+        "{error:?}"
+    );
+    assert!(
+        waited >= bound && waited < Duration::from_secs(10),
+        "{waited:?}"
+    );
+    fifo.release();
+
+    // The client key as a FIFO (the certificate is a real file).
+    let leaf = server
+        .ca()
+        .client_leaf("admin", &["system:masters"])
+        .expect("leaf");
+    let cert = dir.join("client.crt");
+    std::fs::write(&cert, leaf.cert_pem()).expect("certificate file");
+    let fifo = Fifo::new(&dir, "key-fifo");
+    let mut kubeconfig = server.kubeconfig_cert().expect("kubeconfig");
+    let user = kubeconfig.auth_infos[0].auth_info.as_mut().expect("user");
+    user.client_certificate_data = None;
+    user.client_key_data = None;
+    user.client_certificate = Some(cert.display().to_string());
+    user.client_key = Some(fifo.0.display().to_string());
+    let pool = pool_for(kubeconfig);
+    let error = pool.session(&key()).await.expect_err("a FIFO never ends");
+    assert!(
+        matches!(build_error(&error), BuildError::Timeout { .. }),
+        "{error:?}"
+    );
+    fifo.release();
+    let _ = std::fs::remove_dir_all(&dir);
+}
