@@ -218,6 +218,10 @@ pub enum BuildError {
         #[source]
         source: std::io::Error,
     },
+    /// The user's `client-key-data` is not base64 (the error says nothing more: the decoder's
+    /// message would quote a byte of the key).
+    #[error("the kubeconfig's client-key-data is not valid base64")]
+    ClientKey,
     /// The user authenticates through kubelogin but the pool has no Azure credential.
     #[error(
         "the kubeconfig uses kubelogin (AAD): configure SessionPoolBuilder::aad_credential with an Azure TokenCredential"

@@ -175,3 +175,84 @@ async fn a_file_that_never_finishes_reading_fails_the_build_at_the_build_timeout
     fifo.release();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+// A file that never ends (`/dev/zero`) named as the CA, the client key or the token file, or
+// given as the kubeconfig file itself, is read up to its limit (4 MiB for the first three,
+// 16 MiB for a kubeconfig) and refused: memory stays bounded and the build ends at once, long
+// before the build timeout.
+#[tokio::test]
+async fn a_file_that_never_ends_is_refused_at_its_size_limit() {
+    let server = K8sServer::start().await.expect("test server");
+    let zero = "/dev/zero".to_string();
+    let too_large = |error: &std::io::Error| error.kind() == std::io::ErrorKind::InvalidData;
+    let pool_for = |kubeconfig: Kubeconfig| {
+        SessionPool::builder(KubeconfigSource::from_kubeconfig(kubeconfig))
+            .knobs_from(|_| None)
+            .build()
+    };
+    let start = std::time::Instant::now();
+
+    let mut ca = server.kubeconfig_token();
+    let cluster = ca.clusters[0].cluster.as_mut().expect("cluster");
+    cluster.certificate_authority_data = None;
+    cluster.certificate_authority = Some(zero.clone());
+    let mut key_file = server.kubeconfig_cert().expect("kubeconfig");
+    let user = key_file.auth_infos[0].auth_info.as_mut().expect("user");
+    user.client_key_data = None;
+    user.client_key = Some(zero.clone());
+    let mut token_file = server.kubeconfig_token();
+    let user = token_file.auth_infos[0].auth_info.as_mut().expect("user");
+    user.token = None;
+    user.token_file = Some(zero.clone());
+    for (what, kubeconfig) in [("CA", ca), ("key", key_file), ("token file", token_file)] {
+        let error = pool_for(kubeconfig).session(&key()).await.expect_err(what);
+        assert!(
+            matches!(build_error(&error), BuildError::ReadFile { path, source }
+                if path == Path::new("/dev/zero") && too_large(source)),
+            "{what}: {error:?}"
+        );
+    }
+
+    let pool = SessionPool::builder(KubeconfigSource::from_file("/dev/zero"))
+        .knobs_from(|_| None)
+        .build();
+    let error = pool.session(&key()).await.expect_err("kubeconfig");
+    assert!(
+        matches!(
+            build_error(&error),
+            BuildError::Credentials(CredentialsError::ReadFile { source, .. }) if too_large(source)
+        ),
+        "{error:?}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "read to the limit, no further"
+    );
+}
+
+// kube's error for a `client-key-data` that is not base64 names the offending byte, a byte of
+// the key: it is refused before kube sees it, with an error that quotes nothing of it.
+#[tokio::test]
+async fn client_key_data_that_is_not_base64_is_refused_without_quoting_it() {
+    let server = K8sServer::start().await.expect("test server");
+    let mut kubeconfig = server.kubeconfig_cert().expect("kubeconfig");
+    let user = kubeconfig.auth_infos[0].auth_info.as_mut().expect("user");
+    user.client_key_data = Some("SECRETKEYBYTES$%&".to_string().into());
+    let pool = SessionPool::builder(KubeconfigSource::from_kubeconfig(kubeconfig))
+        .knobs_from(|_| None)
+        .build();
+    let error = pool.session(&key()).await.expect_err("not base64");
+    assert!(
+        matches!(build_error(&error), BuildError::ClientKey),
+        "{error:?}"
+    );
+    let mut chain = format!("{error:?}");
+    let mut next: Option<&dyn std::error::Error> = Some(&error);
+    while let Some(e) = next {
+        chain.push_str(&e.to_string());
+        next = e.source();
+    }
+    for quoted in ["SECRET", "$", "%", "&", "symbol"] {
+        assert!(!chain.contains(quoted), "{quoted:?} in {chain}");
+    }
+}

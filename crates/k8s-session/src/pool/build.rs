@@ -300,20 +300,63 @@ async fn inline_files(
                 read_file(path, |path, source| BuildError::ReadFile { path, source }).await?;
             user.client_key_data = Some(SecretString::from(base64(bytes)));
         }
+        // kube's error for key data that is not base64 names the offending byte: a byte of
+        // the key. kube decodes it exactly so; refused here without saying more.
+        if let Some(key) = &user.client_key_data
+            && base64::engine::general_purpose::STANDARD
+                .decode(key.expose_secret())
+                .is_err()
+        {
+            return Err(BuildError::ClientKey);
+        }
+        // A token file stays a path (kube re-reads it as it rotates), but kube's first read is
+        // a blocking one as the client is built: it is read here first, under the build's bound,
+        // so that a file that never finishes reading fails the build instead of blocking the
+        // runtime's thread. (kube's later re-reads, as the token rotates, stay blocking.)
+        if user.token.is_none()
+            && user.auth_provider.is_none()
+            && let Some(path) = &user.token_file
+        {
+            read_file(path.clone(), |path, source| BuildError::ReadFile {
+                path,
+                source,
+            })
+            .await?;
+        }
     }
     Ok(())
 }
 
-/// The bytes of the file at `path` (read on tokio's blocking pool), or `error`.
+/// The most a file named by a kubeconfig (a CA bundle, a certificate, a key, a token) may
+/// hold: a public CA bundle is a few hundred KiB; `/dev/zero` must not fill the memory.
+pub(crate) const MAX_FILE_BYTES: u64 = 4 << 20;
+
+/// The bytes of the file at `path`, at most `MAX_FILE_BYTES` (read on tokio's blocking pool),
+/// or `error`.
 async fn read_file(
     path: String,
     error: impl FnOnce(PathBuf, std::io::Error) -> BuildError,
 ) -> Result<Vec<u8>, BuildError> {
     let path = PathBuf::from(path);
-    match tokio::fs::read(&path).await {
+    match read_limited(&path, MAX_FILE_BYTES).await {
         Ok(bytes) => Ok(bytes),
         Err(source) => Err(error(path, source)),
     }
+}
+
+/// The bytes of the file at `path`, or an `InvalidData` error if it holds more than `limit`.
+pub(crate) async fn read_limited(path: &std::path::Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt as _;
+    let file = tokio::fs::File::open(path).await?;
+    let mut bytes = Vec::new();
+    file.take(limit + 1).read_to_end(&mut bytes).await?;
+    if bytes.len() as u64 > limit {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("the file holds more than {limit} bytes"),
+        ));
+    }
+    Ok(bytes)
 }
 
 /// Every bearer token kube would send must be a valid header value: kube's auth layer

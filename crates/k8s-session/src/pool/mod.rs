@@ -1,6 +1,7 @@
 //! `SessionPool`: `kube::Client` sessions over pool-core's `KeyedPool`, TTLs clamped by credentials.
 
 mod build;
+pub(crate) use build::read_limited;
 mod in_flight;
 mod rejection;
 mod session;

@@ -102,11 +102,18 @@ impl KubeconfigSource {
         match &self.origin {
             Origin::Memory(kubeconfig) => Ok((**kubeconfig).clone()),
             Origin::File(path) => {
-                let text = tokio::fs::read_to_string(path).await.map_err(|source| {
-                    CredentialsError::ReadFile {
-                        path: path.clone(),
-                        source,
-                    }
+                let read_error = |source| CredentialsError::ReadFile {
+                    path: path.clone(),
+                    source,
+                };
+                let bytes = crate::pool::read_limited(path, MAX_KUBECONFIG_BYTES)
+                    .await
+                    .map_err(read_error)?;
+                let text = String::from_utf8(bytes).map_err(|_| {
+                    read_error(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "the file is not UTF-8",
+                    ))
                 })?;
                 let mut kubeconfig = parse(&text)?;
                 if let Some(dir) = path.parent() {
@@ -117,6 +124,10 @@ impl KubeconfigSource {
         }
     }
 }
+
+/// The most a kubeconfig file may hold (one with many clusters and inline certificates is a
+/// few hundred KiB; `/dev/zero` must not fill the memory).
+const MAX_KUBECONFIG_BYTES: u64 = 16 << 20;
 
 /// `text` parsed, or an error that says where it failed but quotes none of it.
 fn parse(text: &str) -> Result<Kubeconfig, CredentialsError> {
