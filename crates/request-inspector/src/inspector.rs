@@ -220,6 +220,9 @@ impl Inspector {
     /// Empty the ring and free the arenas kept for reuse (counters other than the byte counts
     /// are kept).
     pub fn clear(&self) {
+        // A clear shrinks what is held: the peak is noted first (a read does it), or the bytes
+        // held since the last finished capture would never count.
+        let _ = self.stats();
         let _dropped = self
             .shared
             .ring

@@ -566,6 +566,8 @@ impl Record {
                 .fetch_add(truncated, Ordering::Relaxed);
             metrics.truncated.add(truncated);
         }
+        // The peak, before this capture's bytes are released (see `note_before_finish`).
+        let held = counters.note_before_finish();
         // The in-flight bytes become the ring's.
         counters.release(in_flight);
         // Counted by the push (the entry id is the count).
@@ -575,7 +577,7 @@ impl Record {
         let pushed = shared
             .ring
             .push(Arc::clone(self), retained, counters, metrics);
-        counters.note_finish_peak(in_flight, &pushed);
+        counters.note_peak(held.saturating_sub(in_flight) + pushed.after);
         if let Some(oldest) = pushed.evicted {
             shared.spares.put(oldest);
         }

@@ -79,10 +79,9 @@ impl Snapshot {
 }
 
 /// What [`Ring::push`] did: the record it evicted, and the ring's bytes (records and slots)
-/// before and after.
+/// after it.
 pub(crate) struct Pushed {
     pub(crate) evicted: Option<Arc<Record>>,
-    pub(crate) before: usize,
     pub(crate) after: usize,
 }
 
@@ -141,13 +140,9 @@ impl Ring {
         // Under the lock, so `len` and the byte counts always match the slots.
         let len = (self.len.load(Ordering::Relaxed) + 1).min(self.capacity);
         self.len.store(len, Ordering::Relaxed);
-        let (old_bytes, old_slot_bytes) = (
-            counters.locked.ring_bytes.load(Ordering::Relaxed),
-            counters.locked.slot_bytes.load(Ordering::Relaxed),
-        );
-        let bytes = old_bytes + added - removed;
+        let bytes = counters.locked.ring_bytes.load(Ordering::Relaxed) + added - removed;
         counters.locked.ring_bytes.store(bytes, Ordering::Relaxed);
-        let slot_bytes = old_slot_bytes + slots_added;
+        let slot_bytes = counters.locked.slot_bytes.load(Ordering::Relaxed) + slots_added;
         counters
             .locked
             .slot_bytes
@@ -165,7 +160,6 @@ impl Ring {
         }
         Pushed {
             evicted,
-            before: old_bytes + old_slot_bytes,
             after: bytes + slot_bytes,
         }
     }
@@ -279,8 +273,10 @@ impl StripedBytes {
         self.0[stripe()].0.fetch_sub(n, Ordering::Relaxed);
     }
 
-    /// The count. A read racing a capture that another thread finishes can see the
-    /// subtraction before the addition: a sum below zero reads as zero.
+    /// The count. The stripes are read one after the other, so a read racing captures that
+    /// move between threads can see a subtraction without its addition (a sum below zero reads
+    /// as zero) or an addition without its later subtraction (a little high, as a read of the
+    /// one shared counter before it could be between its in-flight and ring reads).
     pub(crate) fn get(&self) -> usize {
         let sum = self
             .0
@@ -421,7 +417,7 @@ impl Counters {
 
     /// Raise the peak to `total` if it is higher; a read only, most of the time (no write to a
     /// line the other threads read).
-    fn note_peak(&self, total: usize) {
+    pub(crate) fn note_peak(&self, total: usize) {
         if total > self.loose.peak_retained.load(Ordering::Relaxed) {
             self.loose.peak_retained.fetch_max(total, Ordering::Relaxed);
         }
@@ -434,15 +430,25 @@ impl Counters {
         }
     }
 
-    /// A capture that held `released` bytes in flight was pushed: the peak is raised to what
-    /// was held just before it finished (the other captures' in-flight bytes, its own and the
-    /// ring before the push) and just after (the ring after it). Between two finishes the bytes
-    /// only grow (captures start and grow; only a finish evicts or shrinks), so the highest
-    /// `retained_bytes` is always the total just before some finish, or the current one, which
-    /// every read notes (spares aside: they are counted from the first read that sees them).
-    pub(crate) fn note_finish_peak(&self, released: usize, pushed: &Pushed) {
-        let others = self.in_flight.get();
-        self.note_peak(others + (pushed.before + released).max(pushed.after));
+    /// A capture is about to finish: the peak is raised to what is held now (every capture's
+    /// in-flight bytes, its own included, and the ring), before its own bytes are released, so
+    /// that of two captures finishing together, the first to get here still sees the other's.
+    /// Returns the in-flight bytes read; the caller notes what the ring holds after its push
+    /// too. Between two finishes the bytes only grow (captures start and grow; only a finish or
+    /// a `clear`, which notes the peak first, evicts or shrinks), so the highest
+    /// `retained_bytes` is always the total just before some finish or clear, or the current
+    /// one, which every read notes (spares aside: they are counted from the first read that
+    /// sees them).
+    pub(crate) fn note_before_finish(&self) -> usize {
+        let held = self.in_flight.get();
+        self.note_peak(held + self.held_by_ring());
+        held
+    }
+
+    /// The ring's records and slots, read without its lock.
+    fn held_by_ring(&self) -> usize {
+        self.locked.ring_bytes.load(Ordering::Relaxed)
+            + self.locked.slot_bytes.load(Ordering::Relaxed)
     }
 
     /// The counters, read without a lock but consistent with themselves: `evicted` is read
