@@ -208,8 +208,9 @@ pub enum BuildError {
         /// The bound that passed.
         after: std::time::Duration,
     },
-    /// A file the kubeconfig names for the selected cluster or user (its CA or client key)
-    /// could not be read.
+    /// A file the kubeconfig names for the selected cluster or user (its CA, client key or
+    /// token file) could not be read: missing, not a regular file (a FIFO, a device), or larger
+    /// than 4 MiB.
     #[error("reading {path:?}, named by the kubeconfig, failed")]
     ReadFile {
         /// The file.

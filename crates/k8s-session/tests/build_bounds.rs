@@ -82,16 +82,6 @@ impl Fifo {
         assert!(made.success());
         Self(path)
     }
-
-    /// Let the blocked reader go: a writer opens the FIFO and closes it (end of file).
-    fn release(&self) {
-        drop(
-            std::fs::OpenOptions::new()
-                .write(true)
-                .open(&self.0)
-                .expect("open the FIFO for writing"),
-        );
-    }
 }
 
 fn scratch(name: &str) -> PathBuf {
@@ -104,16 +94,19 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
-// A CA or client key named by path that never finishes reading (a FIFO here; a hung mount
-// alike) fails the build at the bound, on a current-thread runtime too: kube's blocking read
-// would have blocked the runtime's only thread for good. A CA read from a real file works.
+// A CA or client key named by path that is a FIFO nobody writes (opening it would block) is
+// refused at once as not a regular file, on a current-thread runtime too: kube's own blocking
+// read would have blocked the runtime's only thread for good (this test hung), and a read on
+// tokio's blocking pool would have left a thread blocked after the build timeout. A CA read from
+// a real file works.
 #[tokio::test]
-async fn a_file_that_never_finishes_reading_fails_the_build_at_the_build_timeout() {
+async fn a_file_that_is_not_a_regular_file_is_refused_and_a_real_ca_file_works() {
     let server = K8sServer::start().await.expect("test server");
     let dir = scratch("fifo");
     let ca = dir.join("ca.pem");
     std::fs::write(&ca, server.ca().cert_pem()).expect("CA file");
     let bound = Duration::from_millis(300);
+    let not_regular = |source: &std::io::Error| source.kind() == std::io::ErrorKind::InvalidInput;
     let pool_for = |kubeconfig: Kubeconfig| {
         SessionPool::builder(KubeconfigSource::from_kubeconfig(kubeconfig))
             .knobs_from(|_| None)
@@ -140,17 +133,13 @@ async fn a_file_that_never_finishes_reading_fails_the_build_at_the_build_timeout
     cluster.certificate_authority = Some(fifo.0.display().to_string());
     let pool = pool_for(kubeconfig);
     let start = std::time::Instant::now();
-    let error = pool.session(&key()).await.expect_err("a FIFO never ends");
-    let waited = start.elapsed();
+    let error = pool.session(&key()).await.expect_err("a FIFO is refused");
     assert!(
-        matches!(build_error(&error), BuildError::Timeout { after } if *after == bound),
+        matches!(build_error(&error), BuildError::ReadFile { path, source }
+            if path == &fifo.0 && not_regular(source)),
         "{error:?}"
     );
-    assert!(
-        waited >= bound && waited < Duration::from_secs(10),
-        "{waited:?}"
-    );
-    fifo.release();
+    assert!(start.elapsed() < bound, "refused at once");
 
     // The client key as a FIFO (the certificate is a real file).
     let leaf = server
@@ -167,67 +156,77 @@ async fn a_file_that_never_finishes_reading_fails_the_build_at_the_build_timeout
     user.client_certificate = Some(cert.display().to_string());
     user.client_key = Some(fifo.0.display().to_string());
     let pool = pool_for(kubeconfig);
-    let error = pool.session(&key()).await.expect_err("a FIFO never ends");
+    let error = pool.session(&key()).await.expect_err("a FIFO is refused");
     assert!(
-        matches!(build_error(&error), BuildError::Timeout { .. }),
+        matches!(build_error(&error), BuildError::ReadFile { source, .. } if not_regular(source)),
         "{error:?}"
     );
-    fifo.release();
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-// A file that never ends (`/dev/zero`) named as the CA, the client key or the token file, or
-// given as the kubeconfig file itself, is read up to its limit (4 MiB for the first three,
-// 16 MiB for a kubeconfig) and refused: memory stays bounded and the build ends at once, long
-// before the build timeout.
+// A device that never ends (`/dev/zero`) named as the CA, the client key or the token file, or
+// given as the kubeconfig file itself, is refused as not a regular file; a regular file over the
+// limit (4 MiB for the first three, 16 MiB for a kubeconfig; sparse files here) is read up to
+// the limit and refused: memory stays bounded and the build ends at once.
 #[tokio::test]
-async fn a_file_that_never_ends_is_refused_at_its_size_limit() {
+async fn files_that_never_end_or_are_too_large_are_refused() {
     let server = K8sServer::start().await.expect("test server");
-    let zero = "/dev/zero".to_string();
-    let too_large = |error: &std::io::Error| error.kind() == std::io::ErrorKind::InvalidData;
+    let dir = scratch("large");
+    let large = dir.join("large.pem");
+    std::fs::File::create(&large)
+        .and_then(|file| file.set_len((4 << 20) + 1))
+        .expect("sparse file");
+    let huge = dir.join("huge-kubeconfig");
+    std::fs::File::create(&huge)
+        .and_then(|file| file.set_len((16 << 20) + 1))
+        .expect("sparse file");
+    let kind = |error: &SessionError| match build_error(error) {
+        BuildError::ReadFile { source, .. }
+        | BuildError::Credentials(CredentialsError::ReadFile { source, .. }) => source.kind(),
+        other => panic!("expected a read error, got {other:?}"),
+    };
     let pool_for = |kubeconfig: Kubeconfig| {
         SessionPool::builder(KubeconfigSource::from_kubeconfig(kubeconfig))
             .knobs_from(|_| None)
             .build()
     };
     let start = std::time::Instant::now();
-
-    let mut ca = server.kubeconfig_token();
-    let cluster = ca.clusters[0].cluster.as_mut().expect("cluster");
-    cluster.certificate_authority_data = None;
-    cluster.certificate_authority = Some(zero.clone());
-    let mut key_file = server.kubeconfig_cert().expect("kubeconfig");
-    let user = key_file.auth_infos[0].auth_info.as_mut().expect("user");
-    user.client_key_data = None;
-    user.client_key = Some(zero.clone());
-    let mut token_file = server.kubeconfig_token();
-    let user = token_file.auth_infos[0].auth_info.as_mut().expect("user");
-    user.token = None;
-    user.token_file = Some(zero.clone());
-    for (what, kubeconfig) in [("CA", ca), ("key", key_file), ("token file", token_file)] {
-        let error = pool_for(kubeconfig).session(&key()).await.expect_err(what);
-        assert!(
-            matches!(build_error(&error), BuildError::ReadFile { path, source }
-                if path == Path::new("/dev/zero") && too_large(source)),
-            "{what}: {error:?}"
-        );
+    for (file, expected) in [
+        ("/dev/zero".to_string(), std::io::ErrorKind::InvalidInput),
+        (large.display().to_string(), std::io::ErrorKind::InvalidData),
+    ] {
+        let mut ca = server.kubeconfig_token();
+        let cluster = ca.clusters[0].cluster.as_mut().expect("cluster");
+        cluster.certificate_authority_data = None;
+        cluster.certificate_authority = Some(file.clone());
+        let mut key_file = server.kubeconfig_cert().expect("kubeconfig");
+        let user = key_file.auth_infos[0].auth_info.as_mut().expect("user");
+        user.client_key_data = None;
+        user.client_key = Some(file.clone());
+        let mut token_file = server.kubeconfig_token();
+        let user = token_file.auth_infos[0].auth_info.as_mut().expect("user");
+        user.token = None;
+        user.token_file = Some(file.clone());
+        for (what, kubeconfig) in [("CA", ca), ("key", key_file), ("token file", token_file)] {
+            let error = pool_for(kubeconfig).session(&key()).await.expect_err(what);
+            assert_eq!(kind(&error), expected, "{what} {file}: {error:?}");
+        }
     }
-
-    let pool = SessionPool::builder(KubeconfigSource::from_file("/dev/zero"))
-        .knobs_from(|_| None)
-        .build();
-    let error = pool.session(&key()).await.expect_err("kubeconfig");
-    assert!(
-        matches!(
-            build_error(&error),
-            BuildError::Credentials(CredentialsError::ReadFile { source, .. }) if too_large(source)
-        ),
-        "{error:?}"
-    );
+    for (file, expected) in [
+        (PathBuf::from("/dev/zero"), std::io::ErrorKind::InvalidInput),
+        (huge, std::io::ErrorKind::InvalidData),
+    ] {
+        let pool = SessionPool::builder(KubeconfigSource::from_file(&file))
+            .knobs_from(|_| None)
+            .build();
+        let error = pool.session(&key()).await.expect_err("kubeconfig");
+        assert_eq!(kind(&error), expected, "kubeconfig {file:?}: {error:?}");
+    }
     assert!(
         start.elapsed() < Duration::from_secs(30),
         "read to the limit, no further"
     );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 // kube's error for a `client-key-data` that is not base64 names the offending byte, a byte of

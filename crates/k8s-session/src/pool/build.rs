@@ -80,8 +80,6 @@ pub(crate) async fn build(
     let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &select)
         .await
         .map_err(BuildError::Kubeconfig)?;
-    // Before any credential is fetched or sent: material from ARM or a file must not turn TLS
-    // verification off unless the code that built the pool said so.
     // Nothing is run: kube's gcp auth-provider would run its `cmd-path` while the client is
     // built (exec plugins are refused below).
     if let Some(provider) = &config.auth_info.auth_provider
@@ -96,6 +94,8 @@ pub(crate) async fn build(
     if config.root_cert.as_ref().is_some_and(Vec::is_empty) {
         return Err(BuildError::CertificateAuthority);
     }
+    // Before any credential is fetched or sent: material from ARM or a file must not turn TLS
+    // verification off unless the code that built the pool said so.
     if config.accept_invalid_certs {
         let server = config.cluster_url.host().unwrap_or_default().to_string();
         if !options.accept_insecure_skip_tls_verify {
@@ -344,9 +344,17 @@ async fn read_file(
     }
 }
 
-/// The bytes of the file at `path`, or an `InvalidData` error if it holds more than `limit`.
+/// The bytes of the regular file at `path`, or an error: `InvalidInput` for anything else (a
+/// FIFO, a device such as `/dev/zero`, a directory: opening a FIFO nobody writes blocks, and
+/// the blocked thread would outlive any timeout), `InvalidData` if it holds more than `limit`.
 pub(crate) async fn read_limited(path: &std::path::Path, limit: u64) -> std::io::Result<Vec<u8>> {
     use tokio::io::AsyncReadExt as _;
+    if !tokio::fs::metadata(path).await?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
     let file = tokio::fs::File::open(path).await?;
     let mut bytes = Vec::new();
     file.take(limit + 1).read_to_end(&mut bytes).await?;
@@ -398,10 +406,12 @@ async fn certificate_not_after(user: &AuthInfo) -> Result<Option<SystemTime>, Bu
                 reason: "client-certificate-data is not base64".into(),
             })?
     } else if let Some(path) = &user.client_certificate {
-        let path = PathBuf::from(path);
-        tokio::fs::read(&path)
-            .await
-            .map_err(|source| BuildError::CertificateFile { path, source })?
+        // Not reached for a kubeconfig `inline_files` saw; kept for any other path.
+        read_file(path.clone(), |path, source| BuildError::CertificateFile {
+            path,
+            source,
+        })
+        .await?
     } else {
         return Ok(None);
     };

@@ -484,7 +484,9 @@ impl SessionPoolBuilder {
     /// [`aad_credential`](Self::aad_credential) while a session is built (default
     /// [`DEFAULT_AAD_TOKEN_TIMEOUT`], 60 s; clamped into [1 ms, 1 h]). A hung identity endpoint
     /// fails the build with [`BuildError::AadTokenTimeout`](crate::BuildError::AadTokenTimeout)
-    /// instead of stalling every caller waiting on that session.
+    /// instead of stalling every caller waiting on that session. [`build_timeout`](Self::build_timeout)
+    /// (150 s by default) bounds the whole build, this fetch included: raise it too to give the
+    /// fetch more.
     #[must_use]
     pub fn aad_token_timeout(mut self, timeout: Duration) -> Self {
         self.options.aad_token_timeout =

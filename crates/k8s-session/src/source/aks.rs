@@ -133,7 +133,9 @@ impl AksSourceBuilder {
     /// The bound on one credentials call — the ARM token, the POST and its body (default
     /// [`DEFAULT_ARM_TIMEOUT`], 60 s; clamped into [1 ms, 1 h]). A hung identity endpoint or
     /// ARM fails the call with [`CredentialsError::Timeout`] instead of stalling every caller
-    /// waiting on that session's build.
+    /// waiting on that session's build. The pool's
+    /// [`build_timeout`](crate::SessionPoolBuilder::build_timeout) (150 s by default) bounds
+    /// the whole build, this call included: raise it too to give this call more.
     #[must_use]
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout.clamp(Duration::from_millis(1), MAX_ARM_TIMEOUT);
