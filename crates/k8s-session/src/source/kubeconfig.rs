@@ -109,12 +109,7 @@ impl KubeconfigSource {
                 let bytes = crate::pool::read_limited(path, MAX_KUBECONFIG_BYTES)
                     .await
                     .map_err(read_error)?;
-                let text = String::from_utf8(bytes).map_err(|_| {
-                    read_error(std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        "the file is not UTF-8",
-                    ))
-                })?;
+                let text = decode_text(bytes).map_err(read_error)?;
                 let mut kubeconfig = parse(&text)?;
                 if let Some(dir) = path.parent() {
                     resolve_relative_paths(&mut kubeconfig, dir);
@@ -128,6 +123,30 @@ impl KubeconfigSource {
 /// The most a kubeconfig file may hold (one with many clusters and inline certificates is a
 /// few hundred KiB; `/dev/zero` must not fill the memory).
 const MAX_KUBECONFIG_BYTES: u64 = 16 << 20;
+
+/// A kubeconfig file's text, read as kube's `Kubeconfig::read_from` reads it: UTF-8, with or
+/// without a byte-order mark, or UTF-16 (little or big endian) after its byte-order mark, as
+/// Windows PowerShell writes files. Anything else is an `InvalidData` error (kube would panic
+/// on UTF-16 of an odd length).
+fn decode_text(bytes: Vec<u8>) -> std::io::Result<String> {
+    let invalid = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+    let utf16 = |body: &[u8], unit: fn([u8; 2]) -> u16| {
+        let pairs = body.chunks_exact(2);
+        if !pairs.remainder().is_empty() {
+            return Err(invalid("the file is UTF-16 of an odd length"));
+        }
+        let units: Vec<u16> = pairs.map(|pair| unit([pair[0], pair[1]])).collect();
+        String::from_utf16(&units).map_err(|_| invalid("the file is not valid UTF-16"))
+    };
+    match bytes.as_slice() {
+        [0xFF, 0xFE, body @ ..] => utf16(body, u16::from_le_bytes),
+        [0xFE, 0xFF, body @ ..] => utf16(body, u16::from_be_bytes),
+        [0xEF, 0xBB, 0xBF, body @ ..] => {
+            String::from_utf8(body.to_vec()).map_err(|_| invalid("the file is not UTF-8"))
+        }
+        _ => String::from_utf8(bytes).map_err(|_| invalid("the file is not UTF-8")),
+    }
+}
 
 /// `text` parsed, or an error that says where it failed but quotes none of it.
 fn parse(text: &str) -> Result<Kubeconfig, CredentialsError> {
@@ -191,5 +210,42 @@ impl fmt::Debug for KubeconfigSource {
             .field("strict", &self.strict)
             .field("expires_at", &self.expires_at)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decode_text;
+
+    // Read as kube reads a kubeconfig file: UTF-8 with or without its mark, UTF-16 after its
+    // mark; odd-length or invalid UTF-16 and invalid UTF-8 are errors, not panics.
+    #[test]
+    fn kubeconfig_text_is_utf8_or_marked_utf16() {
+        let text = "apiVersion: v1\nkind: Config\n";
+        assert_eq!(decode_text(text.into()).unwrap(), text);
+        let marked = [b"\xEF\xBB\xBF".as_slice(), text.as_bytes()].concat();
+        assert_eq!(decode_text(marked).unwrap(), text);
+        let units: Vec<u16> = text.encode_utf16().collect();
+        let le: Vec<u8> = [0xFF, 0xFE]
+            .into_iter()
+            .chain(units.iter().flat_map(|u| u.to_le_bytes()))
+            .collect();
+        let be: Vec<u8> = [0xFE, 0xFF]
+            .into_iter()
+            .chain(units.iter().flat_map(|u| u.to_be_bytes()))
+            .collect();
+        assert_eq!(decode_text(le.clone()).unwrap(), text);
+        assert_eq!(decode_text(be).unwrap(), text);
+        let odd = [le.as_slice(), b"x".as_slice()].concat();
+        let lone_surrogate = vec![0xFF, 0xFE, 0x00, 0xD8];
+        for bad in [
+            odd,
+            lone_surrogate,
+            vec![0xC3, 0x28],
+            vec![0xEF, 0xBB, 0xBF, 0xFF],
+        ] {
+            let error = decode_text(bad).unwrap_err();
+            assert_eq!(error.kind(), std::io::ErrorKind::InvalidData);
+        }
     }
 }
