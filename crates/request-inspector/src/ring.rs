@@ -240,10 +240,19 @@ pub(crate) fn stripe() -> usize {
 }
 
 impl Striped {
+    /// Adds `n` to this thread's stripe (wrapping, as [`sub`](Self::sub) may have wrapped it
+    /// below zero).
     pub(crate) fn add(&self, n: u64) {
         self.0[stripe()].0.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Takes `n` from this thread's stripe, which may wrap below zero when another thread
+    /// added it: the wrapping sum of the stripes is still the count.
+    fn sub(&self, n: u64) {
+        self.0[stripe()].0.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    /// The wrapping sum of the stripes.
     pub(crate) fn get(&self) -> u64 {
         self.0
             .iter()
@@ -252,25 +261,20 @@ impl Striped {
     }
 }
 
-/// A byte count every capture changes, striped like [`Striped`]: a capture adds to the stripe
+/// A byte count every capture changes, a [`Striped`] counter: a capture adds to the stripe
 /// of the thread it runs on and subtracts from the stripe of the thread that finishes it, so a
 /// stripe can wrap below zero; the wrapping sum of the stripes is the count (issue #23: one
 /// shared count was two writes of a contended line per capture).
 #[derive(Debug, Default)]
-pub(crate) struct StripedBytes([BytesLine; STRIPES]);
-
-#[derive(Debug, Default)]
-#[repr(align(64))]
-struct BytesLine(AtomicUsize);
+pub(crate) struct StripedBytes(Striped);
 
 impl StripedBytes {
     fn add(&self, n: usize) {
-        // Wraps on overflow, as `sub` may have wrapped below zero.
-        self.0[stripe()].0.fetch_add(n, Ordering::Relaxed);
+        self.0.add(n as u64);
     }
 
     fn sub(&self, n: usize) {
-        self.0[stripe()].0.fetch_sub(n, Ordering::Relaxed);
+        self.0.sub(n as u64);
     }
 
     /// The count. The stripes are read one after the other, so a read racing captures that
@@ -278,12 +282,12 @@ impl StripedBytes {
     /// as zero) or an addition without its later subtraction (a little high, as a read of the
     /// one shared counter before it could be between its in-flight and ring reads).
     pub(crate) fn get(&self) -> usize {
-        let sum = self
-            .0
-            .iter()
-            .map(|line| line.0.load(Ordering::Relaxed))
-            .fold(0, usize::wrapping_add);
-        if sum > usize::MAX / 2 { 0 } else { sum }
+        let sum = self.0.get();
+        if sum > u64::MAX / 2 {
+            0
+        } else {
+            usize::try_from(sum).unwrap_or(usize::MAX)
+        }
     }
 }
 
