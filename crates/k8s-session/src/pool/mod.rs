@@ -56,6 +56,12 @@ const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(295);
 /// The default bound on one session's build ([`SessionPoolBuilder::build_timeout`]): room for
 /// the AKS source's 60 s ARM call and the 60 s AAD token fetch, one after the other.
 pub const DEFAULT_BUILD_TIMEOUT: Duration = Duration::from_secs(150);
+/// The longest [`SessionPoolBuilder::aad_token_timeout`].
+const MAX_AAD_TOKEN_TIMEOUT: Duration = Duration::from_secs(3600);
+/// The longest [`SessionPoolBuilder::build_timeout`]: room for the AKS source's longest call
+/// and the longest AAD token fetch, one after the other.
+const MAX_BUILD_TIMEOUT: Duration =
+    crate::source::MAX_ARM_TIMEOUT.saturating_add(MAX_AAD_TOKEN_TIMEOUT);
 /// The default bound on fetching a kubelogin user's AAD token while a session is built
 /// ([`SessionPoolBuilder::aad_token_timeout`]).
 pub const DEFAULT_AAD_TOKEN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -490,7 +496,7 @@ impl SessionPoolBuilder {
     #[must_use]
     pub fn aad_token_timeout(mut self, timeout: Duration) -> Self {
         self.options.aad_token_timeout =
-            timeout.clamp(Duration::from_millis(1), Duration::from_secs(3600));
+            timeout.clamp(Duration::from_millis(1), MAX_AAD_TOKEN_TIMEOUT);
         self
     }
 
@@ -505,8 +511,7 @@ impl SessionPoolBuilder {
     /// can interrupt).
     #[must_use]
     pub fn build_timeout(mut self, timeout: Duration) -> Self {
-        self.options.build_timeout =
-            timeout.clamp(Duration::from_millis(1), Duration::from_secs(2 * 3600));
+        self.options.build_timeout = timeout.clamp(Duration::from_millis(1), MAX_BUILD_TIMEOUT);
         self
     }
 

@@ -27,7 +27,7 @@ const MAX_RESPONSE_BYTES: usize = 4 << 20;
 /// The default bound on one credentials call (ARM token + POST + body).
 pub const DEFAULT_ARM_TIMEOUT: Duration = Duration::from_secs(60);
 /// The longest bound a builder accepts; longer (up to `Duration::MAX`) is clamped to it.
-const MAX_ARM_TIMEOUT: Duration = Duration::from_secs(3600);
+pub(crate) const MAX_ARM_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Cluster material from Azure Resource Manager (K2): POST
 /// `…/managedClusters/{name}/listClusterUserCredential` (or `listClusterAdminCredential` for

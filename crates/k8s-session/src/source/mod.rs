@@ -10,6 +10,7 @@ use kube::config::Kubeconfig;
 
 use crate::{CredentialsError, SessionKey};
 
+pub(crate) use aks::MAX_ARM_TIMEOUT;
 pub use aks::{AKS_SERVER_SCOPE, ARM_SCOPE, AksSource, AksSourceBuilder, DEFAULT_ARM_TIMEOUT};
 pub use kubeconfig::KubeconfigSource;
 
