@@ -1,6 +1,6 @@
 //! `Inspector`: the shared handle to the ring, its layer, its counters and its filters.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 
 use http::Method;
 
@@ -26,19 +26,36 @@ pub(crate) struct Shared {
     /// entry's `started_at_unix_ms` is derived from its start instant, one clock read less per
     /// captured request.
     pub(crate) epoch: Epoch,
+    /// The inspector's [`Shards`], one per thread stripe, reachable from any [`Shard`] (set
+    /// once, by [`Inspector::new`]): a service cloned on another thread than the one its source
+    /// was cloned on finds that thread's shard here. Weak: the shards hold the state.
+    pub(crate) stripes: OnceLock<[Weak<Shard>; STRIPES]>,
 }
 
-/// One of a root [`Handle`]'s holds on [`Shared`], alone on its cache lines: the reference
-/// count of its `Arc` is written only by the clones (and captures) of one thread stripe.
+impl Shared {
+    /// The inspector's shard for `stripe`, while its shards live (they live as long as the
+    /// inspector, a layer or a service a layer made; a clone that outlives them all keeps the
+    /// shard it has).
+    fn shard_for(&self, stripe: usize) -> Option<Arc<Shard>> {
+        self.stripes.get()?[stripe].upgrade()
+    }
+}
+
+/// One of the inspector's holds on [`Shared`], alone on its cache lines: the reference count of
+/// its `Arc` is written only by the clones (and captures) of one thread stripe.
 #[derive(Debug)]
 #[repr(align(128))]
-pub(crate) struct Shard(Arc<Shared>);
+pub(crate) struct Shard {
+    shared: Arc<Shared>,
+    /// The thread stripe whose clones and captures hold this shard.
+    stripe: usize,
+}
 
 impl std::ops::Deref for Shard {
     type Target = Shared;
 
     fn deref(&self) -> &Shared {
-        &self.0
+        &self.shared
     }
 }
 
@@ -46,30 +63,53 @@ impl Shard {
     /// A shard of its own (tests).
     #[cfg(test)]
     pub(crate) fn new(shared: Arc<Shared>) -> Arc<Self> {
-        Arc::new(Self(shared))
+        Arc::new(Self { shared, stripe: 0 })
+    }
+
+    /// A hold for this thread: this shard when this thread's stripe is its own, else the
+    /// inspector's shard for this thread's stripe (this one if the shards are gone).
+    fn here(self: &Arc<Self>) -> Arc<Self> {
+        let here = stripe();
+        if self.stripe == here {
+            return Arc::clone(self);
+        }
+        self.shared
+            .shard_for(here)
+            .unwrap_or_else(|| Arc::clone(self))
     }
 }
 
-/// A layer's shards: one [`Shard`] per thread stripe, each in an allocation of 256 bytes, made
-/// once per [`Inspector::layer`] (or `axum_layer`) call.
+/// The inspector's shards: one [`Shard`] per thread stripe, each in an allocation of 256 bytes,
+/// made once per inspector (by [`Inspector::new`]) and shared by its layers.
 #[derive(Debug)]
 pub(crate) struct Shards([Arc<Shard>; STRIPES]);
 
 impl Shards {
+    /// The shards of `shared`, which is made to know them (once: a second call makes shards
+    /// that `shared` does not know, which is still correct, only never looked up).
     pub(crate) fn new(shared: &Arc<Shared>) -> Arc<Self> {
-        Arc::new(Self(std::array::from_fn(|_| {
-            Arc::new(Shard(Arc::clone(shared)))
-        })))
+        let shards = Self(std::array::from_fn(|stripe| {
+            Arc::new(Shard {
+                shared: Arc::clone(shared),
+                stripe,
+            })
+        }));
+        let _ = shared
+            .stripes
+            .set(std::array::from_fn(|i| Arc::downgrade(&shards.0[i])));
+        Arc::new(shards)
     }
 }
 
 /// A service's hold on [`Shared`] (issue #23). axum, tower's `oneshot` and the bench clone a
 /// service for every request, and each clone takes and drops a reference count: with one
 /// `Arc`, that count was a cache line every thread wrote twice per request (and each capture
-/// twice more, for its record). The service a layer makes (a root) holds its layer's
+/// twice more, for its record). The service a layer makes (a root) holds the inspector's
 /// [`Shards`]; a clone of it holds the shard of the thread that cloned it (the root's own count
-/// is not touched), and a capture takes its record's hold from there. Threads of different
-/// stripes write different counts.
+/// is not touched), and a capture takes its record's hold the same way. A clone of a clone made
+/// on another thread takes that thread's shard too: axum's server clones the service for a
+/// connection on the thread that accepts it, and then for each request on whichever thread
+/// runs the connection. Threads of different stripes write different counts.
 #[derive(Debug)]
 pub(crate) struct Handle(Hold);
 
@@ -85,18 +125,27 @@ impl Handle {
         Self(Hold::Root(Arc::clone(shards)))
     }
 
-    /// The shard this thread uses: a clone's own, or the root's for this thread's stripe.
+    /// A shard to read the state through: a clone's own, or the root's for this thread's
+    /// stripe (no count taken).
     pub(crate) fn shard(&self) -> &Arc<Shard> {
         match &self.0 {
             Hold::Root(shards) => &shards.0[stripe()],
             Hold::Clone(shard) => shard,
         }
     }
+
+    /// A hold on the state for this thread: a count taken on this thread's stripe's shard.
+    pub(crate) fn hold(&self) -> Arc<Shard> {
+        match &self.0 {
+            Hold::Root(shards) => Arc::clone(&shards.0[stripe()]),
+            Hold::Clone(shard) => shard.here(),
+        }
+    }
 }
 
 impl Clone for Handle {
     fn clone(&self) -> Self {
-        Self(Hold::Clone(Arc::clone(self.shard())))
+        Self(Hold::Clone(self.hold()))
     }
 }
 
@@ -131,6 +180,7 @@ impl Epoch {
 #[derive(Debug, Clone)]
 pub struct Inspector {
     pub(crate) shared: Arc<Shared>,
+    shards: Arc<Shards>,
 }
 
 impl Inspector {
@@ -140,33 +190,34 @@ impl Inspector {
     /// installed at this point (none: nothing is recorded); see the guide's Metrics section.
     pub fn new(config: InspectorConfig) -> Self {
         let ring = Ring::new(config.capacity);
-        Self {
-            shared: Arc::new(Shared {
-                config,
-                ring,
-                counters: Counters::default(),
-                spares: Spares::default(),
-                metrics: Metrics::new(),
-                epoch: Epoch::now(),
-            }),
-        }
+        let shared = Arc::new(Shared {
+            config,
+            ring,
+            counters: Counters::default(),
+            spares: Spares::default(),
+            metrics: Metrics::new(),
+            epoch: Epoch::now(),
+            stripes: OnceLock::new(),
+        });
+        let shards = Shards::new(&shared);
+        Self { shared, shards }
     }
 
     /// The tower layer that records into this inspector. Its service takes and gives any
     /// [`http_body`] 1.x body, wrapped in an [`InspectBody`](crate::InspectBody).
     ///
-    /// Each call makes the layer's 8 shared handles (about 2 KiB), so that the clones of its
-    /// services on different threads never write the same reference count: make the layer
-    /// once and clone it (a clone shares them).
+    /// Its services hold the inspector's 8 shared handles (one per thread stripe, made with
+    /// the inspector), so that their clones on different threads never write the same
+    /// reference count.
     pub fn layer(&self) -> InspectorLayer {
-        InspectorLayer::new(Shards::new(&self.shared))
+        InspectorLayer::new(Arc::clone(&self.shards))
     }
 
     /// The same layer for axum (feature `axum`): requests and responses keep axum's `Body`, and
     /// only a captured exchange's bodies are wrapped, so a polling GET is handed on untouched
     /// (no body boxed on its way to the handler or back). Prefer it in an axum application,
-    /// with `Router::layer` or around a `Router`. Like [`layer`](Self::layer), each call makes
-    /// the layer's 8 shared handles:
+    /// with `Router::layer` or around a `Router`. Its services hold the inspector's shared
+    /// handles as [`layer`](Self::layer)'s do:
     ///
     /// ```
     /// use axum::{Router, routing::get};
@@ -180,7 +231,7 @@ impl Inspector {
     /// ```
     #[cfg(feature = "axum")]
     pub fn axum_layer(&self) -> crate::AxumInspectorLayer {
-        crate::AxumInspectorLayer::new(Shards::new(&self.shared))
+        crate::AxumInspectorLayer::new(Arc::clone(&self.shards))
     }
 
     /// Whether a request to `path` with `method` would be captured (I4): everything except a
@@ -391,13 +442,14 @@ mod tests {
     }
 
     // Issue #23: a clone of a layer's service holds the shard of the thread that cloned it and
-    // leaves the root's count alone; a clone of that clone keeps its shard. Each thread's count
-    // moves only on its own stripe's shard (a thread's stripe is given round-robin, so the two
-    // threads may share one when other tests' threads took the stripes between them).
+    // leaves the root's count alone; a clone of that clone keeps its shard on the same thread.
+    // Each thread's count moves only on its own stripe's shard (a thread's stripe is given
+    // round-robin, so the two threads may share one when other tests' threads took the stripes
+    // between them).
     #[test]
     fn clones_count_on_their_threads_shard_and_leave_the_root_alone() {
         let inspector = Inspector::new(InspectorConfig::new());
-        let shards = Shards::new(&inspector.shared);
+        let shards = Arc::clone(&inspector.shards);
         let root = Handle::root(&shards);
         let roots = Arc::strong_count(&shards);
         let shared = Arc::strong_count(&inspector.shared);
@@ -433,5 +485,46 @@ mod tests {
         }
         drop(clones);
         assert!(shards.0.iter().all(|shard| Arc::strong_count(shard) == 1));
+    }
+
+    // Issue #23: a service cloned on one thread and used on another (axum's server clones it for
+    // a connection on the accepting thread, then per request on the connection's thread) takes
+    // the shard of the thread it is cloned on, and a capture's hold is taken there too; once
+    // the inspector, its layers and their services are gone, a clone keeps the shard it has.
+    #[test]
+    fn a_clone_moved_to_another_thread_counts_on_that_threads_shard() {
+        let inspector = Inspector::new(InspectorConfig::new());
+        let shards = Arc::clone(&inspector.shards);
+        let root = Handle::root(&shards);
+        let spawn = |handle: Handle| {
+            std::thread::spawn(move || {
+                let here = stripe();
+                let clone = handle.clone();
+                let hold = handle.hold();
+                (here, handle, clone, hold)
+            })
+            .join()
+            .unwrap()
+        };
+        let (origin, moved) = (stripe(), root.clone());
+        assert!(Arc::ptr_eq(moved.shard(), &shards.0[origin]));
+        // A thread of another stripe (stripes are given round-robin: one of the next 8 threads).
+        let mut moved = moved;
+        let (here, moved, clone, hold) = loop {
+            let (here, back, clone, hold) = spawn(moved);
+            if here != origin {
+                break (here, back, clone, hold);
+            }
+            moved = back;
+        };
+        assert!(Arc::ptr_eq(moved.shard(), &shards.0[origin]), "kept");
+        assert!(Arc::ptr_eq(clone.shard(), &shards.0[here]), "this thread's");
+        assert!(Arc::ptr_eq(&hold, &shards.0[here]));
+        drop((clone, hold, root, shards, inspector));
+        // Only `moved` holds the state now: its clones keep its shard.
+        let (_, moved, clone, hold) = spawn(moved);
+        assert!(Arc::ptr_eq(clone.shard(), moved.shard()));
+        assert!(Arc::ptr_eq(&hold, moved.shard()));
+        assert_eq!(Arc::strong_count(moved.shard()), 3);
     }
 }

@@ -325,7 +325,7 @@ pub(crate) struct RequestParts<'a> {
 impl Record {
     /// Start recording an exchange: the request's text goes into a new arena, counted in
     /// `in_flight_bytes`.
-    pub(crate) fn start(shared: &Arc<Shard>, request: RequestParts<'_>) -> Arc<Self> {
+    pub(crate) fn start(shared: Arc<Shard>, request: RequestParts<'_>) -> Arc<Self> {
         let config = &shared.config;
         let owner = request.owner.as_deref();
         let query_room = request
@@ -379,7 +379,7 @@ impl Record {
                 response_after_us: None,
                 duration_us: 0,
                 outcome: Outcome::Cancelled,
-                shared: Some(Arc::clone(shared)),
+                shared: Some(shared),
                 text: arena,
                 ends,
                 tail: Tail::Other,
@@ -677,7 +677,7 @@ pub(crate) mod tests {
         let headers = HeaderMap::new();
         let request_id = format!("req-{id}");
         let record = Record::start(
-            shared,
+            Arc::clone(shared),
             RequestParts {
                 request_id: &request_id,
                 method: "POST",
@@ -750,6 +750,7 @@ pub(crate) mod tests {
             spares: crate::ring::Spares::default(),
             metrics: crate::telemetry::Metrics::new(),
             epoch: crate::inspector::Epoch::now(),
+            stripes: std::sync::OnceLock::new(),
         }))
     }
 
@@ -757,7 +758,7 @@ pub(crate) mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("content-type", HeaderValue::from_static("text/plain"));
         Record::start(
-            shared,
+            Arc::clone(shared),
             RequestParts {
                 request_id: "req-1",
                 method: "POST",

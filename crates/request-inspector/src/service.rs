@@ -152,7 +152,7 @@ pub(crate) fn begin<B: Body>(handle: &Handle, request: &mut Request<B>) -> Begun
     }
     let capture = if capture {
         let record = Record::start(
-            shared,
+            handle.hold(),
             RequestParts {
                 request_id: id.as_str(),
                 method: request.method().as_str(),
