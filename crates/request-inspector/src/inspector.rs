@@ -246,12 +246,12 @@ impl Inspector {
     /// The ring's lock is held only to copy its chunk handles (one per 64 entries); the list is
     /// built after it is released, so a large ring does not hold up the requests being recorded.
     pub fn entries(&self) -> Vec<Arc<Entry>> {
-        self.shared.ring.entries()
+        self.shared.ring.entries(&self.shared.counters)
     }
 
     /// The entries `filter` keeps, newest first (built outside the ring's lock).
     pub fn entries_matching(&self, filter: &EntryFilter) -> Vec<Arc<Entry>> {
-        let snapshot = self.shared.ring.snapshot();
+        let snapshot = self.shared.ring.snapshot(&self.shared.counters);
         snapshot
             .iter()
             .filter(|record| record.matches(filter))
@@ -265,7 +265,7 @@ impl Inspector {
     pub fn stats(&self) -> InspectorStats {
         self.shared
             .counters
-            .snapshot(self.shared.ring.len(), &self.shared.spares)
+            .snapshot(self.shared.ring.capacity(), &self.shared.spares)
     }
 
     /// Empty the ring and free the arenas kept for reuse (counters other than the byte counts

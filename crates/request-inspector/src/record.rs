@@ -567,17 +567,22 @@ impl Record {
             metrics.truncated.add(truncated);
         }
         // The peak, before this capture's bytes are released (see `note_before_finish`).
-        let held = counters.note_before_finish();
+        let before = counters.note_before_finish();
         // The in-flight bytes become the ring's.
         counters.release(in_flight);
         // Counted by the push (the entry id is the count).
         metrics.captured.add(1);
-        // Evicted records are dropped here, after the ring's lock is released; an evicted
-        // record no reader holds is kept, with its arena, for this thread's next capture.
+        // Evicted records are dropped here, outside the slot's lock; an evicted record no
+        // reader holds is kept, with its arena, for this thread's next capture.
         let pushed = shared
             .ring
             .push(Arc::clone(self), retained, counters, metrics);
-        counters.note_peak(held.saturating_sub(in_flight) + pushed.after);
+        // And after: what was read before, changed by this finish (the total when nothing
+        // else moved in between; a finish that adds more than it frees is noted here).
+        let after = before
+            .saturating_sub(in_flight)
+            .saturating_add_signed(pushed.delta);
+        counters.note_peak(after);
         if let Some(oldest) = pushed.evicted {
             shared.spares.put(oldest);
         }
@@ -784,7 +789,7 @@ pub(crate) mod tests {
         for i in 0..10_u8 {
             record.append(true, &[i; 3], 0, false);
         }
-        assert!(shared.counters.snapshot(0, &shared.spares).in_flight_bytes >= 530);
+        assert!(shared.counters.snapshot(1, &shared.spares).in_flight_bytes >= 530);
         record.finish(Outcome::Complete);
         let entry = record.to_entry();
         let expected: Vec<u8> = (0..100_u8).flat_map(|i| [i; 7]).take(500).collect();
@@ -800,7 +805,9 @@ pub(crate) mod tests {
         assert_eq!(entry.query.as_deref(), Some("sig=[redacted]&n=1"));
         assert_eq!(entry.owner.as_deref(), Some("alice"));
         assert_eq!(entry.request_headers[0].value, "text/plain");
-        let stats = shared.counters.snapshot(shared.ring.len(), &shared.spares);
+        let stats = shared
+            .counters
+            .snapshot(shared.ring.capacity(), &shared.spares);
         assert_eq!(stats.in_flight_bytes, 0);
         assert_eq!(stats.ring_bytes, entry.retained_bytes());
     }

@@ -1,7 +1,7 @@
 //! The fixed-size ring of captured entries and the inspector's counters.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use serde::Serialize;
 
@@ -9,112 +9,128 @@ use crate::Entry;
 use crate::record::Record;
 use crate::telemetry::Metrics;
 
-/// Entries per chunk of the ring.
+/// Slots per chunk of the ring.
 const CHUNK: usize = 64;
+/// Slots per cache line.
+const LANES: usize = 64 / size_of::<Slot>();
+/// Cache lines per chunk.
+const LINES: usize = CHUNK / LANES;
 
-/// [`CHUNK`] slots of the ring. Shared (`Arc`) so that a reader copies a chunk handle under the
-/// lock, not every entry handle; a writer copies a chunk (at most [`CHUNK`] handles) only when a
-/// reader still holds it.
-type Chunk = Arc<[Option<Arc<Record>>; CHUNK]>;
+/// One entry's place in the ring, with a lock of its own: a push locks the one slot it writes,
+/// a reader each slot in turn while it copies the handle out.
+#[derive(Debug, Default)]
+struct Slot(Mutex<Option<Arc<Record>>>);
 
-/// The bytes one chunk holds: its `Arc` allocation (two counts and [`CHUNK`] entry handles).
-/// Counted in `ring_slot_bytes` while the chunk is in the ring.
-pub(crate) const CHUNK_BYTES: usize =
-    2 * size_of::<usize>() + CHUNK * size_of::<Option<Arc<Record>>>();
+impl Slot {
+    fn lock(&self) -> MutexGuard<'_, Option<Arc<Record>>> {
+        // A panic elsewhere cannot leave a slot inconsistent: keep serving it.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+type Chunk = [Slot; CHUNK];
+
+/// How many times a reader yields for an id being pushed before it lists only the entries
+/// above it. A push holds its id only while it locks and writes one slot (no `.await`, no IO):
+/// a reader waits for it as it would wait for a lock the pusher held, and the bound is only a
+/// safety net (a pusher preempted there is back within a time slice).
+const GAP_WAIT: usize = 1_000_000;
+
+/// How many times a reader starts its list again past entries pushed out while it read them
+/// (it reads a slot in tens of nanoseconds, a writer pushes in a microsecond or more: it
+/// overtakes them at once).
+const MAX_RESTARTS: usize = 16;
+
+/// What a reader found in an id's slot.
+enum Probe {
+    Landed(Arc<Record>),
+    /// Pushed out by a newer entry, or cleared.
+    Gone,
+    /// Not landed after [`GAP_WAIT`] yields.
+    Late,
+}
+
+/// The bytes one chunk of [`CHUNK`] slots holds, counted in `ring_slot_bytes` from when the
+/// ring first reaches it until the inspector is dropped.
+pub(crate) const CHUNK_BYTES: usize = size_of::<Chunk>();
+
+/// Where the entry at position `at` (`0..capacity`) lives: its chunk, and its slot there.
+/// Consecutive positions go to consecutive cache lines, a line's slots [`LINES`] positions
+/// apart: two threads pushing one after the other never write the same line (issue #23).
+fn place(at: usize) -> (usize, usize) {
+    let within = at % CHUNK;
+    (at / CHUNK, within % LINES * LANES + within / LINES)
+}
 
 /// Newest-first ring of records: `capacity` slots in a circle, stored in chunks of [`CHUNK`]
 /// slots, allocated as the ring first fills.
 ///
-/// A push writes the next slot and takes out what it held, which is the oldest record once the
-/// ring is full (issue #23: the push touches one slot's line, where the chunked deque it
-/// replaced pushed at one end and popped at the other, two chunks and their headers, each a
-/// line the other threads' pushes had just written). The lock is held only to push (and
-/// evict) one entry or to copy the chunk handles out — `capacity / 64` handles, not
-/// `capacity` — and never across an `.await`; readers build their list of entries after
-/// releasing it (issue #23: at 100 000 entries the lock was held for the whole copy).
-///
-/// On a cache line of its own: every capture writes its lock and length, and every request
-/// reads the configuration beside it.
+/// Issue #23: a push takes the next id (the one count every capture writes) and locks only the
+/// slot that id names; there is no lock over the whole ring. With one lock, each push moved
+/// the lock's line, the ring's head and length, its byte counts and the slot's line from the
+/// other core: at 2 threads on a VM whose cores are far apart this doubled the captured POST's
+/// cost. A reader locks each slot in turn, copies its handle and builds its list after.
 #[derive(Debug)]
-#[repr(align(64))]
 pub(crate) struct Ring {
-    slots: Mutex<Slots>,
+    /// `capacity.div_ceil(CHUNK)` chunks, each allocated when the ring first reaches it.
+    chunks: Box<[OnceLock<Box<Chunk>>]>,
     capacity: usize,
-    /// Entries in the ring, kept under the lock and read without it ([`Inspector::stats`]).
-    ///
-    /// [`Inspector::stats`]: crate::Inspector::stats
-    len: AtomicUsize,
+    /// The last id given when the ring was last cleared: entries up to it are not listed (a
+    /// push that began before a `clear` and landed after it removes its entry again).
+    cleared: AtomicU64,
 }
 
-/// The ring's slots, under its lock.
-#[derive(Debug, Default)]
-struct Slots {
-    /// `capacity.div_ceil(CHUNK)` chunks once the ring has filled; fewer before.
-    chunks: Vec<Chunk>,
-    /// The slot the next push writes (`0..capacity`).
-    head: usize,
-}
-
-/// The chunk handles and the ring's place in them, copied under the lock; [`Snapshot::iter`]
-/// walks them newest first.
-pub(crate) struct Snapshot {
-    chunks: Vec<Chunk>,
-    head: usize,
-    len: usize,
-    capacity: usize,
-}
+/// The entries a reader copied out, newest first, consecutive ids.
+pub(crate) struct Snapshot(Vec<Arc<Record>>);
 
 impl Snapshot {
     /// The entries, newest first.
     pub(crate) fn iter(&self) -> impl Iterator<Item = &Arc<Record>> {
-        (1..=self.len).filter_map(move |back| {
-            let at = (self.head + self.capacity - back) % self.capacity;
-            self.chunks[at / CHUNK][at % CHUNK].as_ref()
-        })
+        self.0.iter()
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.len
+        self.0.len()
     }
 }
 
-/// What [`Ring::push`] did: the record it evicted, and the ring's bytes (records and slots)
-/// after it.
+/// What [`Ring::push`] did: the record it evicted, and the change in the ring's bytes.
 pub(crate) struct Pushed {
     pub(crate) evicted: Option<Arc<Record>>,
-    pub(crate) after: usize,
-}
-
-/// `chunk`'s slots, copied first if a reader still holds it (at most [`CHUNK`] handles).
-fn writable(chunk: &mut Chunk) -> &mut [Option<Arc<Record>>; CHUNK] {
-    if Arc::get_mut(chunk).is_none() {
-        *chunk = Arc::new((**chunk).clone());
-    }
-    Arc::get_mut(chunk).unwrap_or_else(|| unreachable!("a chunk just made is not shared"))
+    /// Bytes the ring holds now less what it held before (records and slots), as this push
+    /// changed them.
+    pub(crate) delta: isize,
 }
 
 impl Ring {
     pub(crate) fn new(capacity: usize) -> Self {
         let capacity = capacity.max(1);
         Self {
-            // Room for every chunk a full ring holds, so the list never grows.
-            slots: Mutex::new(Slots {
-                chunks: Vec::with_capacity(capacity.div_ceil(CHUNK)),
-                head: 0,
-            }),
+            chunks: (0..capacity.div_ceil(CHUNK))
+                .map(|_| OnceLock::new())
+                .collect(),
             capacity,
-            len: AtomicUsize::new(0),
+            cleared: AtomicU64::new(0),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Slots> {
-        // A panic elsewhere cannot leave the slots inconsistent: keep serving them.
-        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    /// The slot of position `at`, its chunk allocated (and counted) on first use; `added`: the
+    /// chunk's bytes if this call allocated it.
+    fn slot(&self, at: usize, counters: &Counters, added: &mut usize) -> &Slot {
+        let (chunk, index) = place(at);
+        let chunk = self.chunks[chunk].get_or_init(|| {
+            counters
+                .loose
+                .slot_bytes
+                .fetch_add(CHUNK_BYTES, Ordering::Relaxed);
+            *added = CHUNK_BYTES;
+            Box::new(std::array::from_fn(|_| Slot::default()))
+        });
+        &chunk[index]
     }
 
-    /// Push the newest record, which keeps `added` bytes alive; the oldest one, which it
-    /// replaces once the ring is full, is returned (dropped by the caller, outside the lock),
-    /// with the ring's bytes before and after. Under the lock: one slot written, and the counts.
+    /// Push the newest record, which keeps `added` bytes alive; the one it replaces (the oldest,
+    /// once the ring is full) is returned, to be dropped by the caller outside any lock.
     pub(crate) fn push(
         &self,
         entry: Arc<Record>,
@@ -122,87 +138,164 @@ impl Ring {
         counters: &Counters,
         metrics: &Metrics,
     ) -> Pushed {
-        let mut slots_added = 0;
-        let mut guard = self.lock();
-        let slots = &mut *guard;
-        // The id is given under the lock: ids follow the ring's order (newest first = highest).
-        let id = counters.locked.next_id.load(Ordering::Relaxed) + 1;
-        counters.locked.next_id.store(id, Ordering::Relaxed);
+        // The id gives the entry its place: ids follow the ring's order (newest = highest).
+        let id = counters.ids.0.fetch_add(1, Ordering::Relaxed) + 1;
         entry.id.store(id, Ordering::Relaxed);
-        let at = slots.head;
-        if at / CHUNK == slots.chunks.len() {
-            slots.chunks.push(Arc::new([const { None }; CHUNK]));
-            slots_added = CHUNK_BYTES;
+        let at = usize::try_from((id - 1) % self.capacity as u64).unwrap_or(0);
+        let mut slot_bytes = 0;
+        let slot = self.slot(at, counters, &mut slot_bytes);
+        let mut held = slot.lock();
+        let (evicted, kept) = match held.as_ref() {
+            // A later lap wrote this slot first (this push was held up while `capacity` others
+            // went through): the entry is already older than every entry the ring keeps.
+            Some(newer) if newer.id.load(Ordering::Relaxed) > id => (Some(entry), false),
+            _ => (held.replace(entry), true),
+        };
+        drop(held);
+        let line = counters.line();
+        let removed = evicted
+            .as_ref()
+            .filter(|_| kept)
+            .map_or(0, |oldest| oldest.retained_bytes());
+        if kept {
+            line.ring_bytes.fetch_add(added as u64, Ordering::Relaxed);
+            metrics.ring_bytes.increment(added + slot_bytes);
         }
-        let evicted = writable(&mut slots.chunks[at / CHUNK])[at % CHUNK].replace(entry);
-        slots.head = if at + 1 == self.capacity { 0 } else { at + 1 };
-        let removed = evicted.as_ref().map_or(0, |oldest| oldest.retained_bytes());
-        // Under the lock, so `len` and the byte counts always match the slots.
-        let len = (self.len.load(Ordering::Relaxed) + 1).min(self.capacity);
-        self.len.store(len, Ordering::Relaxed);
-        let bytes = counters.locked.ring_bytes.load(Ordering::Relaxed) + added - removed;
-        counters.locked.ring_bytes.store(bytes, Ordering::Relaxed);
-        let slot_bytes = counters.locked.slot_bytes.load(Ordering::Relaxed) + slots_added;
-        counters
-            .locked
-            .slot_bytes
-            .store(slot_bytes, Ordering::Relaxed);
-        if evicted.is_some() {
-            let evictions = counters.locked.evicted.load(Ordering::Relaxed) + 1;
-            // Release: a reader that sees this count sees the entry id given before it.
-            counters.locked.evicted.store(evictions, Ordering::Release);
+        if removed != 0 {
+            line.ring_bytes.fetch_sub(removed as u64, Ordering::Relaxed);
+            metrics.ring_bytes.decrement(removed);
         }
-        drop(guard);
-        metrics.ring_entries.set(len);
-        metrics.ring_bytes.set(bytes + slot_bytes);
+        if kept && evicted.is_none() {
+            line.ring_len.fetch_add(1, Ordering::Relaxed);
+            metrics.ring_entries.increment(1);
+        }
         if evicted.is_some() {
+            // Release: a reader that sees this count sees the id given before it.
+            line.evicted.fetch_add(1, Ordering::Release);
             metrics.evictions.add(1);
         }
-        Pushed {
-            evicted,
-            after: bytes + slot_bytes,
+        // A `clear` that began after this id was given and swept this slot before the entry
+        // landed: the entry is taken out again, as the sweep would have.
+        let mut delta =
+            slot_bytes as isize + if kept { added as isize } else { 0 } - removed as isize;
+        if kept && id <= self.cleared.load(Ordering::SeqCst) {
+            let mut held = slot.lock();
+            if held
+                .as_ref()
+                .is_some_and(|e| e.id.load(Ordering::Relaxed) == id)
+            {
+                let taken = held.take();
+                drop(held);
+                delta -= self.forget(taken.as_deref(), counters, metrics) as isize;
+            }
         }
+        Pushed { evicted, delta }
     }
 
-    /// The chunk handles, copied under the lock; walk them with [`Snapshot::iter`].
-    pub(crate) fn snapshot(&self) -> Snapshot {
-        let slots = self.lock();
-        Snapshot {
-            chunks: slots.chunks.clone(),
-            head: slots.head,
-            len: self.len.load(Ordering::Relaxed),
-            capacity: self.capacity,
-        }
+    /// Uncount a record taken out by a clear; returns its bytes.
+    fn forget(&self, record: Option<&Record>, counters: &Counters, metrics: &Metrics) -> usize {
+        let Some(record) = record else { return 0 };
+        let bytes = record.retained_bytes();
+        let line = counters.line();
+        line.ring_bytes.fetch_sub(bytes as u64, Ordering::Relaxed);
+        line.ring_len.fetch_sub(1, Ordering::Relaxed);
+        metrics.ring_bytes.decrement(bytes);
+        metrics.ring_entries.decrement(1);
+        bytes
     }
 
-    /// The entries, newest first, made from the records outside the lock.
-    pub(crate) fn entries(&self) -> Vec<Arc<Entry>> {
-        let snapshot = self.snapshot();
+    /// The entries, newest first: a run of consecutive ids, the newest `capacity` above the
+    /// last clear. Copied out slot by slot, oldest first, each slot's lock held only to copy
+    /// its handle; no lock is held over the whole ring, so writers go on meanwhile:
+    /// - an id given but not landed yet (its push between taking the id and locking its slot)
+    ///   is waited for, [`GAP_WAIT`] yields at most (the list is then the run above it);
+    /// - an entry pushed out while the list is being read (a writer reached its slot first)
+    ///   takes the list's start past it, and the list reaches as many newer ids further up.
+    pub(crate) fn snapshot(&self, counters: &Counters) -> Snapshot {
+        let capacity = self.capacity as u64;
+        let given = || counters.ids.0.load(Ordering::Acquire);
+        let cleared = || self.cleared.load(Ordering::SeqCst);
+        let mut top = given();
+        let mut from = top.saturating_sub(capacity).max(cleared()) + 1;
+        // Oldest first; reversed at the end.
+        let mut listed: Vec<Arc<Record>> =
+            Vec::with_capacity(usize::try_from(top + 1 - from.min(top + 1)).unwrap_or(0));
+        let mut id = from;
+        let mut restarts = 0;
+        while id <= top {
+            match self.probe(id) {
+                Probe::Landed(record) => {
+                    listed.push(record);
+                    id += 1;
+                }
+                // Pushed out (or cleared) while this list was read: so is everything older.
+                // Or not landed: the list is the newest run above it.
+                Probe::Gone | Probe::Late if restarts < MAX_RESTARTS => {
+                    restarts += 1;
+                    listed.clear();
+                    from = (id + 1).max(cleared() + 1);
+                    top = top.max(given().min(from + capacity - 1));
+                    id = from;
+                }
+                Probe::Gone | Probe::Late => break,
+            }
+        }
+        listed.reverse();
+        Snapshot(listed)
+    }
+
+    /// Whether `id`'s record is in its slot: waited for while its push is on its way
+    /// ([`GAP_WAIT`] yields at most).
+    fn probe(&self, id: u64) -> Probe {
+        let at = usize::try_from((id - 1) % self.capacity as u64).unwrap_or(0);
+        let (chunk, index) = place(at);
+        for _ in 0..GAP_WAIT {
+            if let Some(chunk) = self.chunks[chunk].get() {
+                match chunk[index].lock().as_ref() {
+                    Some(record) if record.id.load(Ordering::Relaxed) == id => {
+                        return Probe::Landed(Arc::clone(record));
+                    }
+                    Some(record) if record.id.load(Ordering::Relaxed) > id => return Probe::Gone,
+                    _ => {}
+                }
+            }
+            if id <= self.cleared.load(Ordering::SeqCst) {
+                return Probe::Gone;
+            }
+            std::thread::yield_now();
+        }
+        Probe::Late
+    }
+
+    /// The entries, newest first, made from the records outside any lock.
+    pub(crate) fn entries(&self, counters: &Counters) -> Vec<Arc<Entry>> {
+        let snapshot = self.snapshot(counters);
         let mut entries = Vec::with_capacity(snapshot.len());
         entries.extend(snapshot.iter().map(|record| Arc::new(record.to_entry())));
         entries
     }
 
-    /// Entries in the ring, without taking the lock.
-    pub(crate) fn len(&self) -> usize {
-        self.len.load(Ordering::Relaxed)
-    }
-
-    /// Empty the ring; the chunks are returned to be dropped outside the lock.
-    pub(crate) fn clear(&self, counters: &Counters, metrics: &Metrics) -> Vec<Chunk> {
-        let mut slots = self.lock();
-        let all = std::mem::replace(
-            &mut slots.chunks,
-            Vec::with_capacity(self.capacity.div_ceil(CHUNK)),
-        );
-        slots.head = 0;
-        self.len.store(0, Ordering::Relaxed);
-        counters.locked.ring_bytes.store(0, Ordering::Relaxed);
-        counters.locked.slot_bytes.store(0, Ordering::Relaxed);
-        drop(slots);
-        metrics.ring_entries.set(0);
-        metrics.ring_bytes.set(0);
-        all
+    /// Empty the ring: every slot is emptied (each under its own lock); the records are
+    /// returned to be dropped outside the locks. The slots stay allocated.
+    pub(crate) fn clear(&self, counters: &Counters, metrics: &Metrics) -> Vec<Arc<Record>> {
+        let upto = counters.ids.0.load(Ordering::SeqCst);
+        self.cleared.fetch_max(upto, Ordering::SeqCst);
+        let mut taken = Vec::new();
+        for chunk in self.chunks.iter().filter_map(OnceLock::get) {
+            for slot in chunk.iter() {
+                let mut held = slot.lock();
+                if held
+                    .as_ref()
+                    .is_some_and(|e| e.id.load(Ordering::Relaxed) <= upto)
+                {
+                    let record = held.take();
+                    drop(held);
+                    self.forget(record.as_deref(), counters, metrics);
+                    taken.extend(record);
+                }
+            }
+        }
+        taken
     }
 
     pub(crate) fn capacity(&self) -> usize {
@@ -220,9 +313,10 @@ pub(crate) struct Striped([Line; STRIPES]);
 /// Stripes of a [`Striped`] counter: threads beyond this share stripes, round-robin.
 pub(crate) const STRIPES: usize = 8;
 
+/// An `AtomicU64` alone on its cache line.
 #[derive(Debug, Default)]
 #[repr(align(64))]
-struct Line(AtomicU64);
+pub(crate) struct Line(pub(crate) AtomicU64);
 
 /// This thread's stripe (`0..STRIPES`), given round-robin on first use.
 pub(crate) fn stripe() -> usize {
@@ -240,16 +334,9 @@ pub(crate) fn stripe() -> usize {
 }
 
 impl Striped {
-    /// Adds `n` to this thread's stripe (wrapping, as [`sub`](Self::sub) may have wrapped it
-    /// below zero).
+    /// Adds `n` to this thread's stripe.
     pub(crate) fn add(&self, n: u64) {
         self.0[stripe()].0.fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// Takes `n` from this thread's stripe, which may wrap below zero when another thread
-    /// added it: the wrapping sum of the stripes is still the count.
-    fn sub(&self, n: u64) {
-        self.0[stripe()].0.fetch_sub(n, Ordering::Relaxed);
     }
 
     /// The wrapping sum of the stripes.
@@ -258,36 +345,6 @@ impl Striped {
             .iter()
             .map(|line| line.0.load(Ordering::Relaxed))
             .fold(0, u64::wrapping_add)
-    }
-}
-
-/// A byte count every capture changes, a [`Striped`] counter: a capture adds to the stripe
-/// of the thread it runs on and subtracts from the stripe of the thread that finishes it, so a
-/// stripe can wrap below zero; the wrapping sum of the stripes is the count (issue #23: one
-/// shared count was two writes of a contended line per capture).
-#[derive(Debug, Default)]
-pub(crate) struct StripedBytes(Striped);
-
-impl StripedBytes {
-    fn add(&self, n: usize) {
-        self.0.add(n as u64);
-    }
-
-    fn sub(&self, n: usize) {
-        self.0.sub(n as u64);
-    }
-
-    /// The count. The stripes are read one after the other, so a read racing captures that
-    /// move between threads can see a subtraction without its addition (a sum below zero reads
-    /// as zero) or an addition without its later subtraction (a little high, as a read of the
-    /// one shared counter before it could be between its in-flight and ring reads).
-    pub(crate) fn get(&self) -> usize {
-        let sum = self.0.get();
-        if sum > u64::MAX / 2 {
-            0
-        } else {
-            usize::try_from(sum).unwrap_or(usize::MAX)
-        }
     }
 }
 
@@ -370,52 +427,79 @@ impl Spares {
     }
 }
 
-/// Cheap atomic counters behind [`InspectorStats`], on their own cache lines (every thread
-/// writes them; the configuration beside them is only read).
+/// Cheap atomic counters behind [`InspectorStats`], each on cache lines of its own.
 #[derive(Debug, Default)]
-#[repr(align(64))]
 pub(crate) struct Counters {
-    /// Written only under the ring's lock (plain loads and stores, no read-modify-write).
-    pub(crate) locked: LockedCounts,
+    /// The last entry id given; ids start at 1 and are never reused, so this is also the number
+    /// of records ever captured. The one count every capture writes.
+    pub(crate) ids: Line,
     /// Bumped by every polling GET: striped.
     pub(crate) passed_through: Striped,
     pub(crate) unowned: Striped,
-    /// Bytes held by captures in flight: every capture writes them, so striped.
-    pub(crate) in_flight: StripedBytes,
-    /// Written by captures outside the ring's lock.
+    /// The captures' and the ring's counts, one line per thread stripe: a capture writes only
+    /// its own thread's line (issue #23: one shared count was a line both cores wrote on every
+    /// capture). A count moves between stripes (added on one thread, taken off on another),
+    /// so a stripe can wrap below zero; the wrapping sum is the count.
+    held: [HeldLine; STRIPES],
+    /// Written rarely, read by every finish.
     pub(crate) loose: LooseCounts,
 }
 
-/// The counts the ring keeps under its lock, together on one line, which moves between cores
-/// with the lock (issue #23: they shared a line with the in-flight bytes, which every capture
-/// writes outside the lock).
+/// One thread stripe's part of the counts that move with captures and the ring.
 #[derive(Debug, Default)]
 #[repr(align(64))]
-pub(crate) struct LockedCounts {
-    /// The last entry id given; ids start at 1 and are never reused, so this is also the number
-    /// of records ever captured.
-    pub(crate) next_id: AtomicU64,
+pub(crate) struct HeldLine {
+    /// Bytes held by captures in flight.
+    in_flight: AtomicU64,
+    /// The ring's records' retained bytes ([`Entry::retained_bytes`]).
+    pub(crate) ring_bytes: AtomicU64,
+    /// Entries in the ring.
+    pub(crate) ring_len: AtomicU64,
+    /// Entries pushed out by newer ones.
     pub(crate) evicted: AtomicU64,
-    /// The records' retained bytes ([`Entry::retained_bytes`]) summed over the ring.
-    pub(crate) ring_bytes: AtomicUsize,
-    /// The ring's chunks ([`CHUNK_BYTES`] each).
-    pub(crate) slot_bytes: AtomicUsize,
 }
 
-/// The counts captures write outside the ring's lock, on a line of their own.
+/// The counts captures write outside the ring, on a line of their own.
 #[derive(Debug, Default)]
 #[repr(align(64))]
 pub(crate) struct LooseCounts {
     pub(crate) peak_retained: AtomicUsize,
     pub(crate) truncated_bodies: AtomicU64,
+    /// The ring's chunks ([`CHUNK_BYTES`] each).
+    pub(crate) slot_bytes: AtomicUsize,
+}
+
+/// A count read as a sum of wrapping stripes: a sum caught below zero (a subtraction seen
+/// before its addition, the stripes being read one after the other) reads 0.
+fn clamped(sum: u64) -> usize {
+    if sum > u64::MAX / 2 {
+        0
+    } else {
+        usize::try_from(sum).unwrap_or(usize::MAX)
+    }
 }
 
 impl Counters {
+    /// This thread's stripe of the held counts.
+    pub(crate) fn line(&self) -> &HeldLine {
+        &self.held[stripe()]
+    }
+
+    /// One held count, summed over the stripes.
+    pub(crate) fn sum(&self, field: impl Fn(&HeldLine) -> &AtomicU64) -> usize {
+        clamped(
+            self.held
+                .iter()
+                .map(|line| field(line).load(Ordering::Relaxed))
+                .fold(0, u64::wrapping_add),
+        )
+    }
+
     /// `n` more bytes held by an in-flight capture: added to this thread's stripe, nothing
     /// else (the peak is noted when a capture finishes, and by every read).
     pub(crate) fn hold(&self, n: usize) {
         if n != 0 {
-            self.in_flight.add(n);
+            self.line().in_flight.fetch_add(n as u64, Ordering::Relaxed);
         }
     }
 
@@ -430,41 +514,45 @@ impl Counters {
     /// `n` bytes no longer held by an in-flight capture.
     pub(crate) fn release(&self, n: usize) {
         if n != 0 {
-            self.in_flight.sub(n);
+            self.line().in_flight.fetch_sub(n as u64, Ordering::Relaxed);
         }
     }
 
     /// A capture is about to finish: the peak is raised to what is held now (every capture's
     /// in-flight bytes, its own included, and the ring), before its own bytes are released, so
     /// that of two captures finishing together, the first to get here still sees the other's.
-    /// Returns the in-flight bytes read; the caller notes what the ring holds after its push
-    /// too. Between two finishes the bytes only grow (captures start and grow; only a finish or
-    /// a `clear`, which notes the peak first, evicts or shrinks), so the highest
-    /// `retained_bytes` is always the total just before some finish or clear, or the current
-    /// one, which every read notes (spares aside: they are counted from the first read that
-    /// sees them).
+    /// Returns the total read; the caller notes the total after its push too (this one plus
+    /// what its own push changed). Between two finishes the bytes only grow (captures start
+    /// and grow; only a finish or a `clear`, which notes the peak first, evicts or shrinks),
+    /// so the highest `retained_bytes` is always the total just before or after some finish
+    /// or clear, or the current one, which every read notes (spares aside: they are counted
+    /// from the first read that sees them).
     pub(crate) fn note_before_finish(&self) -> usize {
-        let held = self.in_flight.get();
-        self.note_peak(held + self.held_by_ring());
-        held
-    }
-
-    /// The ring's records and slots, read without its lock.
-    fn held_by_ring(&self) -> usize {
-        self.locked.ring_bytes.load(Ordering::Relaxed)
-            + self.locked.slot_bytes.load(Ordering::Relaxed)
+        let (mut in_flight, mut ring) = (0_u64, 0_u64);
+        for line in &self.held {
+            in_flight = in_flight.wrapping_add(line.in_flight.load(Ordering::Relaxed));
+            ring = ring.wrapping_add(line.ring_bytes.load(Ordering::Relaxed));
+        }
+        let total =
+            clamped(in_flight) + clamped(ring) + self.loose.slot_bytes.load(Ordering::Relaxed);
+        self.note_peak(total);
+        total
     }
 
     /// The counters, read without a lock but consistent with themselves: `evicted` is read
     /// before `captured` (so `evicted <= captured`), and the peak is at least the
     /// `retained_bytes` read here (a finishing capture raises the peak to the bytes held
     /// around its push; a read that sees more raises it itself, so the peak never goes back).
-    pub(crate) fn snapshot(&self, ring_len: usize, spares: &Spares) -> InspectorStats {
-        let evicted = self.locked.evicted.load(Ordering::Acquire);
-        let captured = self.locked.next_id.load(Ordering::Relaxed);
-        let in_flight = self.in_flight.get();
-        let ring = self.locked.ring_bytes.load(Ordering::Relaxed);
-        let slots = self.locked.slot_bytes.load(Ordering::Relaxed);
+    pub(crate) fn snapshot(&self, capacity: usize, spares: &Spares) -> InspectorStats {
+        let evicted = self
+            .held
+            .iter()
+            .map(|line| line.evicted.load(Ordering::Acquire))
+            .fold(0, u64::wrapping_add);
+        let captured = self.ids.0.load(Ordering::Relaxed);
+        let in_flight = self.sum(|line| &line.in_flight);
+        let ring = self.sum(|line| &line.ring_bytes);
+        let slots = self.loose.slot_bytes.load(Ordering::Relaxed);
         let spare = spares.bytes();
         let retained = in_flight + ring + slots + spare;
         InspectorStats {
@@ -473,7 +561,7 @@ impl Counters {
             not_recorded_unowned: self.unowned.get(),
             evicted,
             truncated_bodies: self.loose.truncated_bodies.load(Ordering::Relaxed),
-            ring_len,
+            ring_len: self.sum(|line| &line.ring_len).min(capacity),
             in_flight_bytes: in_flight,
             ring_bytes: ring,
             ring_slot_bytes: slots,
@@ -610,22 +698,45 @@ mod tests {
     // The in-flight bytes are added on one thread's stripe and taken off another's; the sum is
     // the count, and a sum caught below zero (a subtraction seen before its addition) reads 0.
     #[test]
-    fn striped_bytes_sum_across_threads_and_never_read_below_zero() {
-        let bytes = StripedBytes::default();
-        bytes.add(100);
+    fn held_counts_sum_across_threads_and_never_read_below_zero() {
+        let counters = Counters::default();
+        let in_flight = |c: &Counters| c.sum(|line| &line.in_flight);
+        counters.hold(100);
         std::thread::scope(|scope| {
-            scope.spawn(|| bytes.sub(100));
+            scope.spawn(|| counters.release(100));
         });
-        assert_eq!(bytes.get(), 0);
+        assert_eq!(in_flight(&counters), 0);
         std::thread::scope(|scope| {
-            scope.spawn(|| bytes.sub(40));
+            scope.spawn(|| counters.release(40));
         });
-        assert_eq!(bytes.get(), 0);
-        bytes.add(47);
-        assert_eq!(bytes.get(), 7);
+        assert_eq!(in_flight(&counters), 0);
+        counters.hold(47);
+        assert_eq!(in_flight(&counters), 7);
     }
 
-    // Newest first across chunks, bounded, and the counts follow the chunks.
+    // Consecutive positions land on different cache lines, and every slot of a chunk is used
+    // exactly once.
+    #[test]
+    fn places_spread_consecutive_positions_over_lines() {
+        let mut seen = [false; CHUNK];
+        for at in 0..CHUNK {
+            let (chunk, index) = place(at);
+            assert_eq!(chunk, 0);
+            assert!(!std::mem::replace(&mut seen[index], true), "{at}");
+            let (_, next) = place(at + 1);
+            assert_ne!(
+                index / LANES,
+                next / LANES,
+                "{at} and {} share a line",
+                at + 1
+            );
+        }
+        assert_eq!(place(CHUNK + 3).0, 1);
+        assert_eq!(size_of::<Slot>() * LANES, 64);
+    }
+
+    // Newest first across chunks, bounded, and the counts follow the slots; a clear empties the
+    // slots and keeps them.
     #[test]
     fn ring_spans_chunks_newest_first_and_evicts_the_oldest() {
         let shared = shared();
@@ -638,46 +749,125 @@ mod tests {
                 id.checked_sub(150).filter(|&n| n > 0)
             );
         }
-        let entries = ring.entries();
+        let entries = ring.entries(&shared.counters);
         assert_eq!(ids(&entries), (51..=200).rev().collect::<Vec<_>>());
-        assert_eq!(ring.len(), 150);
-        let stats = counters.snapshot(ring.len(), &Spares::default());
-        assert_eq!(stats.evicted, 50);
+        let stats = counters.snapshot(ring.capacity(), &Spares::default());
+        assert_eq!(
+            (stats.ring_len, stats.evicted, stats.captured),
+            (150, 50, 200)
+        );
         assert_eq!(
             stats.ring_bytes,
             entries.iter().map(|e| e.retained_bytes()).sum::<usize>()
         );
         // 150 slots: three chunks (the third one's last 42 slots unused).
         assert_eq!(stats.ring_slot_bytes, 3 * CHUNK_BYTES);
-        drop(ring.clear(counters, metrics));
-        let stats = counters.snapshot(ring.len(), &Spares::default());
+        assert_eq!(ring.clear(counters, metrics).len(), 150);
+        let stats = counters.snapshot(ring.capacity(), &Spares::default());
         assert_eq!(
             (stats.ring_len, stats.ring_bytes, stats.ring_slot_bytes),
-            (0, 0, 0)
+            (0, 0, 3 * CHUNK_BYTES)
         );
-        assert!(ring.entries().is_empty());
+        assert!(ring.entries(&shared.counters).is_empty());
+        push(&ring, &shared, 201);
+        assert_eq!(ids(&ring.entries(&shared.counters)), [201]);
     }
 
-    // Issue #23: a reader copies one handle per chunk under the lock, never one per entry; the
-    // snapshot stays intact while writers push and evict (they copy a chunk a reader holds).
+    // A reader's snapshot holds its records: writers pushing and evicting meanwhile do not
+    // change it.
     #[test]
-    fn snapshot_copies_chunk_handles_not_entries() {
+    fn a_snapshot_stays_intact_while_writers_push() {
         let shared = shared();
         let ring = Ring::new(1000);
         for id in 1..=1000 {
             push(&ring, &shared, id);
         }
-        let snapshot = ring.snapshot();
-        assert_eq!(snapshot.chunks.len(), 1000_usize.div_ceil(CHUNK));
-        assert!(snapshot.iter().all(|e| Arc::strong_count(e) == 1));
+        let snapshot = ring.snapshot(&shared.counters);
+        assert!(snapshot.iter().all(|e| Arc::strong_count(e) == 2));
         for id in 1001..=1100 {
-            push(&ring, &shared, id);
+            assert!(push(&ring, &shared, id).is_some());
         }
         let held: Vec<u64> = snapshot.iter().map(|e| e.to_entry().id).collect();
         assert_eq!(held, (1..=1000).rev().collect::<Vec<_>>());
         drop(snapshot);
-        assert_eq!(ids(&ring.entries()), (101..=1100).rev().collect::<Vec<_>>());
-        // A chunk copied on write replaces the one the reader held: the count stays the same.
-        assert_eq!(ring.lock().chunks.len(), 1000_usize.div_ceil(CHUNK));
+        assert_eq!(
+            ids(&ring.entries(&shared.counters)),
+            (101..=1100).rev().collect::<Vec<_>>()
+        );
+    }
+
+    // A push held up while `capacity` others went through finds a newer entry in its slot: its
+    // own entry is the one evicted. While an id is still being pushed, a reader lists only the
+    // newest run of consecutive ids (never an older lap's entry beside the newer ones).
+    #[test]
+    fn a_late_push_never_replaces_a_newer_entry() {
+        let shared = shared();
+        let (counters, metrics) = (&shared.counters, &shared.metrics);
+        let ring = Ring::new(4);
+        for id in 1..=4 {
+            push(&ring, &shared, id);
+        }
+        // Id 5 is given but its record not yet written: 6 and 7 land first.
+        let late = finished(&shared, 5);
+        let late_bytes = late.retained_bytes();
+        counters.ids.0.fetch_add(1, Ordering::Relaxed);
+        for id in 6..=7 {
+            let record = finished(&shared, id);
+            let bytes = record.retained_bytes();
+            ring.push(record, bytes, counters, metrics);
+        }
+        assert_eq!(
+            ids(&ring.entries(&shared.counters)),
+            [7, 6],
+            "1 still sits in 5's slot"
+        );
+        // Then 8 and 9: 9 takes the slot 5 would have.
+        for id in 8..=9 {
+            let record = finished(&shared, id);
+            let bytes = record.retained_bytes();
+            ring.push(record, bytes, counters, metrics);
+        }
+        assert_eq!(ids(&ring.entries(&shared.counters)), [9, 8, 7, 6]);
+        // 5 lands now, as id 5 (its place): evicted at once.
+        counters.ids.0.fetch_sub(5, Ordering::Relaxed);
+        let pushed = ring.push(late, late_bytes, counters, metrics);
+        counters.ids.0.fetch_add(4, Ordering::Relaxed);
+        assert_eq!(
+            pushed.evicted.map(|e| e.id.load(Ordering::Relaxed)),
+            Some(5)
+        );
+        assert_eq!(pushed.delta, 0);
+        assert_eq!(ids(&ring.entries(&shared.counters)), [9, 8, 7, 6]);
+        let stats = counters.snapshot(ring.capacity(), &Spares::default());
+        assert_eq!((stats.ring_len, stats.captured, stats.evicted), (4, 9, 5));
+    }
+
+    // A push whose id was given before a clear and whose record landed after it is taken out
+    // again: the clear's promise (nothing captured before it is listed) holds, and the counts
+    // stay with the slots.
+    #[test]
+    fn a_push_straddling_a_clear_is_taken_out_again() {
+        let shared = shared();
+        let (counters, metrics) = (&shared.counters, &shared.metrics);
+        let ring = Ring::new(8);
+        push(&ring, &shared, 1);
+        // Id 2 is given, then the ring is cleared, then 2 lands.
+        counters.ids.0.fetch_add(1, Ordering::Relaxed);
+        assert_eq!(ring.clear(counters, metrics).len(), 1);
+        counters.ids.0.fetch_sub(1, Ordering::Relaxed);
+        let pushed = push_full(&ring, &shared, 2);
+        assert!(pushed.evicted.is_none());
+        assert_eq!(pushed.delta, 0, "its bytes were counted and uncounted");
+        assert!(ring.entries(&shared.counters).is_empty());
+        let stats = counters.snapshot(ring.capacity(), &Spares::default());
+        assert_eq!((stats.ring_len, stats.ring_bytes), (0, 0));
+        push(&ring, &shared, 3);
+        assert_eq!(ids(&ring.entries(&shared.counters)), [3]);
+    }
+
+    fn push_full(ring: &Ring, shared: &Arc<Shard>, id: u64) -> Pushed {
+        let record = finished(shared, id);
+        let bytes = record.retained_bytes();
+        ring.push(record, bytes, &shared.counters, &shared.metrics)
     }
 }

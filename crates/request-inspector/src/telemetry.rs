@@ -25,11 +25,19 @@ pub(crate) struct Gauge(#[cfg(feature = "metrics")] metrics::Gauge);
 
 impl Gauge {
     #[inline]
-    pub(crate) fn set(&self, value: usize) {
+    pub(crate) fn increment(&self, by: usize) {
         #[cfg(feature = "metrics")]
-        self.0.set(value as f64);
+        self.0.increment(by as f64);
         #[cfg(not(feature = "metrics"))]
-        let _ = value;
+        let _ = by;
+    }
+
+    #[inline]
+    pub(crate) fn decrement(&self, by: usize) {
+        #[cfg(feature = "metrics")]
+        self.0.decrement(by as f64);
+        #[cfg(not(feature = "metrics"))]
+        let _ = by;
     }
 }
 

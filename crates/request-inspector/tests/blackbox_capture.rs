@@ -1489,14 +1489,18 @@ async fn ring_bytes_match_entries_through_fill_and_eviction() {
     let stats = inspector.stats();
     assert_eq!(
         stats.ring_slot_bytes,
-        2 * 528,
-        "two chunks of 64 handles (as documented)"
+        2 * 1024,
+        "two chunks of 64 slots (as documented)"
     );
     inspector.clear();
     let stats = inspector.stats();
     assert!(inspector.entries().is_empty());
     assert_eq!((stats.ring_len, stats.ring_bytes), (0, 0));
-    assert_eq!(stats.retained_bytes, 0, "{stats:?}");
+    assert_eq!(
+        stats.retained_bytes,
+        2 * 1024,
+        "clear keeps only the slots: {stats:?}"
+    );
     assert_eq!(stats.captured, 200, "clear keeps the counters");
 }
 
@@ -2171,7 +2175,12 @@ fn alloc_probe() {
         // Warm-up: first-use initialisation is not the ring.
         run("/warm", Script::data(["w"])).await;
         inspector.clear();
-        assert_eq!(inspector.stats().retained_bytes, 0);
+        let slots = inspector.stats().ring_slot_bytes;
+        assert_eq!(
+            inspector.stats().retained_bytes,
+            slots,
+            "clear keeps only the slots"
+        );
 
         let one_byte = || {
             Script::data(
@@ -2236,8 +2245,13 @@ fn alloc_probe() {
             let before = inspector.stats().retained_bytes as isize;
             let region = stats_alloc::Region::new(GLOBAL);
             inspector.clear();
-            measured.push((round, "clear()", live(&region), -before));
-            assert_eq!(inspector.stats().retained_bytes, 0);
+            let after = inspector.stats().retained_bytes;
+            measured.push((round, "clear()", live(&region), after as isize - before));
+            assert_eq!(
+                after,
+                inspector.stats().ring_slot_bytes,
+                "clear keeps only the slots"
+            );
         }
         let mut failures: Vec<String> = Vec::new();
         for (_, path, _, _) in measured.iter().filter(|m| m.0 == 2) {
@@ -2419,7 +2433,10 @@ async fn clear_during_an_in_flight_capture_keeps_the_counts_exact() {
     let stats = inspector.stats();
     assert_eq!((stats.ring_len, stats.ring_bytes), (0, 0));
     assert!(stats.in_flight_bytes > 0, "the slow capture is still held");
-    assert_eq!(stats.retained_bytes, stats.in_flight_bytes);
+    assert_eq!(
+        stats.retained_bytes,
+        stats.in_flight_bytes + stats.ring_slot_bytes
+    );
     send_data(&tx, b"-end");
     drop(tx);
     assert_eq!(next_data(&mut slow_body).await.unwrap(), "-end");
@@ -2860,8 +2877,8 @@ async fn clear_racing_with_captures_keeps_counters_exact() {
         let stats = inspector.stats();
         assert_eq!(
             (stats.ring_len, stats.ring_bytes, stats.retained_bytes),
-            (0, 0, 0),
-            "round {round}: {stats:?}"
+            (0, 0, stats.ring_slot_bytes),
+            "round {round}: clear keeps only the slots: {stats:?}"
         );
     }
 }

@@ -1074,7 +1074,7 @@ async fn fill_with_spares(inspector: &Inspector) -> InspectorStats {
     run(inspector, 16, false).await;
     let s = check_quiet(inspector);
     assert_eq!(s.ring_len, 1280, "{s:?}");
-    assert_eq!(s.ring_slot_bytes, 20 * 528, "{s:?}");
+    assert_eq!(s.ring_slot_bytes, 20 * 1024, "{s:?}");
     assert!(
         s.spare_bytes > 0,
         "evictions by threads with no spare keep the evicted record: {s:?}"

@@ -1,15 +1,15 @@
-//! Black-box stress of the ring's storage (a circular array of slots in chunks of 64, copied on
-//! write when a reader still holds a chunk), through the public API only.
+//! Black-box stress of the ring's storage (a circular array of slots in chunks of 64, each slot
+//! with a lock of its own), through the public API only.
 //!
 //! Documented promises checked here (rustdoc of `Inspector`, `Entry`, `InspectorStats` and
 //! docs/request-inspector.md):
 //! - the ring holds at most `capacity` entries, newest first;
 //! - `Entry::id` is the position in capture order (1, 2, …), newest = highest, never reused,
-//!   given under the ring's lock (so every snapshot is a run of consecutive ids);
+//!   (every snapshot is a run of consecutive ids: the newest run);
 //! - `captured` counts every captured exchange, `evicted` every entry pushed out by a newer one,
 //!   `clear()` keeps both;
-//! - `ring_bytes` is the sum of `Entry::retained_bytes` over the ring, `ring_slot_bytes` is 528
-//!   bytes per chunk of 64 slots allocated as the ring first fills (0 after `clear()`), and
+//! - `ring_bytes` is the sum of `Entry::retained_bytes` over the ring, `ring_slot_bytes` is 1024
+//!   bytes per chunk of 64 slots allocated as the ring first fills (kept by `clear()`), and
 //!   `retained_bytes = in_flight_bytes + ring_bytes + ring_slot_bytes + spare_bytes` (evicted
 //!   records' arenas kept for reuse, at most 8 × 16 KiB, freed by `clear()`);
 //! - `entries()` is a consistent newest-first list, even while writers push concurrently;
@@ -43,7 +43,7 @@ use common::{Rng, read_all};
 
 /// Slots per chunk and bytes per chunk, as documented on `InspectorStats::ring_slot_bytes`.
 const CHUNK: usize = 64;
-const CHUNK_BYTES: usize = 528;
+const CHUNK_BYTES: usize = 1024;
 
 /// The capacities around the chunk size the brief asks for.
 const CAPACITIES: [usize; 9] = [1, 63, 64, 65, 127, 128, 129, 200, 1000];
@@ -255,11 +255,13 @@ impl Model {
         assert_eq!(stats.passed_through, self.passed_through, "{context}");
         assert_eq!(stats.ring_len, self.ring.len(), "{context}: ring_len");
         assert_eq!(stats.in_flight_bytes, 0, "{context}: nothing in flight");
+        // The slots of every position reached since the inspector was made: a clear keeps
+        // them, and ids (which name the positions) keep increasing.
         assert_eq!(
             stats.ring_slot_bytes,
-            slot_bytes_for(self.since_clear.min(self.capacity)),
-            "{context}: slot bytes ({} pushed since the last clear)",
-            self.since_clear
+            slot_bytes_for((self.captured as usize).min(self.capacity)),
+            "{context}: slot bytes ({} pushed)",
+            self.captured
         );
         assert_eq!(
             stats.retained_bytes,
@@ -480,9 +482,10 @@ async fn held_lists_stay_intact_while_the_ring_wraps_and_clears() {
     }
 }
 
-// clear() in the middle: the ring empties, its bytes (records and slots) drop to 0, captured and
-// evicted are kept, ids keep increasing from where they were, and the slot bytes grow again
-// chunk by chunk (528 at the 1st push, 1 056 at the 65th, ...) up to the capacity's chunks.
+// clear() in the middle: the ring empties, its records' bytes drop to 0 and its slots are kept
+// (1 024 bytes per chunk of 64 reached so far), captured and evicted are kept, ids keep
+// increasing from where they were, and the slot bytes grow chunk by chunk as the positions
+// reach new chunks, up to the capacity's chunks.
 #[tokio::test(start_paused = true)]
 async fn clear_restarts_the_slots_and_ids_keep_increasing() {
     for capacity in CAPACITIES {
@@ -513,6 +516,12 @@ async fn clear_restarts_the_slots_and_ids_keep_increasing() {
             assert_eq!(stats.evicted, evicted, "{context}");
             let peak = stats.peak_retained_bytes;
 
+            let slots = stats.ring_slot_bytes;
+            assert_eq!(
+                slots,
+                slot_bytes_for((seq as usize).min(capacity)),
+                "{context}"
+            );
             inspector.clear();
             let stats = inspector.stats();
             assert!(inspector.entries().is_empty(), "{context}");
@@ -523,8 +532,8 @@ async fn clear_restarts_the_slots_and_ids_keep_increasing() {
                     stats.ring_slot_bytes,
                     stats.retained_bytes
                 ),
-                (0, 0, 0, 0),
-                "{context}: clear frees the records and the slots: {stats:?}"
+                (0, 0, slots, slots),
+                "{context}: clear frees the records and keeps the slots: {stats:?}"
             );
             assert_eq!(stats.captured, seq, "{context}: clear keeps captured");
             assert_eq!(stats.evicted, evicted, "{context}: clear evicts nothing");
@@ -538,7 +547,7 @@ async fn clear_restarts_the_slots_and_ids_keep_increasing() {
                 let stats = inspector.stats();
                 assert_eq!(
                     stats.ring_slot_bytes,
-                    slot_bytes_for(k.min(capacity)),
+                    slot_bytes_for((seq as usize).min(capacity)),
                     "{context}: {k} pushed since clear"
                 );
                 let newest = inspector.entries_matching(&EntryFilter::new().limit(1));
@@ -760,7 +769,11 @@ async fn extreme_capacities_allocate_slots_as_they_fill() {
     }
     assert_eq!(inspector.stats().ring_slot_bytes, 3 * CHUNK_BYTES);
     inspector.clear();
-    assert_eq!(inspector.stats().ring_slot_bytes, 0);
+    assert_eq!(
+        inspector.stats().ring_slot_bytes,
+        3 * CHUNK_BYTES,
+        "clear keeps the slots"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -952,8 +965,8 @@ fn check_quiescent(inspector: &Inspector, capacity: usize, captured: u64, clears
     );
     assert_eq!(
         stats.ring_slot_bytes,
-        slot_bytes_for(entries.len()),
-        "the slots are the chunks the refilled ring needs, no copy left over: {stats:?}"
+        slot_bytes_for((captured as usize).min(capacity)),
+        "the slots are the chunks the positions reached need (a clear keeps them): {stats:?}"
     );
     assert_eq!(
         stats.retained_bytes,
@@ -1107,16 +1120,17 @@ async fn multi_thread_runtime_with_clears_and_readers() {
 
         inspector.clear();
         let stats = inspector.stats();
+        let slots = slot_bytes_for((total as usize).min(capacity));
         assert_eq!(
             (stats.ring_len, stats.ring_bytes, stats.ring_slot_bytes),
-            (0, 0, 0),
+            (0, 0, slots),
             "capacity {capacity}: {stats:?}"
         );
         assert_eq!(stats.captured, total);
         exchange(&inspector, (99, 0)).await;
         let entries = inspector.entries();
         assert_eq!(ids(&entries), vec![total + 1], "capacity {capacity}");
-        assert_eq!(inspector.stats().ring_slot_bytes, CHUNK_BYTES);
+        assert_eq!(inspector.stats().ring_slot_bytes, slots);
     }
 }
 
