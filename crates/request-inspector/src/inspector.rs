@@ -243,13 +243,15 @@ impl Inspector {
 
     /// The ring's entries, newest first.
     ///
-    /// The ring's lock is held only to copy its chunk handles (one per 64 entries); the list is
-    /// built after it is released, so a large ring does not hold up the requests being recorded.
+    /// The handles are copied out slot by slot, each slot's lock held only to copy one (there is
+    /// no lock over the whole ring), and the list is built after: a large ring does not hold up
+    /// the requests being recorded. The list is a run of consecutive ids; once writers are
+    /// quiet, exactly the newest `min(captured, capacity)` since the last [`clear`](Self::clear).
     pub fn entries(&self) -> Vec<Arc<Entry>> {
         self.shared.ring.entries(&self.shared.counters)
     }
 
-    /// The entries `filter` keeps, newest first (built outside the ring's lock).
+    /// The entries `filter` keeps, newest first (copied as [`entries`](Self::entries) copies).
     pub fn entries_matching(&self, filter: &EntryFilter) -> Vec<Arc<Entry>> {
         let snapshot = self.shared.ring.snapshot(&self.shared.counters);
         snapshot
@@ -261,15 +263,17 @@ impl Inspector {
     }
 
     /// The counters, including the bytes the layer holds right now and at its peak. Reads
-    /// atomics only: it never takes the ring's lock.
+    /// atomics only: it takes no lock.
     pub fn stats(&self) -> InspectorStats {
         self.shared
             .counters
             .snapshot(self.shared.ring.capacity(), &self.shared.spares)
     }
 
-    /// Empty the ring and free the arenas kept for reuse (counters other than the byte counts
-    /// are kept).
+    /// Empty the ring (its records are freed; its slots, 16 bytes per entry of capacity reached,
+    /// are kept, as a `Vec` keeps its capacity) and free the arenas kept for reuse. Counters other
+    /// than the byte counts are kept; ids go on from where they were. A capture finishing while
+    /// the clear runs may land after it.
     pub fn clear(&self) {
         // A clear shrinks what is held: the peak is noted first (a read does it), or the bytes
         // held since the last finished capture would never count.

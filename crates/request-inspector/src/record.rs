@@ -8,7 +8,7 @@
 //! value (each header preceded by its two lengths) and the captured body bytes, sized from the
 //! bodies' `size_hint`s. A body whose bytes arrive after something else was written behind them
 //! (a request body still streaming when the response starts) continues in a buffer of its own.
-//! Readers copy what they need out of it outside the ring's lock.
+//! Readers copy what they need out of it after copying its handle out of the ring.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -40,8 +40,8 @@ pub(crate) struct Record {
     /// [`Record::retained_bytes`], set once when the record is finished (before the ring sees it),
     /// so the ring can count an evicted record without locking it.
     retained: AtomicUsize,
-    /// The entry id, given under the ring's lock as the record is pushed, so ids follow the
-    /// ring's order even when several threads finish records at once.
+    /// The entry id, given as the record is pushed (one atomic add); the id names its slot, so
+    /// ids follow the ring's order even when several threads finish records at once.
     pub(crate) id: AtomicU64,
 }
 

@@ -581,7 +581,7 @@ impl Counters {
 
 /// What the inspector has done and what it holds, counted (not estimated from RSS).
 ///
-/// Read from atomics, without the ring's lock, while requests go on: two reads differ, but one
+/// Read from atomics, without any lock, while requests go on: two reads differ, but one
 /// read agrees with itself where it matters: `evicted <= captured`, `retained_bytes` is the sum
 /// of its four parts, and `peak_retained_bytes >= retained_bytes`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -606,8 +606,8 @@ pub struct InspectorStats {
     /// Bytes held by the ring's records: their [`Entry::retained_bytes`] summed (the record in
     /// its `Arc`, its arena and any spill buffer; an `Entry` read from it is a copy, not counted).
     pub ring_bytes: usize,
-    /// Bytes of the ring's own slots: chunks of 64 entry handles (528 bytes each on 64-bit
-    /// targets, about 8 bytes per entry), allocated as the ring first fills.
+    /// Bytes of the ring's own slots: chunks of 64 slots (1 024 bytes each on 64-bit targets,
+    /// 16 bytes per entry), allocated as the ring first reaches them and kept by `clear()`.
     pub ring_slot_bytes: usize,
     /// Bytes of evicted records kept for reuse by the next captures, each counted as
     /// [`Entry::retained_bytes`] counts it (the record and its emptied arena's capacity): at
