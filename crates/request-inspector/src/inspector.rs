@@ -32,6 +32,24 @@ pub(crate) struct Shared {
     pub(crate) stripes: OnceLock<[Weak<Shard>; STRIPES]>,
 }
 
+impl Drop for Shared {
+    /// The ring's gauges move by increments (summed over the inspectors of a process): this
+    /// inspector's part is taken out of them when it goes.
+    fn drop(&mut self) {
+        let counters = &self.counters;
+        self.metrics
+            .ring_entries
+            .decrement(counters.sum(|line| &line.ring_len));
+        self.metrics.ring_bytes.decrement(
+            counters.sum(|line| &line.ring_bytes)
+                + counters
+                    .loose
+                    .slot_bytes
+                    .load(std::sync::atomic::Ordering::Relaxed),
+        );
+    }
+}
+
 impl Shared {
     /// The inspector's shard for `stripe`, while its shards live (they live as long as the
     /// inspector, a layer or a service a layer made; a clone that outlives them all keeps the

@@ -28,17 +28,20 @@ impl Slot {
     }
 }
 
-type Chunk = [Slot; CHUNK];
+/// [`CHUNK`] slots, on cache lines of their own.
+#[derive(Debug)]
+#[repr(align(64))]
+struct Chunk([Slot; CHUNK]);
 
-/// How many times a reader yields for an id being pushed before it lists only the entries
-/// above it. A push holds its id only while it locks and writes one slot (no `.await`, no IO):
-/// a reader waits for it as it would wait for a lock the pusher held, and the bound is only a
-/// safety net (a pusher preempted there is back within a time slice).
-const GAP_WAIT: usize = 1_000_000;
+/// How long a reader waits for an id being pushed before it lists only the entries below it.
+/// A push holds its id only while it locks and writes one slot (no `.await`, no IO): a reader
+/// waits for it as it would wait for a lock the pusher held (spinning a little, then
+/// yielding), and the bound is a safety net for a pusher preempted there.
+const GAP_WAIT: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// How many times a reader starts its list again past entries pushed out while it read them
-/// (it reads a slot in tens of nanoseconds, a writer pushes in a microsecond or more: it
-/// overtakes them at once).
+/// (it starts again at the oldest id the ring can still hold, and reads a slot in tens of
+/// nanoseconds where a writer pushes in a microsecond or more: it overtakes them at once).
 const MAX_RESTARTS: usize = 16;
 
 /// What a reader found in an id's slot.
@@ -114,19 +117,18 @@ impl Ring {
         }
     }
 
-    /// The slot of position `at`, its chunk allocated (and counted) on first use; `added`: the
-    /// chunk's bytes if this call allocated it.
-    fn slot(&self, at: usize, counters: &Counters, added: &mut usize) -> &Slot {
-        let (chunk, index) = place(at);
-        let chunk = self.chunks[chunk].get_or_init(|| {
+    /// Chunk `n`, allocated (and counted) on first use; `added`: the chunk's bytes if this call
+    /// allocated it.
+    fn chunk(&self, n: usize, counters: &Counters, metrics: &Metrics, added: &mut usize) -> &Chunk {
+        self.chunks[n].get_or_init(|| {
             counters
                 .loose
                 .slot_bytes
                 .fetch_add(CHUNK_BYTES, Ordering::Relaxed);
+            metrics.ring_bytes.increment(CHUNK_BYTES);
             *added = CHUNK_BYTES;
-            Box::new(std::array::from_fn(|_| Slot::default()))
-        });
-        &chunk[index]
+            Box::new(Chunk(std::array::from_fn(|_| Slot::default())))
+        })
     }
 
     /// Push the newest record, which keeps `added` bytes alive; the one it replaces (the oldest,
@@ -143,7 +145,8 @@ impl Ring {
         entry.id.store(id, Ordering::Relaxed);
         let at = usize::try_from((id - 1) % self.capacity as u64).unwrap_or(0);
         let mut slot_bytes = 0;
-        let slot = self.slot(at, counters, &mut slot_bytes);
+        let (chunk, index) = place(at);
+        let slot = &self.chunk(chunk, counters, metrics, &mut slot_bytes).0[index];
         let mut held = slot.lock();
         let (evicted, kept) = match held.as_ref() {
             // A later lap wrote this slot first (this push was held up while `capacity` others
@@ -159,7 +162,7 @@ impl Ring {
             .map_or(0, |oldest| oldest.retained_bytes());
         if kept {
             line.ring_bytes.fetch_add(added as u64, Ordering::Relaxed);
-            metrics.ring_bytes.increment(added + slot_bytes);
+            metrics.ring_bytes.increment(added);
         }
         if removed != 0 {
             line.ring_bytes.fetch_sub(removed as u64, Ordering::Relaxed);
@@ -207,16 +210,23 @@ impl Ring {
     /// The entries, newest first: a run of consecutive ids, the newest `capacity` above the
     /// last clear. Copied out slot by slot, oldest first, each slot's lock held only to copy
     /// its handle; no lock is held over the whole ring, so writers go on meanwhile:
-    /// - an id given but not landed yet (its push between taking the id and locking its slot)
-    ///   is waited for, [`GAP_WAIT`] yields at most (the list is then the run above it);
     /// - an entry pushed out while the list is being read (a writer reached its slot first)
-    ///   takes the list's start past it, and the list reaches as many newer ids further up.
+    ///   starts the list again at the oldest id the ring can still hold, and the list reaches
+    ///   as many newer ids further up;
+    /// - an id given but not landed yet (its push between taking the id and locking its slot)
+    ///   is waited for, [`GAP_WAIT`] at most; the list then ends below it.
     pub(crate) fn snapshot(&self, counters: &Counters) -> Snapshot {
+        self.snapshot_from(counters, counters.ids.0.load(Ordering::Acquire))
+    }
+
+    /// [`snapshot`](Self::snapshot) with the newest id given read as `top` (a reader that read
+    /// it and was then held up, in tests).
+    fn snapshot_from(&self, counters: &Counters, mut top: u64) -> Snapshot {
         let capacity = self.capacity as u64;
         let given = || counters.ids.0.load(Ordering::Acquire);
         let cleared = || self.cleared.load(Ordering::SeqCst);
-        let mut top = given();
-        let mut from = top.saturating_sub(capacity).max(cleared()) + 1;
+        let oldest = |newest: u64| newest.saturating_sub(capacity).max(cleared()) + 1;
+        let mut from = oldest(top);
         // Oldest first; reversed at the end.
         let mut listed: Vec<Arc<Record>> =
             Vec::with_capacity(usize::try_from(top + 1 - from.min(top + 1)).unwrap_or(0));
@@ -229,12 +239,12 @@ impl Ring {
                     id += 1;
                 }
                 // Pushed out (or cleared) while this list was read: so is everything older.
-                // Or not landed: the list is the newest run above it.
-                Probe::Gone | Probe::Late if restarts < MAX_RESTARTS => {
+                Probe::Gone if restarts < MAX_RESTARTS => {
                     restarts += 1;
                     listed.clear();
-                    from = (id + 1).max(cleared() + 1);
-                    top = top.max(given().min(from + capacity - 1));
+                    let newest = given();
+                    from = (id + 1).max(oldest(newest));
+                    top = top.max(newest.min(from + capacity - 1));
                     id = from;
                 }
                 Probe::Gone | Probe::Late => break,
@@ -245,13 +255,14 @@ impl Ring {
     }
 
     /// Whether `id`'s record is in its slot: waited for while its push is on its way
-    /// ([`GAP_WAIT`] yields at most).
+    /// ([`GAP_WAIT`] at most).
     fn probe(&self, id: u64) -> Probe {
         let at = usize::try_from((id - 1) % self.capacity as u64).unwrap_or(0);
         let (chunk, index) = place(at);
-        for _ in 0..GAP_WAIT {
+        let (mut spins, mut deadline) = (0, None);
+        loop {
             if let Some(chunk) = self.chunks[chunk].get() {
-                match chunk[index].lock().as_ref() {
+                match chunk.0[index].lock().as_ref() {
                     Some(record) if record.id.load(Ordering::Relaxed) == id => {
                         return Probe::Landed(Arc::clone(record));
                     }
@@ -262,9 +273,17 @@ impl Ring {
             if id <= self.cleared.load(Ordering::SeqCst) {
                 return Probe::Gone;
             }
+            if spins < 64 {
+                spins += 1;
+                std::hint::spin_loop();
+                continue;
+            }
+            let now = std::time::Instant::now();
+            if now >= *deadline.get_or_insert(now + GAP_WAIT) {
+                return Probe::Late;
+            }
             std::thread::yield_now();
         }
-        Probe::Late
     }
 
     /// The entries, newest first, made from the records outside any lock.
@@ -281,8 +300,14 @@ impl Ring {
         let upto = counters.ids.0.load(Ordering::SeqCst);
         self.cleared.fetch_max(upto, Ordering::SeqCst);
         let mut taken = Vec::new();
-        for chunk in self.chunks.iter().filter_map(OnceLock::get) {
-            for slot in chunk.iter() {
+        // Every chunk an id up to `upto` names, made here if its first push is still on its way
+        // (it would make it anyway): that push then finds it made, and either lands before this
+        // sweep locks its slot (and is swept) or after (and sees `cleared`, and takes its entry
+        // out again). A chunk no such id names holds none of them.
+        let reached = usize::try_from(upto.min(self.capacity as u64)).unwrap_or(self.capacity);
+        for n in 0..reached.div_ceil(CHUNK) {
+            let chunk = self.chunk(n, counters, metrics, &mut 0);
+            for slot in &chunk.0 {
                 let mut held = slot.lock();
                 if held
                     .as_ref()
@@ -797,8 +822,8 @@ mod tests {
     }
 
     // A push held up while `capacity` others went through finds a newer entry in its slot: its
-    // own entry is the one evicted. While an id is still being pushed, a reader lists only the
-    // newest run of consecutive ids (never an older lap's entry beside the newer ones).
+    // own entry is the one evicted. While an id is still being pushed, a reader lists a run of
+    // consecutive ids below it (never an older lap's entry beside the newer ones).
     #[test]
     fn a_late_push_never_replaces_a_newer_entry() {
         let shared = shared();
@@ -816,11 +841,9 @@ mod tests {
             let bytes = record.retained_bytes();
             ring.push(record, bytes, counters, metrics);
         }
-        assert_eq!(
-            ids(&ring.entries(&shared.counters)),
-            [7, 6],
-            "1 still sits in 5's slot"
-        );
+        // 1 still sits in 5's slot: a reader waits for 5 (`GAP_WAIT`), then lists the run
+        // below it.
+        assert_eq!(ids(&ring.entries(&shared.counters)), [4]);
         // Then 8 and 9: 9 takes the slot 5 would have.
         for id in 8..=9 {
             let record = finished(&shared, id);
@@ -863,6 +886,25 @@ mod tests {
         assert_eq!((stats.ring_len, stats.ring_bytes), (0, 0));
         push(&ring, &shared, 3);
         assert_eq!(ids(&ring.entries(&shared.counters)), [3]);
+    }
+
+    // A reader held up while more than `MAX_RESTARTS` entries were pushed out under it starts
+    // again at the oldest id the ring still holds, not one id further each time (which ran out
+    // of restarts and listed nothing).
+    #[test]
+    fn a_reader_lapped_by_writers_lists_the_ring_as_it_is_now() {
+        let shared = shared();
+        let ring = Ring::new(4);
+        for id in 1..=24 {
+            push(&ring, &shared, id);
+        }
+        // The reader read 4 as the newest id, then 20 more were pushed.
+        let listed = ring.snapshot_from(&shared.counters, 4);
+        let ids: Vec<u64> = listed
+            .iter()
+            .map(|r| r.id.load(Ordering::Relaxed))
+            .collect();
+        assert_eq!(ids, [24, 23, 22, 21]);
     }
 
     fn push_full(ring: &Ring, shared: &Arc<Shard>, id: u64) -> Pushed {

@@ -180,6 +180,15 @@ fn inspector_series_count_modes_bytes_and_evictions() {
                     bytes_before + gauge(&snap, "inspector.ring.bytes"),
                     (stats.ring_bytes + stats.ring_slot_bytes) as f64
                 );
+                // An inspector that goes takes its part out of the gauges (they are summed
+                // over a process's inspectors): what it held, since the last snapshot.
+                drop((app, inspector));
+                let snap = snapshotter.snapshot().into_vec();
+                assert_eq!(gauge(&snap, "inspector.ring.entries"), -1.0);
+                assert_eq!(
+                    gauge(&snap, "inspector.ring.bytes"),
+                    -((stats.ring_bytes + stats.ring_slot_bytes) as f64)
+                );
             });
     });
 }
