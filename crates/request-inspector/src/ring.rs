@@ -160,14 +160,12 @@ impl Ring {
             .as_ref()
             .filter(|_| kept)
             .map_or(0, |oldest| oldest.retained_bytes());
-        if kept {
-            line.ring_bytes.fetch_add(added as u64, Ordering::Relaxed);
-            metrics.ring_bytes.increment(added);
-        }
-        if removed != 0 {
-            line.ring_bytes.fetch_sub(removed as u64, Ordering::Relaxed);
-            metrics.ring_bytes.decrement(removed);
-        }
+        let records = if kept { added as isize } else { 0 } - removed as isize;
+        // One change of this thread's count, and of the gauge (one update of a line every
+        // thread writes, with a recorder).
+        line.ring_bytes
+            .fetch_add(records as i64 as u64, Ordering::Relaxed);
+        metrics.ring_bytes.change(records);
         if kept && evicted.is_none() {
             line.ring_len.fetch_add(1, Ordering::Relaxed);
             metrics.ring_entries.increment(1);
@@ -179,8 +177,7 @@ impl Ring {
         }
         // A `clear` that began after this id was given and swept this slot before the entry
         // landed: the entry is taken out again, as the sweep would have.
-        let mut delta =
-            slot_bytes as isize + if kept { added as isize } else { 0 } - removed as isize;
+        let mut delta = slot_bytes as isize + records;
         if kept && id <= self.cleared.load(Ordering::SeqCst) {
             let mut held = slot.lock();
             if held

@@ -32,6 +32,16 @@ impl Gauge {
         let _ = by;
     }
 
+    /// Moves the gauge by `delta` (nothing when it is 0).
+    #[inline]
+    pub(crate) fn change(&self, delta: isize) {
+        if delta > 0 {
+            self.increment(delta.unsigned_abs());
+        } else if delta < 0 {
+            self.decrement(delta.unsigned_abs());
+        }
+    }
+
     #[inline]
     pub(crate) fn decrement(&self, by: usize) {
         #[cfg(feature = "metrics")]
