@@ -707,10 +707,7 @@ mod tests {
     }
 
     fn push(ring: &Ring, shared: &Arc<Shard>, id: u64) -> Option<Arc<Record>> {
-        let record = finished(shared, id);
-        let bytes = record.retained_bytes();
-        ring.push(record, bytes, &shared.counters, &shared.metrics)
-            .evicted
+        push_full(ring, shared, id).evicted
     }
 
     fn ids(entries: &[Arc<Entry>]) -> Vec<u64> {
@@ -834,18 +831,14 @@ mod tests {
         let late_bytes = late.retained_bytes();
         counters.ids.0.fetch_add(1, Ordering::Relaxed);
         for id in 6..=7 {
-            let record = finished(&shared, id);
-            let bytes = record.retained_bytes();
-            ring.push(record, bytes, counters, metrics);
+            push(&ring, &shared, id);
         }
         // 1 still sits in 5's slot: a reader waits for 5 (`GAP_WAIT`), then lists the run
         // below it.
         assert_eq!(ids(&ring.entries(&shared.counters)), [4]);
         // Then 8 and 9: 9 takes the slot 5 would have.
         for id in 8..=9 {
-            let record = finished(&shared, id);
-            let bytes = record.retained_bytes();
-            ring.push(record, bytes, counters, metrics);
+            push(&ring, &shared, id);
         }
         assert_eq!(ids(&ring.entries(&shared.counters)), [9, 8, 7, 6]);
         // 5 lands now, as id 5 (its place): evicted at once.
