@@ -28,9 +28,10 @@
 //!   [`InspectorConfig::require_owner`], each entry names its owner, a request without one is
 //!   counted, never stored, and [`EntryFilter::owner`] serves each caller only its own entries
 //!   (I6);
-//! - the ring has a fixed capacity, newest first; its lock is held only to push an entry or to
-//!   copy out one handle per 64 entries, never across an `.await`, and [`Inspector::stats`]
-//!   reads atomics only; [`InspectorStats`] counts the bytes the layer holds as the allocator
+//! - the ring has a fixed capacity, newest first, and no lock over it: a push takes an id and
+//!   locks only that id's slot, a reader copies the handles slot by slot (every list a run of
+//!   consecutive ids), no lock is ever held across an `.await`, and [`Inspector::stats`] reads
+//!   atomics only; [`InspectorStats`] counts the bytes the layer holds as the allocator
 //!   sees them, so "how much memory does the inspector cost" is a number, not a guess;
 //! - a polling GET costs little: no allocation beyond its request id's (a generated id is a
 //!   slice of a per-thread buffer written 16 ids at a time), no string building;
