@@ -117,6 +117,11 @@ impl Ring {
         }
     }
 
+    /// Where the entry with id `id` (1, 2, …) lives: position `(id - 1) % capacity`.
+    fn place_of(&self, id: u64) -> (usize, usize) {
+        place(usize::try_from((id - 1) % self.capacity as u64).unwrap_or(0))
+    }
+
     /// Chunk `n`, allocated (and counted) on first use; `added`: the chunk's bytes if this call
     /// allocated it.
     fn chunk(&self, n: usize, counters: &Counters, metrics: &Metrics, added: &mut usize) -> &Chunk {
@@ -143,9 +148,8 @@ impl Ring {
         // The id gives the entry its place: ids follow the ring's order (newest = highest).
         let id = counters.ids.0.fetch_add(1, Ordering::Relaxed) + 1;
         entry.id.store(id, Ordering::Relaxed);
-        let at = usize::try_from((id - 1) % self.capacity as u64).unwrap_or(0);
         let mut slot_bytes = 0;
-        let (chunk, index) = place(at);
+        let (chunk, index) = self.place_of(id);
         let slot = &self.chunk(chunk, counters, metrics, &mut slot_bytes).0[index];
         let mut held = slot.lock();
         let (evicted, kept) = match held.as_ref() {
@@ -254,8 +258,7 @@ impl Ring {
     /// Whether `id`'s record is in its slot: waited for while its push is on its way
     /// ([`GAP_WAIT`] at most).
     fn probe(&self, id: u64) -> Probe {
-        let at = usize::try_from((id - 1) % self.capacity as u64).unwrap_or(0);
-        let (chunk, index) = place(at);
+        let (chunk, index) = self.place_of(id);
         let (mut spins, mut deadline) = (0, None);
         loop {
             if let Some(chunk) = self.chunks[chunk].get() {
