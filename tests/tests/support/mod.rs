@@ -13,8 +13,22 @@ use std::time::Duration;
 /// TCP connections (either end) on `port` that are not closed: every state except LISTEN,
 /// TIME_WAIT and CLOSE, read from `/proc/net/tcp` and `/proc/net/tcp6` (the whole network
 /// namespace, but ports are unique, so this counts the connections to one test server).
+/// Connects in progress and closes in transit count: what a leak check needs.
 pub(crate) fn open_connections(port: u16) -> usize {
-    let mut open = 0;
+    // 0A LISTEN, 06 TIME_WAIT, 07 CLOSE.
+    sockets(port, |state| !matches!(state, "0A" | "06" | "07"))
+}
+
+/// TCP connections (either end) on `port` in the ESTABLISHED state only: the connections a
+/// client can send on (no connect still in its handshake, no close in transit), for bounds on
+/// how many a pool keeps.
+pub(crate) fn established_connections(port: u16) -> usize {
+    sockets(port, |state| state == "01")
+}
+
+/// Sockets on `port` (local or remote) whose `/proc/net/tcp` state (two hex digits) `keep`s.
+fn sockets(port: u16, keep: impl Fn(&str) -> bool) -> usize {
+    let mut count = 0;
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let Ok(text) = std::fs::read_to_string(table) else {
             continue;
@@ -29,17 +43,14 @@ pub(crate) fn open_connections(port: u16) -> usize {
                     .next()
                     .and_then(|p| u16::from_str_radix(p, 16).ok())
             };
-            let state = fields[3];
-            // 0A LISTEN, 06 TIME_WAIT, 07 CLOSE.
-            if matches!(state, "0A" | "06" | "07") {
-                continue;
-            }
-            if port_of(fields[1]) == Some(port) || port_of(fields[2]) == Some(port) {
-                open += 1;
+            if keep(fields[3])
+                && (port_of(fields[1]) == Some(port) || port_of(fields[2]) == Some(port))
+            {
+                count += 1;
             }
         }
     }
-    open
+    count
 }
 
 /// Tasks alive on the current tokio runtime (stable `RuntimeMetrics::num_alive_tasks`).
