@@ -88,8 +88,9 @@ pub use clock::{FixedClock, SystemClock, WallClock};
 pub use error::{BuildError, CredentialsError, KubeconfigParseError, SessionError};
 pub use key::SessionKey;
 pub use pool::{
-    AuthKind, ConnectionStats, DEFAULT_AAD_TOKEN_TIMEOUT, DEFAULT_BUILD_TIMEOUT, MAX_ENTRIES_KNOB,
-    MAX_IN_FLIGHT_KNOB, Session, SessionPool, SessionPoolBuilder, TTL_KNOB,
+    AuthKind, ConnectionStats, DEFAULT_AAD_TOKEN_TIMEOUT, DEFAULT_BUILD_TIMEOUT,
+    DEFAULT_TOKEN_FILE_TIMEOUT, MAX_ENTRIES_KNOB, MAX_IN_FLIGHT_KNOB, Session, SessionPool,
+    SessionPoolBuilder, TTL_KNOB,
 };
 pub use source::{
     AKS_SERVER_SCOPE, ARM_SCOPE, AksSource, AksSourceBuilder, ClusterCredentials, ClusterMaterial,

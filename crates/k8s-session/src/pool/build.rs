@@ -11,6 +11,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::in_flight::InFlightLayer;
 use super::rejection::{OnRejected, RejectionLayer};
+use super::token_file::{TokenFile, TokenFileLayer, bearer};
 use super::transport::{ConnectionCounters, Router, StackOptions};
 use crate::telemetry::ClusterMetrics;
 use crate::ttl::system_time_from_unix;
@@ -50,6 +51,8 @@ pub(crate) struct ClientOptions {
     pub(crate) aad_token_timeout: Duration,
     /// The bound on one session's whole build (applied by the pool).
     pub(crate) build_timeout: Duration,
+    /// The longest a request waits for a due re-read of the user's token file.
+    pub(crate) token_file_timeout: Duration,
 }
 
 /// A built client and what is known about its credentials.
@@ -147,6 +150,7 @@ pub(crate) async fn build(
         AuthKind::Other
     };
 
+    let token_file = take_token_file(&mut config.auth_info, options.token_file_timeout).await?;
     check_tokens(&config.auth_info, auth)?;
     config.default_retry = options.kube_retry;
     config.connect_timeout = options.connect_timeout;
@@ -158,6 +162,7 @@ pub(crate) async fn build(
     let client = if options.http2 && config.proxy_url.is_none() {
         own_stack(&config, options, counters, metrics)?
             .with_layer(&rejection)
+            .with_layer(&token_file)
             .build()
     } else {
         // kube's default stack: HTTP/1.1 (a proxy is configured, or HTTP/2 is off). One
@@ -166,6 +171,7 @@ pub(crate) async fn build(
             .map_err(BuildError::Client)?
             .with_layer(&InFlightLayer::new(options.max_in_flight))
             .with_layer(&rejection)
+            .with_layer(&token_file)
             .build()
     };
     Ok(Built {
@@ -247,7 +253,8 @@ impl<S> OwnStack for S where
 /// key), read here asynchronously and put in the kubeconfig as data: kube reads them with
 /// blocking calls while it builds the client, and a file that never finishes reading (a FIFO,
 /// a hung mount) would block the runtime's thread beyond any timeout. Data given inline wins,
-/// as in kube. A selection kube cannot resolve is left to kube, which reports it.
+/// as in kube. A selection kube cannot resolve is left to kube, which reports it. (A token
+/// file is taken from kube altogether: [`take_token_file`].)
 async fn inline_files(
     kubeconfig: &mut Kubeconfig,
     context: Option<&str>,
@@ -309,22 +316,38 @@ async fn inline_files(
         {
             return Err(BuildError::ClientKey);
         }
-        // A token file stays a path (kube re-reads it as it rotates), but kube's first read is
-        // a blocking one as the client is built: it is read here first, under the build's bound,
-        // so that a file that never finishes reading fails the build instead of blocking the
-        // runtime's thread. (kube's later re-reads, as the token rotates, stay blocking.)
-        if user.token.is_none()
-            && user.auth_provider.is_none()
-            && let Some(path) = &user.token_file
-        {
-            read_file(path.clone(), |path, source| BuildError::ReadFile {
-                path,
-                source,
-            })
-            .await?;
-        }
     }
     Ok(())
+}
+
+/// A token file kube would send (its order: an auth provider, then basic auth, an inline token,
+/// a token file, an exec plugin), taken from kube: read here, under the build's bound, and then
+/// re-read asynchronously as it rotates by the [`TokenFileLayer`] (kube re-reads it with a
+/// blocking call under a lock every request waits on). The user's exec plugin, which kube would
+/// never run beside a token file, is dropped with it.
+async fn take_token_file(
+    user: &mut AuthInfo,
+    wait: Duration,
+) -> Result<TokenFileLayer, BuildError> {
+    let basic = user.username.is_some() && user.password.is_some();
+    if user.auth_provider.is_some() || basic || user.token.is_some() {
+        return Ok(TokenFileLayer::new(None));
+    }
+    let Some(path) = user.token_file.take() else {
+        return Ok(TokenFileLayer::new(None));
+    };
+    user.exec = None;
+    let bytes = read_file(path.clone(), |path, source| BuildError::ReadFile {
+        path,
+        source,
+    })
+    .await?;
+    let header = bearer(&bytes).map_err(|_| BuildError::InvalidToken { what: "token file" })?;
+    Ok(TokenFileLayer::new(Some(TokenFile::new(
+        PathBuf::from(path),
+        header,
+        wait,
+    ))))
 }
 
 /// The most a file named by a kubeconfig (a CA bundle, a certificate, a key, a token) may

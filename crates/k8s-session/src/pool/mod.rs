@@ -5,6 +5,7 @@ pub(crate) use build::read_limited;
 mod in_flight;
 mod rejection;
 mod session;
+mod token_file;
 mod transport;
 
 use std::fmt;
@@ -65,6 +66,12 @@ const MAX_BUILD_TIMEOUT: Duration =
 /// The default bound on fetching a kubelogin user's AAD token while a session is built
 /// ([`SessionPoolBuilder::aad_token_timeout`]).
 pub const DEFAULT_AAD_TOKEN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The default bound on a request's wait for a due re-read of a kubeconfig's `tokenFile`
+/// ([`SessionPoolBuilder::token_file_timeout`]).
+pub const DEFAULT_TOKEN_FILE_TIMEOUT: Duration = Duration::from_secs(1);
+/// The longest [`SessionPoolBuilder::token_file_timeout`].
+const MAX_TOKEN_FILE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The range explicit connect and read timeouts are clamped into.
 const TIMEOUT_RANGE: (Duration, Duration) = (Duration::from_millis(1), Duration::from_secs(86_400));
@@ -179,6 +186,7 @@ impl SessionPool {
                 keep_alive: (DEFAULT_KEEP_ALIVE_INTERVAL, DEFAULT_KEEP_ALIVE_TIMEOUT),
                 aad_token_timeout: DEFAULT_AAD_TOKEN_TIMEOUT,
                 build_timeout: DEFAULT_BUILD_TIMEOUT,
+                token_file_timeout: DEFAULT_TOKEN_FILE_TIMEOUT,
             },
             observer: None,
         }
@@ -497,6 +505,24 @@ impl SessionPoolBuilder {
     pub fn aad_token_timeout(mut self, timeout: Duration) -> Self {
         self.options.aad_token_timeout =
             timeout.clamp(Duration::from_millis(1), MAX_AAD_TOKEN_TIMEOUT);
+        self
+    }
+
+    /// The longest a request waits for a due re-read of the kubeconfig's `tokenFile` (default
+    /// [`DEFAULT_TOKEN_FILE_TIMEOUT`], 1 s; clamped into [1 ms, 60 s]). A session whose user
+    /// names a token file (and nothing kube would prefer: an auth provider, basic auth, an
+    /// inline token) reads it once as it is built, then again when the last read is 50 s old, as
+    /// kube does, so that a rotated token (a projected service-account token) is sent. Unlike
+    /// kube, which re-reads the file with a blocking call under a lock every request of the
+    /// client waits on, the read runs on tokio's blocking pool, one at a time per session: a
+    /// request waits for a due read at most this long, then goes with the last token read. A
+    /// file removed, unreadable or holding no valid token keeps the last token (as kube and
+    /// client-go do), with a `warn`. Surrounding whitespace (a trailing newline) is trimmed, as
+    /// client-go does.
+    #[must_use]
+    pub fn token_file_timeout(mut self, timeout: Duration) -> Self {
+        self.options.token_file_timeout =
+            timeout.clamp(Duration::from_millis(1), MAX_TOKEN_FILE_TIMEOUT);
         self
     }
 

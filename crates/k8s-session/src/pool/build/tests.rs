@@ -28,6 +28,7 @@ fn options() -> ClientOptions {
         keep_alive: (Duration::from_secs(20), Duration::from_secs(10)),
         aad_token_timeout: Duration::from_secs(60),
         build_timeout: Duration::from_secs(150),
+        token_file_timeout: Duration::from_secs(1),
     }
 }
 

@@ -1,0 +1,260 @@
+//! A kubeconfig's `tokenFile`, re-read asynchronously as it rotates.
+//!
+//! kube re-reads a token file with a blocking `read_to_string`, inside the request's future and
+//! under a lock every request of the client waits on: a file on a hung mount would block a
+//! runtime thread and every request of the session, with no timeout able to end either. Here
+//! the file is read on tokio's blocking pool, one read at a time per session; a request waits
+//! for a due read at most [`token_file_timeout`](crate::SessionPoolBuilder::token_file_timeout)
+//! and otherwise goes with the last token read.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use http::{HeaderValue, Request, header::AUTHORIZATION};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::build::{MAX_FILE_BYTES, read_limited};
+
+/// How old the last read may be before the file is read again: kube re-reads a token file when
+/// its minute is within 10 s of running out.
+pub(crate) const RELOAD_AFTER: Duration = Duration::from_secs(50);
+
+/// What reads the file (the blocking pool in production; a test's own reader in unit tests).
+type Reader = Arc<dyn Fn(PathBuf) -> BoxFuture<'static, io::Result<Vec<u8>>> + Send + Sync>;
+
+/// The token file of one session, shared by its clients' clones.
+pub(crate) struct TokenFile {
+    path: PathBuf,
+    /// The longest a request waits for a due read.
+    wait: Duration,
+    /// How old a read may get before the next is due.
+    reload_after: Duration,
+    read: Reader,
+    state: Mutex<State>,
+}
+
+struct State {
+    /// `Bearer <token>`, marked sensitive.
+    header: HeaderValue,
+    /// When the next read is due.
+    due: Instant,
+    /// The read under way, if any: requests wait for it until `deadline`.
+    reading: Option<Reading>,
+}
+
+struct Reading {
+    deadline: Instant,
+    done: watch::Receiver<bool>,
+}
+
+/// Why a token file's contents cannot be sent.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct InvalidToken;
+
+/// `Bearer <token>` from a token file's bytes: surrounding whitespace trimmed (as client-go
+/// does; kube would send a trailing newline and fail every request), neither empty nor holding
+/// anything a header value cannot.
+pub(crate) fn bearer(bytes: &[u8]) -> Result<HeaderValue, InvalidToken> {
+    let token = bytes.trim_ascii();
+    if token.is_empty() {
+        return Err(InvalidToken);
+    }
+    let mut value = Vec::with_capacity(7 + token.len());
+    value.extend_from_slice(b"Bearer ");
+    value.extend_from_slice(token);
+    let mut header = HeaderValue::from_bytes(&value).map_err(|_| InvalidToken)?;
+    header.set_sensitive(true);
+    Ok(header)
+}
+
+impl TokenFile {
+    /// The token file at `path`, whose first read (made while the session was built) gave
+    /// `header`.
+    pub(crate) fn new(path: PathBuf, header: HeaderValue, wait: Duration) -> Arc<Self> {
+        Self::with_reader(
+            path,
+            header,
+            wait,
+            RELOAD_AFTER,
+            Arc::new(|path: PathBuf| {
+                Box::pin(async move { read_limited(&path, MAX_FILE_BYTES).await })
+            }),
+        )
+    }
+
+    fn with_reader(
+        path: PathBuf,
+        header: HeaderValue,
+        wait: Duration,
+        reload_after: Duration,
+        read: Reader,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            path,
+            wait,
+            reload_after,
+            read,
+            state: Mutex::new(State {
+                header,
+                due: Instant::now() + reload_after,
+                reading: None,
+            }),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every update leaves the state whole: a panic elsewhere cannot spoil it.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The header to send now.
+    fn header(&self) -> HeaderValue {
+        self.lock().header.clone()
+    }
+
+    /// If a read is due, start it (unless one is under way); then what a request waits on: the
+    /// read under way until its deadline, or nothing.
+    fn wait_if_due(self: &Arc<Self>) -> Option<BoxFuture<'static, ()>> {
+        let now = Instant::now();
+        let mut state = self.lock();
+        if state.reading.is_none() {
+            if now < state.due {
+                return None;
+            }
+            // Outside a runtime (not reached through kube's client), nothing can be spawned:
+            // the last token is sent.
+            let runtime = tokio::runtime::Handle::try_current().ok()?;
+            let (done, waiting) = watch::channel(false);
+            state.reading = Some(Reading {
+                deadline: now + self.wait,
+                done: waiting,
+            });
+            runtime.spawn(Arc::clone(self).reload(done));
+        }
+        let reading = state.reading.as_ref()?;
+        if now >= reading.deadline {
+            return None;
+        }
+        let (deadline, mut done) = (reading.deadline, reading.done.clone());
+        Some(Box::pin(async move {
+            // Ends when the read does, or at the deadline; a closed channel ends it too.
+            let _ = tokio::time::timeout_at(deadline, done.wait_for(|done| *done)).await;
+        }))
+    }
+
+    /// One read: the new token, or the last one kept (a file removed or unreadable, as kube and
+    /// client-go keep it; kubernetes/kubernetes#68164). The next read is due `reload_after`
+    /// from now. A read that never returns keeps every later one from starting.
+    async fn reload(self: Arc<Self>, done: watch::Sender<bool>) {
+        let read = (self.read)(self.path.clone()).await;
+        {
+            let mut state = self.lock();
+            match read.map(|bytes| bearer(&bytes)) {
+                Ok(Ok(header)) => state.header = header,
+                Ok(Err(InvalidToken)) => tracing::warn!(
+                    path = %self.path.display(),
+                    "the token file holds no valid bearer token; the last token read is sent"
+                ),
+                Err(error) => tracing::warn!(
+                    path = %self.path.display(),
+                    %error,
+                    "re-reading the token file failed; the last token read is sent"
+                ),
+            }
+            state.due = Instant::now() + self.reload_after;
+            state.reading = None;
+        }
+        done.send_replace(true);
+    }
+}
+
+impl fmt::Debug for TokenFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The token is a secret: only the path is shown.
+        f.debug_struct("TokenFile")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Sets `Authorization` from a session's [`TokenFile`] (a pass-through without one).
+#[derive(Debug, Clone)]
+pub(crate) struct TokenFileLayer(Option<Arc<TokenFile>>);
+
+impl TokenFileLayer {
+    pub(crate) fn new(file: Option<Arc<TokenFile>>) -> Self {
+        Self(file)
+    }
+}
+
+impl<S> Layer<S> for TokenFileLayer {
+    type Service = TokenFileAuth<S>;
+
+    fn layer(&self, inner: S) -> TokenFileAuth<S> {
+        TokenFileAuth {
+            inner,
+            file: self.0.clone(),
+            waiting: None,
+        }
+    }
+}
+
+/// The service of [`TokenFileLayer`]: not ready while a due read is under way (until its
+/// deadline), so that the request after a rotation carries the new token; outermost, so no
+/// slot below is held while it waits.
+pub(crate) struct TokenFileAuth<S> {
+    inner: S,
+    file: Option<Arc<TokenFile>>,
+    waiting: Option<BoxFuture<'static, ()>>,
+}
+
+impl<S, B> Service<Request<B>> for TokenFileAuth<S>
+where
+    S: Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        if let Some(file) = &self.file {
+            if self.waiting.is_none() {
+                self.waiting = file.wait_if_due();
+            }
+            if let Some(waiting) = &mut self.waiting {
+                ready!(Pin::new(waiting).poll(cx));
+                self.waiting = None;
+            }
+        }
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> S::Future {
+        if let Some(file) = &self.file {
+            request.headers_mut().insert(AUTHORIZATION, file.header());
+        }
+        self.inner.call(request)
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for TokenFileAuth<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenFileAuth")
+            .field("inner", &self.inner)
+            .field("file", &self.file)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests;
