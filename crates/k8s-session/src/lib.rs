@@ -38,6 +38,9 @@
 //! kube cannot swap a client's bearer token in place (its `Config` takes a static token, a
 //! token file or an exec plugin), so a bearer session's deadline follows its token: the pool
 //! builds a new client, with a fresh token, when the old token is 60 s from expiry.
+//! A user's `tokenFile` is the exception: the session serves it itself, re-reading the file
+//! asynchronously as it rotates (kube's own re-read is a blocking call under a lock), and a
+//! request waits at most [`SessionPoolBuilder::token_file_timeout`] for a due re-read.
 //!
 //! The pool installs no rustls crypto provider: it uses the one the application installed,
 //! else aws-lc-rs (feature `aws-lc-rs`, default); with the `ring` feature, install ring at
