@@ -46,6 +46,22 @@ fn with_token_file(server: &K8sServer, token_file: &std::path::Path, exec: bool)
     kubeconfig
 }
 
+/// A pool over the server's kubeconfig with its user's token in `token_file`.
+fn pool(server: &K8sServer, token_file: &std::path::Path, exec: bool) -> SessionPool {
+    SessionPool::builder(KubeconfigSource::from_kubeconfig(with_token_file(
+        server, token_file, exec,
+    )))
+    .build()
+}
+
+/// A scratch directory holding `token` in a file named `token`, and the file's path.
+fn token_in(name: &str, token: &str) -> (PathBuf, PathBuf) {
+    let dir = scratch(name);
+    let path = dir.join("token");
+    std::fs::write(&path, token).unwrap();
+    (dir, path)
+}
+
 async fn list(session: &k8s_session::Session) -> Result<usize, kube::Error> {
     let pods: Api<Pod> = Api::namespaced(session.client().clone(), SAMPLE_NAMESPACE);
     Ok(pods.list(&ListParams::default()).await?.items.len())
@@ -56,14 +72,11 @@ async fn list(session: &k8s_session::Session) -> Result<usize, kube::Error> {
 #[tokio::test]
 async fn a_token_file_with_a_trailing_newline_authenticates() {
     let server = K8sServer::start().await.expect("server");
-    let dir = scratch("newline");
-    let path = dir.join("token");
-    std::fs::write(&path, format!("{}\n", server.token())).unwrap();
-    let pool = SessionPool::builder(KubeconfigSource::from_kubeconfig(with_token_file(
-        &server, &path, false,
-    )))
-    .build();
-    let session = pool.session(&key()).await.expect("session");
+    let (dir, path) = token_in("newline", &format!("{}\n", server.token()));
+    let session = pool(&server, &path, false)
+        .session(&key())
+        .await
+        .expect("session");
     assert_eq!(session.auth(), AuthKind::StaticToken);
     list(&session).await.expect("a call with the file's token");
     let last = server.requests().pop().expect("a request");
@@ -80,14 +93,11 @@ async fn a_token_file_with_a_trailing_newline_authenticates() {
 #[tokio::test]
 async fn a_token_file_removed_after_the_build_leaves_the_session_working() {
     let server = K8sServer::start().await.expect("server");
-    let dir = scratch("removed");
-    let path = dir.join("token");
-    std::fs::write(&path, server.token()).unwrap();
-    let pool = SessionPool::builder(KubeconfigSource::from_kubeconfig(with_token_file(
-        &server, &path, false,
-    )))
-    .build();
-    let session = pool.session(&key()).await.expect("session");
+    let (dir, path) = token_in("removed", server.token());
+    let session = pool(&server, &path, false)
+        .session(&key())
+        .await
+        .expect("session");
     std::fs::remove_file(&path).unwrap();
     for _ in 0..3 {
         list(&session).await.expect("the token read at the build");
@@ -100,14 +110,11 @@ async fn a_token_file_removed_after_the_build_leaves_the_session_working() {
 #[tokio::test]
 async fn an_exec_plugin_beside_a_token_file_is_never_run() {
     let server = K8sServer::start().await.expect("server");
-    let dir = scratch("exec");
-    let path = dir.join("token");
-    std::fs::write(&path, server.token()).unwrap();
-    let pool = SessionPool::builder(KubeconfigSource::from_kubeconfig(with_token_file(
-        &server, &path, true,
-    )))
-    .build();
-    let session = pool.session(&key()).await.expect("session");
+    let (dir, path) = token_in("exec", server.token());
+    let session = pool(&server, &path, true)
+        .session(&key())
+        .await
+        .expect("session");
     assert_eq!(session.auth(), AuthKind::StaticToken);
     list(&session).await.expect("a call with the file's token");
     let _ = std::fs::remove_dir_all(&dir);
@@ -126,11 +133,10 @@ async fn an_empty_or_unreadable_token_file_fails_the_build_with_a_typed_error() 
     ] {
         let path = dir.join(name);
         std::fs::write(&path, bytes).unwrap();
-        let pool = SessionPool::builder(KubeconfigSource::from_kubeconfig(with_token_file(
-            &server, &path, false,
-        )))
-        .build();
-        let error = pool.session(&key()).await.expect_err(name);
+        let error = pool(&server, &path, false)
+            .session(&key())
+            .await
+            .expect_err(name);
         let build = error.build_error().expect("a build error");
         assert!(
             matches!(build, BuildError::InvalidToken { what: "token file" }),
@@ -142,11 +148,10 @@ async fn an_empty_or_unreadable_token_file_fails_the_build_with_a_typed_error() 
         );
     }
     let missing = dir.join("missing");
-    let pool = SessionPool::builder(KubeconfigSource::from_kubeconfig(with_token_file(
-        &server, &missing, false,
-    )))
-    .build();
-    let error = pool.session(&key()).await.expect_err("missing");
+    let error = pool(&server, &missing, false)
+        .session(&key())
+        .await
+        .expect_err("missing");
     assert!(
         matches!(error.build_error(), Some(BuildError::ReadFile { path, .. }) if *path == missing),
         "{error:?}"
