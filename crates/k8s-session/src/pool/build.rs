@@ -27,7 +27,8 @@ pub enum AuthKind {
     StaticToken,
     /// A kubelogin (AAD) exec user, served with a token from the pool's Azure credential.
     AadToken,
-    /// Anything else kube supports (basic auth, no credentials).
+    /// Anything else kube supports (an auth provider, basic auth, no credentials). kube prefers
+    /// an auth provider, then basic auth, to a token beside them: such a session is `Other`.
     Other,
 }
 
@@ -118,7 +119,13 @@ pub(crate) async fn build(
     expiries.cert_not_after = certificate_not_after(&config.auth_info).await?;
     let user = &mut config.auth_info;
     let mut aad_token = None;
-    let auth = if user.token.is_some() || user.token_file.is_some() {
+    // kube's order: an auth provider, basic auth, an inline token, a token file, an exec plugin.
+    let basic = user.username.is_some() && user.password.is_some();
+    let auth = if user.auth_provider.is_some() || basic {
+        // What kube sends is neither a token of ours nor an exec plugin's (which kube would
+        // never run): a token beside it is not what the session is authenticated with.
+        AuthKind::Other
+    } else if user.token.is_some() || user.token_file.is_some() {
         // kube prefers an inline token (then a token file) over an exec plugin: so do we.
         expiries.token_expires_on = user
             .token

@@ -65,7 +65,7 @@ pub(crate) struct InvalidToken;
 /// does; kube would send a trailing newline and fail every request), neither empty nor holding
 /// anything a header value cannot.
 pub(crate) fn bearer(bytes: &[u8]) -> Result<HeaderValue, InvalidToken> {
-    let token = bytes.trim_ascii();
+    let token = trim_space(bytes);
     if token.is_empty() {
         return Err(InvalidToken);
     }
@@ -75,6 +75,24 @@ pub(crate) fn bearer(bytes: &[u8]) -> Result<HeaderValue, InvalidToken> {
     let mut header = HeaderValue::from_bytes(&value).map_err(|_| InvalidToken)?;
     header.set_sensitive(true);
     Ok(header)
+}
+
+/// `bytes` without surrounding white space, as Go's `strings.TrimSpace` (client-go's) trims
+/// it: Unicode's white space (a no-break space, U+2003 …) when the bytes are UTF-8, ASCII's
+/// (the vertical tab included, which `trim_ascii` keeps) when they are not.
+fn trim_space(bytes: &[u8]) -> &[u8] {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text.trim().as_bytes(),
+        Err(_) => {
+            let space = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r' | b'\x0b' | b'\x0c');
+            let start = bytes.iter().position(|b| !space(b)).unwrap_or(bytes.len());
+            let end = bytes
+                .iter()
+                .rposition(|b| !space(b))
+                .map_or(start, |i| i + 1);
+            &bytes[start..end]
+        }
+    }
 }
 
 impl TokenFile {

@@ -99,6 +99,22 @@ fn bearer_trims_and_refuses_what_no_header_can_hold() {
     assert_eq!(bearer(b"abc").unwrap(), "Bearer abc");
     assert_eq!(bearer(b"  abc\n").unwrap(), "Bearer abc");
     assert_eq!(bearer(b"abc\r\n").unwrap(), "Bearer abc");
+    assert_eq!(
+        bearer(b"abc\x0b\n").unwrap(),
+        "Bearer abc",
+        "a vertical tab"
+    );
+    assert_eq!(bearer(b"\x0c abc \x0c").unwrap(), "Bearer abc");
+    assert_eq!(
+        bearer("\u{2003}abc\u{a0}\u{85}\n".as_bytes()).unwrap(),
+        "Bearer abc",
+        "Unicode's white space, as Go's TrimSpace"
+    );
+    assert_eq!(
+        bearer(b"\x0b\xffabc\t").unwrap().as_bytes(),
+        b"Bearer \xffabc",
+        "not UTF-8: ASCII white space"
+    );
     assert!(bearer(b"abc").unwrap().is_sensitive());
     for bad in [&b""[..], b"\n", b"  \t ", b"ab\ncd", b"ab\0cd", b"ab\x7fcd"] {
         assert_eq!(bearer(bad), Err(InvalidToken), "{bad:?}");
