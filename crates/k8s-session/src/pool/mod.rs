@@ -508,17 +508,21 @@ impl SessionPoolBuilder {
         self
     }
 
-    /// The longest a request waits for a due re-read of the kubeconfig's `tokenFile` (default
-    /// [`DEFAULT_TOKEN_FILE_TIMEOUT`], 1 s; clamped into [1 ms, 60 s]). A session whose user
-    /// names a token file (and nothing kube would prefer: an auth provider, basic auth, an
-    /// inline token) reads it once as it is built, then again when the last read is 50 s old, as
-    /// kube does, so that a rotated token (a projected service-account token) is sent. Unlike
-    /// kube, which re-reads the file with a blocking call under a lock every request of the
-    /// client waits on, the read runs on tokio's blocking pool, one at a time per session: a
-    /// request waits for a due read at most this long, then goes with the last token read. A
-    /// file removed, unreadable or holding no valid token keeps the last token (as kube and
-    /// client-go do), with a `warn`. Surrounding whitespace (a trailing newline) is trimmed, as
-    /// client-go does.
+    /// The longest a session's requests wait for a due re-read of the kubeconfig's `tokenFile`
+    /// (default [`DEFAULT_TOKEN_FILE_TIMEOUT`], 1 s; clamped into [1 ms, 60 s]). A session whose
+    /// user names a token file (and nothing kube would prefer: an auth provider, basic auth, an
+    /// inline token) reads it once as it is built, then again when the last read is 50 s old,
+    /// as kube does, so that a rotated token (a projected service-account token) is sent.
+    /// Unlike kube, which re-reads the file with a blocking call under a lock every request of
+    /// the client waits on, the read runs on tokio's blocking pool, one at a time per session.
+    /// The session's requests (they pass one by one through kube's buffer) wait for a due read
+    /// at most this long, then go with the last token read; a read that never returns makes
+    /// them wait once, and no other read starts until it does. A file removed or unreadable
+    /// keeps the last token, as kube and client-go do, and so does one holding no valid token,
+    /// as client-go does (kube would send it), each with a `warn`. Surrounding white space (a
+    /// trailing newline) is trimmed, as client-go trims it. kube's retry
+    /// ([`kube_retry`](Self::kube_retry)) resends a request with the token it was first sent
+    /// with.
     #[must_use]
     pub fn token_file_timeout(mut self, timeout: Duration) -> Self {
         self.options.token_file_timeout =

@@ -3,9 +3,10 @@
 //! kube re-reads a token file with a blocking `read_to_string`, inside the request's future and
 //! under a lock every request of the client waits on: a file on a hung mount would block a
 //! runtime thread and every request of the session, with no timeout able to end either. Here
-//! the file is read on tokio's blocking pool, one read at a time per session; a request waits
-//! for a due read at most [`token_file_timeout`](crate::SessionPoolBuilder::token_file_timeout)
-//! and otherwise goes with the last token read.
+//! the file is read on tokio's blocking pool, one read at a time per session, once the last
+//! read is 50 s old; the session's requests wait for it at most
+//! [`token_file_timeout`](crate::SessionPoolBuilder::token_file_timeout), then go with the
+//! last token read.
 
 use std::fmt;
 use std::future::Future;
@@ -35,10 +36,8 @@ type Reader = Arc<dyn Fn(PathBuf) -> BoxFuture<'static, io::Result<Vec<u8>>> + S
 /// The token file of one session, shared by its clients' clones.
 pub(crate) struct TokenFile {
     path: PathBuf,
-    /// The longest a request waits for a due read.
+    /// The longest requests wait for a due read.
     wait: Duration,
-    /// How old a read may get before the next is due.
-    reload_after: Duration,
     read: Reader,
     state: Mutex<State>,
 }
@@ -46,14 +45,15 @@ pub(crate) struct TokenFile {
 struct State {
     /// `Bearer <token>`, marked sensitive.
     header: HeaderValue,
-    /// When the next read is due.
-    due: Instant,
-    /// The read under way, if any: requests wait for it until `deadline`.
+    /// When the last read ended (read or failed): the next is due [`RELOAD_AFTER`] later.
+    read_at: Instant,
+    /// The read under way, if any.
     reading: Option<Reading>,
 }
 
 struct Reading {
-    deadline: Instant,
+    started: Instant,
+    /// Set to `true` when the read ends (or its task is dropped).
     done: watch::Receiver<bool>,
 }
 
@@ -103,28 +103,20 @@ impl TokenFile {
             path,
             header,
             wait,
-            RELOAD_AFTER,
             Arc::new(|path: PathBuf| {
                 Box::pin(async move { read_limited(&path, MAX_FILE_BYTES).await })
             }),
         )
     }
 
-    fn with_reader(
-        path: PathBuf,
-        header: HeaderValue,
-        wait: Duration,
-        reload_after: Duration,
-        read: Reader,
-    ) -> Arc<Self> {
+    fn with_reader(path: PathBuf, header: HeaderValue, wait: Duration, read: Reader) -> Arc<Self> {
         Arc::new(Self {
             path,
             wait,
-            reload_after,
             read,
             state: Mutex::new(State {
                 header,
-                due: Instant::now() + reload_after,
+                read_at: Instant::now(),
                 reading: None,
             }),
         })
@@ -140,13 +132,15 @@ impl TokenFile {
         self.lock().header.clone()
     }
 
-    /// If a read is due, start it (unless one is under way); then what a request waits on: the
-    /// read under way until its deadline, or nothing.
-    fn wait_if_due(self: &Arc<Self>) -> Option<BoxFuture<'static, ()>> {
+    /// Start a read if one is due (the last read 50 s old, none under way). Then, if `may_wait`,
+    /// what a request waits on: the read under way, until the bound has passed since it started.
+    fn check(self: &Arc<Self>, may_wait: bool) -> Option<BoxFuture<'static, ()>> {
         let now = Instant::now();
         let mut state = self.lock();
+        let age = now.saturating_duration_since(state.read_at);
+        let mut start = None;
         if state.reading.is_none() {
-            if now < state.due {
+            if age < RELOAD_AFTER {
                 return None;
             }
             // Outside a runtime (not reached through kube's client), nothing can be spawned:
@@ -154,45 +148,82 @@ impl TokenFile {
             let runtime = tokio::runtime::Handle::try_current().ok()?;
             let (done, waiting) = watch::channel(false);
             state.reading = Some(Reading {
-                deadline: now + self.wait,
+                started: now,
                 done: waiting,
             });
-            runtime.spawn(Arc::clone(self).reload(done));
+            start = Some((
+                runtime,
+                Ending {
+                    file: Arc::clone(self),
+                    done,
+                },
+            ));
         }
-        let reading = state.reading.as_ref()?;
-        if now >= reading.deadline {
-            return None;
-        }
-        let (deadline, mut done) = (reading.deadline, reading.done.clone());
-        Some(Box::pin(async move {
-            // Ends when the read does, or at the deadline; a closed channel ends it too.
-            let _ = tokio::time::timeout_at(deadline, done.wait_for(|done| *done)).await;
-        }))
-    }
-
-    /// One read: the new token, or the last one kept (a file removed or unreadable, as kube and
-    /// client-go keep it; kubernetes/kubernetes#68164). The next read is due `reload_after`
-    /// from now. A read that never returns keeps every later one from starting.
-    async fn reload(self: Arc<Self>, done: watch::Sender<bool>) {
-        let read = (self.read)(self.path.clone()).await;
-        {
-            let mut state = self.lock();
-            match read.map(|bytes| bearer(&bytes)) {
-                Ok(Ok(header)) => state.header = header,
-                Ok(Err(InvalidToken)) => tracing::warn!(
-                    path = %self.path.display(),
-                    "the token file holds no valid bearer token; the last token read is sent"
-                ),
-                Err(error) => tracing::warn!(
-                    path = %self.path.display(),
-                    %error,
-                    "re-reading the token file failed; the last token read is sent"
-                ),
+        let wait = match &state.reading {
+            Some(reading) if may_wait => {
+                let deadline = reading.started + self.wait;
+                let mut done = reading.done.clone();
+                (now < deadline).then(|| -> BoxFuture<'static, ()> {
+                    Box::pin(async move {
+                        // Ends when the read does, or at the deadline.
+                        let _ =
+                            tokio::time::timeout_at(deadline, done.wait_for(|done| *done)).await;
+                    })
+                })
             }
-            state.due = Instant::now() + self.reload_after;
+            _ => None,
+        };
+        // Spawned with the lock released: a runtime shutting down drops the task at once, and
+        // its `Ending` takes the lock.
+        drop(state);
+        if let Some((runtime, ending)) = start {
+            runtime.spawn(ending.read());
+        }
+        wait
+    }
+}
+
+/// A read under way, and its end however it ends (finished, its task dropped before or while
+/// it runs, a panic): the next read is due [`RELOAD_AFTER`] from then, and requests waiting
+/// for it go on.
+struct Ending {
+    file: Arc<TokenFile>,
+    done: watch::Sender<bool>,
+}
+
+impl Ending {
+    /// One read: the new token, or the last one kept (a file removed, unreadable or holding no
+    /// valid token, as client-go keeps it; kubernetes/kubernetes#68164). A read that never
+    /// returns keeps every later one from starting.
+    async fn read(self) {
+        let file = &self.file;
+        let read = (file.read)(file.path.clone()).await;
+        let mut state = file.lock();
+        match read.map(|bytes| bearer(&bytes)) {
+            Ok(Ok(header)) => state.header = header,
+            Ok(Err(InvalidToken)) => tracing::warn!(
+                path = %file.path.display(),
+                "the token file holds no valid bearer token; the last token read is sent"
+            ),
+            Err(error) => tracing::warn!(
+                path = %file.path.display(),
+                %error,
+                "re-reading the token file failed; the last token read is sent"
+            ),
+        }
+        // Before `self` drops: its `Ending` takes the lock again.
+        drop(state);
+    }
+}
+
+impl Drop for Ending {
+    fn drop(&mut self) {
+        {
+            let mut state = self.file.lock();
+            state.read_at = Instant::now();
             state.reading = None;
         }
-        done.send_replace(true);
+        self.done.send_replace(true);
     }
 }
 
@@ -223,17 +254,23 @@ impl<S> Layer<S> for TokenFileLayer {
             inner,
             file: self.0.clone(),
             waiting: None,
+            inner_pending: false,
         }
     }
 }
 
-/// The service of [`TokenFileLayer`]: not ready while a due read is under way (until its
-/// deadline), so that the request after a rotation carries the new token; outermost, so no
-/// slot below is held while it waits.
+/// The service of [`TokenFileLayer`]: starts due reads, and is not ready while one is under way
+/// (until it ends or the bound passes), so that the request after a rotation carries the new
+/// token. kube's `Client` puts the whole stack behind one `Buffer` worker: every request of the
+/// session queues behind that wait, at most the bound. It waits before asking the services
+/// below to be ready, and never once one of them has been asked and is not ready yet (a slot
+/// queued for over HTTP/1.1 is not left idle while it waits).
 pub(crate) struct TokenFileAuth<S> {
     inner: S,
     file: Option<Arc<TokenFile>>,
     waiting: Option<BoxFuture<'static, ()>>,
+    /// The service below was asked to be ready and was not.
+    inner_pending: bool,
 }
 
 impl<S, B> Service<Request<B>> for TokenFileAuth<S>
@@ -246,21 +283,29 @@ where
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         if let Some(file) = &self.file {
-            if self.waiting.is_none() {
-                self.waiting = file.wait_if_due();
-            }
-            if let Some(waiting) = &mut self.waiting {
+            // A wait left by a request that was cancelled ends at once if its read has ended or
+            // its bound passed; the state is then checked again (never skipped).
+            loop {
+                if self.waiting.is_none() {
+                    self.waiting = file.check(!self.inner_pending);
+                }
+                let Some(waiting) = &mut self.waiting else {
+                    break;
+                };
                 ready!(Pin::new(waiting).poll(cx));
                 self.waiting = None;
             }
         }
-        self.inner.poll_ready(cx)
+        let ready = self.inner.poll_ready(cx);
+        self.inner_pending = ready.is_pending();
+        ready
     }
 
     fn call(&mut self, mut request: Request<B>) -> S::Future {
         if let Some(file) = &self.file {
             request.headers_mut().insert(AUTHORIZATION, file.header());
         }
+        self.inner_pending = false;
         self.inner.call(request)
     }
 }

@@ -1,9 +1,11 @@
-//! The token file's re-reads in virtual time: due reads picked up by the next request, one read
-//! at a time, a hung read waited for at most the bound, failures keeping the last token.
+//! The token file's re-reads in virtual time: due reads waited for at most the bound, one read
+//! at a time, failures keeping the last token, cancelled waits and dropped reads never freezing
+//! later reads.
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+use tokio::sync::Notify;
 use tower::ServiceExt as _;
 
 use super::*;
@@ -14,12 +16,14 @@ fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
 }
 
-/// A reader over a file held in memory: counts its reads; `None` contents: a read that never
-/// returns (a hung mount); `Err`: a file that cannot be read.
+/// A reader over a file held in memory: counts its reads. `None` contents: the read waits (a
+/// hung mount) until contents are set and [`Fake::release`] is called; `Err`: a file that
+/// cannot be read.
 #[derive(Clone, Default)]
 struct Fake {
     reads: Arc<AtomicUsize>,
     contents: Arc<Mutex<Option<io::Result<Vec<u8>>>>>,
+    gate: Arc<Notify>,
 }
 
 impl Fake {
@@ -33,6 +37,19 @@ impl Fake {
         *self.contents.lock().unwrap() = contents;
     }
 
+    /// Let hung reads end with the contents set now.
+    fn release(&self) {
+        self.gate.notify_waiters();
+    }
+
+    fn take(&self) -> Option<io::Result<Vec<u8>>> {
+        match &*self.contents.lock().unwrap() {
+            None => None,
+            Some(Ok(bytes)) => Some(Ok(bytes.clone())),
+            Some(Err(e)) => Some(Err(io::Error::new(e.kind(), e.to_string()))),
+        }
+    }
+
     fn reads(&self) -> usize {
         self.reads.load(Ordering::SeqCst)
     }
@@ -43,22 +60,27 @@ impl Fake {
             PathBuf::from("/var/run/secrets/token"),
             bearer(first.as_bytes()).unwrap(),
             WAIT,
-            RELOAD_AFTER,
             Arc::new(move |_path| {
                 fake.reads.fetch_add(1, Ordering::SeqCst);
-                let contents = match &*fake.contents.lock().unwrap() {
-                    None => None,
-                    Some(Ok(bytes)) => Some(Ok(bytes.clone())),
-                    Some(Err(e)) => Some(Err(io::Error::new(e.kind(), e.to_string()))),
-                };
+                let fake = fake.clone();
                 Box::pin(async move {
-                    match contents {
-                        Some(result) => result,
-                        None => std::future::pending().await,
+                    loop {
+                        let released = fake.gate.notified();
+                        if let Some(result) = fake.take() {
+                            return result;
+                        }
+                        released.await;
                     }
                 })
             }),
         )
+    }
+}
+
+/// Let spawned reads run (virtual time does not move).
+async fn settle() {
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
     }
 }
 
@@ -76,8 +98,12 @@ async fn send(file: &Arc<TokenFile>) -> (String, Duration) {
     (header.to_str().unwrap().to_string(), start.elapsed())
 }
 
-/// Counts the `poll_ready` calls it passes on.
-struct CountReady<S>(S, Arc<AtomicUsize>);
+/// Counts the `poll_ready` calls it passes on; not ready while `open` is false.
+struct CountReady<S> {
+    inner: S,
+    polls: Arc<AtomicUsize>,
+    open: Arc<AtomicBool>,
+}
 
 impl<S: Service<Request<()>>> Service<Request<()>> for CountReady<S> {
     type Response = S::Response;
@@ -85,13 +111,40 @@ impl<S: Service<Request<()>>> Service<Request<()>> for CountReady<S> {
     type Future = S::Future;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.1.fetch_add(1, Ordering::SeqCst);
-        self.0.poll_ready(cx)
+        self.polls.fetch_add(1, Ordering::SeqCst);
+        if !self.open.load(Ordering::SeqCst) {
+            // Woken by the test's next poll.
+            return Poll::Pending;
+        }
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: Request<()>) -> S::Future {
-        self.0.call(request)
+        self.inner.call(request)
     }
+}
+
+/// A layered service over [`CountReady`]: its poll count and its switch.
+fn counted(
+    file: Arc<TokenFile>,
+) -> (
+    impl Service<Request<()>, Response = Option<HeaderValue>, Error = Infallible>,
+    Arc<AtomicUsize>,
+    Arc<AtomicBool>,
+) {
+    let (polls, open) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicBool::new(true)),
+    );
+    let inner = tower::service_fn(|request: Request<()>| async move {
+        Ok::<_, Infallible>(request.headers().get(AUTHORIZATION).cloned())
+    });
+    let service = TokenFileLayer::new(Some(file)).layer(CountReady {
+        inner,
+        polls: Arc::clone(&polls),
+        open: Arc::clone(&open),
+    });
+    (service, polls, open)
 }
 
 #[test]
@@ -128,6 +181,7 @@ async fn a_rotated_token_is_sent_once_the_last_read_is_50_s_old() {
     fake.set(Some(Ok(b"second\n".to_vec())));
     tokio::time::advance(secs(49)).await;
     assert_eq!(send(&file).await.0, "Bearer first");
+    settle().await;
     assert_eq!(fake.reads(), 0, "not due before 50 s");
     tokio::time::advance(secs(1)).await;
     let (header, waited) = send(&file).await;
@@ -141,6 +195,7 @@ async fn a_rotated_token_is_sent_once_the_last_read_is_50_s_old() {
     for _ in 0..10 {
         assert_eq!(send(&file).await.0, "Bearer second");
     }
+    settle().await;
     assert_eq!(fake.reads(), 1, "not due again for 50 s");
     tokio::time::advance(secs(50)).await;
     send(&file).await;
@@ -171,6 +226,14 @@ async fn a_hung_read_is_waited_for_at_most_the_bound_and_never_doubled() {
         1,
         "a hung read keeps later ones from starting"
     );
+    // The mount answers again: the token follows, and reads are due again 50 s later.
+    fake.set(Some(Ok(b"second".to_vec())));
+    fake.release();
+    settle().await;
+    assert_eq!(send(&file).await.0, "Bearer second");
+    tokio::time::advance(RELOAD_AFTER).await;
+    send(&file).await;
+    assert_eq!(fake.reads(), 2);
 }
 
 #[tokio::test(start_paused = true)]
@@ -209,9 +272,7 @@ async fn the_inner_service_is_not_asked_to_be_ready_while_a_read_is_waited_for()
     let fake = Fake::holding("first");
     let file = fake.file("first");
     fake.set(None);
-    let ready = Arc::new(AtomicUsize::new(0));
-    let inner = tower::service_fn(|_: Request<()>| async { Ok::<_, Infallible>(()) });
-    let mut service = TokenFileLayer::new(Some(file)).layer(CountReady(inner, Arc::clone(&ready)));
+    let (mut service, polls, _open) = counted(file);
     tokio::time::advance(RELOAD_AFTER).await;
     let waiting = std::future::poll_fn(|cx| service.poll_ready(cx));
     tokio::pin!(waiting);
@@ -222,13 +283,106 @@ async fn the_inner_service_is_not_asked_to_be_ready_while_a_read_is_waited_for()
     tokio::time::advance(WAIT / 2).await;
     assert!(futures::poll!(&mut waiting).is_pending());
     assert_eq!(
-        ready.load(Ordering::SeqCst),
+        polls.load(Ordering::SeqCst),
         0,
-        "nothing below is made ready meanwhile"
+        "nothing below is asked to be ready meanwhile"
     );
     tokio::time::advance(WAIT / 2).await;
     waiting.await.unwrap();
-    assert_eq!(ready.load(Ordering::SeqCst), 1);
+    assert_eq!(polls.load(Ordering::SeqCst), 1);
+}
+
+// A service below already asked and not ready (a request queued for an HTTP/1.1 slot) keeps
+// being polled: no wait starts in front of it when a read falls due meanwhile.
+#[tokio::test(start_paused = true)]
+async fn no_wait_starts_once_the_service_below_has_been_asked() {
+    let fake = Fake::holding("first");
+    let file = fake.file("first");
+    fake.set(None);
+    let (mut service, polls, open) = counted(file);
+    open.store(false, Ordering::SeqCst);
+    let ready = std::future::poll_fn(|cx| service.poll_ready(cx));
+    tokio::pin!(ready);
+    assert!(futures::poll!(&mut ready).is_pending());
+    assert_eq!(polls.load(Ordering::SeqCst), 1);
+    tokio::time::advance(RELOAD_AFTER).await;
+    assert!(futures::poll!(&mut ready).is_pending());
+    assert_eq!(
+        polls.load(Ordering::SeqCst),
+        2,
+        "asked again, not held by a wait"
+    );
+    settle().await;
+    assert_eq!(fake.reads(), 1, "the due read started all the same");
+    open.store(true, Ordering::SeqCst);
+    assert!(futures::poll!(&mut ready).is_ready());
+}
+
+// A request cancelled while it waits leaves its wait behind in the service; the next request
+// checks the file's state again instead of going out on whatever the wait left.
+#[tokio::test(start_paused = true)]
+async fn a_wait_left_by_a_cancelled_request_does_not_skip_the_next_check() {
+    let fake = Fake::holding("first");
+    let file = fake.file("first");
+    fake.set(None);
+    let (mut service, _polls, _open) = counted(Arc::clone(&file));
+    tokio::time::advance(RELOAD_AFTER).await;
+    {
+        let waiting = std::future::poll_fn(|cx| service.poll_ready(cx));
+        tokio::pin!(waiting);
+        assert!(futures::poll!(&mut waiting).is_pending());
+    }
+    fake.set(Some(Ok(b"second".to_vec())));
+    fake.release();
+    settle().await;
+    tokio::time::advance(secs(100)).await;
+    fake.set(Some(Ok(b"third".to_vec())));
+    std::future::poll_fn(|cx| service.poll_ready(cx))
+        .await
+        .unwrap();
+    let header = service.call(Request::new(())).await.unwrap().unwrap();
+    assert_eq!(
+        header, "Bearer third",
+        "the due read was started and waited for"
+    );
+    assert_eq!(fake.reads(), 2);
+}
+
+// A read whose task is dropped before it runs (its runtime shut down) ends as a failed read:
+// the next read starts when due, instead of never.
+#[test]
+fn a_read_whose_task_is_dropped_does_not_stop_later_reads() {
+    let fake = Fake::holding("first");
+    let first = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let file = first.block_on(async {
+        let file = fake.file("first");
+        tokio::time::advance(RELOAD_AFTER).await;
+        assert!(file.check(false).is_none());
+        assert!(file.lock().reading.is_some(), "a read was spawned");
+        file
+    });
+    drop(first);
+    assert!(file.lock().reading.is_none(), "the dropped read ended");
+    assert_eq!(fake.reads(), 0, "it never ran");
+    let second = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    fake.set(Some(Ok(b"second".to_vec())));
+    second.block_on(async {
+        // `read_at` is the dropped read's end, in the first runtime's clock: the next read is
+        // due 50 s after it, whatever this clock says.
+        file.lock().read_at = Instant::now() - RELOAD_AFTER;
+        send(&file).await;
+        settle().await;
+        assert_eq!(send(&file).await.0, "Bearer second");
+    });
+    assert_eq!(fake.reads(), 1);
 }
 
 #[tokio::test(start_paused = true)]
