@@ -232,14 +232,15 @@ fn main() {
     }
     let results: Vec<Comparison> = metrics
         .iter()
-        .map(|&(metric, unit, f)| Comparison {
-            scenario: "apikey_flood",
-            baseline_name: "naive reload-on-every-miss cache".to_string(),
-            metric,
-            unit,
-            ours: med(&ours, f),
-            baseline: med(&naive, f),
-            lower_is_better: true,
+        .map(|&(metric, unit, f)| {
+            Comparison::lower_is_better(
+                "apikey_flood",
+                "naive reload-on-every-miss cache",
+                metric,
+                unit,
+                med(&ours, f),
+                med(&naive, f),
+            )
         })
         .collect();
     emit(&results);

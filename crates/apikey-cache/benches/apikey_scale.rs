@@ -709,14 +709,15 @@ fn main() {
     }
     let results: Vec<Comparison> = rows
         .into_iter()
-        .map(|r| Comparison {
-            scenario: SCENARIO,
-            baseline_name: r.baseline_name.to_string(),
-            metric: leak(r.metric),
-            unit: r.unit,
-            ours: r.ours,
-            baseline: r.baseline,
-            lower_is_better: true,
+        .map(|r| {
+            Comparison::lower_is_better(
+                SCENARIO,
+                r.baseline_name.to_string(),
+                leak(r.metric),
+                r.unit,
+                r.ours,
+                r.baseline,
+            )
         })
         .collect();
     emit(&results);

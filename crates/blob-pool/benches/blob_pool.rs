@@ -221,43 +221,11 @@ fn main() {
         );
         let mut results = Vec::new();
         for (i, baseline) in [(1, "client_per_call"), (2, "client_per_call_shared_http")] {
-            results.push(Comparison {
-                scenario: SCENARIO,
-                baseline_name: baseline.into(),
-                metric: "get_properties throughput (8 tasks, Azurite HTTPS + bearer)",
-                unit: "ops/s",
-                ours: ops[0],
-                baseline: ops[i],
-                lower_is_better: false,
-            });
-            results.push(Comparison {
-                scenario: SCENARIO,
-                baseline_name: baseline.into(),
-                metric: "token fetches per 1000 calls",
-                unit: "fetches",
-                ours: per_1000[0],
-                baseline: per_1000[i],
-                lower_is_better: true,
-            });
+            results.push(Comparison::higher_is_better(SCENARIO, baseline, "get_properties throughput (8 tasks, Azurite HTTPS + bearer)", "ops/s", ops[0], ops[i]));
+            results.push(Comparison::lower_is_better(SCENARIO, baseline, "token fetches per 1000 calls", "fetches", per_1000[0], per_1000[i]));
         }
-        results.push(Comparison {
-            scenario: SCENARIO,
-            baseline_name: "pool_core_keyed_pool_get".into(),
-            metric: "hit path (client() on a cached client, 1 task)",
-            unit: "ns/op",
-            ours: hit_ours,
-            baseline: hit_bare,
-            lower_is_better: true,
-        });
-        results.push(Comparison {
-            scenario: SCENARIO,
-            baseline_name: "pool_core_keyed_pool_get".into(),
-            metric: "hit path with 16 credentials registered (all 16 checked for a dropped one on every call)",
-            unit: "ns/op",
-            ours: hit16_ours,
-            baseline: hit16_bare,
-            lower_is_better: true,
-        });
+        results.push(Comparison::lower_is_better(SCENARIO, "pool_core_keyed_pool_get", "hit path (client() on a cached client, 1 task)", "ns/op", hit_ours, hit_bare));
+        results.push(Comparison::lower_is_better(SCENARIO, "pool_core_keyed_pool_get", "hit path with 16 credentials registered (all 16 checked for a dropped one on every call)", "ns/op", hit16_ours, hit16_bare));
         emit(&results);
     });
     // Azurite was stopped (killed by its Drop) when `setup` went out of scope.

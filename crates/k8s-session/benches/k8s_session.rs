@@ -95,33 +95,30 @@ async fn run() {
     let stats = pool.stats();
 
     let mut comparisons = vec![
-        Comparison {
-            scenario: "k8s_session",
-            baseline_name: "kube::Client built per call".into(),
-            metric: "pod list latency, median",
-            unit: "µs/call",
-            ours: median(&mut ours.clone()),
-            baseline: median(&mut baseline.clone()),
-            lower_is_better: true,
-        },
-        Comparison {
-            scenario: "k8s_session",
-            baseline_name: "kube::Client built per call".into(),
-            metric: "pod list latency, p99",
-            unit: "µs/call",
-            ours: percentile(&mut ours, 99.0),
-            baseline: percentile(&mut baseline, 99.0),
-            lower_is_better: true,
-        },
-        Comparison {
-            scenario: "k8s_session",
-            baseline_name: "kube::Client built per call".into(),
-            metric: "TLS handshakes per 100 calls",
-            unit: "handshakes",
-            ours: ours_connections as f64 * 100.0 / (ROUNDS * CALLS_PER_ROUND) as f64,
-            baseline: baseline_connections as f64 * 100.0 / (ROUNDS * CALLS_PER_ROUND) as f64,
-            lower_is_better: true,
-        },
+        Comparison::lower_is_better(
+            "k8s_session",
+            "kube::Client built per call",
+            "pod list latency, median",
+            "µs/call",
+            median(&mut ours.clone()),
+            median(&mut baseline.clone()),
+        ),
+        Comparison::lower_is_better(
+            "k8s_session",
+            "kube::Client built per call",
+            "pod list latency, p99",
+            "µs/call",
+            percentile(&mut ours, 99.0),
+            percentile(&mut baseline, 99.0),
+        ),
+        Comparison::lower_is_better(
+            "k8s_session",
+            "kube::Client built per call",
+            "TLS handshakes per 100 calls",
+            "handshakes",
+            ours_connections as f64 * 100.0 / (ROUNDS * CALLS_PER_ROUND) as f64,
+            baseline_connections as f64 * 100.0 / (ROUNDS * CALLS_PER_ROUND) as f64,
+        ),
     ];
     comparisons.extend(round_robin(&server, &kubeconfig).await);
     comparisons.extend(bursts().await);
@@ -197,33 +194,30 @@ async fn round_robin(server: &K8sServer, kubeconfig: &kube::config::Kubeconfig) 
     );
     let fifo = "soonest-deadline eviction alone (the pre-#23 policy)";
     vec![
-        Comparison {
-            scenario: "k8s_session",
-            baseline_name: fifo.into(),
-            metric: "round-robin over capacity+1 (33) clusters: hit rate",
-            unit: "%",
-            ours: hit_rate,
-            baseline: fifo_rate,
-            lower_is_better: false,
-        },
-        Comparison {
-            scenario: "k8s_session",
-            baseline_name: fifo.into(),
-            metric: "round-robin over capacity+1 (33) clusters: time per call",
-            unit: "ms/call",
-            ours: ms,
-            baseline: fifo_ms,
-            lower_is_better: true,
-        },
-        Comparison {
-            scenario: "k8s_session",
-            baseline_name: "ours, round-robin within capacity (32 clusters)".into(),
-            metric: "round-robin over capacity+1 (33) clusters: time per call",
-            unit: "ms/call",
-            ours: ms,
-            baseline: within_ms,
-            lower_is_better: true,
-        },
+        Comparison::higher_is_better(
+            "k8s_session",
+            fifo,
+            "round-robin over capacity+1 (33) clusters: hit rate",
+            "%",
+            hit_rate,
+            fifo_rate,
+        ),
+        Comparison::lower_is_better(
+            "k8s_session",
+            fifo,
+            "round-robin over capacity+1 (33) clusters: time per call",
+            "ms/call",
+            ms,
+            fifo_ms,
+        ),
+        Comparison::lower_is_better(
+            "k8s_session",
+            "ours, round-robin within capacity (32 clusters)",
+            "round-robin over capacity+1 (33) clusters: time per call",
+            "ms/call",
+            ms,
+            within_ms,
+        ),
     ]
 }
 
@@ -327,15 +321,14 @@ async fn bursts() -> Vec<Comparison> {
     let mut comparisons = Vec::new();
     for baseline in 1..3 {
         for (i, (metric, unit)) in metrics.iter().enumerate() {
-            comparisons.push(Comparison {
-                scenario: "k8s_session",
-                baseline_name: names[baseline].into(),
+            comparisons.push(Comparison::lower_is_better(
+                "k8s_session",
+                names[baseline],
                 metric,
                 unit,
-                ours: figures[0][i],
-                baseline: figures[baseline][i],
-                lower_is_better: true,
-            });
+                figures[0][i],
+                figures[baseline][i],
+            ));
         }
     }
     comparisons

@@ -135,28 +135,19 @@ fn main() {
             ("moka_future_get", moka_ns),
         ] {
             let plural = if threads == 1 { "" } else { "s" };
-            results.push(Comparison {
-                scenario: "pool_hit",
-                baseline_name: format!("{baseline} ({threads} thread{plural})"),
-                metric: "hit latency",
-                unit: "ns/op",
+            results.push(Comparison::lower_is_better(
+                "pool_hit",
+                format!("{baseline} ({threads} thread{plural})"),
+                "hit latency",
+                "ns/op",
                 ours,
-                baseline: value,
-                lower_is_better: true,
-            });
+                value,
+            ));
         }
         let plural = if threads == 1 { "" } else { "s" };
-        results.push(Comparison {
-            scenario: "pool_hit",
-            baseline_name: format!(
+        results.push(Comparison::lower_is_better("pool_hit", format!(
                 "KeyedPool::get without a metrics recorder, ours with Prometheus ({threads} thread{plural})"
-            ),
-            metric: "hit latency",
-            unit: "ns/op",
-            ours: prometheus,
-            baseline: ours,
-            lower_is_better: true,
-        });
+            ), "hit latency", "ns/op", prometheus, ours));
     }
     // Every hit reached the recorder (published in batches, exactly on a stats read).
     let hits = recorded.stats().hits;

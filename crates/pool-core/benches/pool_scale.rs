@@ -328,16 +328,16 @@ fn main() {
             ins.moka_evicting,
             ins.ours_evicting / ins.ours_fresh,
         );
-        let row =
-            |baseline: &str, metric: &'static str, unit: &'static str, ours, other| Comparison {
-                scenario: "pool_scale",
-                baseline_name: format!("{baseline} ({label} entries)"),
+        let row = |baseline: &str, metric: &'static str, unit: &'static str, ours, other| {
+            Comparison::lower_is_better(
+                "pool_scale",
+                format!("{baseline} ({label} entries)"),
                 metric,
                 unit,
                 ours,
-                baseline: other,
-                lower_is_better: true,
-            };
+                other,
+            )
+        };
         results.extend([
             row(
                 "DashMap get + Arc clone",

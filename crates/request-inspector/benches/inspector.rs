@@ -681,15 +681,14 @@ fn per_request_rows() -> Vec<Comparison> {
             "{metric}: {ours:.0} ns with the layer, {base:.0} ns without ({:.2}x)",
             ours / base
         );
-        rows.push(Comparison {
-            scenario: SCENARIO,
-            baseline_name: "no layer".to_string(),
-            metric: Box::leak(metric.into_boxed_str()),
-            unit: "ns",
+        rows.push(Comparison::lower_is_better(
+            SCENARIO,
+            "no layer",
+            Box::leak(metric.into_boxed_str()),
+            "ns",
             ours,
-            baseline: base,
-            lower_is_better: true,
-        });
+            base,
+        ));
     };
     // `INSPECTOR_BENCH_ONLY=<text>` runs only the rows whose name contains it (`<text>$`: ends with
     // it), for profiling.
@@ -959,14 +958,8 @@ fn main() {
         after.peak_retained_bytes
     );
 
-    let row = |baseline: &str, metric, unit, ours, base| Comparison {
-        scenario: SCENARIO,
-        baseline_name: baseline.to_string(),
-        metric,
-        unit,
-        ours,
-        baseline: base,
-        lower_is_better: true,
+    let row = |baseline: &str, metric, unit, ours, base| {
+        Comparison::lower_is_better(SCENARIO, baseline.to_string(), metric, unit, ours, base)
     };
     let mut rows = vec![
         row(

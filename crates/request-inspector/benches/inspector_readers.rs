@@ -138,14 +138,8 @@ fn main() {
         p999.0,
         p999.1,
     );
-    let row = |baseline: &str, metric: &'static str, unit, (ours, base): (f64, f64)| Comparison {
-        scenario: SCENARIO,
-        baseline_name: baseline.to_string(),
-        metric,
-        unit,
-        ours,
-        baseline: base,
-        lower_is_better: true,
+    let row = |baseline: &str, metric: &'static str, unit, (ours, base): (f64, f64)| {
+        Comparison::lower_is_better(SCENARIO, baseline.to_string(), metric, unit, ours, base)
     };
     emit(&[
         row(

@@ -366,15 +366,7 @@ fn main() {
             RECOVERY_FACTOR * RATE * CLIENTS as f64,
             recovery.as_secs()
         );
-        let mut rows = vec![Comparison {
-            scenario: SCENARIO,
-            baseline_name: format!("budget bound 1 + r + f/rate = {bound:.2} ({phases})"),
-            metric: "amplification during overload (server requests ÷ caller requests)",
-            unit: "×",
-            ours: ours.amplification(),
-            baseline: bound,
-            lower_is_better: true,
-        }];
+        let mut rows = vec![Comparison::lower_is_better(SCENARIO, format!("budget bound 1 + r + f/rate = {bound:.2} ({phases})"), "amplification during overload (server requests ÷ caller requests)", "×", ours.amplification(), bound)];
         for baseline in [
             Variant::ReqwestRetry,
             Variant::ReqwestOwn,

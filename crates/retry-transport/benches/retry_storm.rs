@@ -225,15 +225,7 @@ fn main() {
 
         let unbounded_name = "reqwest-middleware 0.5 + reqwest-retry 0.9, reqwest 0.13 pool (no connection limit)";
         let limited_name = "reqwest-middleware 0.5 + reqwest-retry 0.9, 10 slots held by the response (seed-002 shape)";
-        let row = |baseline_name: &str, metric, unit, ours: f64, baseline: f64| Comparison {
-            scenario: SCENARIO,
-            baseline_name: baseline_name.to_string(),
-            metric,
-            unit,
-            ours,
-            baseline,
-            lower_is_better: true,
-        };
+        let row = |baseline_name: &str, metric, unit, ours: f64, baseline: f64| Comparison::lower_is_better(SCENARIO, baseline_name.to_string(), metric, unit, ours, baseline);
         emit(&[
             row(
                 limited_name,

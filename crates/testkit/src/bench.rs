@@ -22,6 +22,42 @@ pub struct Comparison {
 }
 
 impl Comparison {
+    /// A row where a smaller figure is better (a latency, a count, bytes): `ours` against
+    /// `baseline`, the figure of `baseline_name`, both in `unit`.
+    pub fn lower_is_better(
+        scenario: &'static str,
+        baseline_name: impl Into<String>,
+        metric: &'static str,
+        unit: &'static str,
+        ours: f64,
+        baseline: f64,
+    ) -> Self {
+        Self {
+            scenario,
+            baseline_name: baseline_name.into(),
+            metric,
+            unit,
+            ours,
+            baseline,
+            lower_is_better: true,
+        }
+    }
+
+    /// A row where a larger figure is better (a throughput, a hit rate).
+    pub fn higher_is_better(
+        scenario: &'static str,
+        baseline_name: impl Into<String>,
+        metric: &'static str,
+        unit: &'static str,
+        ours: f64,
+        baseline: f64,
+    ) -> Self {
+        Self {
+            lower_is_better: false,
+            ..Self::lower_is_better(scenario, baseline_name, metric, unit, ours, baseline)
+        }
+    }
+
     /// How many times better ours is than the baseline (> 1: ours is better). A zero on the
     /// "good" side (e.g. 0 timeouts vs some) is reported against 1, so the ratio stays finite.
     pub fn ratio(&self) -> f64 {
@@ -87,14 +123,10 @@ mod tests {
     use super::*;
 
     fn cmp(ours: f64, baseline: f64, lower_is_better: bool) -> Comparison {
-        Comparison {
-            scenario: "s",
-            baseline_name: "b".into(),
-            metric: "m",
-            unit: "u",
-            ours,
-            baseline,
-            lower_is_better,
+        if lower_is_better {
+            Comparison::lower_is_better("s", "b", "m", "u", ours, baseline)
+        } else {
+            Comparison::higher_is_better("s", "b", "m", "u", ours, baseline)
         }
     }
 

@@ -236,15 +236,14 @@ fn main() {
             ),
         ];
         for (metric, unit, o, b) in metrics {
-            results.push(Comparison {
-                scenario: "token_refresh",
-                baseline_name: (*name).to_string(),
+            results.push(Comparison::lower_is_better(
+                "token_refresh",
+                (*name).to_string(),
                 metric,
                 unit,
-                ours: o,
-                baseline: b,
-                lower_is_better: true,
-            });
+                o,
+                b,
+            ));
         }
     }
     results.extend(hit_path(&runtime));
@@ -263,24 +262,22 @@ fn main() {
             continue;
         }
         let baseline_name = format!("outage: {name}");
-        results.push(Comparison {
-            scenario: "token_refresh",
-            baseline_name: baseline_name.clone(),
-            metric: "calls failed in a 30-min identity outage (1 000 callers, 720 000 calls)",
-            unit: "calls",
-            ours: preset.failed,
-            baseline: o.failed,
-            lower_is_better: true,
-        });
-        results.push(Comparison {
-            scenario: "token_refresh",
+        results.push(Comparison::lower_is_better(
+            "token_refresh",
+            baseline_name.clone(),
+            "calls failed in a 30-min identity outage (1 000 callers, 720 000 calls)",
+            "calls",
+            preset.failed,
+            o.failed,
+        ));
+        results.push(Comparison::lower_is_better(
+            "token_refresh",
             baseline_name,
-            metric: "identity-endpoint contacts in the outage run",
-            unit: "fetches",
-            ours: preset.contacts,
-            baseline: o.contacts,
-            lower_is_better: true,
-        });
+            "identity-endpoint contacts in the outage run",
+            "fetches",
+            preset.contacts,
+            o.contacts,
+        ));
     }
     emit(&results);
 }
@@ -345,17 +342,9 @@ fn hit_path(runtime: &tokio::runtime::Runtime) -> Vec<Comparison> {
             with / without
         );
         let plural = if threads == 1 { "" } else { "s" };
-        results.push(Comparison {
-            scenario: "token_refresh",
-            baseline_name: format!(
+        results.push(Comparison::lower_is_better("token_refresh", format!(
                 "fresh-token hit without a metrics recorder, ours with Prometheus ({threads} thread{plural})"
-            ),
-            metric: "hit latency",
-            unit: "ns/op",
-            ours: with,
-            baseline: without,
-            lower_is_better: true,
-        });
+            ), "hit latency", "ns/op", with, without));
     }
     assert!(
         handle.render().contains("token_calls"),

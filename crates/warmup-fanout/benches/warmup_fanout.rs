@@ -103,24 +103,22 @@ async fn run() -> Result<Vec<Comparison>, Box<dyn std::error::Error>> {
     );
     let metric = "warmup_status wall time, 40 ms per request (median)";
     Ok(vec![
-        Comparison {
-            scenario: SCENARIO,
-            baseline_name: "serial: the same 18 requests one after another".into(),
+        Comparison::lower_is_better(
+            SCENARIO,
+            "serial: the same 18 requests one after another",
             metric,
-            unit: "ms",
+            "ms",
             ours,
-            baseline: serial,
-            lower_is_better: true,
-        },
-        Comparison {
-            scenario: SCENARIO,
-            baseline_name: format!("ideal: {phases} dependent phases x 40 ms"),
+            serial,
+        ),
+        Comparison::lower_is_better(
+            SCENARIO,
+            format!("ideal: {phases} dependent phases x 40 ms"),
             metric,
-            unit: "ms",
+            "ms",
             ours,
-            baseline: ideal,
-            lower_is_better: true,
-        },
+            ideal,
+        ),
     ])
 }
 
