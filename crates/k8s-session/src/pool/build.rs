@@ -119,9 +119,7 @@ pub(crate) async fn build(
     expiries.cert_not_after = certificate_not_after(&config.auth_info).await?;
     let user = &mut config.auth_info;
     let mut aad_token = None;
-    // kube's order: an auth provider, basic auth, an inline token, a token file, an exec plugin.
-    let basic = user.username.is_some() && user.password.is_some();
-    let auth = if user.auth_provider.is_some() || basic {
+    let auth = if sends_provider_or_basic(user) {
         // What kube sends is neither a token of ours nor an exec plugin's (which kube would
         // never run): a token beside it is not what the session is authenticated with.
         AuthKind::Other
@@ -327,6 +325,13 @@ async fn inline_files(
     Ok(())
 }
 
+/// Whether kube authenticates `user` with an auth provider or basic auth: kube's order is an
+/// auth provider, then basic auth (a username and a password), an inline token, a token file,
+/// an exec plugin.
+fn sends_provider_or_basic(user: &AuthInfo) -> bool {
+    user.auth_provider.is_some() || (user.username.is_some() && user.password.is_some())
+}
+
 /// A token file kube would send (its order: an auth provider, then basic auth, an inline token,
 /// a token file, an exec plugin), taken from kube: read here, under the build's bound, and then
 /// re-read asynchronously as it rotates by the [`TokenFileLayer`] (kube re-reads it with a
@@ -336,8 +341,7 @@ async fn take_token_file(
     user: &mut AuthInfo,
     wait: Duration,
 ) -> Result<TokenFileLayer, BuildError> {
-    let basic = user.username.is_some() && user.password.is_some();
-    if user.auth_provider.is_some() || basic || user.token.is_some() {
+    if sends_provider_or_basic(user) || user.token.is_some() {
         return Ok(TokenFileLayer::new(None));
     }
     let Some(path) = user.token_file.take() else {
