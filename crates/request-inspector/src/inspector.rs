@@ -36,17 +36,11 @@ impl Drop for Shared {
     /// The ring's gauges move by increments (summed over the inspectors of a process): this
     /// inspector's part is taken out of them when it goes.
     fn drop(&mut self) {
-        let counters = &self.counters;
+        let held = self.counters.snapshot(self.ring.capacity(), &self.spares);
+        self.metrics.ring_entries.decrement(held.ring_len);
         self.metrics
-            .ring_entries
-            .decrement(counters.sum(|line| &line.ring_len));
-        self.metrics.ring_bytes.decrement(
-            counters.sum(|line| &line.ring_bytes)
-                + counters
-                    .loose
-                    .slot_bytes
-                    .load(std::sync::atomic::Ordering::Relaxed),
-        );
+            .ring_bytes
+            .decrement(held.ring_bytes + held.ring_slot_bytes);
     }
 }
 
