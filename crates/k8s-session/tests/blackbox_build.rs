@@ -10,7 +10,6 @@
 
 use std::future::Future;
 use std::io::ErrorKind;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
@@ -26,6 +25,7 @@ use k8s_session::{
 };
 use kube::config::Kubeconfig;
 use serde_json::{Value, json};
+use testkit::fifo;
 use tokio::time::Instant;
 
 const SECRET: &str = "s3cr3tT0k3nXyZ";
@@ -253,32 +253,6 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
-fn mkfifo(path: &Path) -> PathBuf {
-    let status = std::process::Command::new("mkfifo")
-        .arg(path)
-        .status()
-        .expect("mkfifo runs");
-    assert!(status.success(), "mkfifo {path:?}");
-    path.to_owned()
-}
-
-/// Wake any reader blocked on `fifos` (open for writing without blocking, then close), so no
-/// blocking thread is left behind.
-fn release(fifos: &[PathBuf]) {
-    for _ in 0..20 {
-        for fifo in fifos {
-            if let Ok(file) = std::fs::OpenOptions::new()
-                .write(true)
-                .custom_flags(0o4000) // O_NONBLOCK: ENXIO when nobody reads
-                .open(fifo)
-            {
-                drop(file);
-            }
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// What a build gave: the session's auth kind or the build error, and how long it took.
 type Outcome = (Result<AuthKind, Arc<BuildError>>, Duration);
 
@@ -313,7 +287,7 @@ where
         rt.shutdown_background();
     });
     let out = rx.recv_timeout(Duration::from_secs(3));
-    release(fifos);
+    fifo::release(fifos);
     out.unwrap_or_else(|_| {
         panic!("the build held its runtime's only thread for 3 s (a blocking read of a FIFO?)")
     })
@@ -971,7 +945,7 @@ async fn yaml_errors_never_quote_the_text() {
 #[test]
 fn selected_ca_fifo_fails_at_the_build_timeout() {
     let dir = scratch("ca-fifo");
-    let fifo = mkfifo(&dir.join("ca.pem"));
+    let fifo = fifo::make(&dir.join("ca.pem"));
     let value = kubeconfig(
         json!({ "server": OFFLINE, "certificate-authority": fifo }),
         json!({ "token": "t" }),
@@ -989,8 +963,8 @@ fn selected_client_certificate_or_key_fifo_fails_at_the_build_timeout() {
         .unwrap()
         .client_leaf("u", &[])
         .unwrap();
-    let cert_fifo = mkfifo(&dir.join("cert.pem"));
-    let key_fifo = mkfifo(&dir.join("key.pem"));
+    let cert_fifo = fifo::make(&dir.join("cert.pem"));
+    let key_fifo = fifo::make(&dir.join("key.pem"));
     for (what, user) in [
         (
             "client certificate",
@@ -1012,7 +986,7 @@ fn selected_client_certificate_or_key_fifo_fails_at_the_build_timeout() {
 #[test]
 fn kubeconfig_file_that_is_a_fifo_fails_at_the_build_timeout() {
     let dir = scratch("config-fifo");
-    let fifo = mkfifo(&dir.join("config"));
+    let fifo = fifo::make(&dir.join("config"));
     let path = fifo.clone();
     let out = bounded(&[fifo], move || async move {
         outcome(&fifo_pool(KubeconfigSource::from_file(path)), &key()).await
@@ -1026,7 +1000,7 @@ fn kubeconfig_file_that_is_a_fifo_fails_at_the_build_timeout() {
 #[test]
 fn selected_token_file_fifo_does_not_hold_the_runtime() {
     let dir = scratch("token-fifo");
-    let fifo = mkfifo(&dir.join("token"));
+    let fifo = fifo::make(&dir.join("token"));
     let value = kubeconfig(offline_cluster(), json!({ "tokenFile": fifo }));
     let (result, took) = bounded(&[fifo], move || async move {
         outcome(&fifo_pool(source(&value)), &key()).await
@@ -1046,7 +1020,7 @@ fn selected_token_file_fifo_does_not_hold_the_runtime() {
 #[test]
 fn kubelogin_with_provide_cluster_info_and_a_ca_fifo_fails_at_the_build_timeout() {
     let dir = scratch("kubelogin-fifo");
-    let fifo = mkfifo(&dir.join("ca.pem"));
+    let fifo = fifo::make(&dir.join("ca.pem"));
     let mut user = kubelogin_user();
     user["exec"]["provideClusterInfo"] = json!(true);
     let value = kubeconfig(
@@ -1066,10 +1040,10 @@ fn kubelogin_with_provide_cluster_info_and_a_ca_fifo_fails_at_the_build_timeout(
 #[test]
 fn fifos_of_unselected_contexts_are_never_touched() {
     let dir = scratch("unselected");
-    let ca = mkfifo(&dir.join("ca.pem"));
-    let cert = mkfifo(&dir.join("cert.pem"));
-    let key_fifo = mkfifo(&dir.join("key.pem"));
-    let token = mkfifo(&dir.join("token"));
+    let ca = fifo::make(&dir.join("ca.pem"));
+    let cert = fifo::make(&dir.join("cert.pem"));
+    let key_fifo = fifo::make(&dir.join("key.pem"));
+    let token = fifo::make(&dir.join("token"));
     let fifos = vec![ca.clone(), cert.clone(), key_fifo.clone(), token.clone()];
     let bad_cluster = json!({ "server": OFFLINE, "certificate-authority": ca });
     let bad_user =
@@ -1124,9 +1098,9 @@ fn fifos_of_unselected_contexts_are_never_touched() {
 #[test]
 fn inline_data_wins_over_fifo_paths() {
     let dir = scratch("data-wins");
-    let ca = mkfifo(&dir.join("ca.pem"));
-    let cert = mkfifo(&dir.join("cert.pem"));
-    let key_fifo = mkfifo(&dir.join("key.pem"));
+    let ca = fifo::make(&dir.join("ca.pem"));
+    let cert = fifo::make(&dir.join("cert.pem"));
+    let key_fifo = fifo::make(&dir.join("key.pem"));
     let leaf = testkit::tls::TestCa::new("c")
         .unwrap()
         .client_leaf("u", &[])

@@ -16,7 +16,7 @@ use std::any::Any;
 use std::fmt::Write as _;
 use std::future::Future;
 use std::io::ErrorKind;
-use std::os::unix::fs::{OpenOptionsExt as _, symlink};
+use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, Once, mpsc};
@@ -29,6 +29,7 @@ use k8s_session::{
 };
 use kube::api::{Api, ListParams};
 use kube::config::{AuthInfo, Kubeconfig};
+use testkit::fifo;
 use testkit::k8s::{AuthMethod, K8sServer, SAMPLE_NAMESPACE, kubeconfig_text};
 
 /// Any single await on the network is bounded by this (real time).
@@ -153,22 +154,6 @@ fn thread_name(test: &str) -> String {
     format!("bbtf-{test}")
 }
 
-/// Wake any reader blocked on `fifos` (open for writing without blocking, then close).
-fn release(fifos: &[PathBuf]) {
-    for _ in 0..10 {
-        for fifo in fifos {
-            if let Ok(file) = std::fs::OpenOptions::new()
-                .write(true)
-                .custom_flags(0o4000) // O_NONBLOCK: ENXIO when nobody reads
-                .open(fifo)
-            {
-                drop(file);
-            }
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 /// Run `scenario` on a current-thread runtime of a thread named after `test` (its blocking pool
 /// too); fail if it has not finished after `budget` of real time (a hung await, or a blocking
 /// read holding the runtime's only thread). FIFOs in `fifos` are released afterwards.
@@ -199,7 +184,7 @@ fn run<F>(
         })
         .expect("scenario thread");
     let out = rx.recv_timeout(budget);
-    release(fifos);
+    fifo::release(fifos);
     match out {
         Ok(Ok(())) => {}
         Ok(Err(panic)) => std::panic::resume_unwind(panic),
@@ -312,14 +297,6 @@ fn rotate(path: &Path, bytes: &[u8]) {
     let aside = path.with_extension("rotating");
     std::fs::write(&aside, bytes).expect("write aside");
     std::fs::rename(&aside, path).expect("rename over");
-}
-
-fn mkfifo(path: &Path) {
-    let status = std::process::Command::new("mkfifo")
-        .arg(path)
-        .status()
-        .expect("mkfifo runs");
-    assert!(status.success(), "mkfifo {path:?}");
 }
 
 /// A session of `pool`, or its build error; the build must not hang.
@@ -523,7 +500,7 @@ fn tokens_a_header_cannot_carry_fail_the_build_without_quoting_them() {
 fn a_token_file_that_is_not_a_regular_file_is_refused_at_once() {
     scenario_with_fifos("not-regular", 10, &["fifo"], |dir, server| async move {
         let fifo = dir.join("fifo");
-        mkfifo(&fifo);
+        fifo::make(&fifo);
         let directory = dir.join("a-directory");
         std::fs::create_dir(&directory).unwrap();
         for path in [
@@ -636,7 +613,7 @@ fn unicode_spaces_around_the_token_are_trimmed_as_client_go_does() {
 fn odd_token_files_give_typed_errors_never_panics() {
     scenario_with_fifos("odd", 10, &["fifo"], |dir, server| async move {
         let fifo = dir.join("fifo");
-        mkfifo(&fifo);
+        fifo::make(&fifo);
         let to_fifo = dir.join("to-fifo");
         symlink(&fifo, &to_fifo).unwrap();
         let to_zero = dir.join("to-zero");
@@ -1082,7 +1059,7 @@ fn a_file_replaced_by_a_fifo_bounds_the_wait_and_does_not_freeze_rotation() {
             std::fs::write(&path, &a).unwrap();
             let (_pool, session) = a_session(&server, &path, SHORT).await;
             std::fs::remove_file(&path).unwrap();
-            mkfifo(&path);
+            fifo::make(&path);
             std::fs::hard_link(&path, &side).unwrap();
             jump(DUE).await;
             for round in 0..3 {
@@ -1139,7 +1116,7 @@ fn many_requests_while_the_due_read_hangs_each_wait_at_most_the_bound() {
         let bound = Duration::from_millis(300);
         let (_pool, session) = a_session(&server, &path, bound).await;
         std::fs::remove_file(&path).unwrap();
-        mkfifo(&path);
+        fifo::make(&path);
         jump(DUE).await;
         let (took, all) = burst(session.client()).await;
         let slowest = took.into_iter().max().unwrap_or_default();
@@ -1177,7 +1154,7 @@ fn token_file_timeout_extremes_are_clamped_not_panics() {
         let session_zero = session(&zero).await;
         list(&session_zero, "zero: token A").await;
         std::fs::remove_file(&fifo_path).unwrap();
-        mkfifo(&fifo_path);
+        fifo::make(&fifo_path);
 
         std::fs::write(&file_path, &a).unwrap();
         let max = builder(&server, &file_path)

@@ -6,6 +6,7 @@
 //! | feature | module | what |
 //! |---|---|---|
 //! | (always) | [`bench`](mod@bench) | the JSON result line every `cargo xtask bench` scenario prints |
+//! | (always, Unix) | [`fifo`] | named pipes: make one, wake a reader left blocked on it |
 //! | `tls` | `tls` | an in-process CA and leaf certificates, rustls configs trusting only them |
 //! | `azurite` | `azurite` | Azurite over HTTPS with `--oauth basic`, clients trusting its CA |
 //! | `azure-credential` | `azurite` | `TestCredential`: a `TokenCredential` minting tokens Azurite and the ARM endpoint accept |
@@ -18,6 +19,8 @@
 #[cfg(any(feature = "azurite", feature = "azure-credential"))]
 pub mod azurite;
 pub mod bench;
+#[cfg(unix)]
+pub mod fifo;
 #[cfg(feature = "k8s")]
 pub mod k8s;
 #[cfg(feature = "metrics")]
